@@ -1,0 +1,21 @@
+"""The registry: every recipe class, listed explicitly."""
+
+from __future__ import annotations
+
+from recipes.apps.django import Django
+from recipes.errors import ConfigError
+from recipes.recipe import Recipe
+
+RECIPES: tuple[type[Recipe], ...] = (Django,)
+
+
+def names() -> list[str]:
+    return [r.name for r in RECIPES]
+
+
+def get(name: str) -> Recipe:
+    """The recipe called ``name``, or a ConfigError listing the known ones."""
+    for cls in RECIPES:
+        if cls.name == name:
+            return cls()
+    raise ConfigError(f"unknown recipe {name!r}: known recipes are {', '.join(names())}")

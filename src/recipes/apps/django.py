@@ -1,0 +1,113 @@
+"""A Django server (seed 002): the whole root minus an exclude list, plus database dumps.
+
+The seed runs duply with ``SOURCE=/`` and a ``pre`` script that dumps PostgreSQL
+(``pg_dumpall`` as ``postgres``) and each SQLite database (``.dump``). Here the
+dumps stream straight into the repository instead of ``/var/backups``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from recipes.databases import mysql, postgresql, sqlite
+from recipes.recipe import param
+from recipes.steps import Archive, Extract, Step, under
+
+# The seed's /etc/duply/main/exclude, in order.
+DEFAULT_EXCLUDES = (
+    "/dev", "/proc", "/sys", "/run", "/var/lock", "/var/run", "/lost+found", "/boot", "/tmp",
+    "/var/tmp", "/media", "/mnt", "/var/cache", "/var/crash", "/var/swap", "/var/swapfile",
+    "/var/swap.img", "/var/lib/mysql", "/var/lib/postgresql",
+)
+# "if you feel confident also exclude /bin, /lib, /sbin and /usr"
+SYSTEM_EXCLUDES = ("/bin", "/lib", "/sbin", "/usr")
+
+
+@attrs.frozen
+class Postgres:
+    """PostgreSQL over TCP with a password; ``postgres = true`` uses the local socket instead."""
+
+    host: str | None = param(None, "server address; unset: local socket as the postgres user")
+    port: int | None = param(None, "server port (default 5432)")
+    user: str = param("postgres", "role to connect as (a superuser, to dump every database)")
+    password_env: str | None = param(
+        None, "controller environment variable holding the password (sent on stdin)")
+
+    def connection(self) -> postgresql.Connection:
+        return postgresql.Connection(host=self.host, port=self.port, user=self.user,
+                                     password_env=self.password_env)
+
+
+@attrs.frozen
+class Mysql:
+    """MySQL/MariaDB; ``mysql = true`` uses the local socket as the login user."""
+
+    host: str | None = param(None, "server address; unset: the default local socket")
+    port: int | None = param(None, "server port (default 3306)")
+    user: str = param("root", "account to connect as")
+    password_env: str | None = param(
+        None, "controller environment variable holding the password (sent on stdin)")
+
+    def connection(self) -> mysql.Connection:
+        return mysql.Connection(host=self.host, port=self.port, user=self.user,
+                                password_env=self.password_env)
+
+
+@attrs.frozen
+class Params:
+    """Parameters of the ``django`` recipe."""
+
+    root: str = param("/", "the directory backed up (SOURCE=/ in the seed); every path is under it")
+    excludes: tuple[str, ...] = param(DEFAULT_EXCLUDES, "paths left out (the seed's exclude file)")
+    extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes")
+    exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr")
+    postgres: bool | Postgres = param(
+        False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table")
+    sqlite: tuple[str, ...] = param((), "SQLite databases to dump consistently (paths under root)")
+    mysql: bool | Mysql = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
+
+    def all_excludes(self) -> tuple[str, ...]:
+        extra = SYSTEM_EXCLUDES if self.exclude_system else ()
+        return (*self.excludes, *extra, *self.extra_excludes)
+
+    def pg(self) -> postgresql.Connection | None:
+        if self.postgres is False:
+            return None
+        return postgresql.Connection() if self.postgres is True else self.postgres.connection()
+
+    def my(self) -> mysql.Connection | None:
+        if self.mysql is False:
+            return None
+        return mysql.Connection() if self.mysql is True else self.mysql.connection()
+
+
+class Django:
+    """Seed 002: whole root with an exclude list, PostgreSQL/SQLite/MySQL dumps, tested recovery."""
+
+    name: ClassVar[str] = "django"
+    summary: ClassVar[str] = "Django server: root minus excludes, plus PostgreSQL/SQLite/MySQL dumps"
+    seed: ClassVar[str] = "002_32c4ab30ae1b088c.txt"
+    Params: ClassVar[type[Any]] = Params
+
+    def backup_steps(self, p: Params) -> list[Step]:
+        steps: list[Step] = []
+        if (pg := p.pg()) is not None:
+            steps.append(postgresql.dump(pg))
+        if (my := p.my()) is not None:
+            steps.append(mysql.dump(my))
+        steps += [sqlite.dump(under(p.root, db), sqlite.object_name(db)) for db in p.sqlite]
+        steps.append(Archive(root=p.root, excludes=p.all_excludes(),
+                             about=f"everything under {p.root} except the excludes"))
+        return steps
+
+    def restore_steps(self, p: Params) -> list[Step]:
+        steps: list[Step] = [Extract(root=p.root, about=f"put the files back under {p.root}")]
+        if (pg := p.pg()) is not None:
+            steps.append(postgresql.load(pg))
+        if (my := p.my()) is not None:
+            steps.append(mysql.load(my))
+        # After the files: the dump replaces whatever copy of the live file the tar held.
+        steps += [sqlite.load(under(p.root, db), sqlite.object_name(db)) for db in p.sqlite]
+        return steps

@@ -1,0 +1,73 @@
+"""MySQL/MariaDB: ``mysqldump`` of every database with a 0600 defaults file removed afterwards."""
+
+from __future__ import annotations
+
+import attrs
+
+from recipes.model import Command, Secret, sh
+from recipes.steps import Dump, Load, remote_zstd
+
+ENGINE = "mysql"
+DUMP_OPTIONS = ("--all-databases", "--single-transaction", "--routines", "--events",
+                "--flush-privileges")
+
+
+@attrs.frozen
+class Connection:
+    """How to reach the server: the local socket as the OS user, or TCP with a password."""
+
+    host: str | None = None
+    """Server address; unset means the default local socket."""
+    port: int | None = None
+    user: str = "root"
+    password_env: str | None = None
+    """Controller environment variable holding the password (sent on stdin, never argv)."""
+
+    def _client(self, program: str, *args: str) -> Command:
+        lines = ["[client]"]
+        fmt_args = []
+        lines.append("user=%s")
+        fmt_args.append(sh(self.user))
+        if self.host:
+            lines.append("host=%s")
+            fmt_args.append(sh(self.host))
+            lines.append("protocol=tcp")
+        if self.port:
+            lines.append("port=%s")
+            fmt_args.append(str(self.port))
+        secrets: tuple[tuple[str, Secret], ...] = ()
+        if self.password_env:
+            # printf is a bash builtin: the password never becomes an argv entry.
+            lines.append('password="%s"')
+            fmt_args.append('"$p"')
+            secrets = (("MYSQL_PASSWORD", Secret(self.password_env)),)
+        fmt = "\\n".join(lines) + "\\n"
+        script = (
+            'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && '
+            'p=${MYSQL_PASSWORD:-}; p=${p//\\\\/\\\\\\\\}; p=${p//\\"/\\\\\\"}; '
+            f"printf '{fmt}' {' '.join(fmt_args)} > \"$f\" && unset p MYSQL_PASSWORD && "
+            f'{program} --defaults-extra-file="$f" {sh(*args) if args else ""}'
+        )
+        return Command(script.rstrip(), secrets=secrets)
+
+    def dump_command(self) -> Command:
+        base = self._client("mysqldump", *DUMP_OPTIONS)
+        return attrs.evolve(base, script=remote_zstd(base.script))
+
+    def restore_command(self) -> Command:
+        return self._client("mysql")
+
+    def check_command(self) -> Command:
+        return self._client("mysql", "--batch", "--execute=SELECT 1")
+
+
+def dump(conn: Connection, name: str = "mysql") -> Dump:
+    """Dump every database with routines, events and grants in one consistent transaction."""
+    return Dump(name=name, engine=ENGINE, command=conn.dump_command(),
+                about="mysqldump --all-databases --single-transaction --routines --events")
+
+
+def load(conn: Connection, name: str = "mysql") -> Load:
+    """Replay the dump with the mysql client; it stops at the first error (non-zero exit)."""
+    return Load(name=name, engine=ENGINE, command=conn.restore_command(),
+                check=conn.check_command(), about="mysql replays the dump")

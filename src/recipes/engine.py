@@ -1,0 +1,276 @@
+"""Runs a Plan on a Host into (or out of) a Repository, with compensation for every quiesce."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import tenacity
+
+from recipes import __version__, stream
+from recipes import manifest as mf
+from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
+from recipes.hosts import Host, Process, check, last_line, run
+from recipes.plan import Plan, kind
+from recipes.repository import Repository, SnapshotWriter
+from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
+
+log = logging.getLogger("recipes")
+
+# GNU tar exits 1 when a file changed while it was read: a warning on a live system.
+TAR_WARNING_EXIT = 1
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` (the undo) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Compensation:
+    """The undo list: every quiesce registers its start *before* its stop runs."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.pending: list[Quiesce] = []
+
+    def register(self, step: Quiesce) -> None:
+        self.pending.append(step)
+
+    def run_all(self) -> list[str]:
+        """Start everything that was stopped, newest first; return the failures."""
+        failures = []
+        while self.pending:
+            step = self.pending.pop()
+            try:
+                self._start(step)
+                log.info("undo %s: started again", step.name)
+            except RecipeError as exc:
+                log.error("undo %s FAILED: %s", step.name, exc)
+                failures.append(f"{step.name}: {exc}")
+        return failures
+
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type(HostError),
+        stop=tenacity.stop_after_attempt(5),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+    def _start(self, step: Quiesce) -> None:
+        check(self.host, step.start, f"start {step.name}")
+
+
+class Backup:
+    """One backup run: executes the plan's steps into a snapshot writer."""
+
+    def __init__(self, plan: Plan, host: Host, writer: SnapshotWriter, recipients: list[str]):
+        self.plan = plan
+        self.host = host
+        self.writer = writer
+        self.recipients = recipients
+        self.objects: list[mf.StoredObject] = []
+        self.records: list[mf.StepRecord] = []
+
+    def execute(self, comp: Compensation) -> None:
+        for step in self.plan.steps:
+            started = time.monotonic()
+            log.info("step %s %s", kind(step), step.name)
+            outcome = self._step(step, comp)
+            self.records.append(
+                mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), outcome)
+            )
+
+    def _step(self, step: Step, comp: Compensation) -> str:
+        if isinstance(step, Quiesce):
+            if run(self.host, step.check).exit_status != 0:
+                log.info("%s was not running: left alone", step.name)
+                return "not running"
+            comp.register(step)
+            check(self.host, step.stop, f"stop {step.name}")
+            return "stopped"
+        if isinstance(step, Run):
+            check(self.host, step.command, step.name)
+            return "ok"
+        if isinstance(step, Archive):
+            self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
+            return "ok"
+        if isinstance(step, Dump):
+            self._store(step, step.object, "dump", step.engine, warn_exit=None)
+            return "ok"
+        raise StepFailed(f"a backup cannot run a {kind(step)} step ({step.name})")
+
+    def _store(self, step: Archive | Dump, name: str, what: str, engine: str | None,
+               warn_exit: int | None) -> None:
+        started = time.monotonic()
+        path = f"{name}.zst.age"
+        proc = self.host.start(step.command)
+        try:
+            proc.close_stdin()
+            with self.writer.open(path) as fh:
+                stored = stream.store(proc, fh, self.recipients)
+        except StepFailed as exc:
+            status = proc.wait()
+            raise StepFailed(f"{what} {step.name} failed on {self.host.name} (exit {status}): "
+                             f"{last_line(proc.stderr()) if status else exc}") from exc
+        except BaseException:
+            proc.kill()
+            raise
+        status = proc.wait()
+        warnings: tuple[str, ...] = ()
+        if status != 0:
+            if warn_exit is not None and status == warn_exit:
+                warnings = tuple(line for line in proc.stderr().splitlines() if line.strip())[:50]
+                log.warning("%s %s: %d warning(s), e.g. %s", what, step.name, len(warnings),
+                            warnings[0] if warnings else "")
+            else:
+                raise StepFailed(f"{what} {step.name} failed on {self.host.name} (exit {status}): "
+                                 f"{last_line(proc.stderr())}")
+        seconds = round(time.monotonic() - started, 3)
+        log.info("stored %s: %d bytes in %.1fs", path, stored.size, seconds)
+        self.objects.append(mf.StoredObject(
+            name=name, kind=what, path=path, size=stored.size, sha256=stored.sha256,
+            engine=engine, seconds=seconds, warnings=warnings,
+        ))
+
+
+def host_versions(host: Host) -> dict[str, str]:
+    """A few version facts for the manifest (best effort, never fails the backup)."""
+    try:
+        result = run(host, _VERSIONS)
+    except RecipeError:
+        return {}
+    lines = result.stdout.decode("utf-8", "replace").splitlines()
+    keys = ("kernel", "tar")
+    return {k: v.strip() for k, v in zip(keys, lines, strict=False) if v.strip()}
+
+
+def _versions_command() -> Any:
+    from recipes.model import Command
+
+    return Command("uname -srm; tar --version | head -n 1")
+
+
+_VERSIONS = _versions_command()
+
+
+def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> mf.Manifest:
+    """Run a backup plan; the snapshot exists only if every step and every undo succeeded."""
+    if not recipients:
+        raise ConfigError("no age recipients configured: run `recipes init` or set "
+                          "[repository] recipients in recipes.toml")
+    for r in recipients:
+        try:
+            stream._recipient(r)
+        except Exception as exc:
+            raise ConfigError(f"[repository] recipients: {r[:12]}... is not an age or ssh "
+                              f"public key ({exc})") from exc
+    started = _now()
+    writer = repo.begin(plan.recipe, plan.host)
+    job = Backup(plan, host, writer, recipients)
+    comp = Compensation(host)
+    committed = False
+    try:
+        with interrupts_as_exceptions():
+            try:
+                versions = host_versions(host)
+                job.execute(comp)
+            finally:
+                failures = comp.run_all()
+            if failures:
+                raise StepFailed("could not start again what was stopped: " + "; ".join(failures))
+            manifest = mf.Manifest(
+                snapshot=writer.snapshot, recipe=plan.recipe, host=plan.host, started=started,
+                finished=_now(), params=plan.params, objects=tuple(job.objects),
+                steps=tuple(job.records), versions={"recipes": __version__, **versions},
+                recipients=tuple(recipients),
+            )
+            writer.commit(manifest)
+            committed = True
+            return manifest
+    finally:
+        if not committed:
+            writer.abort()
+
+
+def restore(plan: Plan, host: Host, repo: Repository, manifest: mf.Manifest,
+            identities: list[Any], force: bool = False) -> list[mf.StepRecord]:
+    """Run a restore plan from one snapshot; refuses a non-empty target unless forced."""
+    needed = [s for s in plan.steps if isinstance(s, (Extract, Load))]
+    missing = [s.object for s in needed if manifest.object(s.object) is None]
+    if missing:
+        raise RepositoryError(
+            f"snapshot {manifest.snapshot} has no {', '.join(missing)}: the restore parameters "
+            f"ask for data that was not backed up (backed up: "
+            f"{', '.join(o.name for o in manifest.objects)})"
+        )
+    if not identities:
+        raise ConfigError("no age identity: pass --identity FILE or set [repository] "
+                          "identity_file (the secret key from `recipes init`)")
+    with interrupts_as_exceptions():
+        if not force:
+            for step in plan.steps:
+                if isinstance(step, Extract) and run(host, step.empty_check).exit_status != 0:
+                    raise ConfigError(f"target {step.root} on {host.name} is not empty: "
+                                      "pass --force to restore over it")
+        records = []
+        for step in plan.steps:
+            started = time.monotonic()
+            log.info("step %s %s", kind(step), step.name)
+            if isinstance(step, (Extract, Load)):
+                obj = manifest.object(step.object)
+                assert obj is not None
+                _feed(step, host, repo, manifest, obj, identities)
+            elif isinstance(step, Run):
+                check(host, step.command, step.name)
+            else:
+                raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
+            records.append(mf.StepRecord(step.name, kind(step),
+                                         round(time.monotonic() - started, 3), "ok"))
+        return records
+
+
+def _feed(step: Extract | Load, host: Host, repo: Repository, manifest: mf.Manifest,
+          obj: mf.StoredObject, identities: list[Any]) -> None:
+    """Stream one stored object into the step's command and judge its exit and stderr."""
+    proc: Process = host.start(step.command)
+    try:
+        with repo.open_object(manifest, obj) as fh:
+            stream.fetch(fh, proc, identities, obj.sha256, obj.size)
+    except StepFailed:
+        status = proc.wait()
+        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): "
+                         f"{last_line(proc.stderr())}") from None
+    except BaseException:
+        proc.kill()
+        raise
+    status = proc.wait()
+    errors = step.errors(proc.stderr()) if isinstance(step, Load) else []
+    if status != 0 or errors:
+        detail = errors[0] if errors else last_line(proc.stderr())
+        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): "
+                         f"{detail}{more}")
+    if isinstance(step, Load) and step.check is not None:
+        check(host, step.check, f"check after loading {step.name}")

@@ -1,0 +1,359 @@
+"""Where commands run: a Host protocol with an SSH implementation (Fabric connects, raw
+paramiko channels carry the bytes) and a local one. Neither buffers bulk data."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from recipes.errors import HostError, StepFailed
+from recipes.model import Command
+
+# Measured on loopback: aes128-gcm with a large window roughly doubles paramiko's throughput.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
+WINDOW = 64 << 20
+PACKET = 256 << 10
+STDERR_TAIL = 64 << 10
+LOCAL = "local"
+
+
+@attrs.frozen
+class HostSpec:
+    """How to reach a host: an alias resolved from config, ``~/.ssh/config`` or ``[user@]addr[:port]``."""
+
+    name: str
+    address: str | None = None
+    user: str | None = None
+    port: int | None = None
+    key_file: str | None = None
+    sudo: bool = False
+    """Wrap every command in ``sudo -n`` (for a non-root login user)."""
+
+    @property
+    def is_local(self) -> bool:
+        return self.name == LOCAL and self.address is None
+
+
+@attrs.frozen
+class Result:
+    """A finished small command: exit status and its (bounded) output."""
+
+    exit_status: int
+    stdout: bytes
+    stderr: str
+
+
+class Process(Protocol):
+    """A running command: stream its stdout or feed its stdin, then wait for its exit."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+    def write(self, data: bytes, /) -> int: ...
+    def close_stdin(self) -> None: ...
+    def wait(self) -> int: ...
+    def stderr(self) -> str: ...
+    def kill(self) -> None: ...
+
+
+class Host(Protocol):
+    """A machine to run commands on."""
+
+    name: str
+
+    def start(self, command: Command) -> Process: ...
+    def close(self) -> None: ...
+
+
+def run(host: Host, command: Command, stdin: bytes = b"") -> Result:
+    """Run a command whose output is small (checks, stop/start); never for bulk data."""
+    proc = host.start(command)
+    try:
+        if stdin:
+            proc.write(stdin)
+        proc.close_stdin()
+        out = bytearray()
+        while chunk := proc.read(1 << 16):
+            if len(out) < (1 << 20):
+                out += chunk
+        status = proc.wait()
+    except BaseException:
+        proc.kill()
+        raise
+    return Result(status, bytes(out), proc.stderr())
+
+
+def check(host: Host, command: Command, what: str) -> Result:
+    """Run a small command and raise ``StepFailed`` with its stderr on a non-zero exit."""
+    result = run(host, command)
+    if result.exit_status != 0:
+        raise StepFailed(f"{what} failed on {host.name} (exit {result.exit_status}): "
+                         f"{last_line(result.stderr)}")
+    return result
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a command's stderr, for one-line error messages."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+class _Tail:
+    """Keeps the last bytes of a stream that a thread drains."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lock = threading.Lock()
+
+    def add(self, chunk: bytes) -> None:
+        with self.lock:
+            self.data += chunk
+            if len(self.data) > STDERR_TAIL:
+                del self.data[: len(self.data) - STDERR_TAIL]
+
+    def text(self) -> str:
+        with self.lock:
+            return self.data.decode("utf-8", "replace")
+
+
+def _drain(read: Callable[[int], bytes], tail: _Tail) -> threading.Thread:
+    def loop() -> None:
+        try:
+            while chunk := read(1 << 16):
+                tail.add(chunk)
+        except Exception:  # the process or channel went away; wait() reports it
+            pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+class LocalProcess:
+    """A local ``bash -c`` child with stdout and stdin as pipes."""
+
+    def __init__(self, line: str, stdin_prefix: bytes) -> None:
+        self._proc = subprocess.Popen(
+            ["/bin/sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
+        )
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
+        self._tail = _Tail()
+        self._errs = _drain(self._proc.stderr.read, self._tail)
+        if stdin_prefix:
+            self.write(stdin_prefix)
+
+    def read(self, n: int = -1, /) -> bytes:
+        assert self._proc.stdout
+        return self._proc.stdout.read(n if n and n > 0 else 1 << 20)
+
+    def write(self, data: bytes, /) -> int:
+        assert self._proc.stdin
+        try:
+            self._proc.stdin.write(data)
+        except BrokenPipeError as exc:
+            raise StepFailed(f"the command stopped reading its input: {self.stderr_now()}") from exc
+        return len(data)
+
+    def stderr_now(self) -> str:
+        return last_line(self._tail.text())
+
+    def close_stdin(self) -> None:
+        assert self._proc.stdin
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def wait(self) -> int:
+        self.close_stdin()
+        assert self._proc.stdout
+        while self._proc.stdout.read(1 << 16):
+            pass
+        status = self._proc.wait()
+        self._errs.join(timeout=5)
+        return status
+
+    def stderr(self) -> str:
+        return self._tail.text()
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, 9)
+            except ProcessLookupError:
+                pass
+        self._proc.wait()
+
+
+class LocalHost:
+    """The controller itself (``--host local``)."""
+
+    def __init__(self, spec: HostSpec | None = None) -> None:
+        self.spec = spec or HostSpec(LOCAL)
+        self.name = self.spec.name
+
+    def start(self, command: Command) -> Process:
+        line, prefix = command.wire(sudo=self.spec.sudo)
+        return LocalProcess(line, prefix)
+
+    def close(self) -> None:
+        pass
+
+
+class SshProcess:
+    """A command on a raw paramiko session channel: no Fabric buffering, no text decoding."""
+
+    def __init__(self, channel: Any, stdin_prefix: bytes) -> None:
+        self._chan = channel
+        self._tail = _Tail()
+        self._errs = _drain(channel.recv_stderr, self._tail)
+        if stdin_prefix:
+            self.write(stdin_prefix)
+
+    def read(self, n: int = -1, /) -> bytes:
+        try:
+            return bytes(self._chan.recv(n if n and n > 0 else 1 << 20))
+        except OSError as exc:
+            raise HostError(f"connection lost while reading: {exc}") from exc
+
+    def write(self, data: bytes, /) -> int:
+        try:
+            self._chan.sendall(data)
+        except OSError as exc:
+            if self._chan.exit_status_ready():
+                raise StepFailed(
+                    f"the command stopped reading its input: {last_line(self._tail.text())}"
+                ) from exc
+            raise HostError(f"connection lost while writing: {exc}") from exc
+        return len(data)
+
+    def close_stdin(self) -> None:
+        try:
+            self._chan.shutdown_write()
+        except OSError:
+            pass
+
+    def wait(self) -> int:
+        self.close_stdin()
+        try:
+            while self._chan.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+        status = int(self._chan.recv_exit_status())
+        self._errs.join(timeout=5)
+        self._chan.close()
+        if status == -1:
+            raise HostError("connection lost before the command finished")
+        return status
+
+    def stderr(self) -> str:
+        return self._tail.text()
+
+    def kill(self) -> None:
+        self._chan.close()
+
+
+def _transport_factory(sock: Any, **kwargs: Any) -> Any:
+    """A paramiko Transport with large windows and AES-GCM preferred."""
+    import paramiko
+
+    transport = paramiko.Transport(
+        sock, default_window_size=WINDOW, default_max_packet_size=PACKET, **kwargs
+    )
+    options = transport.get_security_options()
+    available = list(options.ciphers)
+    first = [c for c in PREFERRED_CIPHERS if c in available]
+    options.ciphers = tuple(first + [c for c in available if c not in first])
+    return transport
+
+
+class SshHost:
+    """A server over SSH: Fabric resolves ``~/.ssh/config`` and connects; channels carry data."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        import fabric
+        import paramiko
+
+        kwargs: dict[str, Any] = {"transport_factory": _transport_factory}
+        if self.spec.key_file:
+            kwargs.update(key_filename=os.path.expanduser(self.spec.key_file),
+                          look_for_keys=False, allow_agent=False)
+        conn = fabric.Connection(
+            self.spec.address or self.spec.name, user=self.spec.user, port=self.spec.port,
+            connect_kwargs=kwargs, connect_timeout=15,
+        )
+        try:
+            conn.open()
+        except (OSError, paramiko.SSHException) as exc:
+            target = f"{conn.user}@{conn.host}:{conn.port}"
+            raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
+        return conn
+
+    def _transport(self) -> Any:
+        with self._lock:
+            transport = self._conn.client.get_transport() if self._conn else None
+            if transport is None or not transport.is_active():
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = self._connect()
+                transport = self._conn.client.get_transport()
+            return transport
+
+    def start(self, command: Command) -> Process:
+        line, prefix = command.wire(sudo=self.spec.sudo)
+        transport = self._transport()
+        try:
+            channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)
+            channel.exec_command(line)
+        except Exception as exc:
+            raise HostError(f"cannot start a command on {self.name}: {exc}") from exc
+        return SshProcess(channel, prefix)
+
+    def cipher(self) -> str:
+        """The negotiated cipher (for the manifest and benchmarks)."""
+        return str(self._transport().remote_cipher)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def parse_target(text: str) -> HostSpec:
+    """``[user@]address[:port]`` (or an ``~/.ssh/config`` name) as a HostSpec."""
+    if text == LOCAL:
+        return HostSpec(LOCAL)
+    user, _, rest = text.rpartition("@")
+    address, port = rest, None
+    if rest.count(":") == 1:
+        address, _, port_text = rest.partition(":")
+        if not port_text.isdigit():
+            from recipes.errors import ConfigError
+
+            raise ConfigError(f"--host {text}: port must be a number, as in user@host:2222")
+        port = int(port_text)
+    return HostSpec(name=text, address=address, user=user or None, port=port)
+
+
+def open_host(spec: HostSpec) -> Host:
+    """A live Host for a spec (connections open lazily, on the first command)."""
+    if spec.is_local:
+        return LocalHost(spec)
+    return SshHost(spec)
+
+
+def quote(text: str) -> str:
+    return shlex.quote(text)

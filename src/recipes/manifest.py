@@ -1,0 +1,87 @@
+"""The manifest: written last, it is what makes a snapshot exist and what a restore reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import cattrs
+
+FORMAT = 1
+
+
+@attrs.frozen
+class StoredObject:
+    """One object of a snapshot, as stored: ``<name>.zst.age``."""
+
+    name: str
+    """Logical name, e.g. ``files.tar`` or ``dumps/postgresql.sql``."""
+    kind: str
+    """``files``, ``dump`` or ``extra``."""
+    path: str
+    """Path relative to the snapshot directory."""
+    size: int
+    """Stored (encrypted) size in bytes."""
+    sha256: str
+    """sha256 of the stored bytes: verifiable without the secret key."""
+    engine: str | None = None
+    """Database engine of a dump."""
+    compression: str = "zstd"
+    encryption: str = "age"
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StepRecord:
+    """How one step went: its name, kind, duration and outcome."""
+
+    name: str
+    kind: str
+    seconds: float
+    outcome: str
+
+
+@attrs.frozen
+class Manifest:
+    """Everything a restore and a verify need to know about a snapshot."""
+
+    snapshot: str
+    recipe: str
+    host: str
+    started: str
+    finished: str
+    params: dict[str, Any]
+    objects: tuple[StoredObject, ...]
+    steps: tuple[StepRecord, ...] = ()
+    versions: dict[str, str] = attrs.Factory(dict)
+    level: int = 0
+    """0 for a full snapshot (incremental levels come with listed-incremental chains)."""
+    parent: str | None = None
+    recipients: tuple[str, ...] = ()
+    """Public keys the objects are encrypted to (public: safe to store)."""
+    format: int = FORMAT
+
+    def object(self, name: str) -> StoredObject | None:
+        return next((o for o in self.objects if o.name == name), None)
+
+    @property
+    def size(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+_converter = cattrs.Converter()
+
+
+def dumps(manifest: Manifest) -> str:
+    """Manifest as stable, indented JSON."""
+    return json.dumps(_converter.unstructure(manifest), indent=2, sort_keys=True) + "\n"
+
+
+def loads(text: str) -> Manifest:
+    """Parse a manifest; raise ValueError on anything malformed."""
+    try:
+        return _converter.structure(json.loads(text), Manifest)
+    except (ValueError, cattrs.BaseValidationError) as exc:
+        raise ValueError(f"malformed manifest: {exc}") from exc

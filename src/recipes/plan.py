@@ -1,0 +1,72 @@
+"""Recipe + parameters -> Plan: the ordered steps and their masked commands. Reads no host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from recipes.recipe import Recipe, params_dict
+from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
+
+
+@attrs.frozen
+class Plan:
+    """What a backup or a restore will do, step by step."""
+
+    recipe: str
+    host: str
+    action: str
+    params: dict[str, Any]
+    steps: tuple[Step, ...]
+
+    def lines(self) -> list[str]:
+        """Numbered steps with every command, masked, for ``recipes plan`` and logs."""
+        out = [f"{self.action} {self.recipe} on {self.host}"]
+        for i, step in enumerate(self.steps, 1):
+            out.append(f"{i}. {kind(step)} {step.name}: {step.about}".rstrip(": "))
+            target = stored_object(step)
+            if target:
+                arrow = "->" if self.action == "backup" else "<-"
+                out.append(f"   {arrow} {target}.zst.age")
+            for command in step.commands():
+                out.append(f"   $ {command.masked()}")
+            if isinstance(step, Quiesce):
+                out.append(f"   undo (always, if it was running): $ {step.start.masked()}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "host": self.host, "action": self.action,
+            "params": self.params,
+            "steps": [
+                {"kind": kind(step), "name": step.name, "about": step.about,
+                 "object": stored_object(step),
+                 "commands": [c.masked() for c in step.commands()],
+                 **({"undo": step.start.masked()} if isinstance(step, Quiesce) else {})}
+                for step in self.steps
+            ],
+        }
+
+
+def kind(step: Step) -> str:
+    return type(step).__name__.lower()
+
+
+def stored_object(step: Step) -> str | None:
+    """The repository object a step writes or reads, if any."""
+    if isinstance(step, (Archive, Dump, Extract, Load)):
+        return step.object
+    return None
+
+
+def backup_plan(recipe: Recipe, params: Any, host: str) -> Plan:
+    return Plan(recipe.name, host, "backup", params_dict(params), tuple(recipe.backup_steps(params)))
+
+
+def restore_plan(recipe: Recipe, params: Any, host: str) -> Plan:
+    return Plan(recipe.name, host, "restore", params_dict(params),
+                tuple(recipe.restore_steps(params)))
+
+
+__all__ = ["Plan", "Run", "backup_plan", "kind", "restore_plan", "stored_object"]

@@ -1,0 +1,138 @@
+"""Snapshots on any fsspec URL: objects first, manifest last, so nothing half-written is listed."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from recipes import manifest as mf
+from recipes.errors import ConfigError, RepositoryError
+
+MANIFEST = "manifest.json"
+DEFAULT_URL = "~/.local/share/recipes/repo"
+
+
+def new_snapshot_id(now: dt.datetime | None = None) -> str:
+    """Ids sort by time: ``20261122T101500Z-1a2b3c``."""
+    now = now or dt.datetime.now(dt.UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def safe_name(text: str) -> str:
+    """A host or recipe name as one path component."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", text).strip("._") or "_"
+
+
+class Repository:
+    """A repository at an fsspec URL (a plain path means a local folder)."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.url = url
+        expanded = os.path.expanduser(url) if "://" not in url else url
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(expanded, **(options or {}))
+        except (ImportError, ValueError, TypeError) as exc:
+            raise ConfigError(f"repository {url}: {exc}") from exc
+        self.root = self.root.rstrip("/")
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                                else (self.fs.protocol,))
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def begin(self, recipe: str, host: str) -> SnapshotWriter:
+        """Start writing a new snapshot; it is invisible until ``commit``."""
+        sid = new_snapshot_id()
+        path = self._path(safe_name(recipe), safe_name(host), sid)
+        try:
+            self.fs.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write to repository {self.url}: {exc}") from exc
+        return SnapshotWriter(self, path, sid)
+
+    def manifests(self, recipe: str | None = None, host: str | None = None) -> list[mf.Manifest]:
+        """Every committed snapshot, oldest first; directories without a manifest are skipped."""
+        pattern = self._path(
+            safe_name(recipe) if recipe else "*", safe_name(host) if host else "*", "*", MANIFEST
+        )
+        try:
+            paths = sorted(self.fs.glob(pattern), key=lambda p: p.rsplit("/", 2)[-2])
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
+        found = []
+        for path in paths:
+            with self.fs.open(path, "rb") as fh:
+                try:
+                    found.append(mf.loads(fh.read().decode()))
+                except ValueError as exc:
+                    raise RepositoryError(f"{path}: {exc}") from exc
+        return found
+
+    def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
+        """The snapshot of recipe@host with this id (or prefix), or the latest one."""
+        found = self.manifests(recipe, host)
+        if not found:
+            raise RepositoryError(f"no snapshot of {recipe} for host {host} in {self.url}: "
+                                  f"run `recipes snapshots` to see what is there")
+        if snapshot == "latest":
+            return found[-1]
+        matches = [m for m in found if m.snapshot.startswith(snapshot)]
+        if len(matches) != 1:
+            raise RepositoryError(f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
+                                  f"{recipe}@{host}: give more of its id")
+        return matches[0]
+
+    @contextlib.contextmanager
+    def open_object(self, m: mf.Manifest, obj: mf.StoredObject) -> Iterator[BinaryIO]:
+        path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot, obj.path)
+        try:
+            fh = self.fs.open(path, "rb", block_size=1 << 22)
+        except FileNotFoundError as exc:
+            raise RepositoryError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
+        with fh:
+            yield fh
+
+
+class SnapshotWriter:
+    """Writes the objects of one snapshot, then its manifest; ``abort`` removes the leftovers."""
+
+    def __init__(self, repo: Repository, path: str, snapshot: str) -> None:
+        self.repo = repo
+        self.path = path
+        self.snapshot = snapshot
+
+    @contextlib.contextmanager
+    def open(self, relpath: str) -> Iterator[BinaryIO]:
+        full = f"{self.path}/{relpath}"
+        parent = full.rsplit("/", 1)[0]
+        self.repo.fs.makedirs(parent, exist_ok=True)
+        with self.repo.fs.open(full, "wb", block_size=8 << 20) as fh:
+            yield fh
+
+    def commit(self, manifest: mf.Manifest) -> None:
+        """Write the manifest last; on a local folder via rename, so it appears whole."""
+        text = mf.dumps(manifest).encode()
+        final = f"{self.path}/{MANIFEST}"
+        fs = self.repo.fs
+        if self.repo.local:
+            tmp = f"{self.path}/.{MANIFEST}.partial"
+            with fs.open(tmp, "wb") as fh:
+                fh.write(text)
+            os.replace(tmp, final)
+        else:
+            with fs.open(final, "wb") as fh:  # an S3 PUT is atomic
+                fh.write(text)
+
+    def abort(self) -> None:
+        """Remove what was written; the snapshot never had a manifest, so it was never listed."""
+        with contextlib.suppress(Exception):
+            self.repo.fs.rm(self.path, recursive=True)

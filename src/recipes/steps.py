@@ -1,0 +1,183 @@
+"""Step kinds: data that yields commands. The engine executes them; plan and runbook render them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TypeAlias
+
+import attrs
+
+from recipes.model import Command, sh
+
+
+def remote_zstd(script: str, level: int = 1) -> str:
+    """Compress ``script``'s stdout with zstd on the host when it has zstd, else pass it raw.
+
+    The controller recognises the zstd magic number, so the plan never needs to
+    read the host to know which branch ran.
+    """
+    return (
+        f"{{ {script}; }} | {{ if command -v zstd >/dev/null 2>&1; "
+        f"then exec zstd -q -{level} -T0 -c; else exec cat; fi; }}"
+    )
+
+
+def tar_excludes(excludes: tuple[str, ...]) -> list[str]:
+    """Turn absolute-looking exclude paths into GNU tar's anchored ``./path`` patterns."""
+    words = ["--anchored"]
+    for item in excludes:
+        rel = item.strip().lstrip("/").rstrip("/")
+        if rel:
+            words.append(f"--exclude=./{rel}")
+    return words
+
+
+def under(root: str, path: str) -> str:
+    """``path`` read under ``root`` (``/var/opt/x.db`` under ``/srv/r`` is ``/srv/r/var/opt/x.db``)."""
+    return "/" + "/".join(p for p in (root.strip("/"), path.strip("/")) if p)
+
+
+@attrs.frozen
+class Run:
+    """Run one command on the host; a non-zero exit fails the step."""
+
+    name: str
+    command: Command
+    about: str = ""
+
+    def commands(self) -> Iterator[Command]:
+        yield self.command
+
+
+@attrs.frozen
+class Quiesce:
+    """Stop something for the backup; its start is registered before the stop runs.
+
+    ``check`` exits 0 when the thing is running now: only what was running is
+    stopped, and only what was stopped is started again.
+    """
+
+    name: str
+    check: Command
+    stop: Command
+    start: Command
+    about: str = ""
+
+    def commands(self) -> Iterator[Command]:
+        yield self.check
+        yield self.stop
+
+
+@attrs.frozen
+class Archive:
+    """Stream a GNU tar of ``root`` (excludes applied) into the object ``files.tar``."""
+
+    root: str
+    excludes: tuple[str, ...] = ()
+    object: str = "files.tar"
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return "archive"
+
+    @property
+    def command(self) -> Command:
+        tar = sh(
+            "tar", "--create", "--file=-", "--format=gnu", "--numeric-owner", "--acls",
+            "--xattrs", f"--directory={self.root}", *tar_excludes(self.excludes), ".",
+        )
+        return Command(remote_zstd(tar))
+
+    def commands(self) -> Iterator[Command]:
+        yield self.command
+
+
+@attrs.frozen
+class Dump:
+    """Stream a database dump into the object ``dumps/<name>.sql``; empty output fails."""
+
+    name: str
+    engine: str
+    command: Command
+    about: str = ""
+
+    @property
+    def object(self) -> str:
+        return f"dumps/{self.name}.sql"
+
+    def commands(self) -> Iterator[Command]:
+        yield self.command
+
+
+@attrs.frozen
+class Extract:
+    """Restore ``files.tar`` under ``root``; refuses a non-empty root unless forced."""
+
+    root: str
+    object: str = "files.tar"
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return "extract"
+
+    @property
+    def empty_check(self) -> Command:
+        """Exits 0 when the target root is missing or empty."""
+        q = sh("ls", "-A", self.root)
+        return Command(f"test ! -e {sh(self.root)} || test -z \"$({q} 2>/dev/null)\"")
+
+    @property
+    def command(self) -> Command:
+        return Command(
+            f"mkdir -p {sh(self.root)} && "
+            + sh("tar", "--extract", "--file=-", "--numeric-owner", "--preserve-permissions",
+                 "--acls", "--xattrs", f"--directory={self.root}")
+        )
+
+    def commands(self) -> Iterator[Command]:
+        yield self.empty_check
+        yield self.command
+
+
+@attrs.frozen
+class Load:
+    """Feed a stored dump to a database client on the host.
+
+    Error lines on stderr that match ``error_pattern`` fail the step unless
+    they also match one of ``benign`` (for example ``role "postgres" already exists``).
+    """
+
+    name: str
+    engine: str
+    command: Command
+    error_pattern: str = ""
+    benign: tuple[str, ...] = ()
+    check: Command | None = None
+    about: str = ""
+
+    @property
+    def object(self) -> str:
+        return f"dumps/{self.name}.sql"
+
+    def errors(self, stderr: str) -> list[str]:
+        """The stderr lines that are real errors."""
+        if not self.error_pattern:
+            return []
+        found = []
+        for line in stderr.splitlines():
+            if re.search(self.error_pattern, line) and not any(
+                re.search(b, line) for b in self.benign
+            ):
+                found.append(line.strip())
+        return found
+
+    def commands(self) -> Iterator[Command]:
+        yield self.command
+        if self.check is not None:
+            yield self.check
+
+
+Step: TypeAlias = Run | Quiesce | Archive | Dump | Extract | Load

@@ -1,0 +1,252 @@
+"""Bytes in motion: remote stdout -> (zstd) -> age -> sha256 -> repository, and back, in constant memory."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, BinaryIO, Protocol
+
+import attrs
+
+from recipes.errors import StepFailed, VerifyError
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    """Anything with ``read(n)`` that returns ``b""`` at the end."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    """Anything with ``write(b)``."""
+
+    def write(self, data: bytes, /) -> Any: ...
+
+
+@attrs.frozen
+class Stored:
+    """What storing one object produced: stored size and sha256 of the stored bytes."""
+
+    size: int
+    sha256: str
+    compressed_remotely: bool
+
+
+class _Peekable:
+    """A reader whose first bytes can be looked at before the stream is consumed."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._head = b""
+
+    def peek(self, n: int) -> bytes:
+        while len(self._head) < n:
+            more = self._source.read(CHUNK)
+            if not more:
+                break
+            self._head += more
+        return self._head[:n]
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._source.read(CHUNK if n is None or n < 0 else max(n, CHUNK))
+
+
+class _NonEmpty:
+    """Passes zstd frames through and remembers whether they decode to at least one byte."""
+
+    def __init__(self, source: Readable, compressed: bool) -> None:
+        import zstandard
+
+        self._source = source
+        self._probe = zstandard.ZstdDecompressor().decompressobj() if compressed else None
+        self.seen = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
+        if data and not self.seen:
+            if self._probe is None:
+                self.seen = True
+            else:
+                try:
+                    self.seen = bool(self._probe.decompress(data))
+                except Exception as exc:  # zstandard.ZstdError
+                    raise StepFailed(f"remote zstd stream is corrupt: {exc}") from exc
+        return data
+
+
+class _Compressing:
+    """Compresses a raw stream with zstd on the controller (for hosts without zstd)."""
+
+    def __init__(self, source: Readable, level: int) -> None:
+        import zstandard
+
+        self._reader = zstandard.ZstdCompressor(level=level, threads=-1).stream_reader(
+            source, read_size=CHUNK
+        )
+
+    def read(self, n: int = -1, /) -> bytes:
+        return bytes(self._reader.read(CHUNK if n is None or n < 0 else max(n, CHUNK)))
+
+
+class _Buffered:
+    """Serves small reads (age asks for 8 KiB) out of large upstream chunks."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._buf = memoryview(b"")
+
+    def read(self, n: int = -1, /) -> bytes:
+        if not self._buf:
+            self._buf = memoryview(self._source.read(CHUNK))
+            if not self._buf:
+                return b""
+        if n is None or n < 0:
+            n = len(self._buf)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out.tobytes()
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Hashing:
+    """Counts and hashes everything written through it."""
+
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def store(source: Readable, sink: Writable, recipients: list[str], level: int = 1) -> Stored:
+    """Encrypt a (possibly remotely zstd-compressed) stream to age recipients into ``sink``.
+
+    Raises ``StepFailed`` when the stream decodes to nothing: an empty dump is a failed dump.
+    """
+    import pyrage
+
+    parsed = [_recipient(r) for r in recipients]
+    peek = _Peekable(source)
+    remote = peek.peek(4) == ZSTD_MAGIC
+    upstream: Readable = peek if remote else _Compressing(peek, level)
+    guard = _NonEmpty(peek, remote) if remote else None
+    if guard is not None:
+        upstream = guard
+    counted = _Counting(upstream)
+    hashing = _Hashing(sink)
+    try:
+        pyrage.encrypt_io(_Buffered(counted), hashing, parsed)
+    except pyrage.EncryptError as exc:
+        raise StepFailed(f"encryption failed: {exc}") from exc
+    empty = not guard.seen if guard is not None else counted.raw_seen == 0
+    if empty:
+        raise StepFailed("the command produced no output")
+    return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=remote)
+
+
+class _Counting:
+    """Remembers whether any byte came through (for the raw, controller-compressed path)."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self.raw_seen = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
+        self.raw_seen += len(data)
+        return data
+
+
+def _recipient(text: str) -> Any:
+    import pyrage
+
+    text = text.strip()
+    if text.startswith("age1"):
+        return pyrage.x25519.Recipient.from_str(text)
+    return pyrage.ssh.Recipient.from_str(text)
+
+
+def load_identities(path: str) -> list[Any]:
+    """Read age identities (``AGE-SECRET-KEY-1...`` lines) from a file."""
+    import pyrage
+
+    identities = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith("AGE-SECRET-KEY-"):
+                identities.append(pyrage.x25519.Identity.from_str(line))
+    return identities
+
+
+class _VerifyingReader:
+    """Hashes the stored bytes as they are read, to compare with the manifest at the end."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._fh.read(CHUNK if n is None or n < 0 else max(n, CHUNK))
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+
+class _Decompressing:
+    """zstd-decodes everything written to it into ``sink``."""
+
+    def __init__(self, sink: Writable) -> None:
+        import zstandard
+
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._sink = sink
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        out = self._obj.decompress(data)
+        if out:
+            self.size += len(out)
+            self._sink.write(out)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def fetch(fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size: int) -> int:
+    """Decrypt and decompress a stored object into ``sink``; verify its size and sha256.
+
+    Returns the number of plain bytes written.
+    """
+    import pyrage
+
+    reader = _VerifyingReader(fh)
+    out = _Decompressing(sink)
+    try:
+        pyrage.decrypt_io(_Buffered(reader), out, identities)
+    except pyrage.DecryptError as exc:
+        raise VerifyError(f"cannot decrypt: {exc} (wrong identity file, or a damaged object)")
+    if reader.size != size or reader.sha.hexdigest() != sha256:
+        raise VerifyError(
+            f"stored object does not match its manifest (size {reader.size} != {size} "
+            "or sha256 differs)"
+        )
+    return out.size
