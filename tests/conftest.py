@@ -34,8 +34,17 @@ except ImportError:  # e.g. --import-mode=importlib without the repo root on sys
     from tests import servers
 
 SITE_PATH = "/srv/site"
-_NEEDED = ("/usr/sbin/sshd", "ssh-keygen", "unshare", "runuser", "sudo", f"{servers.PG_BIN}/initdb",
-           "mariadbd", "mariadb-install-db", "mariadb")
+_NEEDED = (
+    "/usr/sbin/sshd",
+    "ssh-keygen",
+    "unshare",
+    "runuser",
+    "sudo",
+    f"{servers.PG_BIN}/initdb",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+)
 
 
 def _require_servers() -> None:
@@ -74,7 +83,11 @@ def _host(name: str, pg: servers.Postgres, db: servers.MariaDB) -> Iterator[serv
     try:
         host = servers.start_sshd(
             name,
-            binds={"/var/run/postgresql": pg.socket_dir, "/run/mysqld": db.socket_dir, SITE_PATH: site},
+            binds={
+                "/var/run/postgresql": pg.socket_dir,
+                "/run/mysqld": db.socket_dir,
+                SITE_PATH: site,
+            },
         )
         try:
             yield host
@@ -109,13 +122,17 @@ def mariadb_target() -> Iterator[servers.MariaDB]:
 
 
 @pytest.fixture(scope="session")
-def ssh_source(pg_source: servers.Postgres, mariadb_source: servers.MariaDB) -> Iterator[servers.SshHost]:
+def ssh_source(
+    pg_source: servers.Postgres, mariadb_source: servers.MariaDB
+) -> Iterator[servers.SshHost]:
     """sshd of host "source" (root, key auth) seeing pg_source, mariadb_source, its /srv/site."""
     yield from _host("source", pg_source, mariadb_source)
 
 
 @pytest.fixture(scope="session")
-def ssh_target(pg_target: servers.Postgres, mariadb_target: servers.MariaDB) -> Iterator[servers.SshHost]:
+def ssh_target(
+    pg_target: servers.Postgres, mariadb_target: servers.MariaDB
+) -> Iterator[servers.SshHost]:
     """sshd of host "target" (root, key auth) seeing pg_target, mariadb_target, its /srv/site."""
     yield from _host("target", pg_target, mariadb_target)
 

@@ -27,6 +27,7 @@ only, so OS root needs no password over the socket and TCP always needs the pass
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -37,7 +38,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import IO
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SSHD = "/usr/sbin/sshd"
@@ -85,10 +85,8 @@ def _child_pids(pid: int) -> list[int]:
 
 def _signal(pid: int, sig: int) -> None:
     """Send sig to pid, ignoring a process that is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _wait_pid_gone(pid: int, timeout: float) -> bool:
@@ -111,7 +109,9 @@ def _stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Non
         _wait_pid_gone(pid, 5.0)
 
 
-def _stop_popen(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+def _stop_popen(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 30.0
+) -> None:
     """Stop a child process by its PID: sig, wait, then SIGKILL, and reap it."""
     if proc is None or proc.poll() is not None:
         return
@@ -132,10 +132,16 @@ def _tail(path: str, lines: int = 30) -> str:
         return f"<cannot read {path}: {e}>"
 
 
-def _run(cmd: list[str], input: str | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], input: str | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run cmd, capture text output, raise RuntimeError with stderr on failure."""
     res = subprocess.run(
-        cmd, input=input, capture_output=True, text=True, cwd=cwd,
+        cmd,
+        input=input,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     if res.returncode != 0:
@@ -165,7 +171,9 @@ class SshHost:
     dir: str = ""
     host_public_key: str = ""
     log_file: str = ""
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def pid(self) -> int:
@@ -233,7 +241,9 @@ def start_sshd(name: str, binds: dict[str, str] | None = None, timeout: float = 
         resolved: dict[str, str] = {}
         for target, src in (binds or {}).items():
             if not os.path.isabs(target) or not os.path.isdir(src):
-                raise ValueError(f"bind {target!r} -> {src!r}: target must be absolute, source an existing dir")
+                raise ValueError(
+                    f"bind {target!r} -> {src!r}: target must be absolute, source an existing dir"
+                )
             resolved[os.path.realpath(target)] = os.path.realpath(src)
     except BaseException:
         _rmtree(d)
@@ -246,21 +256,33 @@ def start_sshd(name: str, binds: dict[str, str] | None = None, timeout: float = 
         if resolved:
             targets = sorted(resolved, key=len)
             script = "set -e; mkdir -p " + " ".join(shlex.quote(t) for t in targets) + "; "
-            script += "".join(f"mount --bind {shlex.quote(resolved[t])} {shlex.quote(t)}; " for t in targets)
+            script += "".join(
+                f"mount --bind {shlex.quote(resolved[t])} {shlex.quote(t)}; " for t in targets
+            )
             script += "exec " + shlex.join(sshd_cmd)
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
         else:
             cmd = sshd_cmd
         if os.path.exists(pidfile):
             os.unlink(pidfile)
-        logf: IO[bytes] = open(log, "ab")
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            logf.close()
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         host = SshHost(
-            name=name, port=port, user="root", key_file=client_key, binds=dict(binds or {}),
-            dir=d, host_public_key=host_pub, log_file=log, proc=proc,
+            name=name,
+            port=port,
+            user="root",
+            key_file=client_key,
+            binds=dict(binds or {}),
+            dir=d,
+            host_public_key=host_pub,
+            log_file=log,
+            proc=proc,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
@@ -292,15 +314,30 @@ class Postgres:
     log_file: str = ""
 
     def psql(self, sql: str, db: str = "postgres") -> str:
-        """Run SQL (fed on stdin, ON_ERROR_STOP) as OS/DB user postgres over the socket; return stdout."""
+        """Run SQL (stdin, ON_ERROR_STOP) as OS/DB user postgres over the socket; return stdout."""
         cmd = [
-            "runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-X", "-A", "-t", "-q",
-            "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir, "-p", str(self.port), "-d", db,
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"{PG_BIN}/psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.socket_dir,
+            "-p",
+            str(self.port),
+            "-d",
+            db,
         ]
         return _run(cmd, input=sql, cwd=self.dir or "/").stdout
 
     def dsn_env(self, db: str = "postgres") -> dict[str, str]:
-        """Return libpq environment variables for a password (scram) TCP login, or the socket if no TCP."""
+        """Return libpq env vars for a scram password login over TCP (the socket if no TCP)."""
         return {
             "PGHOST": "127.0.0.1" if self.tcp else self.socket_dir,
             "PGPORT": str(self.port),
@@ -326,19 +363,40 @@ def _postmaster_pid(datadir: str) -> int:
         return int(f.readline().strip())
 
 
-def start_postgres(port: int | None = None, tcp: bool = True, socket_alias_port: int | None = None) -> Postgres:
-    """initdb and start a PostgreSQL 15 cluster as OS user postgres; socket trust, TCP scram-sha-256."""
+def start_postgres(
+    port: int | None = None, tcp: bool = True, socket_alias_port: int | None = None
+) -> Postgres:
+    """initdb and start a PostgreSQL 15 cluster as user postgres; socket trust, TCP scram."""
     d = tempfile.mkdtemp(prefix="pg-")
     os.chmod(d, 0o755)
     shutil.chown(d, "postgres", "postgres")
-    datadir, sockdir, log = os.path.join(d, "data"), os.path.join(d, "sock"), os.path.join(d, "server.log")
+    datadir, sockdir, log = (
+        os.path.join(d, "data"),
+        os.path.join(d, "sock"),
+        os.path.join(d, "server.log"),
+    )
     os.mkdir(sockdir, 0o755)
     shutil.chown(sockdir, "postgres", "postgres")
     pg: Postgres | None = None
     try:
         _run(
-            ["runuser", "-u", "postgres", "--", f"{PG_BIN}/initdb", "-D", datadir, "-U", "postgres",
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                f"{PG_BIN}/initdb",
+                "-D",
+                datadir,
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
             cwd=d,
         )
         with open(os.path.join(datadir, "pg_hba.conf"), "w") as f:
@@ -346,7 +404,8 @@ def start_postgres(port: int | None = None, tcp: bool = True, socket_alias_port:
         listen = "127.0.0.1" if tcp else ""
         with open(os.path.join(datadir, "postgresql.conf"), "a") as f:
             f.write(
-                f"\n# test harness\nlisten_addresses = '{listen}'\nunix_socket_directories = '{sockdir}'\n"
+                f"\n# test harness\nlisten_addresses = '{listen}'\n"
+                f"unix_socket_directories = '{sockdir}'\n"
                 "unix_socket_permissions = 0777\nfsync = off\nsynchronous_commit = off\n"
                 "full_page_writes = off\npassword_encryption = 'scram-sha-256'\n"
             )
@@ -354,14 +413,40 @@ def start_postgres(port: int | None = None, tcp: bool = True, socket_alias_port:
         for _attempt in range(3 if port is None else 1):
             p = port if port is not None else free_port()
             res = subprocess.run(
-                ["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", datadir, "-l", log,
-                 "-w", "-t", "30", "-o", f"-p {p}", "start"],
-                capture_output=True, text=True, cwd=d, stdin=subprocess.DEVNULL,
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    f"{PG_BIN}/pg_ctl",
+                    "-D",
+                    datadir,
+                    "-l",
+                    log,
+                    "-w",
+                    "-t",
+                    "30",
+                    "-o",
+                    f"-p {p}",
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=d,
+                stdin=subprocess.DEVNULL,
             )
             if res.returncode == 0:
                 password = secrets.token_hex(16)
-                pg = Postgres(datadir=datadir, socket_dir=sockdir, port=p, password=password, tcp=tcp,
-                              dir=d, pid=_postmaster_pid(datadir), log_file=log)
+                pg = Postgres(
+                    datadir=datadir,
+                    socket_dir=sockdir,
+                    port=p,
+                    password=password,
+                    tcp=tcp,
+                    dir=d,
+                    pid=_postmaster_pid(datadir),
+                    log_file=log,
+                )
                 break
             last_error = f"{res.stdout}{res.stderr}\n{_tail(log)}"
             if "already in use" not in last_error:
@@ -375,16 +460,16 @@ def start_postgres(port: int | None = None, tcp: bool = True, socket_alias_port:
         with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(pg.password + "\n")
         if socket_alias_port is not None and socket_alias_port != pg.port:
-            os.symlink(f".s.PGSQL.{pg.port}", os.path.join(sockdir, f".s.PGSQL.{socket_alias_port}"))
+            os.symlink(
+                f".s.PGSQL.{pg.port}", os.path.join(sockdir, f".s.PGSQL.{socket_alias_port}")
+            )
         return pg
     except BaseException:
         if pg is not None:
             pg.stop()
         else:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 _stop_pid(_postmaster_pid(datadir), signal.SIGINT, 30.0)
-            except (OSError, ValueError):
-                pass
             _rmtree(d)
         raise
 
@@ -402,7 +487,9 @@ class MariaDB:
     root_password: str
     dir: str = ""
     log_file: str = ""
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def pid(self) -> int:
@@ -421,8 +508,20 @@ class MariaDB:
 
     def sql(self, sql: str) -> str:
         """Run SQL as root over the socket (batch, no column names) and return stdout."""
-        return _run(["mariadb", "--no-defaults", "-S", self.socket, "-uroot", f"-p{self.root_password}",
-                     "-N", "-B", "-e", sql]).stdout
+        return _run(
+            [
+                "mariadb",
+                "--no-defaults",
+                "-S",
+                self.socket,
+                "-uroot",
+                f"-p{self.root_password}",
+                "-N",
+                "-B",
+                "-e",
+                sql,
+            ]
+        ).stdout
 
     def stop(self, remove: bool = True) -> None:
         """Stop mariadbd by PID (SIGTERM), then remove its directory."""
@@ -433,13 +532,24 @@ class MariaDB:
 
 def _mariadb_ping(socket_path: str) -> bool:
     """Tell whether a password-less root ping over the socket succeeds."""
-    res = subprocess.run(["mariadb-admin", "--no-defaults", "-S", socket_path, "-uroot", "--connect-timeout=1", "ping"],
-                         capture_output=True, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [
+            "mariadb-admin",
+            "--no-defaults",
+            "-S",
+            socket_path,
+            "-uroot",
+            "--connect-timeout=1",
+            "ping",
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     return res.returncode == 0
 
 
 def start_mariadb(socket_dir: str | None = None, timeout: float = 30.0) -> MariaDB:
-    """Install a fresh datadir and start mariadbd on a free TCP port plus ``socket_dir/mysqld.sock``."""
+    """Install a fresh datadir; start mariadbd on a free TCP port and ``socket_dir/mysqld.sock``."""
     d = tempfile.mkdtemp(prefix="mariadb-")
     os.chmod(d, 0o755)
     datadir, log = os.path.join(d, "data"), os.path.join(d, "error.log")
@@ -449,19 +559,48 @@ def start_mariadb(socket_dir: str | None = None, timeout: float = 30.0) -> Maria
     sock = os.path.join(socket_dir, "mysqld.sock")
     db: MariaDB | None = None
     try:
-        _run(["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--user=root",
-              "--auth-root-authentication-method=normal", "--skip-test-db"])
+        _run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={datadir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ]
+        )
         last_error = ""
         for _attempt in range(3):
             port = free_port()
             cmd = [
-                "mariadbd", "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
-                "--bind-address=127.0.0.1", "--user=root", f"--pid-file={d}/mysqld.pid", f"--log-error={log}",
-                "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={datadir}",
+                f"--socket={sock}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                f"--pid-file={d}/mysqld.pid",
+                f"--log-error={log}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
             ]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
-            cand = MariaDB(datadir=datadir, socket=sock, port=port, root_password="", dir=d, log_file=log, proc=proc)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            cand = MariaDB(
+                datadir=datadir,
+                socket=sock,
+                port=port,
+                root_password="",
+                dir=d,
+                log_file=log,
+                proc=proc,
+            )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
                 if _mariadb_ping(sock):
@@ -477,13 +616,26 @@ def start_mariadb(socket_dir: str | None = None, timeout: float = 30.0) -> Maria
         if db is None:
             raise RuntimeError(f"mariadbd did not become ready:\n{last_error}")
         pw = secrets.token_hex(16)
-        hosts = _run(["mariadb", "--no-defaults", "-S", sock, "-uroot", "-N", "-B", "-e",
-                      "SELECT host FROM mysql.user WHERE user='root'"]).stdout.split()
+        hosts = _run(
+            [
+                "mariadb",
+                "--no-defaults",
+                "-S",
+                sock,
+                "-uroot",
+                "-N",
+                "-B",
+                "-e",
+                "SELECT host FROM mysql.user WHERE user='root'",
+            ]
+        ).stdout.split()
         stmts = []
         for h in hosts:
             if h == "localhost":
-                stmts.append(f"ALTER USER root@localhost IDENTIFIED VIA unix_socket "
-                             f"OR mysql_native_password USING PASSWORD('{pw}')")
+                stmts.append(
+                    f"ALTER USER root@localhost IDENTIFIED VIA unix_socket "
+                    f"OR mysql_native_password USING PASSWORD('{pw}')"
+                )
             elif h in ("127.0.0.1", "::1"):
                 stmts.append(f"ALTER USER root@'{h}' IDENTIFIED BY '{pw}'")
             else:  # root@<hostname>: unusable (and unalterable) under --skip-name-resolve

@@ -1,0 +1,265 @@
+"""The ``recipes`` command: parse, load config, call the API, print. Imports stay lazy for speed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from recipes.errors import RecipeError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_VERIFY = 0, 1, 2, 3
+
+
+class State:
+    def __init__(self, config: str | None, as_json: bool, verbose: int) -> None:
+        self.config_path = config
+        self.json = as_json
+        self.verbose = verbose
+        self._config: Any = None
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from recipes import config
+
+            self._config = config.load(self.config_path)
+        return self._config
+
+
+def emit(state: State, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if state.json else text)
+
+
+def fail(exc: RecipeError) -> NoReturn:
+    click.echo(f"recipes: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class Group(click.Group):
+    """Turns every RecipeError into one line on stderr and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RecipeError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("recipes: interrupted (everything that was stopped was started again)",
+                       err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group)
+@click.option("--config", "config_path", metavar="FILE", help="recipes.toml to use.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="recipes")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: int) -> None:
+    """Back up and restore applications the way their own documentation says.
+
+    Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 verification failed.
+    """
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="recipes: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("paramiko", "fsspec", "s3fs", "botocore", "invoke", "fabric"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = State(config_path, as_json, verbose)
+
+
+pass_state = click.make_pass_decorator(State)
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe parameter (TOML value; dotted keys nest).")
+
+
+@main.command("init")
+@click.option("--force", is_flag=True, help="Overwrite an existing config or identity.")
+@click.option("--repo", metavar="URL", help="Repository URL to write into the config.")
+@pass_state
+def init_cmd(state: State, force: bool, repo: str | None) -> None:
+    """Write a starter recipes.toml and a new age identity (the secret key, 0600)."""
+    from recipes import keys
+
+    result = keys.init(state.config_path, repo, force)
+    emit(state, result, keys.init_message(result))
+
+
+@main.command("list")
+@pass_state
+def list_cmd(state: State) -> None:
+    """Recipes and their parameters."""
+    from recipes import apps
+    from recipes.recipe import describe_params
+
+    data = [{"name": r.name, "summary": r.summary,
+             "parameters": [n for n, _, _ in describe_params(r())]} for r in apps.RECIPES]
+    text = "\n".join(f"{d['name']:<18} {d['summary']}\n{'':<18} parameters: "
+                     f"{', '.join(d['parameters'])}" for d in data)
+    emit(state, data, text)
+
+
+@main.command("show")
+@click.argument("recipe")
+@pass_state
+def show_cmd(state: State, recipe: str) -> None:
+    """Paths, excludes, steps and defaults of a recipe."""
+    from recipes import apps, plan
+    from recipes.recipe import describe_params, make_params, params_dict
+
+    r = apps.get(recipe)
+    defaults = make_params(r, {}, f"recipe {recipe}")
+    params = [{"name": n, "doc": d, "default": params_dict(defaults)[n]}
+              for n, d, _ in describe_params(r)]
+    backup = plan.backup_plan(r, defaults, "HOST")
+    restore = plan.restore_plan(r, defaults, "HOST")
+    data = {"name": r.name, "summary": r.summary, "seed": r.seed, "parameters": params,
+            "backup": backup.to_dict()["steps"], "restore": restore.to_dict()["steps"]}
+    lines = [f"{r.name}: {r.summary}", f"seed: {r.seed}", "", "parameters:"]
+    for p in params:
+        lines.append(f"  {p['name']} = {json.dumps(p['default'])}")
+        lines.append(f"      {p['doc']}")
+    lines += ["", "with the defaults:", *backup.lines(), *restore.lines()]
+    emit(state, data, "\n".join(lines))
+
+
+def _prepare(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> tuple[Any, Any, Any]:
+    from recipes import apps, config
+    from recipes.recipe import make_params
+
+    cfg = state.config
+    r = apps.get(recipe)
+    values = config.recipe_values(cfg, recipe, sets)
+    where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set"
+    return r, make_params(r, values, where), cfg.host(host)
+
+
+@main.command("plan")
+@click.argument("recipe")
+@click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
+@set_option
+@pass_state
+def plan_cmd(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> None:
+    """Every command a backup would run; nothing is run."""
+    from recipes import plan
+
+    r, params, spec = _prepare(state, recipe, host, sets)
+    p = plan.backup_plan(r, params, spec.name)
+    emit(state, p.to_dict(), "\n".join(p.lines()))
+
+
+def _repo(state: State, url: str | None) -> Any:
+    from recipes.repository import Repository
+
+    cfg = state.config
+    return Repository(cfg.repository_url(url), dict(cfg.repository.options))
+
+
+@main.command("run")
+@click.argument("recipe")
+@click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@set_option
+@click.option("--full", is_flag=True, help="Force a full backup (every backup is full for now).")
+@pass_state
+def run_cmd(state: State, recipe: str, host: str, repo: str | None, sets: tuple[str, ...],
+            full: bool) -> None:
+    """Back up RECIPE from a host into the repository."""
+    from recipes import engine, plan
+    from recipes.hosts import open_host
+
+    r, params, spec = _prepare(state, recipe, host, sets)
+    p = plan.backup_plan(r, params, spec.name)
+    repository = _repo(state, repo)
+    live = open_host(spec)
+    try:
+        manifest = engine.backup(p, live, repository, list(state.config.repository.recipients))
+    finally:
+        live.close()
+    from recipes.manifest import _converter
+
+    text = (f"snapshot {manifest.snapshot} of {recipe}@{spec.name}: {len(manifest.objects)} "
+            f"objects, {manifest.size} bytes stored in {repository.url}")
+    emit(state, _converter.unstructure(manifest), text)
+
+
+@main.command("snapshots")
+@click.argument("recipe", required=False)
+@click.option("--host", help="Only this host's snapshots.")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@pass_state
+def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str | None) -> None:
+    """Committed snapshots, oldest first."""
+    repository = _repo(state, repo)
+    found = repository.manifests(recipe, host)
+    data = [{"snapshot": m.snapshot, "recipe": m.recipe, "host": m.host, "finished": m.finished,
+             "level": m.level, "size": m.size, "objects": [o.name for o in m.objects]}
+            for m in found]
+    lines = [f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
+             f"{d['size']:>12} B  {len(d['objects'])} objects" for d in data]
+    emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
+
+
+@main.command("restore")
+@click.argument("recipe")
+@click.option("--host", required=True, help="The host to restore onto.")
+@click.option("--snapshot", default="latest", show_default=True,
+              help="Snapshot id (or unique prefix), or latest.")
+@click.option("--from", "from_host", metavar="HOST",
+              help="Take the latest snapshot of this host (default: --host itself).")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@click.option("--identity", metavar="FILE", help="age identity file (the secret key).")
+@set_option
+@click.option("--force", is_flag=True, help="Restore over a non-empty target.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the restore plan; run nothing.")
+@pass_state
+def restore_cmd(state: State, recipe: str, host: str, snapshot: str, from_host: str | None,
+                repo: str | None, identity: str | None, sets: tuple[str, ...], force: bool,
+                plan_only: bool) -> None:
+    """Restore a snapshot of RECIPE onto a host."""
+    from recipes import engine, plan, stream
+    from recipes.errors import ConfigError
+    from recipes.hosts import open_host
+
+    r, params, spec = _prepare(state, recipe, host, sets)
+    p = plan.restore_plan(r, params, spec.name)
+    if plan_only:
+        emit(state, p.to_dict(), "\n".join(p.lines()))
+        return
+    repository = _repo(state, repo)
+    source = state.config.host(from_host).name if from_host else spec.name
+    if snapshot != "latest" and not from_host:
+        manifest = _find_any_host(repository, recipe, snapshot)
+    else:
+        manifest = repository.find(recipe, source, snapshot)
+    identity_path = state.config.identity_path(identity)
+    if identity_path is None:
+        raise ConfigError("no age identity: pass --identity FILE or set [repository] "
+                          "identity_file in recipes.toml")
+    try:
+        identities = stream.load_identities(identity_path)
+    except OSError as exc:
+        raise ConfigError(f"identity file {identity_path}: {exc.strerror}") from exc
+    live = open_host(spec)
+    try:
+        records = engine.restore(p, live, repository, manifest, identities, force)
+    finally:
+        live.close()
+    data = {"snapshot": manifest.snapshot, "host": spec.name,
+            "steps": [{"name": s.name, "kind": s.kind, "seconds": s.seconds} for s in records]}
+    emit(state, data, f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
+                      f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s")
+
+
+def _find_any_host(repository: Any, recipe: str, snapshot: str) -> Any:
+    from recipes.errors import RepositoryError
+
+    matches = [m for m in repository.manifests(recipe) if m.snapshot.startswith(snapshot)]
+    if len(matches) != 1:
+        raise RepositoryError(f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
+                              f"{recipe}: run `recipes snapshots {recipe}`")
+    return matches[0]

@@ -1,0 +1,188 @@
+"""recipes.toml: found, parsed and checked into frozen attrs, with the file and key in every error."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from recipes.errors import ConfigError
+from recipes.hosts import LOCAL, HostSpec, parse_target
+from recipes.recipe import error_lines
+
+DEFAULT_DIR = "~/.config/recipes"
+DEFAULT_CONFIG = f"{DEFAULT_DIR}/recipes.toml"
+DEFAULT_IDENTITY = f"{DEFAULT_DIR}/identity.txt"
+DEFAULT_REPOSITORY = "~/.local/share/recipes/repo"
+
+
+@attrs.frozen
+class RepositoryConfig:
+    """``[repository]``: where snapshots go and which keys encrypt them."""
+
+    url: str = DEFAULT_REPOSITORY
+    options: dict[str, Any] = attrs.Factory(dict)
+    recipients: tuple[str, ...] = ()
+    identity_file: str | None = None
+
+
+@attrs.frozen
+class RetentionConfig:
+    """``[retention]``: duply's semantics plus GFS keeps (applied by ``prune``, later)."""
+
+    full_every: str = "3M"
+    max_age: str = "2Y"
+    max_fulls_with_incrs: int = 2
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+
+
+@attrs.frozen
+class HostConfig:
+    """``[hosts.NAME]``: how to reach one host."""
+
+    address: str | None = None
+    user: str | None = None
+    port: int | None = None
+    key_file: str | None = None
+    sudo: bool = False
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration; ``path`` is None when defaults apply."""
+
+    repository: RepositoryConfig = attrs.Factory(RepositoryConfig)
+    retention: RetentionConfig = attrs.Factory(RetentionConfig)
+    hosts: dict[str, HostConfig] = attrs.Factory(dict)
+    recipes: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    path: str | None = None
+
+    def base_dir(self) -> Path:
+        return Path(self.path).parent if self.path else Path.cwd()
+
+    def resolve_path(self, text: str) -> str:
+        """``~`` expanded; a relative path is relative to the config file."""
+        p = Path(os.path.expanduser(text))
+        return str(p if p.is_absolute() else (self.base_dir() / p).resolve())
+
+    def repository_url(self, override: str | None = None) -> str:
+        url = override or self.repository.url
+        if "://" in url:
+            return url
+        return self.resolve_path(url) if not override else os.path.abspath(os.path.expanduser(url))
+
+    def identity_path(self, override: str | None = None) -> str | None:
+        if override:
+            return os.path.abspath(os.path.expanduser(override))
+        if self.repository.identity_file:
+            return self.resolve_path(self.repository.identity_file)
+        default = os.path.expanduser(DEFAULT_IDENTITY)
+        return default if os.path.exists(default) else None
+
+    def host(self, name: str) -> HostSpec:
+        """A host alias from ``[hosts.*]``, ``local``, an ``~/.ssh/config`` name or ``[user@]addr[:port]``."""
+        if name in self.hosts:
+            h = self.hosts[name]
+            key = self.resolve_path(h.key_file) if h.key_file else None
+            return HostSpec(name=name, address=h.address or name, user=h.user, port=h.port,
+                            key_file=key, sudo=h.sudo)
+        if name == LOCAL:
+            return HostSpec(LOCAL)
+        return parse_target(name)
+
+
+_conv = cattrs.Converter(forbid_extra_keys=True)
+
+
+def find(explicit: str | None) -> Path | None:
+    """``--config``, then ``$RECIPES_CONFIG``, then ``./recipes.toml``, then the user's config."""
+    if explicit:
+        p = Path(os.path.expanduser(explicit))
+        if not p.exists():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return p
+    env = os.environ.get("RECIPES_CONFIG")
+    if env:
+        p = Path(os.path.expanduser(env))
+        if not p.exists():
+            raise ConfigError(f"RECIPES_CONFIG={env}: file does not exist")
+        return p
+    for candidate in (Path("recipes.toml"), Path(os.path.expanduser(DEFAULT_CONFIG))):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load(explicit: str | None = None) -> Config:
+    """Find and parse the configuration; defaults when there is none."""
+    path = find(explicit)
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return parse(data, str(path.resolve()))
+
+
+def parse(data: dict[str, Any], where: str) -> Config:
+    """Structure a parsed TOML document into a Config."""
+    recipes = data.get("recipes", {})
+    if not isinstance(recipes, dict) or not all(isinstance(v, dict) for v in recipes.values()):
+        raise ConfigError(f"{where}: [recipes.NAME] sections must be tables")
+    try:
+        config = _conv.structure({k: v for k, v in data.items() if k != "recipes"}, Config)
+    except Exception as exc:
+        raise ConfigError(error_lines(exc, where)) from exc
+    return attrs.evolve(config, recipes=recipes, path=where)
+
+
+def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--set key=value``: TOML values when they parse, else strings; dotted keys nest."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, as in --set root=/srv/site")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        merge(out, nest(key.split("."), value))
+    return out
+
+
+def nest(keys: list[str], value: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {keys[-1]: value}
+    for k in reversed(keys[:-1]):
+        result = {k: result}
+    return result
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into ``base`` (a table replaces a scalar such as ``postgres = true``)."""
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def recipe_values(config: Config, recipe: str, sets: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Parameters for a recipe: ``[recipes.NAME]`` overridden by ``--set``."""
+    import copy
+
+    values = copy.deepcopy(config.recipes.get(recipe, {}))
+    return merge(values, parse_set(sets))
