@@ -48,8 +48,7 @@ class Group(click.Group):
         except RecipeError as exc:
             fail(exc)
         except KeyboardInterrupt:
-            click.echo("recipes: interrupted (everything that was stopped was started again)",
-                       err=True)
+            click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
             sys.exit(130)
 
 
@@ -73,8 +72,13 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: in
 
 
 pass_state = click.make_pass_decorator(State)
-set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Override a recipe parameter (TOML value; dotted keys nest).")
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe parameter (TOML value; dotted keys nest).",
+)
 
 
 @main.command("init")
@@ -96,10 +100,17 @@ def list_cmd(state: State) -> None:
     from recipes import apps
     from recipes.recipe import describe_params
 
-    data = [{"name": r.name, "summary": r.summary,
-             "parameters": [n for n, _, _ in describe_params(r())]} for r in apps.RECIPES]
-    text = "\n".join(f"{d['name']:<18} {d['summary']}\n{'':<18} parameters: "
-                     f"{', '.join(d['parameters'])}" for d in data)
+    data = [
+        {
+            "name": r.name,
+            "summary": r.summary,
+            "parameters": [n for n, _, _ in describe_params(r())],
+        }
+        for r in apps.RECIPES
+    ]
+    text = "\n".join(
+        f"{d['name']:<18} {d['summary']}\n{'':<18} parameters: {', '.join(d['parameters'])}" for d in data
+    )
     emit(state, data, text)
 
 
@@ -113,12 +124,17 @@ def show_cmd(state: State, recipe: str) -> None:
 
     r = apps.get(recipe)
     defaults = make_params(r, {}, f"recipe {recipe}")
-    params = [{"name": n, "doc": d, "default": params_dict(defaults)[n]}
-              for n, d, _ in describe_params(r)]
+    params = [{"name": n, "doc": d, "default": params_dict(defaults)[n]} for n, d, _ in describe_params(r)]
     backup = plan.backup_plan(r, defaults, "HOST")
     restore = plan.restore_plan(r, defaults, "HOST")
-    data = {"name": r.name, "summary": r.summary, "seed": r.seed, "parameters": params,
-            "backup": backup.to_dict()["steps"], "restore": restore.to_dict()["steps"]}
+    data = {
+        "name": r.name,
+        "summary": r.summary,
+        "seed": r.seed,
+        "parameters": params,
+        "backup": backup.to_dict()["steps"],
+        "restore": restore.to_dict()["steps"],
+    }
     lines = [f"{r.name}: {r.summary}", f"seed: {r.seed}", "", "parameters:"]
     for p in params:
         lines.append(f"  {p['name']} = {json.dumps(p['default'])}")
@@ -166,8 +182,9 @@ def _repo(state: State, url: str | None) -> Any:
 @set_option
 @click.option("--full", is_flag=True, help="Force a full backup (every backup is full for now).")
 @pass_state
-def run_cmd(state: State, recipe: str, host: str, repo: str | None, sets: tuple[str, ...],
-            full: bool) -> None:
+def run_cmd(
+    state: State, recipe: str, host: str, repo: str | None, sets: tuple[str, ...], full: bool
+) -> None:
     """Back up RECIPE from a host into the repository."""
     from recipes import engine, plan
     from recipes.hosts import open_host
@@ -182,8 +199,10 @@ def run_cmd(state: State, recipe: str, host: str, repo: str | None, sets: tuple[
         live.close()
     from recipes.manifest import _converter
 
-    text = (f"snapshot {manifest.snapshot} of {recipe}@{spec.name}: {len(manifest.objects)} "
-            f"objects, {manifest.size} bytes stored in {repository.url}")
+    text = (
+        f"snapshot {manifest.snapshot} of {recipe}@{spec.name}: {len(manifest.objects)} "
+        f"objects, {manifest.size} bytes stored in {repository.url}"
+    )
     emit(state, _converter.unstructure(manifest), text)
 
 
@@ -196,30 +215,59 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
     """Committed snapshots, oldest first."""
     repository = _repo(state, repo)
     found = repository.manifests(recipe, host)
-    data = [{"snapshot": m.snapshot, "recipe": m.recipe, "host": m.host, "finished": m.finished,
-             "level": m.level, "size": m.size, "objects": [o.name for o in m.objects]}
-            for m in found]
-    lines = [f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
-             f"{d['size']:>12} B  {len(d['objects'])} objects" for d in data]
+    data = [
+        {
+            "snapshot": m.snapshot,
+            "recipe": m.recipe,
+            "host": m.host,
+            "finished": m.finished,
+            "level": m.level,
+            "size": m.size,
+            "objects": [o.name for o in m.objects],
+        }
+        for m in found
+    ]
+    lines = [
+        f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
+        f"{d['size']:>12} B  {len(d['objects'])} objects"
+        for d in data
+    ]
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
 
 
 @main.command("restore")
 @click.argument("recipe")
 @click.option("--host", required=True, help="The host to restore onto.")
-@click.option("--snapshot", default="latest", show_default=True,
-              help="Snapshot id (or unique prefix), or latest.")
-@click.option("--from", "from_host", metavar="HOST",
-              help="Take the latest snapshot of this host (default: --host itself).")
+@click.option(
+    "--snapshot",
+    default="latest",
+    show_default=True,
+    help="Snapshot id (or unique prefix), or latest.",
+)
+@click.option(
+    "--from",
+    "from_host",
+    metavar="HOST",
+    help="Take the latest snapshot of this host (default: --host itself).",
+)
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
 @click.option("--identity", metavar="FILE", help="age identity file (the secret key).")
 @set_option
 @click.option("--force", is_flag=True, help="Restore over a non-empty target.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the restore plan; run nothing.")
 @pass_state
-def restore_cmd(state: State, recipe: str, host: str, snapshot: str, from_host: str | None,
-                repo: str | None, identity: str | None, sets: tuple[str, ...], force: bool,
-                plan_only: bool) -> None:
+def restore_cmd(
+    state: State,
+    recipe: str,
+    host: str,
+    snapshot: str,
+    from_host: str | None,
+    repo: str | None,
+    identity: str | None,
+    sets: tuple[str, ...],
+    force: bool,
+    plan_only: bool,
+) -> None:
     """Restore a snapshot of RECIPE onto a host."""
     from recipes import engine, plan, stream
     from recipes.errors import ConfigError
@@ -238,8 +286,9 @@ def restore_cmd(state: State, recipe: str, host: str, snapshot: str, from_host: 
         manifest = repository.find(recipe, source, snapshot)
     identity_path = state.config.identity_path(identity)
     if identity_path is None:
-        raise ConfigError("no age identity: pass --identity FILE or set [repository] "
-                          "identity_file in recipes.toml")
+        raise ConfigError(
+            "no age identity: pass --identity FILE or set [repository] identity_file in recipes.toml"
+        )
     try:
         identities = stream.load_identities(identity_path)
     except OSError as exc:
@@ -249,10 +298,17 @@ def restore_cmd(state: State, recipe: str, host: str, snapshot: str, from_host: 
         records = engine.restore(p, live, repository, manifest, identities, force)
     finally:
         live.close()
-    data = {"snapshot": manifest.snapshot, "host": spec.name,
-            "steps": [{"name": s.name, "kind": s.kind, "seconds": s.seconds} for s in records]}
-    emit(state, data, f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
-                      f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s")
+    data = {
+        "snapshot": manifest.snapshot,
+        "host": spec.name,
+        "steps": [{"name": s.name, "kind": s.kind, "seconds": s.seconds} for s in records],
+    }
+    emit(
+        state,
+        data,
+        f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
+        f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s",
+    )
 
 
 def _find_any_host(repository: Any, recipe: str, snapshot: str) -> Any:
@@ -260,6 +316,8 @@ def _find_any_host(repository: Any, recipe: str, snapshot: str) -> Any:
 
     matches = [m for m in repository.manifests(recipe) if m.snapshot.startswith(snapshot)]
     if len(matches) != 1:
-        raise RepositoryError(f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
-                              f"{recipe}: run `recipes snapshots {recipe}`")
+        raise RepositoryError(
+            f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
+            f"{recipe}: run `recipes snapshots {recipe}`"
+        )
     return matches[0]

@@ -92,8 +92,14 @@ class Config:
         if name in self.hosts:
             h = self.hosts[name]
             key = self.resolve_path(h.key_file) if h.key_file else None
-            return HostSpec(name=name, address=h.address or name, user=h.user, port=h.port,
-                            key_file=key, sudo=h.sudo)
+            return HostSpec(
+                name=name,
+                address=h.address or name,
+                user=h.user,
+                port=h.port,
+                key_file=key,
+                sudo=h.sudo,
+            )
         if name == LOCAL:
             return HostSpec(LOCAL)
         return parse_target(name)

@@ -121,8 +121,9 @@ class Backup:
             return "ok"
         raise StepFailed(f"a backup cannot run a {kind(step)} step ({step.name})")
 
-    def _store(self, step: Archive | Dump, name: str, what: str, engine: str | None,
-               warn_exit: int | None) -> None:
+    def _store(
+        self, step: Archive | Dump, name: str, what: str, engine: str | None, warn_exit: int | None
+    ) -> None:
         started = time.monotonic()
         path = f"{name}.zst.age"
         proc = self.host.start(step.command)
@@ -132,8 +133,10 @@ class Backup:
                 stored = stream.store(proc, fh, self.recipients)
         except StepFailed as exc:
             status = proc.wait()
-            raise StepFailed(f"{what} {step.name} failed on {self.host.name} (exit {status}): "
-                             f"{last_line(proc.stderr()) if status else exc}") from exc
+            raise StepFailed(
+                f"{what} {step.name} failed on {self.host.name} (exit {status}): "
+                f"{last_line(proc.stderr()) if status else exc}"
+            ) from exc
         except BaseException:
             proc.kill()
             raise
@@ -142,17 +145,32 @@ class Backup:
         if status != 0:
             if warn_exit is not None and status == warn_exit:
                 warnings = tuple(line for line in proc.stderr().splitlines() if line.strip())[:50]
-                log.warning("%s %s: %d warning(s), e.g. %s", what, step.name, len(warnings),
-                            warnings[0] if warnings else "")
+                log.warning(
+                    "%s %s: %d warning(s), e.g. %s",
+                    what,
+                    step.name,
+                    len(warnings),
+                    warnings[0] if warnings else "",
+                )
             else:
-                raise StepFailed(f"{what} {step.name} failed on {self.host.name} (exit {status}): "
-                                 f"{last_line(proc.stderr())}")
+                raise StepFailed(
+                    f"{what} {step.name} failed on {self.host.name} (exit {status}): "
+                    f"{last_line(proc.stderr())}"
+                )
         seconds = round(time.monotonic() - started, 3)
         log.info("stored %s: %d bytes in %.1fs", path, stored.size, seconds)
-        self.objects.append(mf.StoredObject(
-            name=name, kind=what, path=path, size=stored.size, sha256=stored.sha256,
-            engine=engine, seconds=seconds, warnings=warnings,
-        ))
+        self.objects.append(
+            mf.StoredObject(
+                name=name,
+                kind=what,
+                path=path,
+                size=stored.size,
+                sha256=stored.sha256,
+                engine=engine,
+                seconds=seconds,
+                warnings=warnings,
+            )
+        )
 
 
 def host_versions(host: Host) -> dict[str, str]:
@@ -178,14 +196,16 @@ _VERSIONS = _versions_command()
 def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded."""
     if not recipients:
-        raise ConfigError("no age recipients configured: run `recipes init` or set "
-                          "[repository] recipients in recipes.toml")
+        raise ConfigError(
+            "no age recipients configured: run `recipes init` or set [repository] recipients in recipes.toml"
+        )
     for r in recipients:
         try:
             stream._recipient(r)
         except Exception as exc:
-            raise ConfigError(f"[repository] recipients: {r[:12]}... is not an age or ssh "
-                              f"public key ({exc})") from exc
+            raise ConfigError(
+                f"[repository] recipients: {r[:12]}... is not an age or ssh public key ({exc})"
+            ) from exc
     started = _now()
     writer = repo.begin(plan.recipe, plan.host)
     job = Backup(plan, host, writer, recipients)
@@ -201,9 +221,15 @@ def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> m
             if failures:
                 raise StepFailed("could not start again what was stopped: " + "; ".join(failures))
             manifest = mf.Manifest(
-                snapshot=writer.snapshot, recipe=plan.recipe, host=plan.host, started=started,
-                finished=_now(), params=plan.params, objects=tuple(job.objects),
-                steps=tuple(job.records), versions={"recipes": __version__, **versions},
+                snapshot=writer.snapshot,
+                recipe=plan.recipe,
+                host=plan.host,
+                started=started,
+                finished=_now(),
+                params=plan.params,
+                objects=tuple(job.objects),
+                steps=tuple(job.records),
+                versions={"recipes": __version__, **versions},
                 recipients=tuple(recipients),
             )
             writer.commit(manifest)
@@ -214,8 +240,14 @@ def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> m
             writer.abort()
 
 
-def restore(plan: Plan, host: Host, repo: Repository, manifest: mf.Manifest,
-            identities: list[Any], force: bool = False) -> list[mf.StepRecord]:
+def restore(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    manifest: mf.Manifest,
+    identities: list[Any],
+    force: bool = False,
+) -> list[mf.StepRecord]:
     """Run a restore plan from one snapshot; refuses a non-empty target unless forced."""
     needed = [s for s in plan.steps if isinstance(s, (Extract, Load))]
     missing = [s.object for s in needed if manifest.object(s.object) is None]
@@ -226,14 +258,17 @@ def restore(plan: Plan, host: Host, repo: Repository, manifest: mf.Manifest,
             f"{', '.join(o.name for o in manifest.objects)})"
         )
     if not identities:
-        raise ConfigError("no age identity: pass --identity FILE or set [repository] "
-                          "identity_file (the secret key from `recipes init`)")
+        raise ConfigError(
+            "no age identity: pass --identity FILE or set [repository] "
+            "identity_file (the secret key from `recipes init`)"
+        )
     with interrupts_as_exceptions():
         if not force:
             for step in plan.steps:
                 if isinstance(step, Extract) and run(host, step.empty_check).exit_status != 0:
-                    raise ConfigError(f"target {step.root} on {host.name} is not empty: "
-                                      "pass --force to restore over it")
+                    raise ConfigError(
+                        f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
+                    )
         records = []
         for step in plan.steps:
             started = time.monotonic()
@@ -246,13 +281,18 @@ def restore(plan: Plan, host: Host, repo: Repository, manifest: mf.Manifest,
                 check(host, step.command, step.name)
             else:
                 raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
-            records.append(mf.StepRecord(step.name, kind(step),
-                                         round(time.monotonic() - started, 3), "ok"))
+            records.append(mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), "ok"))
         return records
 
 
-def _feed(step: Extract | Load, host: Host, repo: Repository, manifest: mf.Manifest,
-          obj: mf.StoredObject, identities: list[Any]) -> None:
+def _feed(
+    step: Extract | Load,
+    host: Host,
+    repo: Repository,
+    manifest: mf.Manifest,
+    obj: mf.StoredObject,
+    identities: list[Any],
+) -> None:
     """Stream one stored object into the step's command and judge its exit and stderr."""
     proc: Process = host.start(step.command)
     try:
@@ -260,8 +300,9 @@ def _feed(step: Extract | Load, host: Host, repo: Repository, manifest: mf.Manif
             stream.fetch(fh, proc, identities, obj.sha256, obj.size)
     except StepFailed:
         status = proc.wait()
-        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): "
-                         f"{last_line(proc.stderr())}") from None
+        raise StepFailed(
+            f"{kind(step)} {step.name} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
+        ) from None
     except BaseException:
         proc.kill()
         raise
@@ -270,7 +311,6 @@ def _feed(step: Extract | Load, host: Host, repo: Repository, manifest: mf.Manif
     if status != 0 or errors:
         detail = errors[0] if errors else last_line(proc.stderr())
         more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): "
-                         f"{detail}{more}")
+        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): {detail}{more}")
     if isinstance(step, Load) and step.check is not None:
         check(host, step.check, f"check after loading {step.name}")

@@ -3,6 +3,7 @@ paramiko channels carry the bytes) and a local one. Neither buffers bulk data.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -91,8 +92,9 @@ def check(host: Host, command: Command, what: str) -> Result:
     """Run a small command and raise ``StepFailed`` with its stderr on a non-zero exit."""
     result = run(host, command)
     if result.exit_status != 0:
-        raise StepFailed(f"{what} failed on {host.name} (exit {result.exit_status}): "
-                         f"{last_line(result.stderr)}")
+        raise StepFailed(
+            f"{what} failed on {host.name} (exit {result.exit_status}): {last_line(result.stderr)}"
+        )
     return result
 
 
@@ -138,8 +140,12 @@ class LocalProcess:
 
     def __init__(self, line: str, stdin_prefix: bytes) -> None:
         self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
+            ["/bin/sh", "-c", line],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
         )
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._tail = _Tail()
@@ -164,10 +170,8 @@ class LocalProcess:
 
     def close_stdin(self) -> None:
         assert self._proc.stdin
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
 
     def wait(self) -> int:
         self.close_stdin()
@@ -183,10 +187,8 @@ class LocalProcess:
 
     def kill(self) -> None:
         if self._proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, 9)
-            except ProcessLookupError:
-                pass
         self._proc.wait()
 
 
@@ -233,10 +235,8 @@ class SshProcess:
         return len(data)
 
     def close_stdin(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._chan.shutdown_write()
-        except OSError:
-            pass
 
     def wait(self) -> int:
         self.close_stdin()
@@ -263,9 +263,7 @@ def _transport_factory(sock: Any, **kwargs: Any) -> Any:
     """A paramiko Transport with large windows and AES-GCM preferred."""
     import paramiko
 
-    transport = paramiko.Transport(
-        sock, default_window_size=WINDOW, default_max_packet_size=PACKET, **kwargs
-    )
+    transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=PACKET, **kwargs)
     options = transport.get_security_options()
     available = list(options.ciphers)
     first = [c for c in PREFERRED_CIPHERS if c in available]
@@ -288,11 +286,17 @@ class SshHost:
 
         kwargs: dict[str, Any] = {"transport_factory": _transport_factory}
         if self.spec.key_file:
-            kwargs.update(key_filename=os.path.expanduser(self.spec.key_file),
-                          look_for_keys=False, allow_agent=False)
+            kwargs.update(
+                key_filename=os.path.expanduser(self.spec.key_file),
+                look_for_keys=False,
+                allow_agent=False,
+            )
         conn = fabric.Connection(
-            self.spec.address or self.spec.name, user=self.spec.user, port=self.spec.port,
-            connect_kwargs=kwargs, connect_timeout=15,
+            self.spec.address or self.spec.name,
+            user=self.spec.user,
+            port=self.spec.port,
+            connect_kwargs=kwargs,
+            connect_timeout=15,
         )
         try:
             conn.open()

@@ -41,8 +41,10 @@ def init(config_path: str | None, repo: str | None, force: bool) -> dict[str, An
     identity = cfg.parent / "identity.txt"
     for path in (cfg, identity):
         if path.exists() and not force:
-            raise ConfigError(f"{path} already exists: pass --force to replace it "
-                              "(a replaced identity cannot decrypt older snapshots)")
+            raise ConfigError(
+                f"{path} already exists: pass --force to replace it "
+                "(a replaced identity cannot decrypt older snapshots)"
+            )
     cfg.parent.mkdir(parents=True, exist_ok=True)
     key = pyrage.x25519.Identity.generate()
     recipient = str(key.to_public())
@@ -52,8 +54,12 @@ def init(config_path: str | None, repo: str | None, force: bool) -> dict[str, An
     os.chmod(identity, 0o600)
     url = repo or os.path.expanduser(config.DEFAULT_REPOSITORY)
     cfg.write_text(STARTER.format(url=url, recipient=recipient, identity=identity))
-    return {"config": str(cfg), "identity": str(identity), "recipient": recipient,
-            "repository": url}
+    return {
+        "config": str(cfg),
+        "identity": str(identity),
+        "recipient": recipient,
+        "repository": url,
+    }
 
 
 def init_message(result: dict[str, Any]) -> str:

@@ -37,13 +37,19 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "recipe": self.recipe, "host": self.host, "action": self.action,
+            "recipe": self.recipe,
+            "host": self.host,
+            "action": self.action,
             "params": self.params,
             "steps": [
-                {"kind": kind(step), "name": step.name, "about": step.about,
-                 "object": stored_object(step),
-                 "commands": [c.masked() for c in step.commands()],
-                 **({"undo": step.start.masked()} if isinstance(step, Quiesce) else {})}
+                {
+                    "kind": kind(step),
+                    "name": step.name,
+                    "about": step.about,
+                    "object": stored_object(step),
+                    "commands": [c.masked() for c in step.commands()],
+                    **({"undo": step.start.masked()} if isinstance(step, Quiesce) else {}),
+                }
                 for step in self.steps
             ],
         }
@@ -65,8 +71,7 @@ def backup_plan(recipe: Recipe, params: Any, host: str) -> Plan:
 
 
 def restore_plan(recipe: Recipe, params: Any, host: str) -> Plan:
-    return Plan(recipe.name, host, "restore", params_dict(params),
-                tuple(recipe.restore_steps(params)))
+    return Plan(recipe.name, host, "restore", params_dict(params), tuple(recipe.restore_steps(params)))
 
 
 __all__ = ["Plan", "Run", "backup_plan", "kind", "restore_plan", "stored_object"]

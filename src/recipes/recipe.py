@@ -92,8 +92,7 @@ def error_lines(exc: BaseException, where: str) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
         parts = []
         for msg in cattrs.transform_error(exc, path=""):
-            msg = msg.replace("extra fields found", "unknown keys").replace(
-                "invalid value for type, ", "")
+            msg = msg.replace("extra fields found", "unknown keys").replace("invalid value for type, ", "")
             text, _, path = msg.rpartition(" @ ")
             key = path.lstrip("$.").lstrip(".")
             if not key:
@@ -109,9 +108,7 @@ def make_params(recipe: Recipe, values: dict[str, Any], where: str) -> Any:
     try:
         return converter.structure(values, recipe.Params)
     except Exception as exc:
-        raise ConfigError(
-            error_lines(exc, where) + f" (see `recipes show {recipe.name}`)"
-        ) from exc
+        raise ConfigError(error_lines(exc, where) + f" (see `recipes show {recipe.name}`)") from exc
 
 
 def params_dict(params: Any) -> dict[str, Any]:

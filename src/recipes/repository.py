@@ -41,8 +41,9 @@ class Repository:
         except (ImportError, ValueError, TypeError) as exc:
             raise ConfigError(f"repository {url}: {exc}") from exc
         self.root = self.root.rstrip("/")
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
-                                else (self.fs.protocol,))
+        self.local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -81,14 +82,18 @@ class Repository:
         """The snapshot of recipe@host with this id (or prefix), or the latest one."""
         found = self.manifests(recipe, host)
         if not found:
-            raise RepositoryError(f"no snapshot of {recipe} for host {host} in {self.url}: "
-                                  f"run `recipes snapshots` to see what is there")
+            raise RepositoryError(
+                f"no snapshot of {recipe} for host {host} in {self.url}: "
+                f"run `recipes snapshots` to see what is there"
+            )
         if snapshot == "latest":
             return found[-1]
         matches = [m for m in found if m.snapshot.startswith(snapshot)]
         if len(matches) != 1:
-            raise RepositoryError(f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
-                                  f"{recipe}@{host}: give more of its id")
+            raise RepositoryError(
+                f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
+                f"{recipe}@{host}: give more of its id"
+            )
         return matches[0]
 
     @contextlib.contextmanager

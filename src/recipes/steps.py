@@ -85,8 +85,16 @@ class Archive:
     @property
     def command(self) -> Command:
         tar = sh(
-            "tar", "--create", "--file=-", "--format=gnu", "--numeric-owner", "--acls",
-            "--xattrs", f"--directory={self.root}", *tar_excludes(self.excludes), ".",
+            "tar",
+            "--create",
+            "--file=-",
+            "--format=gnu",
+            "--numeric-owner",
+            "--acls",
+            "--xattrs",
+            f"--directory={self.root}",
+            *tar_excludes(self.excludes),
+            ".",
         )
         return Command(remote_zstd(tar))
 
@@ -127,14 +135,22 @@ class Extract:
     def empty_check(self) -> Command:
         """Exits 0 when the target root is missing or empty."""
         q = sh("ls", "-A", self.root)
-        return Command(f"test ! -e {sh(self.root)} || test -z \"$({q} 2>/dev/null)\"")
+        return Command(f'test ! -e {sh(self.root)} || test -z "$({q} 2>/dev/null)"')
 
     @property
     def command(self) -> Command:
         return Command(
             f"mkdir -p {sh(self.root)} && "
-            + sh("tar", "--extract", "--file=-", "--numeric-owner", "--preserve-permissions",
-                 "--acls", "--xattrs", f"--directory={self.root}")
+            + sh(
+                "tar",
+                "--extract",
+                "--file=-",
+                "--numeric-owner",
+                "--preserve-permissions",
+                "--acls",
+                "--xattrs",
+                f"--directory={self.root}",
+            )
         )
 
     def commands(self) -> Iterator[Command]:
@@ -168,9 +184,7 @@ class Load:
             return []
         found = []
         for line in stderr.splitlines():
-            if re.search(self.error_pattern, line) and not any(
-                re.search(b, line) for b in self.benign
-            ):
+            if re.search(self.error_pattern, line) and not any(re.search(b, line) for b in self.benign):
                 found.append(line.strip())
         return found
 

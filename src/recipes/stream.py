@@ -86,7 +86,8 @@ class _Compressing:
         import zstandard
 
         self._reader = zstandard.ZstdCompressor(level=level, threads=-1).stream_reader(
-            source, read_size=CHUNK
+            source,  # type: ignore[arg-type]
+            read_size=CHUNK,
         )
 
     def read(self, n: int = -1, /) -> bytes:
@@ -243,10 +244,9 @@ def fetch(fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size
     try:
         pyrage.decrypt_io(_Buffered(reader), out, identities)
     except pyrage.DecryptError as exc:
-        raise VerifyError(f"cannot decrypt: {exc} (wrong identity file, or a damaged object)")
+        raise VerifyError(f"cannot decrypt: {exc} (wrong identity file, or a damaged object)") from exc
     if reader.size != size or reader.sha.hexdigest() != sha256:
         raise VerifyError(
-            f"stored object does not match its manifest (size {reader.size} != {size} "
-            "or sha256 differs)"
+            f"stored object does not match its manifest (size {reader.size} != {size} or sha256 differs)"
         )
     return out.size

@@ -11,15 +11,33 @@ from typing import Any, ClassVar
 
 import attrs
 
-from recipes.databases import mysql, postgresql, sqlite
+from recipes.databases import mysql as mysql_db
+from recipes.databases import postgresql as pg_db
+from recipes.databases import sqlite as sqlite_db
 from recipes.recipe import param
 from recipes.steps import Archive, Extract, Step, under
 
 # The seed's /etc/duply/main/exclude, in order.
 DEFAULT_EXCLUDES = (
-    "/dev", "/proc", "/sys", "/run", "/var/lock", "/var/run", "/lost+found", "/boot", "/tmp",
-    "/var/tmp", "/media", "/mnt", "/var/cache", "/var/crash", "/var/swap", "/var/swapfile",
-    "/var/swap.img", "/var/lib/mysql", "/var/lib/postgresql",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/var/lock",
+    "/var/run",
+    "/lost+found",
+    "/boot",
+    "/tmp",
+    "/var/tmp",
+    "/media",
+    "/mnt",
+    "/var/cache",
+    "/var/crash",
+    "/var/swap",
+    "/var/swapfile",
+    "/var/swap.img",
+    "/var/lib/mysql",
+    "/var/lib/postgresql",
 )
 # "if you feel confident also exclude /bin, /lib, /sbin and /usr"
 SYSTEM_EXCLUDES = ("/bin", "/lib", "/sbin", "/usr")
@@ -33,11 +51,13 @@ class Postgres:
     port: int | None = param(None, "server port (default 5432)")
     user: str = param("postgres", "role to connect as (a superuser, to dump every database)")
     password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)")
+        None, "controller environment variable holding the password (sent on stdin)"
+    )
 
-    def connection(self) -> postgresql.Connection:
-        return postgresql.Connection(host=self.host, port=self.port, user=self.user,
-                                     password_env=self.password_env)
+    def connection(self) -> pg_db.Connection:
+        return pg_db.Connection(
+            host=self.host, port=self.port, user=self.user, password_env=self.password_env
+        )
 
 
 @attrs.frozen
@@ -48,15 +68,17 @@ class Mysql:
     port: int | None = param(None, "server port (default 3306)")
     user: str = param("root", "account to connect as")
     password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)")
+        None, "controller environment variable holding the password (sent on stdin)"
+    )
 
-    def connection(self) -> mysql.Connection:
-        return mysql.Connection(host=self.host, port=self.port, user=self.user,
-                                password_env=self.password_env)
+    def connection(self) -> mysql_db.Connection:
+        return mysql_db.Connection(
+            host=self.host, port=self.port, user=self.user, password_env=self.password_env
+        )
 
 
 @attrs.frozen
-class Params:
+class DjangoParams:
     """Parameters of the ``django`` recipe."""
 
     root: str = param("/", "the directory backed up (SOURCE=/ in the seed); every path is under it")
@@ -64,7 +86,8 @@ class Params:
     extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes")
     exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr")
     postgres: bool | Postgres = param(
-        False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table")
+        False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table"
+    )
     sqlite: tuple[str, ...] = param((), "SQLite databases to dump consistently (paths under root)")
     mysql: bool | Mysql = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
 
@@ -72,15 +95,15 @@ class Params:
         extra = SYSTEM_EXCLUDES if self.exclude_system else ()
         return (*self.excludes, *extra, *self.extra_excludes)
 
-    def pg(self) -> postgresql.Connection | None:
+    def pg(self) -> pg_db.Connection | None:
         if self.postgres is False:
             return None
-        return postgresql.Connection() if self.postgres is True else self.postgres.connection()
+        return pg_db.Connection() if self.postgres is True else self.postgres.connection()
 
-    def my(self) -> mysql.Connection | None:
+    def my(self) -> mysql_db.Connection | None:
         if self.mysql is False:
             return None
-        return mysql.Connection() if self.mysql is True else self.mysql.connection()
+        return mysql_db.Connection() if self.mysql is True else self.mysql.connection()
 
 
 class Django:
@@ -89,25 +112,30 @@ class Django:
     name: ClassVar[str] = "django"
     summary: ClassVar[str] = "Django server: root minus excludes, plus PostgreSQL/SQLite/MySQL dumps"
     seed: ClassVar[str] = "002_32c4ab30ae1b088c.txt"
-    Params: ClassVar[type[Any]] = Params
+    Params: ClassVar[type[Any]] = DjangoParams
 
-    def backup_steps(self, p: Params) -> list[Step]:
+    def backup_steps(self, p: DjangoParams) -> list[Step]:
         steps: list[Step] = []
         if (pg := p.pg()) is not None:
-            steps.append(postgresql.dump(pg))
+            steps.append(pg_db.dump(pg))
         if (my := p.my()) is not None:
-            steps.append(mysql.dump(my))
-        steps += [sqlite.dump(under(p.root, db), sqlite.object_name(db)) for db in p.sqlite]
-        steps.append(Archive(root=p.root, excludes=p.all_excludes(),
-                             about=f"everything under {p.root} except the excludes"))
+            steps.append(mysql_db.dump(my))
+        steps += [sqlite_db.dump(under(p.root, db), sqlite_db.object_name(db)) for db in p.sqlite]
+        steps.append(
+            Archive(
+                root=p.root,
+                excludes=p.all_excludes(),
+                about=f"everything under {p.root} except the excludes",
+            )
+        )
         return steps
 
-    def restore_steps(self, p: Params) -> list[Step]:
+    def restore_steps(self, p: DjangoParams) -> list[Step]:
         steps: list[Step] = [Extract(root=p.root, about=f"put the files back under {p.root}")]
         if (pg := p.pg()) is not None:
-            steps.append(postgresql.load(pg))
+            steps.append(pg_db.load(pg))
         if (my := p.my()) is not None:
-            steps.append(mysql.load(my))
+            steps.append(mysql_db.load(my))
         # After the files: the dump replaces whatever copy of the live file the tar held.
-        steps += [sqlite.load(under(p.root, db), sqlite.object_name(db)) for db in p.sqlite]
+        steps += [sqlite_db.load(under(p.root, db), sqlite_db.object_name(db)) for db in p.sqlite]
         return steps

@@ -8,8 +8,13 @@ from recipes.model import Command, Secret, sh
 from recipes.steps import Dump, Load, remote_zstd
 
 ENGINE = "mysql"
-DUMP_OPTIONS = ("--all-databases", "--single-transaction", "--routines", "--events",
-                "--flush-privileges")
+DUMP_OPTIONS = (
+    "--all-databases",
+    "--single-transaction",
+    "--routines",
+    "--events",
+    "--flush-privileges",
+)
 
 
 @attrs.frozen
@@ -43,7 +48,7 @@ class Connection:
             secrets = (("MYSQL_PASSWORD", Secret(self.password_env)),)
         fmt = "\\n".join(lines) + "\\n"
         script = (
-            'f=$(mktemp) && trap \'rm -f "$f"\' EXIT && '
+            "f=$(mktemp) && trap 'rm -f \"$f\"' EXIT && "
             'p=${MYSQL_PASSWORD:-}; p=${p//\\\\/\\\\\\\\}; p=${p//\\"/\\\\\\"}; '
             f"printf '{fmt}' {' '.join(fmt_args)} > \"$f\" && unset p MYSQL_PASSWORD && "
             f'{program} --defaults-extra-file="$f" {sh(*args) if args else ""}'
@@ -63,11 +68,20 @@ class Connection:
 
 def dump(conn: Connection, name: str = "mysql") -> Dump:
     """Dump every database with routines, events and grants in one consistent transaction."""
-    return Dump(name=name, engine=ENGINE, command=conn.dump_command(),
-                about="mysqldump --all-databases --single-transaction --routines --events")
+    return Dump(
+        name=name,
+        engine=ENGINE,
+        command=conn.dump_command(),
+        about="mysqldump --all-databases --single-transaction --routines --events",
+    )
 
 
 def load(conn: Connection, name: str = "mysql") -> Load:
     """Replay the dump with the mysql client; it stops at the first error (non-zero exit)."""
-    return Load(name=name, engine=ENGINE, command=conn.restore_command(),
-                check=conn.check_command(), about="mysql replays the dump")
+    return Load(
+        name=name,
+        engine=ENGINE,
+        command=conn.restore_command(),
+        check=conn.check_command(),
+        about="mysql replays the dump",
+    )

@@ -56,12 +56,22 @@ class Connection:
 
 def dump(conn: Connection, name: str = "postgresql") -> Dump:
     """Dump every database, role and tablespace of the cluster."""
-    return Dump(name=name, engine=ENGINE, command=conn.dump_command(),
-                about="pg_dumpall: every database, role and grant of the cluster")
+    return Dump(
+        name=name,
+        engine=ENGINE,
+        command=conn.dump_command(),
+        about="pg_dumpall: every database, role and grant of the cluster",
+    )
 
 
 def load(conn: Connection, name: str = "postgresql") -> Load:
     """Load a ``pg_dumpall`` script into the target cluster; only known-benign errors pass."""
-    return Load(name=name, engine=ENGINE, command=conn.restore_command(), error_pattern=ERROR,
-                benign=BENIGN, check=conn.check_command(),
-                about="psql replays the pg_dumpall script into the target cluster")
+    return Load(
+        name=name,
+        engine=ENGINE,
+        command=conn.restore_command(),
+        error_pattern=ERROR,
+        benign=BENIGN,
+        check=conn.check_command(),
+        about="psql replays the pg_dumpall script into the target cluster",
+    )

@@ -20,12 +20,15 @@ def dump(path: str, name: str | None = None) -> Dump:
     db = sh(path)
     script = (
         f"test -f {db} || {{ echo 'sqlite database not found: '{db} >&2; exit 1; }}; "
-        't=$(mktemp -d) && trap \'rm -rf "$t"\' EXIT && '
-        f"sqlite3 -bail {db} \".backup '$t/copy.db'\" && "
-        + remote_zstd('sqlite3 -bail "$t/copy.db" .dump')
+        "t=$(mktemp -d) && trap 'rm -rf \"$t\"' EXIT && "
+        f"sqlite3 -bail {db} \".backup '$t/copy.db'\" && " + remote_zstd('sqlite3 -bail "$t/copy.db" .dump')
     )
-    return Dump(name=name or object_name(path), engine=ENGINE, command=Command(script),
-                about=f"consistent copy of {path} with .backup, then .dump")
+    return Dump(
+        name=name or object_name(path),
+        engine=ENGINE,
+        command=Command(script),
+        about=f"consistent copy of {path} with .backup, then .dump",
+    )
 
 
 def load(path: str, name: str | None = None) -> Load:
@@ -33,10 +36,15 @@ def load(path: str, name: str | None = None) -> Load:
     db = sh(path)
     new = sh(path + ".recipes-new")
     script = (
-        f"mkdir -p \"$(dirname {db})\" && rm -f {new} && sqlite3 -bail {new} && "
+        f'mkdir -p "$(dirname {db})" && rm -f {new} && sqlite3 -bail {new} && '
         f"{{ test ! -e {db} || {{ chown --reference={db} {new} && chmod --reference={db} {new}; }}; }} && "
         f"rm -f {sh(path + '-wal')} {sh(path + '-shm')} {sh(path + '-journal')} && mv -f {new} {db}"
     )
     check = Command(f"sqlite3 -bail {db} 'PRAGMA integrity_check' | grep -qx ok")
-    return Load(name=name or object_name(path), engine=ENGINE, command=Command(script),
-                check=check, about=f"rebuild {path} from its dump")
+    return Load(
+        name=name or object_name(path),
+        engine=ENGINE,
+        command=Command(script),
+        check=check,
+        about=f"rebuild {path} from its dump",
+    )
