@@ -122,17 +122,13 @@ def mariadb_target() -> Iterator[servers.MariaDB]:
 
 
 @pytest.fixture(scope="session")
-def ssh_source(
-    pg_source: servers.Postgres, mariadb_source: servers.MariaDB
-) -> Iterator[servers.SshHost]:
+def ssh_source(pg_source: servers.Postgres, mariadb_source: servers.MariaDB) -> Iterator[servers.SshHost]:
     """sshd of host "source" (root, key auth) seeing pg_source, mariadb_source, its /srv/site."""
     yield from _host("source", pg_source, mariadb_source)
 
 
 @pytest.fixture(scope="session")
-def ssh_target(
-    pg_target: servers.Postgres, mariadb_target: servers.MariaDB
-) -> Iterator[servers.SshHost]:
+def ssh_target(pg_target: servers.Postgres, mariadb_target: servers.MariaDB) -> Iterator[servers.SshHost]:
     """sshd of host "target" (root, key auth) seeing pg_target, mariadb_target, its /srv/site."""
     yield from _host("target", pg_target, mariadb_target)
 

@@ -171,9 +171,7 @@ class SshHost:
     dir: str = ""
     host_public_key: str = ""
     log_file: str = ""
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(
-        default=None, repr=False, compare=False
-    )
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def pid(self) -> int:
@@ -255,10 +253,10 @@ def start_sshd(name: str, binds: dict[str, str] | None = None, timeout: float = 
         sshd_cmd = [SSHD, "-D", "-e", "-f", config, "-p", str(port)]
         if resolved:
             targets = sorted(resolved, key=len)
-            script = "set -e; mkdir -p " + " ".join(shlex.quote(t) for t in targets) + "; "
-            script += "".join(
-                f"mount --bind {shlex.quote(resolved[t])} {shlex.quote(t)}; " for t in targets
-            )
+            script = "set -e; "  # shortest first; mkdir each after its parents are bound
+            for t in targets:
+                script += f"mkdir -p {shlex.quote(t)}; "
+                script += f"mount --bind {shlex.quote(resolved[t])} {shlex.quote(t)}; "
             script += "exec " + shlex.join(sshd_cmd)
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
         else:
@@ -460,9 +458,7 @@ def start_postgres(
         with open(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(pg.password + "\n")
         if socket_alias_port is not None and socket_alias_port != pg.port:
-            os.symlink(
-                f".s.PGSQL.{pg.port}", os.path.join(sockdir, f".s.PGSQL.{socket_alias_port}")
-            )
+            os.symlink(f".s.PGSQL.{pg.port}", os.path.join(sockdir, f".s.PGSQL.{socket_alias_port}"))
         return pg
     except BaseException:
         if pg is not None:
@@ -487,9 +483,7 @@ class MariaDB:
     root_password: str
     dir: str = ""
     log_file: str = ""
-    proc: subprocess.Popen[bytes] | None = dataclasses.field(
-        default=None, repr=False, compare=False
-    )
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def pid(self) -> int:

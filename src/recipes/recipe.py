@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any, ClassVar, Protocol
@@ -94,7 +95,7 @@ def error_lines(exc: BaseException, where: str) -> str:
         for msg in cattrs.transform_error(exc, path=""):
             msg = msg.replace("extra fields found", "unknown keys").replace("invalid value for type, ", "")
             text, _, path = msg.rpartition(" @ ")
-            key = path.lstrip("$.").lstrip(".")
+            key = re.sub(r"\['([^']*)'\]", r".\1", path).lstrip("$.").lstrip(".")
             if not key:
                 parts.append(text or msg)
                 continue

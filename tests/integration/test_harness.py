@@ -92,12 +92,8 @@ def test_default_pg_socket_reaches_own_cluster(request: pytest.FixtureRequest, n
     host: servers.SshHost = request.getfixturevalue(f"ssh_{name}")
     pg: servers.Postgres = request.getfixturevalue(f"pg_{name}")
     assert ok(host, "cd / && sudo -n -u postgres psql -X -At -c 'select 1'").strip() == "1"
-    assert ok(host, "cd / && sudo -n -u postgres psql -X -At -c 'SHOW port'").strip() == str(
-        pg.port
-    )
-    explicit = (
-        "cd / && sudo -n -u postgres psql -X -At -h /var/run/postgresql -p 5432 -c 'SHOW port'"
-    )
+    assert ok(host, "cd / && sudo -n -u postgres psql -X -At -c 'SHOW port'").strip() == str(pg.port)
+    explicit = "cd / && sudo -n -u postgres psql -X -At -h /var/run/postgresql -p 5432 -c 'SHOW port'"
     assert ok(host, explicit).strip() == str(pg.port)
 
 
@@ -106,15 +102,11 @@ def test_pg_dumpall_in_source_only(
 ) -> None:
     dump = ok(ssh_source, "cd / && sudo -n -u postgres pg_dumpall")
     assert f"CREATE DATABASE {fresh_pg_db} " in dump
-    listing = ok(
-        ssh_target, "cd / && sudo -n -u postgres psql -X -At -c 'select datname from pg_database'"
-    )
+    listing = ok(ssh_target, "cd / && sudo -n -u postgres psql -X -At -c 'select datname from pg_database'")
     assert fresh_pg_db not in listing.split()
 
 
-def test_pg_tcp_needs_scram_password(
-    pg_source: servers.Postgres, pg_target: servers.Postgres
-) -> None:
+def test_pg_tcp_needs_scram_password(pg_source: servers.Postgres, pg_target: servers.Postgres) -> None:
     psql = [f"{servers.PG_BIN}/psql", "-X", "-At", "-c", "select current_setting('port')"]
     for pg in (pg_source, pg_target):
         env = {**os.environ, **pg.dsn_env()}
@@ -158,9 +150,7 @@ def test_sftp_into_bound_dir(ssh_target: servers.SshHost) -> None:
         assert g.read() == b"\x00\x01payload"
 
 
-def test_mariadb_tcp_needs_password(
-    mariadb_source: servers.MariaDB, mariadb_target: servers.MariaDB
-) -> None:
+def test_mariadb_tcp_needs_password(mariadb_source: servers.MariaDB, mariadb_target: servers.MariaDB) -> None:
     for db in (mariadb_source, mariadb_target):
         res = subprocess.run(
             [
@@ -193,9 +183,7 @@ def test_mariadb_tcp_needs_password(
 
 
 @pytest.mark.parametrize("name", ["source", "target"])
-def test_default_mariadb_socket_reaches_own_server(
-    request: pytest.FixtureRequest, name: str
-) -> None:
+def test_default_mariadb_socket_reaches_own_server(request: pytest.FixtureRequest, name: str) -> None:
     host: servers.SshHost = request.getfixturevalue(f"ssh_{name}")
     db: servers.MariaDB = request.getfixturevalue(f"mariadb_{name}")
     # Debian's /etc/mysql/my.cnf points at /run/mysqld/mysqld.sock; root gets in via unix_socket.
@@ -210,19 +198,15 @@ def test_mysqldump_through_bound_socket(
     fresh_mariadb_db: str,
 ) -> None:
     mariadb_source.sql(
-        f"CREATE TABLE `{fresh_mariadb_db}`.t (x int); "
-        f"INSERT INTO `{fresh_mariadb_db}`.t VALUES (42)"
+        f"CREATE TABLE `{fresh_mariadb_db}`.t (x int); INSERT INTO `{fresh_mariadb_db}`.t VALUES (42)"
     )
     pw = mariadb_source.root_password
     dump = ok(
         ssh_source,
-        f"mysqldump --no-defaults -uroot -p{pw} --single-transaction --databases "
-        f"{fresh_mariadb_db}",
+        f"mysqldump --no-defaults -uroot -p{pw} --single-transaction --databases {fresh_mariadb_db}",
     )
     assert "INSERT INTO `t` VALUES\n(42);" in dump  # mysqldump 10.11.19 breaks the line here
-    rc, _, err = ssh_run(
-        ssh_target, f"mysqldump --no-defaults -uroot --databases {fresh_mariadb_db}"
-    )
+    rc, _, err = ssh_run(ssh_target, f"mysqldump --no-defaults -uroot --databases {fresh_mariadb_db}")
     assert rc != 0 and "Unknown database" in err
 
 

@@ -1,0 +1,68 @@
+"""Every registered recipe: plans are non-empty, each dump has its load, nothing secret shows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import apps, docgen, plan
+from recipes.plan import stored_object
+from recipes.recipe import make_params
+from recipes.steps import Archive, Dump, Extract, Load
+
+SENTINEL = "pw-SENTINEL-4242"
+# Parameters that switch every database on, with passwords, per recipe.
+LOADED = {
+    "django": {
+        "postgres": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW"},
+        "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW"},
+        "sqlite": ["/var/opt/p/p.db"],
+    },
+}
+
+
+@pytest.fixture(params=apps.names())
+def recipe_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("RECIPES_TEST_PW", SENTINEL)
+    return str(request.param)
+
+
+def test_registered_recipes_have_docs_and_params(recipe_name: str) -> None:
+    r = apps.get(recipe_name)
+    assert r.summary and r.seed
+    assert recipe_name in LOADED, "add loaded parameters for the new recipe to this contract test"
+
+
+def test_plans_are_non_empty_and_every_backup_object_is_restored(recipe_name: str) -> None:
+    r = apps.get(recipe_name)
+    params = make_params(r, LOADED[recipe_name], "contract")
+    backup = plan.backup_plan(r, params, "h")
+    restore = plan.restore_plan(r, params, "h")
+    assert backup.steps and restore.steps
+    written = {stored_object(s) for s in backup.steps if isinstance(s, (Archive, Dump))}
+    read = {stored_object(s) for s in restore.steps if isinstance(s, (Extract, Load))}
+    assert written == read
+    assert all(list(s.commands()) for s in backup.steps + restore.steps)
+
+
+def test_no_secret_in_plans_docs_or_argv(recipe_name: str) -> None:
+    r = apps.get(recipe_name)
+    params = make_params(r, LOADED[recipe_name], "contract")
+    for p in (plan.backup_plan(r, params, "h"), plan.restore_plan(r, params, "h")):
+        assert SENTINEL not in "\n".join(p.lines())
+        assert SENTINEL not in json.dumps(p.to_dict())
+        for step in p.steps:
+            for command in step.commands():
+                line, stdin = command.wire()
+                assert SENTINEL not in line
+                if command.secrets:
+                    assert SENTINEL.encode() in stdin
+    assert SENTINEL not in docgen.page(recipe_name)
+
+
+def test_generated_docs_are_current(recipe_name: str) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "docs" / "recipes" / f"{recipe_name}.md"
+    assert path.read_text() == docgen.page(recipe_name), "run `python -m recipes.docgen`"

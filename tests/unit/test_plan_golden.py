@@ -1,0 +1,53 @@
+"""Golden plans: the exact commands a django backup and restore run, masked as printed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from recipes import apps, plan
+from recipes.recipe import make_params
+
+GOLDEN = Path(__file__).parent / "golden"
+PARAMS = {
+    "root": "/srv/site",
+    "postgres": {"host": "db.internal", "port": 5433, "password_env": "PGPW"},
+    "sqlite": ["/var/opt/mysite/mysite.db"],
+    "mysql": {"host": "127.0.0.1", "password_env": "MYPW"},
+    "extra_excludes": ["/home/*/.cache"],
+    "exclude_system": True,
+}
+
+
+def _check(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("RECIPES_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.read_text() == text, f"{name} changed: rerun with RECIPES_UPDATE_GOLDEN=1 if intended"
+
+
+@pytest.mark.parametrize("action", ["backup", "restore"])
+def test_django_plan_matches_golden(action: str) -> None:
+    recipe = apps.get("django")
+    params = make_params(recipe, json.loads(json.dumps(PARAMS)), "test")
+    build = plan.backup_plan if action == "backup" else plan.restore_plan
+    p = build(recipe, params, "web1")
+    _check(f"django-{action}.txt", "\n".join(p.lines()) + "\n")
+    _check(f"django-{action}.json", json.dumps(p.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def test_default_excludes_are_the_seeds_list_in_order() -> None:
+    seed = Path("/work/shared/seeds/002_32c4ab30ae1b088c.txt")
+    from recipes.apps.django import DEFAULT_EXCLUDES
+
+    expected = (
+        "/dev /proc /sys /run /var/lock /var/run /lost+found /boot /tmp /var/tmp /media /mnt "
+        "/var/cache /var/crash /var/swap /var/swapfile /var/swap.img /var/lib/mysql /var/lib/postgresql"
+    ).split()
+    assert list(DEFAULT_EXCLUDES) == expected
+    if seed.exists():  # the seed's own exclude file, as printed in the chapter
+        listed = [line[2:].strip() for line in seed.read_text().splitlines() if line.startswith("- /")]
+        assert listed[: len(expected)] == expected
