@@ -48,12 +48,16 @@ _NEEDED = (
 
 
 def _require_servers() -> None:
-    """Skip unless running as root with the server binaries installed."""
+    """Fail (never skip) unless running as root with the server binaries installed.
+
+    A test that skips because a server is missing would hide a broken CI; the README's
+    test command (scripts/test) installs everything these need.
+    """
     if os.geteuid() != 0:
-        pytest.skip("integration servers need root")
+        pytest.fail("integration servers need root: run ./scripts/test as root")
     missing = [tool for tool in _NEEDED if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"integration servers need {', '.join(missing)}")
+        pytest.fail(f"integration servers need {', '.join(missing)}: run ./scripts/install-test-deps")
 
 
 def _postgres() -> Iterator[servers.Postgres]:

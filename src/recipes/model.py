@@ -66,7 +66,9 @@ class Command:
     def wire(self, sudo: bool = False) -> tuple[str, bytes]:
         """The exec string for the host and the stdin bytes that must precede any data."""
         reads = "".join(f"IFS= read -r {name} && export {name} && " for name, _ in self.secrets)
-        inner = f"set -o pipefail; {reads}{self.script}"
+        # A switched user may not be able to read the login user's home directory.
+        cd = "cd / && " if self.user else ""
+        inner = f"set -o pipefail; {cd}{reads}{self.script}"
         line = f"bash -c {shlex.quote(inner)}"
         if self.user:
             line = f"sudo -n -u {shlex.quote(self.user)} -- {line}"

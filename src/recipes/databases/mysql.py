@@ -82,6 +82,7 @@ def load(conn: Connection, name: str = "mysql") -> Load:
         name=name,
         engine=ENGINE,
         command=conn.restore_command(),
-        check=conn.check_command(),
-        about="mysql replays the dump",
+        # No check with the same login afterwards: a full restore (--flush-privileges) brings
+        # back the source's accounts, so the target's old password may no longer work.
+        about="mysql replays the dump (accounts and passwords become the source's)",
     )

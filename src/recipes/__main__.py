@@ -1,0 +1,5 @@
+"""``python -m recipes``."""
+
+from recipes.cli import main
+
+main()

@@ -1,0 +1,352 @@
+"""The django recipe end to end over real SSH: seed -> backup -> restore on a second host -> compare.
+
+Source and target are two sshd "hosts" (mount namespaces) with their own PostgreSQL and
+MariaDB clusters and their own /srv/site (see tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from recipes.apps.django import DEFAULT_EXCLUDES
+from tests import servers
+from tests.integration.world import World, fingerprint, write_config
+
+SQLITE_DB = "/var/opt/mysite/mysite.db"
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    d = tmp_path_factory.mktemp("keys")
+    ident = pyrage.x25519.Identity.generate()
+    path = d / "identity.txt"
+    path.write_text(f"{ident}\n")
+    path.chmod(0o600)
+    return path, str(ident.to_public())
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, keys: tuple[Path, str], ssh_source: servers.SshHost, ssh_target: servers.SshHost
+) -> World:
+    identity, recipient = keys
+    repo = tmp_path / "repo"
+    config = tmp_path / "recipes.toml"
+    write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
+    return World(config, repo, identity, recipient)
+
+
+@pytest.fixture
+def site(ssh_source: servers.SshHost, ssh_target: servers.SshHost) -> Iterator[tuple[str, Path, Path]]:
+    """A fresh root under /srv/site: (path seen inside both hosts, source dir, target dir)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    src = Path(ssh_source.binds["/srv/site"]) / name
+    dst = Path(ssh_target.binds["/srv/site"]) / name
+    src.mkdir()
+    yield f"/srv/site/{name}", src, dst
+    subprocess.run(["rm", "-rf", str(src), str(dst)], check=False)
+
+
+def seed_tree(root: Path) -> None:
+    """A Django-like server tree, plus junk inside directories the seed excludes."""
+    files = {
+        "etc/hostname": b"web1\n",
+        "etc/opt/mysite/settings.py": b"DEBUG = False\nSECRET_KEY = 'x'\n",
+        "home/django/.bashrc": b"export PATH\n",
+        "home/django/notes with spaces.txt": b"n" * 3000,
+        "opt/mysite/venv/bin/python": os.urandom(20000),
+        "srv/data/blob.bin": os.urandom(300_000),
+        "var/opt/mysite/media/upload.jpg": os.urandom(50_000),
+        "root/.ssh/authorized_keys": b"ssh-ed25519 AAAA test\n",
+        # excluded by the seed's list: must not come back
+        "tmp/junk": b"junk",
+        "var/cache/apt/pkgcache.bin": os.urandom(1000),
+        "var/tmp/x": b"x",
+        "proc/cpuinfo": b"fake",
+        "var/lib/postgresql/15/main/PG_VERSION": b"15\n",
+        "var/swapfile": b"\0" * 4096,
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "root/.ssh/authorized_keys").chmod(0o600)
+    (root / "etc/opt/mysite/settings.py").chmod(0o640)
+    os.chown(root / "home/django/.bashrc", 1000, 1000)
+    (root / "home/django/link-to-settings").symlink_to("../../etc/opt/mysite/settings.py")
+    (root / "var/empty-dir").mkdir(parents=True)
+    (root / "var/opt/mysite/run.sock.not").mkfifo() if False else None
+    db = sqlite3.connect(root / SQLITE_DB.lstrip("/"))
+    db.executescript(
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE polls_question(id INTEGER PRIMARY KEY, text TEXT, pub REAL, img BLOB);"
+        "CREATE INDEX q_text ON polls_question(text);"
+    )
+    db.executemany(
+        "INSERT INTO polls_question(text, pub, img) VALUES (?, ?, ?)",
+        [(f"question {i}", i * 1.5, os.urandom(64)) for i in range(500)],
+    )
+    db.commit()
+    db.close()  # WAL checkpointed on close; the recipe must still copy it consistently
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for n in filenames + dirnames:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p):
+                os.utime(p, (1_600_000_000, 1_600_000_000))
+
+
+def comparable(root: Path) -> dict[str, tuple[object, ...]]:
+    """The tree minus excludes, with the SQLite file left to the row comparison.
+
+    The database is rebuilt from its consistent dump (so its bytes differ), and opening a
+    WAL database creates and removes -wal/-shm files, which moves its directory's mtime.
+    """
+    tree = fingerprint(root, DEFAULT_EXCLUDES)
+    db = SQLITE_DB.lstrip("/")
+    tree.pop(db)
+    parent = os.path.dirname(db)
+    tree[parent] = tree[parent][:4] + (None,) + tree[parent][5:]
+    return tree
+
+
+def sqlite_rows(path: Path) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT id, text, pub, img FROM polls_question ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def seed_postgres(pg: servers.Postgres, db: str) -> None:
+    pg.psql(
+        "CREATE TABLE polls_choice(id serial PRIMARY KEY, label text, votes int, data bytea);"
+        "INSERT INTO polls_choice(label, votes, data) "
+        "SELECT 'choice ' || g, g * 7, decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;"
+        "CREATE VIEW popular AS SELECT * FROM polls_choice WHERE votes > 100;",
+        db=db,
+    )
+
+
+def pg_rows(pg: servers.Postgres, db: str) -> str:
+    return pg.psql("SELECT id, label, votes, encode(data, 'hex') FROM polls_choice ORDER BY id", db=db)
+
+
+def test_backup_over_ssh_and_restore_on_second_host(
+    world: World,
+    site: tuple[str, Path, Path],
+    pg_source: servers.Postgres,
+    pg_target: servers.Postgres,
+    fresh_pg_db: str,
+) -> None:
+    root, src, dst = site
+    seed_tree(src)
+    seed_postgres(pg_source, fresh_pg_db)
+    sets = ["--set", f"root={root}", "--set", "postgres=true", "--set", f'sqlite=["{SQLITE_DB}"]']
+
+    backup = world.cli("--json", "run", "django", "--host", "source", *sets)
+    assert backup.returncode == 0, backup.stderr
+    manifest = json.loads(backup.stdout)
+    names = {o["name"] for o in manifest["objects"]}
+    assert names == {"files.tar", "dumps/postgresql.sql", "dumps/sqlite-var-opt-mysite-mysite.db.sql"}
+
+    listed = json.loads(world.cli("--json", "snapshots", "django", "--host", "source", check=True).stdout)
+    assert [s["snapshot"] for s in listed] == [manifest["snapshot"]]
+
+    try:
+        restore = world.cli("restore", "django", "--host", "target", "--from", "source", *sets)
+        assert restore.returncode == 0, restore.stderr
+
+        assert comparable(dst) == comparable(src)
+        # excluded directories are not restored at all
+        for excluded in ("tmp", "var/cache", "proc", "var/tmp", "var/lib/postgresql", "var/swapfile"):
+            assert (src / excluded).exists() and not (dst / excluded).exists(), excluded
+        assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
+        assert pg_rows(pg_target, fresh_pg_db) == pg_rows(pg_source, fresh_pg_db)
+        assert pg_target.psql("SELECT count(*) FROM popular", db=fresh_pg_db).strip() == "1986"
+
+        again = world.cli("restore", "django", "--host", "target", "--from", "source", *sets)
+        assert again.returncode == 2
+        assert "not empty" in again.stderr and "--force" in again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1
+    finally:
+        pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
+
+
+def test_break_glass_restore_with_age_zstd_tar_only(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    world.cli("run", "django", "--host", "source", "--set", f"root={root}", check=True)
+    (snap,) = list(world.repo.glob("django/source/*/manifest.json"))
+    out = tmp_path / "plain"
+    out.mkdir()
+    subprocess.run(
+        f"age -d -i {world.identity} {snap.parent}/files.tar.zst.age | zstd -d | tar -x -C {out}",
+        shell=True,
+        check=True,
+        executable="/bin/bash",
+    )
+    assert fingerprint(out, DEFAULT_EXCLUDES) == fingerprint(src, DEFAULT_EXCLUDES)
+    # and the stored sha256 matches what sha256sum says
+    m = json.loads(snap.read_text())
+    obj = next(o for o in m["objects"] if o["name"] == "files.tar")
+    digest = subprocess.run(
+        ["sha256sum", str(snap.parent / obj["path"])], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    assert digest == obj["sha256"]
+
+
+def test_failed_dump_fails_the_snapshot(world: World, site: tuple[str, Path, Path]) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    bad = world.cli(
+        "run", "django", "--host", "source", "--set", f"root={root}", "--set", 'sqlite=["/var/opt/nope.db"]'
+    )
+    assert bad.returncode == 1
+    assert "sqlite database not found" in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("recipes: error:")
+    assert not list(world.repo.glob("django/source/*/manifest.json"))
+    assert not list(world.repo.glob("django/source/*"))  # the partial snapshot was removed
+    listed = world.cli("--json", "snapshots", check=True)
+    assert json.loads(listed.stdout) == []
+
+
+def test_mariadb_dump_and_restore_with_password_from_env(
+    world: World,
+    site: tuple[str, Path, Path],
+    mariadb_source: servers.MariaDB,
+    mariadb_target: servers.MariaDB,
+    fresh_mariadb_db: str,
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    db = fresh_mariadb_db
+    mariadb_source.sql(
+        f"CREATE TABLE `{db}`.t(id INT PRIMARY KEY, v VARCHAR(20), b BLOB);"
+        f"INSERT INTO `{db}`.t VALUES (1, 'one', UNHEX('00FF10')), (2, 'two', NULL);"
+        f"CREATE PROCEDURE `{db}`.p() SELECT 42;"
+    )
+    src_env = {"SRC_MYSQL_PW": mariadb_source.root_password}
+    tgt_env = {"TGT_MYSQL_PW": mariadb_target.root_password}
+    common = ["--set", f"root={root}"]
+    backup = world.cli(
+        "--json",
+        "run",
+        "django",
+        "--host",
+        "source",
+        *common,
+        "--set",
+        f'mysql={{host="127.0.0.1", port={mariadb_source.port}, password_env="SRC_MYSQL_PW"}}',
+        env=src_env,
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert mariadb_source.root_password not in backup.stdout + backup.stderr
+    try:
+        restore = world.cli(
+            "restore",
+            "django",
+            "--host",
+            "target",
+            "--from",
+            "source",
+            *common,
+            "--set",
+            f'mysql={{host="127.0.0.1", port={mariadb_target.port}, password_env="TGT_MYSQL_PW"}}',
+            env=tgt_env,
+        )
+        assert restore.returncode == 0, restore.stderr
+        got = servers.MariaDB.sql(
+            servers.MariaDB(
+                mariadb_target.datadir,
+                mariadb_target.socket,
+                mariadb_target.port,
+                mariadb_source.root_password,
+            ),
+            f"SELECT id, v, HEX(b) FROM `{db}`.t ORDER BY id; SHOW PROCEDURE STATUS WHERE Db='{db}'",
+        )
+        assert got.splitlines()[0].split("\t") == ["1", "one", "00FF10"]
+        assert got.splitlines()[1].split("\t") == ["2", "two", "NULL"]
+        assert "\tp\tPROCEDURE" in got
+    finally:
+        # the dump carried source's root password (--flush-privileges): log in with it to clean up
+        servers.MariaDB.sql(
+            servers.MariaDB(
+                mariadb_target.datadir,
+                mariadb_target.socket,
+                mariadb_target.port,
+                mariadb_source.root_password,
+            ),
+            f"DROP DATABASE IF EXISTS `{db}`",
+        )
+
+
+def test_postgres_over_tcp_with_password_on_stdin(
+    world: World, site: tuple[str, Path, Path], pg_source: servers.Postgres, fresh_pg_db: str
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    seed_postgres(pg_source, fresh_pg_db)
+    table = f'postgres={{host="127.0.0.1", port={pg_source.port}, password_env="SRC_PG_PW"}}'
+    plan = world.cli(
+        "plan",
+        "django",
+        "--host",
+        "source",
+        "--set",
+        f"root={root}",
+        "--set",
+        table,
+        env={"SRC_PG_PW": pg_source.password},
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "PGPASSWORD=*** { pg_dumpall --host=127.0.0.1" in plan.stdout
+    assert pg_source.password not in plan.stdout
+    ok = world.cli(
+        "run",
+        "django",
+        "--host",
+        "source",
+        "--set",
+        f"root={root}",
+        "--set",
+        table,
+        env={"SRC_PG_PW": pg_source.password},
+    )
+    assert ok.returncode == 0, ok.stderr
+    wrong = world.cli(
+        "run",
+        "django",
+        "--host",
+        "source",
+        "--set",
+        f"root={root}",
+        "--set",
+        table,
+        env={"SRC_PG_PW": "wrong-password"},
+    )
+    assert wrong.returncode == 1
+    assert "password authentication failed" in wrong.stderr
+    missing = world.cli(
+        "run",
+        "django",
+        "--host",
+        "source",
+        "--set",
+        f"root={root}",
+        "--set",
+        table,
+        env={"SRC_PG_PW": ""} if False else {},
+    )
+    assert missing.returncode == 2 and "SRC_PG_PW is not set" in missing.stderr
+    assert len(list(world.repo.glob("django/source/*/manifest.json"))) == 1

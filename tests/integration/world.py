@@ -1,0 +1,94 @@
+"""Shared pieces of the integration tests: a recipes.toml for the two SSH hosts, the real CLI,
+and a file-tree fingerprint that compares content, mode, owner, mtime and symlinks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class World:
+    """A config file naming hosts ``source`` and ``target``, a repository and an identity."""
+
+    config: Path
+    repo: Path
+    identity: Path
+    recipient: str
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``recipes`` CLI as an operator would."""
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "recipes", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"recipes {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+
+def write_config(path: Path, repo: Path, identity: Path, recipient: str, hosts: dict[str, object]) -> None:
+    lines = [
+        "[repository]",
+        f'url = "{repo}"',
+        f'recipients = ["{recipient}"]',
+        f'identity_file = "{identity}"',
+        "",
+    ]
+    for name, h in hosts.items():
+        lines += [
+            f"[hosts.{name}]",
+            f'address = "{h.address}"',  # type: ignore[attr-defined]
+            f'user = "{h.user}"',  # type: ignore[attr-defined]
+            f"port = {h.port}",  # type: ignore[attr-defined]
+            f'key_file = "{h.key_file}"',  # type: ignore[attr-defined]
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
+def fingerprint(root: Path, excludes: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
+    """Every entry under root (minus excluded subtrees): type, mode, owner, mtime, content."""
+    out: dict[str, tuple[object, ...]] = {}
+    skip = {e.strip("/") for e in excludes}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in list(dirnames):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in skip:
+                dirnames.remove(name)
+        for name in dirnames + filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in skip:
+                continue
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                detail: object = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                detail = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            else:
+                detail = None
+            mtime = int(st.st_mtime) if not stat.S_ISLNK(st.st_mode) else None
+            out[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                mtime,
+                detail,
+            )
+    return out
