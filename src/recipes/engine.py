@@ -23,6 +23,8 @@ from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
 
 log = logging.getLogger("recipes")
 
+# After a stream failed, how long the remote command may take to report its exit status.
+FAILED_WAIT = 30.0
 # GNU tar exits 1 when a file changed while it was read: a warning on a live system.
 TAR_WARNING_EXIT = 1
 
@@ -299,7 +301,7 @@ def _feed(
         with repo.open_object(manifest, obj) as fh:
             stream.fetch(fh, proc, identities, obj.sha256, obj.size)
     except StepFailed:
-        status = proc.wait()
+        status = proc.wait(timeout=FAILED_WAIT)
         raise StepFailed(
             f"{kind(step)} {step.name} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
         ) from None

@@ -56,7 +56,10 @@ class Process(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
     def write(self, data: bytes, /) -> int: ...
     def close_stdin(self) -> None: ...
-    def wait(self) -> int: ...
+    def wait(self, timeout: float | None = None) -> int:
+        """Exit status; with a timeout, kill the command and raise StepFailed when it expires."""
+        ...
+
     def stderr(self) -> str: ...
     def kill(self) -> None: ...
 
@@ -173,8 +176,14 @@ class LocalProcess:
         with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()
+        if timeout is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise StepFailed(f"the command did not finish within {timeout:.0f}s; killed") from None
         assert self._proc.stdout
         while self._proc.stdout.read(1 << 16):
             pass
@@ -238,8 +247,11 @@ class SshProcess:
         with contextlib.suppress(OSError):
             self._chan.shutdown_write()
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         self.close_stdin()
+        if timeout is not None and not self._chan.status_event.wait(timeout):
+            self.kill()
+            raise StepFailed(f"the command did not finish within {timeout:.0f}s; killed")
         try:
             while self._chan.recv(1 << 16):
                 pass

@@ -117,6 +117,33 @@ class _Buffered:
         return len(data)
 
 
+class _Guard:
+    """Remembers the first exception raised inside a callback that age's Rust code made.
+
+    pyrage turns any exception from ``read``/``write`` into its own error; the original
+    (KeyboardInterrupt on SIGTERM, a lost connection, a full disk) must be the one raised.
+    """
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def wrap_read(self, source: Readable) -> Readable:
+        guard = self
+
+        class Reader:
+            def read(self, n: int = -1, /) -> bytes:
+                try:
+                    return source.read(n)
+                except BaseException as exc:
+                    guard.error = guard.error or exc
+                    raise
+
+        return Reader()
+
+    def reraise(self, fallback: BaseException) -> BaseException:
+        return self.error if self.error is not None else fallback
+
+
 class _Hashing:
     """Counts and hashes everything written through it."""
 
@@ -124,11 +151,16 @@ class _Hashing:
         self._sink = sink
         self.sha = hashlib.sha256()
         self.size = 0
+        self.error: BaseException | None = None
 
     def write(self, data: bytes, /) -> int:
         self.sha.update(data)
         self.size += len(data)
-        self._sink.write(data)
+        try:
+            self._sink.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
@@ -146,16 +178,19 @@ def store(source: Readable, sink: Writable, recipients: list[str], level: int = 
     peek = _Peekable(source)
     remote = peek.peek(4) == ZSTD_MAGIC
     upstream: Readable = peek if remote else _Compressing(peek, level)
-    guard = _NonEmpty(peek, remote) if remote else None
-    if guard is not None:
-        upstream = guard
+    probe = _NonEmpty(peek, remote) if remote else None
+    if probe is not None:
+        upstream = probe
     counted = _Counting(upstream)
     hashing = _Hashing(sink)
+    guard = _Guard()
     try:
-        pyrage.encrypt_io(_Buffered(counted), hashing, parsed)
+        pyrage.encrypt_io(_Buffered(guard.wrap_read(counted)), hashing, parsed)
     except pyrage.EncryptError as exc:
-        raise StepFailed(f"encryption failed: {exc}") from exc
-    empty = not guard.seen if guard is not None else counted.raw_seen == 0
+        if hashing.error is not None:
+            raise hashing.error from None
+        raise guard.reraise(StepFailed(f"encryption failed: {exc}")) from None
+    empty = not probe.seen if probe is not None else counted.raw_seen == 0
     if empty:
         raise StepFailed("the command produced no output")
     return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=remote)
@@ -220,12 +255,17 @@ class _Decompressing:
         self._obj = zstandard.ZstdDecompressor().decompressobj()
         self._sink = sink
         self.size = 0
+        self.error: BaseException | None = None
 
     def write(self, data: bytes, /) -> int:
-        out = self._obj.decompress(data)
-        if out:
-            self.size += len(out)
-            self._sink.write(out)
+        try:
+            out = self._obj.decompress(data)
+            if out:
+                self.size += len(out)
+                self._sink.write(out)
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(data)
 
     def flush(self) -> None:
@@ -241,9 +281,14 @@ def fetch(fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size
 
     reader = _VerifyingReader(fh)
     out = _Decompressing(sink)
+    guard = _Guard()
     try:
-        pyrage.decrypt_io(_Buffered(reader), out, identities)
+        pyrage.decrypt_io(_Buffered(guard.wrap_read(reader)), out, identities)
     except pyrage.DecryptError as exc:
+        if out.error is not None:
+            raise out.error from None
+        if guard.error is not None:
+            raise guard.error from None
         raise VerifyError(f"cannot decrypt: {exc} (wrong identity file, or a damaged object)") from exc
     if reader.size != size or reader.sha.hexdigest() != sha256:
         raise VerifyError(

@@ -114,7 +114,7 @@ def comparable(root: Path) -> dict[str, tuple[object, ...]]:
     db = SQLITE_DB.lstrip("/")
     tree.pop(db)
     parent = os.path.dirname(db)
-    tree[parent] = tree[parent][:4] + (None,) + tree[parent][5:]
+    tree[parent] = (*tree[parent][:4], None, *tree[parent][5:])
     return tree
 
 

@@ -1,0 +1,52 @@
+"""A test-only recipe with a real quiesce: a long-running process on the host stands in for a
+service that must be stopped for the backup and started again whatever happens."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from recipes.model import Command, sh
+from recipes.recipe import param
+from recipes.steps import Archive, Dump, Extract, Quiesce, Step
+
+
+@attrs.frozen
+class SvcParams:
+    dir: str = param("/srv/site/svc", "directory holding the service's pidfile and data")
+    then: str = param("ok", "what the step after the quiesce does: ok, fail or hang")
+
+
+def service_commands(d: str) -> tuple[Command, Command, Command]:
+    pid = sh(f"{d}/svc.pid")
+    check = Command(f'test -s {pid} && kill -0 "$(cat {pid})" 2>/dev/null')
+    stop = Command(f'kill "$(cat {pid})" && rm -f {pid}')
+    start = Command(
+        f"setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > {pid}; "
+        f"echo started >> {sh(d + '/starts.log')}"
+    )
+    return check, stop, start
+
+
+class Svc:
+    name: ClassVar[str] = "svc-test"
+    summary: ClassVar[str] = "test-only: a quiesced service"
+    seed: ClassVar[str] = "none"
+    Params: ClassVar[type[Any]] = SvcParams
+
+    def backup_steps(self, p: SvcParams) -> list[Step]:
+        check, stop, start = service_commands(p.dir)
+        body = {
+            "ok": Command("echo data"),
+            "fail": Command("echo 'dump: simulated failure' >&2; exit 3"),
+            "hang": Command("echo started-dump; sleep 600"),
+        }[p.then]
+        return [
+            Quiesce(name="svc", check=check, stop=stop, start=start, about="stop the service"),
+            Dump(name="d", engine="test", command=body),
+            Archive(root=p.dir, excludes=("/svc.pid",)),
+        ]
+
+    def restore_steps(self, p: SvcParams) -> list[Step]:
+        return [Extract(root=p.dir)]

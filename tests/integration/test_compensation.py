@@ -1,0 +1,211 @@
+"""What was stopped is started again: on a failed step, on SIGTERM, on a dropped connection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipes import apps, cli
+from tests import servers
+from tests.integration.fakes import Svc
+from tests.integration.test_django import keys, world  # noqa: F401  (fixtures)
+from tests.integration.world import World
+
+LAUNCH = (
+    "import recipes.apps as a; from tests.integration.fakes import Svc; "
+    "a.RECIPES = a.RECIPES + (Svc,); from recipes.cli import main; main()"
+)
+
+
+@pytest.fixture
+def svc(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
+    """A running 'service' on host source: (its dir inside the host, the same dir from outside)."""
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    outside = Path(ssh_source.binds["/srv/site"]) / name
+    outside.mkdir()
+    inside = f"/srv/site/{name}"
+    _start(outside)
+    yield inside, outside
+    pid = _pid(outside)
+    if pid:
+        subprocess.run(["kill", str(pid)], check=False)
+    subprocess.run(["rm", "-rf", str(outside)], check=False)
+
+
+def _start(outside: Path) -> None:
+    proc = subprocess.Popen(
+        ["setsid", "sleep", "100000"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    (outside / "svc.pid").write_text(f"{proc.pid}\n")
+
+
+def _pid(outside: Path) -> int | None:
+    try:
+        return int((outside / "svc.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def running(outside: Path) -> bool:
+    pid = _pid(outside)
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def starts(outside: Path) -> int:
+    log = outside / "starts.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apps, "RECIPES", (*apps.RECIPES, Svc))
+
+
+def test_failed_step_after_quiesce_starts_the_service_again(
+    world: World,
+    svc: tuple[str, Path],
+    registered: None,  # noqa: F811
+) -> None:
+    inside, outside = svc
+    before = _pid(outside)
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "--config",
+            str(world.config),
+            "run",
+            "svc-test",
+            "--host",
+            "source",
+            "--set",
+            f"dir={inside}",
+            "--set",
+            "then=fail",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "simulated failure" in result.output
+    assert starts(outside) == 1
+    assert running(outside) and _pid(outside) != before  # stopped, then started again
+    assert not list(world.repo.glob("svc-test/source/*"))
+
+
+def test_success_restarts_and_a_stopped_service_stays_stopped(
+    world: World,
+    svc: tuple[str, Path],
+    registered: None,  # noqa: F811
+) -> None:
+    inside, outside = svc
+    args = [
+        "--config",
+        str(world.config),
+        "--json",
+        "run",
+        "svc-test",
+        "--host",
+        "source",
+        "--set",
+        f"dir={inside}",
+    ]
+    ok = CliRunner().invoke(cli.main, args)
+    assert ok.exit_code == 0, ok.output
+    assert running(outside) and starts(outside) == 1
+    steps = {s["name"]: s["outcome"] for s in json.loads(ok.stdout)["steps"]}
+    assert steps["svc"] == "stopped"
+
+    subprocess.run(["kill", str(_pid(outside))], check=True)
+    (outside / "svc.pid").unlink()
+    again = CliRunner().invoke(cli.main, args)
+    assert again.exit_code == 0, again.output
+    assert not running(outside) and starts(outside) == 1  # was not running: left alone
+    assert {s["name"]: s["outcome"] for s in json.loads(again.stdout)["steps"]}["svc"] == "not running"
+
+
+def _launch(world: World, inside: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            "--config",
+            str(world.config),
+            "run",
+            "svc-test",
+            "--host",
+            "source",
+            "--set",
+            f"dir={inside}",
+            "--set",
+            "then=hang",
+        ],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _wait_for(cond: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_sigterm_mid_backup_starts_the_service_again(
+    world: World,
+    svc: tuple[str, Path],  # noqa: F811
+) -> None:
+    inside, outside = svc
+    proc = _launch(world, inside)
+    _wait_for(lambda: not running(outside))  # quiesced, now inside the hanging dump
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert running(outside) and starts(outside) == 1
+    assert not list(world.repo.glob("svc-test/source/*"))
+
+
+def test_dropped_connection_mid_backup_reconnects_to_start_the_service(
+    world: World,
+    svc: tuple[str, Path],
+    ssh_source: servers.SshHost,  # noqa: F811
+) -> None:
+    inside, outside = svc
+    proc = _launch(world, inside)
+    _wait_for(lambda: not running(outside))
+    time.sleep(0.5)
+    # Kill the per-connection sshd processes (not the listener): the TCP connection drops.
+    kids = subprocess.run(["pgrep", "-P", str(ssh_source.pid)], capture_output=True, text=True).stdout
+    assert kids.split(), "expected a per-connection sshd child"
+    for kid in kids.split():
+        os.kill(int(kid), signal.SIGKILL)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "connection" in err.lower()
+    assert running(outside) and starts(outside) == 1
+    assert not list(world.repo.glob("svc-test/source/*"))
