@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from recipes import apps, cli
 from tests import servers
 from tests.integration.fakes import Svc
-from tests.integration.test_django import keys, world  # noqa: F401  (fixtures)
 from tests.integration.world import World
 
 LAUNCH = (
@@ -83,7 +82,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failed_step_after_quiesce_starts_the_service_again(
     world: World,
     svc: tuple[str, Path],
-    registered: None,  # noqa: F811
+    registered: None,
 ) -> None:
     inside, outside = svc
     before = _pid(outside)
@@ -112,7 +111,7 @@ def test_failed_step_after_quiesce_starts_the_service_again(
 def test_success_restarts_and_a_stopped_service_stays_stopped(
     world: World,
     svc: tuple[str, Path],
-    registered: None,  # noqa: F811
+    registered: None,
 ) -> None:
     inside, outside = svc
     args = [
@@ -176,7 +175,7 @@ def _wait_for(cond: object, timeout: float = 30.0) -> None:
 
 def test_sigterm_mid_backup_starts_the_service_again(
     world: World,
-    svc: tuple[str, Path],  # noqa: F811
+    svc: tuple[str, Path],
 ) -> None:
     inside, outside = svc
     proc = _launch(world, inside)
@@ -193,7 +192,7 @@ def test_sigterm_mid_backup_starts_the_service_again(
 def test_dropped_connection_mid_backup_reconnects_to_start_the_service(
     world: World,
     svc: tuple[str, Path],
-    ssh_source: servers.SshHost,  # noqa: F811
+    ssh_source: servers.SshHost,
 ) -> None:
     inside, outside = svc
     proc = _launch(world, inside)

@@ -14,35 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyrage
 import pytest
 
 from recipes.apps.django import DEFAULT_EXCLUDES
 from tests import servers
-from tests.integration.world import World, fingerprint, write_config
+from tests.integration.world import World, fingerprint
 
 SQLITE_DB = "/var/opt/mysite/mysite.db"
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    d = tmp_path_factory.mktemp("keys")
-    ident = pyrage.x25519.Identity.generate()
-    path = d / "identity.txt"
-    path.write_text(f"{ident}\n")
-    path.chmod(0o600)
-    return path, str(ident.to_public())
-
-
-@pytest.fixture
-def world(
-    tmp_path: Path, keys: tuple[Path, str], ssh_source: servers.SshHost, ssh_target: servers.SshHost
-) -> World:
-    identity, recipient = keys
-    repo = tmp_path / "repo"
-    config = tmp_path / "recipes.toml"
-    write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
-    return World(config, repo, identity, recipient)
 
 
 @pytest.fixture
@@ -179,6 +157,8 @@ def test_backup_over_ssh_and_restore_on_second_host(
         assert len(again.stderr.strip().splitlines()) == 1
     finally:
         pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
+        # pg_dumpall carried the source's postgres password: give the target its own back
+        pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
 
 
 def test_break_glass_restore_with_age_zstd_tar_only(
@@ -287,7 +267,10 @@ def test_mariadb_dump_and_restore_with_password_from_env(
                 mariadb_target.port,
                 mariadb_source.root_password,
             ),
-            f"DROP DATABASE IF EXISTS `{db}`",
+            f"DROP DATABASE IF EXISTS `{db}`; "
+            f"ALTER USER root@'127.0.0.1' IDENTIFIED BY '{mariadb_target.root_password}'; "
+            f"ALTER USER root@'::1' IDENTIFIED BY '{mariadb_target.root_password}'; "
+            "FLUSH PRIVILEGES",
         )
 
 

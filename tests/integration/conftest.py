@@ -1,0 +1,32 @@
+"""Fixtures of the integration tests: an age key pair and a recipes.toml naming both hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from tests import servers
+from tests.integration.world import World, write_config
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    d = tmp_path_factory.mktemp("keys")
+    ident = pyrage.x25519.Identity.generate()
+    path = d / "identity.txt"
+    path.write_text(f"{ident}\n")
+    path.chmod(0o600)
+    return path, str(ident.to_public())
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, keys: tuple[Path, str], ssh_source: servers.SshHost, ssh_target: servers.SshHost
+) -> World:
+    identity, recipient = keys
+    repo = tmp_path / "repo"
+    config = tmp_path / "recipes.toml"
+    write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
+    return World(config, repo, identity, recipient)
