@@ -177,19 +177,18 @@ def store(source: Readable, sink: Writable, recipients: list[str], level: int = 
     parsed = [_recipient(r) for r in recipients]
     peek = _Peekable(source)
     remote = peek.peek(4) == ZSTD_MAGIC
-    upstream: Readable = peek if remote else _Compressing(peek, level)
-    probe = _NonEmpty(peek, remote) if remote else None
-    if probe is not None:
-        upstream = probe
-    counted = _Counting(upstream)
+    counted = _Counting(peek)  # raw bytes from the host, before any compression here
+    probe = _NonEmpty(counted, remote) if remote else None
+    upstream: Readable = probe if probe is not None else _Compressing(counted, level)
     hashing = _Hashing(sink)
     guard = _Guard()
     try:
-        pyrage.encrypt_io(_Buffered(guard.wrap_read(counted)), hashing, parsed)
-    except pyrage.EncryptError as exc:
-        if hashing.error is not None:
-            raise hashing.error from None
-        raise guard.reraise(StepFailed(f"encryption failed: {exc}")) from None
+        pyrage.encrypt_io(_Buffered(guard.wrap_read(upstream)), hashing, parsed)
+    except (pyrage.EncryptError, OSError) as exc:
+        raise guard.reraise(hashing.error or StepFailed(f"encryption failed: {exc}")) from None
+    # pyrage ignores an error from the last write (its finish step): look for it ourselves.
+    if hashing.error is not None:
+        raise hashing.error
     empty = not probe.seen if probe is not None else counted.raw_seen == 0
     if empty:
         raise StepFailed("the command produced no output")
@@ -284,12 +283,14 @@ def fetch(fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size
     guard = _Guard()
     try:
         pyrage.decrypt_io(_Buffered(guard.wrap_read(reader)), out, identities)
-    except pyrage.DecryptError as exc:
+    except (pyrage.DecryptError, OSError) as exc:
         if out.error is not None:
             raise out.error from None
         if guard.error is not None:
             raise guard.error from None
         raise VerifyError(f"cannot decrypt: {exc} (wrong identity file, or a damaged object)") from exc
+    if out.error is not None:  # an error from the last write, which pyrage may not report
+        raise out.error
     if reader.size != size or reader.sha.hexdigest() != sha256:
         raise VerifyError(
             f"stored object does not match its manifest (size {reader.size} != {size} or sha256 differs)"

@@ -1,0 +1,98 @@
+"""The stream layer on its own: compression either side, empty output, wrong key, tampering."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pyrage
+import pytest
+import zstandard
+
+from recipes import stream
+from recipes.errors import StepFailed, VerifyError
+
+
+def _key() -> tuple[str, object]:
+    ident = pyrage.x25519.Identity.generate()
+    return str(ident.to_public()), ident
+
+
+class Chunks:
+    """A source that returns its data in uneven chunks, like a network channel."""
+
+    def __init__(self, data: bytes, size: int = 70_001) -> None:
+        self._data = memoryview(data)
+        self._size = size
+
+    def read(self, n: int = -1, /) -> bytes:
+        out, self._data = self._data[: self._size], self._data[self._size :]
+        return out.tobytes()
+
+
+@pytest.mark.parametrize("remote_zstd", [False, True])
+def test_round_trip(remote_zstd: bool) -> None:
+    recipient, ident = _key()
+    plain = os.urandom(300_000) + b"text " * 200_000
+    wire = zstandard.ZstdCompressor(level=1).compress(plain) if remote_zstd else plain
+    stored = io.BytesIO()
+    info = stream.store(Chunks(wire), stored, [recipient])
+    assert info.compressed_remotely is remote_zstd
+    assert info.size == len(stored.getvalue())
+    assert stored.getvalue().startswith(b"age-encryption.org/v1")
+    out = io.BytesIO()
+    n = stream.fetch(io.BytesIO(stored.getvalue()), out, [ident], info.sha256, info.size)
+    assert out.getvalue() == plain and n == len(plain)
+
+
+@pytest.mark.parametrize("wire", [b"", zstandard.ZstdCompressor().compress(b"")])
+def test_empty_output_fails(wire: bytes) -> None:
+    recipient, _ = _key()
+    with pytest.raises(StepFailed, match="no output"):
+        stream.store(Chunks(wire), io.BytesIO(), [recipient])
+
+
+def test_wrong_identity_and_tampering_are_verify_errors() -> None:
+    recipient, ident = _key()
+    stored = io.BytesIO()
+    info = stream.store(Chunks(b"x" * 100_000), stored, [recipient])
+    _, other = _key()
+    with pytest.raises(VerifyError, match="cannot decrypt"):
+        stream.fetch(io.BytesIO(stored.getvalue()), io.BytesIO(), [other], info.sha256, info.size)
+    data = bytearray(stored.getvalue())
+    data[-20] ^= 1
+    with pytest.raises(VerifyError):
+        stream.fetch(io.BytesIO(bytes(data)), io.BytesIO(), [ident], info.sha256, info.size)
+    with pytest.raises(VerifyError):  # truncated
+        stream.fetch(io.BytesIO(bytes(data[:-100])), io.BytesIO(), [ident], info.sha256, info.size)
+
+
+def test_errors_raised_inside_age_callbacks_surface_unchanged() -> None:
+    recipient, _ = _key()
+
+    class Interrupted:
+        def read(self, n: int = -1, /) -> bytes:
+            raise KeyboardInterrupt("signal 15")
+
+    with pytest.raises(KeyboardInterrupt):
+        stream.store(Interrupted(), io.BytesIO(), [recipient])
+
+    class DiskFull:
+        def write(self, data: bytes, /) -> int:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        stream.store(Chunks(b"y" * 100_000), DiskFull(), [recipient])
+
+
+def test_a_sink_that_fails_on_restore_is_reported() -> None:
+    recipient, ident = _key()
+    stored = io.BytesIO()
+    info = stream.store(Chunks(b"z" * 100_000), stored, [recipient])
+
+    class Broken:
+        def write(self, data: bytes, /) -> int:
+            raise BrokenPipeError("remote tar exited")
+
+    with pytest.raises(BrokenPipeError):
+        stream.fetch(io.BytesIO(stored.getvalue()), Broken(), [ident], info.sha256, info.size)
