@@ -63,7 +63,9 @@ class _NonEmpty:
         import zstandard
 
         self._source = source
-        self._probe = zstandard.ZstdDecompressor().decompressobj() if compressed else None
+        self._probe = (
+            zstandard.ZstdDecompressor().decompressobj(read_across_frames=True) if compressed else None
+        )
         self.seen = False
 
     def read(self, n: int = -1, /) -> bytes:
@@ -156,6 +158,8 @@ class _Hashing:
     def write(self, data: bytes, /) -> int:
         self.sha.update(data)
         self.size += len(data)
+        if self.error is not None:
+            raise self.error
         try:
             self._sink.write(data)
         except BaseException as exc:
@@ -251,19 +255,22 @@ class _Decompressing:
     def __init__(self, sink: Writable) -> None:
         import zstandard
 
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        # Concatenated frames are valid zstd (a host may compress in several runs).
+        self._obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         self._sink = sink
         self.size = 0
         self.error: BaseException | None = None
 
     def write(self, data: bytes, /) -> int:
+        if self.error is not None:
+            raise self.error
         try:
             out = self._obj.decompress(data)
             if out:
                 self.size += len(out)
                 self._sink.write(out)
         except BaseException as exc:
-            self.error = exc
+            self.error = self.error or exc
             raise
         return len(data)
 

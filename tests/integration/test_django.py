@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from recipes.apps.django import DEFAULT_EXCLUDES
@@ -333,3 +334,43 @@ def test_postgres_over_tcp_with_password_on_stdin(
     )
     assert missing.returncode == 2 and "SRC_PG_PW is not set" in missing.stderr
     assert len(list(world.repo.glob("django/source/*/manifest.json"))) == 1
+
+
+def test_restore_failures_are_reported_with_their_exit_codes(
+    world: World,
+    site: tuple[str, Path, Path],
+    pg_source: servers.Postgres,
+    pg_target: servers.Postgres,
+    fresh_pg_db: str,
+    tmp_path: Path,
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    seed_postgres(pg_source, fresh_pg_db)
+    sets = ["--set", f"root={root}", "--set", "postgres=true"]
+    world.cli("run", "django", "--host", "source", *sets, check=True)
+    restore = ["restore", "django", "--host", "target", "--from", "source", *sets]
+    try:
+        # a wrong identity: exit 3, nothing written to the target
+        other = tmp_path / "other.txt"
+        other.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+        wrong = world.cli(*restore, "--identity", str(other))
+        assert wrong.returncode == 3, wrong.stderr
+        assert "cannot decrypt" in wrong.stderr
+        # the database already exists on the target: psql's real errors fail the restore
+        pg_target.psql(f'CREATE DATABASE "{fresh_pg_db}";')
+        pg_target.psql("CREATE TABLE polls_choice(id int);", db=fresh_pg_db)
+        clash = world.cli(*restore, "--force")
+        assert clash.returncode == 1
+        assert "load postgresql failed" in clash.stderr and "already exists" in clash.stderr
+        # a tampered object: exit 3
+        (snap,) = world.repo.glob("django/source/*/manifest.json")
+        obj = snap.parent / "dumps/postgresql.sql.zst.age"
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        obj.write_bytes(bytes(data))
+        bad = world.cli(*restore, "--force")
+        assert bad.returncode == 3, bad.stderr
+    finally:
+        pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
+        pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
