@@ -179,7 +179,7 @@ def host_versions(host: Host) -> dict[str, str]:
     """A few version facts for the manifest (best effort, never fails the backup)."""
     try:
         result = run(host, _VERSIONS)
-    except RecipeError:
+    except StepFailed:
         return {}
     lines = result.stdout.decode("utf-8", "replace").splitlines()
     keys = ("kernel", "tar")

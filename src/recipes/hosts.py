@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -101,10 +102,18 @@ def check(host: Host, command: Command, what: str) -> Result:
     return result
 
 
+# Summary lines that say nothing about the cause (GNU tar's closing line, sudo's cd warning).
+_NOISE = re.compile(r"Exiting with failure status|could not change directory to")
+
+
 def last_line(text: str) -> str:
-    """The last non-empty line of a command's stderr, for one-line error messages."""
+    """The most telling line of a command's stderr, for one-line error messages."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no message)"
+    useful = [line for line in lines if not _NOISE.search(line)]
+    if not useful:
+        return lines[-1] if lines else "(no message)"
+    more = len(useful) - 1
+    return useful[-1] + (f" (+{more} more lines)" if more and len(useful[-1]) < 200 else "")
 
 
 class _Tail:

@@ -80,7 +80,7 @@ class Archive:
 
     @property
     def name(self) -> str:
-        return "archive"
+        return "files"
 
     @property
     def command(self) -> Command:
@@ -129,7 +129,7 @@ class Extract:
 
     @property
     def name(self) -> str:
-        return "extract"
+        return "files"
 
     @property
     def empty_check(self) -> Command:

@@ -1,0 +1,107 @@
+"""Reaching hosts the ways operators configure them: a non-root login with sudo, and a name
+from ~/.ssh/config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.integration.world import World
+
+USER = "recipesop"
+SUDOERS = Path(f"/etc/sudoers.d/{USER}")
+
+
+@pytest.fixture(scope="module")
+def operator(ssh_source: servers.SshHost) -> Iterator[str]:
+    """A locked-down login user that may use sudo without a password (as on many servers)."""
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
+    try:
+        subprocess.run(["usermod", "-p", "*", USER], check=True)  # sshd refuses a locked '!' account
+        shutil.copyfile(ssh_source.key_file + ".pub", os.path.join(ssh_source.dir, "keys", USER))
+        os.chmod(os.path.join(ssh_source.dir, "keys", USER), 0o644)
+        SUDOERS.write_text(f"{USER} ALL=(ALL) NOPASSWD:ALL\n")
+        SUDOERS.chmod(0o440)
+        yield USER
+    finally:
+        SUDOERS.unlink(missing_ok=True)
+        subprocess.run(["userdel", "-r", USER], check=False, capture_output=True)
+        Path(os.path.join(ssh_source.dir, "keys", USER)).unlink(missing_ok=True)
+
+
+def _add_host(world: World, name: str, ssh: servers.SshHost, user: str, sudo: bool) -> None:
+    with world.config.open("a") as fh:
+        fh.write(
+            f'\n[hosts.{name}]\naddress = "127.0.0.1"\nuser = "{user}"\nport = {ssh.port}\n'
+            f'key_file = "{ssh.key_file}"\nsudo = {"true" if sudo else "false"}\n'
+        )
+
+
+def test_non_root_login_reads_root_only_files_through_sudo(
+    world: World, ssh_source: servers.SshHost, operator: str, tmp_path: Path
+) -> None:
+    name = f"op-{os.getpid()}"
+    src = Path(ssh_source.binds["/srv/site"]) / name
+    (src / "etc/ssl/private").mkdir(parents=True)
+    secret = src / "etc/ssl/private/site.key"
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    secret.chmod(0o600)
+    (src / "etc/ssl/private").chmod(0o700)
+    _add_host(world, "op-sudo", ssh_source, operator, sudo=True)
+    _add_host(world, "op-plain", ssh_source, operator, sudo=False)
+    try:
+        plain = world.cli("run", "django", "--host", "op-plain", "--set", f"root=/srv/site/{name}")
+        assert plain.returncode == 1
+        assert "Permission denied" in plain.stderr
+        ok = world.cli("run", "django", "--host", "op-sudo", "--set", f"root=/srv/site/{name}")
+        assert ok.returncode == 0, ok.stderr
+        out = tmp_path / "out"
+        out.mkdir()
+        restore = world.cli(
+            "restore", "django", "--host", "local", "--from", "op-sudo", "--set", f"root={out}"
+        )
+        assert restore.returncode == 0, restore.stderr
+        got = out / "etc/ssl/private/site.key"
+        assert got.read_bytes() == secret.read_bytes()
+        assert got.stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/config").write_text(
+        f"Host backup-alias\n  HostName 127.0.0.1\n  Port {ssh_source.port}\n  User root\n"
+        f"  IdentityFile {ssh_source.key_file}\n"
+    )
+    name = f"alias-{os.getpid()}"
+    src = Path(ssh_source.binds["/srv/site"]) / name
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/motd").write_text("hello\n")
+    try:
+        proc = world.cli(
+            "--json",
+            "run",
+            "django",
+            "--host",
+            "backup-alias",
+            "--set",
+            f"root=/srv/site/{name}",
+            env={"HOME": str(home)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert list(world.repo.glob("django/backup-alias/*/manifest.json"))
+        bad = world.cli(
+            "run", "django", "--host", "no-such-alias.invalid", "--set", "root=/x", env={"HOME": str(home)}
+        )
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("recipes: error: cannot connect to no-such-alias.invalid")
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
