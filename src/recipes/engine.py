@@ -264,6 +264,7 @@ def restore(
             "no age identity: pass --identity FILE or set [repository] "
             "identity_file (the secret key from `recipes init`)"
         )
+    repo.check_sizes(manifest, [o for s in needed if (o := manifest.object(s.object)) is not None])
     with interrupts_as_exceptions():
         if not force:
             for step in plan.steps:

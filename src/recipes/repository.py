@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from recipes import manifest as mf
-from recipes.errors import ConfigError, RepositoryError
+from recipes.errors import ConfigError, RepositoryError, VerifyError
 
 MANIFEST = "manifest.json"
 DEFAULT_URL = "~/.local/share/recipes/repo"
@@ -95,6 +95,20 @@ class Repository:
                 f"{recipe}@{host}: give more of its id"
             )
         return matches[0]
+
+    def check_sizes(self, m: mf.Manifest, objects: list[mf.StoredObject]) -> None:
+        """Every object is present with its recorded size (cheap, before a restore writes anything)."""
+        for obj in objects:
+            path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot, obj.path)
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                raise VerifyError(f"snapshot {m.snapshot} is missing {obj.path}") from None
+            if size != obj.size:
+                raise VerifyError(
+                    f"snapshot {m.snapshot}: {obj.path} is {size} bytes, the manifest says {obj.size} "
+                    "(truncated or replaced)"
+                )
 
     @contextlib.contextmanager
     def open_object(self, m: mf.Manifest, obj: mf.StoredObject) -> Iterator[BinaryIO]:

@@ -344,7 +344,7 @@ def test_restore_failures_are_reported_with_their_exit_codes(
     fresh_pg_db: str,
     tmp_path: Path,
 ) -> None:
-    root, src, _ = site
+    root, src, dst = site
     seed_tree(src)
     seed_postgres(pg_source, fresh_pg_db)
     sets = ["--set", f"root={root}", "--set", "postgres=true"]
@@ -371,6 +371,12 @@ def test_restore_failures_are_reported_with_their_exit_codes(
         obj.write_bytes(bytes(data))
         bad = world.cli(*restore, "--force")
         assert bad.returncode == 3, bad.stderr
+        # a truncated object is refused before anything is written to the target
+        obj.write_bytes(bytes(data[:-10]))
+        subprocess.run(["rm", "-rf", str(dst)], check=True)
+        short = world.cli(*restore)
+        assert short.returncode == 3 and "truncated" in short.stderr, short.stderr
+        assert not dst.exists()
     finally:
         pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
         pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
