@@ -202,6 +202,11 @@ def test_failed_dump_fails_the_snapshot(world: World, site: tuple[str, Path, Pat
     assert json.loads(listed.stdout) == []
 
 
+def login_with(db: servers.MariaDB, password: str) -> servers.MariaDB:
+    """The same server, logged in with another root password (a restore brings the source's)."""
+    return servers.MariaDB(db.datadir, db.socket, db.port, password)
+
+
 def test_mariadb_dump_and_restore_with_password_from_env(
     world: World,
     site: tuple[str, Path, Path],
@@ -247,13 +252,7 @@ def test_mariadb_dump_and_restore_with_password_from_env(
             env=tgt_env,
         )
         assert restore.returncode == 0, restore.stderr
-        got = servers.MariaDB.sql(
-            servers.MariaDB(
-                mariadb_target.datadir,
-                mariadb_target.socket,
-                mariadb_target.port,
-                mariadb_source.root_password,
-            ),
+        got = login_with(mariadb_target, mariadb_source.root_password).sql(
             f"SELECT id, v, HEX(b) FROM `{db}`.t ORDER BY id; SHOW PROCEDURE STATUS WHERE Db='{db}'",
         )
         assert got.splitlines()[0].split("\t") == ["1", "one", "00FF10"]
@@ -261,13 +260,7 @@ def test_mariadb_dump_and_restore_with_password_from_env(
         assert "\tp\tPROCEDURE" in got
     finally:
         # the dump carried source's root password (--flush-privileges): log in with it to clean up
-        servers.MariaDB.sql(
-            servers.MariaDB(
-                mariadb_target.datadir,
-                mariadb_target.socket,
-                mariadb_target.port,
-                mariadb_source.root_password,
-            ),
+        login_with(mariadb_target, mariadb_source.root_password).sql(
             f"DROP DATABASE IF EXISTS `{db}`; "
             f"ALTER USER root@'127.0.0.1' IDENTIFIED BY '{mariadb_target.root_password}'; "
             f"ALTER USER root@'::1' IDENTIFIED BY '{mariadb_target.root_password}'; "
@@ -282,56 +275,18 @@ def test_postgres_over_tcp_with_password_on_stdin(
     seed_tree(src)
     seed_postgres(pg_source, fresh_pg_db)
     table = f'postgres={{host="127.0.0.1", port={pg_source.port}, password_env="SRC_PG_PW"}}'
-    plan = world.cli(
-        "plan",
-        "django",
-        "--host",
-        "source",
-        "--set",
-        f"root={root}",
-        "--set",
-        table,
-        env={"SRC_PG_PW": pg_source.password},
-    )
+    args = ["django", "--host", "source", "--set", f"root={root}", "--set", table]
+
+    plan = world.cli("plan", *args, env={"SRC_PG_PW": pg_source.password})
     assert plan.returncode == 0, plan.stderr
     assert "PGPASSWORD=*** { pg_dumpall --host=127.0.0.1" in plan.stdout
     assert pg_source.password not in plan.stdout
-    ok = world.cli(
-        "run",
-        "django",
-        "--host",
-        "source",
-        "--set",
-        f"root={root}",
-        "--set",
-        table,
-        env={"SRC_PG_PW": pg_source.password},
-    )
+    ok = world.cli("run", *args, env={"SRC_PG_PW": pg_source.password})
     assert ok.returncode == 0, ok.stderr
-    wrong = world.cli(
-        "run",
-        "django",
-        "--host",
-        "source",
-        "--set",
-        f"root={root}",
-        "--set",
-        table,
-        env={"SRC_PG_PW": "wrong-password"},
-    )
+    wrong = world.cli("run", *args, env={"SRC_PG_PW": "wrong-password"})
     assert wrong.returncode == 1
     assert "password authentication failed" in wrong.stderr
-    missing = world.cli(
-        "run",
-        "django",
-        "--host",
-        "source",
-        "--set",
-        f"root={root}",
-        "--set",
-        table,
-        env={"SRC_PG_PW": ""} if False else {},
-    )
+    missing = world.cli("run", *args)
     assert missing.returncode == 2 and "SRC_PG_PW is not set" in missing.stderr
     assert len(list(world.repo.glob("django/source/*/manifest.json"))) == 1
 
