@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import tenacity
 
 from recipes import __version__, stream
@@ -19,7 +20,7 @@ from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError,
 from recipes.hosts import Host, Process, check, last_line, run
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
-from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
+from recipes.steps import HAS_ZSTD, Archive, Dump, Extract, Load, Quiesce, Run, Step, remote_unzstd
 
 log = logging.getLogger("recipes")
 
@@ -272,6 +273,7 @@ def restore(
                     raise ConfigError(
                         f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
                     )
+        host_zstd = run(host, HAS_ZSTD).exit_status == 0
         records = []
         for step in plan.steps:
             started = time.monotonic()
@@ -279,7 +281,7 @@ def restore(
             if isinstance(step, (Extract, Load)):
                 obj = manifest.object(step.object)
                 assert obj is not None
-                _feed(step, host, repo, manifest, obj, identities)
+                _feed(step, host, repo, manifest, obj, identities, host_zstd)
             elif isinstance(step, Run):
                 check(host, step.command, step.name)
             else:
@@ -295,12 +297,20 @@ def _feed(
     manifest: mf.Manifest,
     obj: mf.StoredObject,
     identities: list[Any],
+    host_zstd: bool,
 ) -> None:
-    """Stream one stored object into the step's command and judge its exit and stderr."""
-    proc: Process = host.start(step.command)
+    """Stream one stored object into the step's command and judge its exit and stderr.
+
+    When the host has zstd the compressed bytes cross the wire and the host decompresses
+    them (several times fewer bytes through SSH); otherwise the controller decompresses.
+    """
+    command = step.command
+    if host_zstd:
+        command = attrs.evolve(command, script=remote_unzstd(command.script))
+    proc: Process = host.start(command)
     try:
         with repo.open_object(manifest, obj) as fh:
-            stream.fetch(fh, proc, identities, obj.sha256, obj.size)
+            stream.fetch(fh, proc, identities, obj.sha256, obj.size, decompress=not host_zstd)
     except StepFailed:
         status = proc.wait(timeout=FAILED_WAIT)
         raise StepFailed(

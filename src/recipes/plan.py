@@ -28,7 +28,8 @@ class Plan:
             target = stored_object(step)
             if target:
                 arrow = "->" if self.action == "backup" else "<-"
-                out.append(f"   {arrow} {target}.zst.age")
+                via = " (zstd -d on the host when it has zstd, else on the controller)"
+                out.append(f"   {arrow} {target}.zst.age" + (via if self.action == "restore" else ""))
             for command in step.commands():
                 out.append(f"   $ {command.masked()}")
             if isinstance(step, Quiesce):

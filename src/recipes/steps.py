@@ -23,6 +23,14 @@ def remote_zstd(script: str, level: int = 1) -> str:
     )
 
 
+def remote_unzstd(script: str) -> str:
+    """Decompress stdin with zstd on the host before ``script`` reads it (restores send zstd)."""
+    return f"zstd -d -q -c | {{ {script}; }}"
+
+
+HAS_ZSTD = Command("command -v zstd >/dev/null 2>&1")
+
+
 def tar_excludes(excludes: tuple[str, ...]) -> list[str]:
     """Turn absolute-looking exclude paths into GNU tar's anchored ``./path`` patterns."""
     words = ["--anchored"]

@@ -278,15 +278,41 @@ class _Decompressing:
         pass
 
 
-def fetch(fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size: int) -> int:
-    """Decrypt and decompress a stored object into ``sink``; verify its size and sha256.
+class _Passing:
+    """Hands decrypted zstd bytes on unchanged (the host decompresses them)."""
 
-    Returns the number of plain bytes written.
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes, /) -> int:
+        if self.error is not None:
+            raise self.error
+        try:
+            self._sink.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def fetch(
+    fh: BinaryIO, sink: Writable, identities: list[Any], sha256: str, size: int, decompress: bool = True
+) -> int:
+    """Decrypt (and, unless the host will, decompress) a stored object into ``sink``.
+
+    The stored bytes' size and sha256 are checked against the manifest as they stream by.
+    Returns the number of bytes written to ``sink``.
     """
     import pyrage
 
     reader = _VerifyingReader(fh)
-    out = _Decompressing(sink)
+    out: _Decompressing | _Passing = _Decompressing(sink) if decompress else _Passing(sink)
     guard = _Guard()
     try:
         pyrage.decrypt_io(_Buffered(guard.wrap_read(reader)), out, identities)
