@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, docs (bench arrives with the benchmark suite)."""
+"""nox sessions: tests, lint, typecheck, docs, and bench (the benchmark suite; never run by default)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests")
-    session.run("ruff", "format", "--check", "src", "tests")
+    session.run("ruff", "check", "src", "tests", "bench")
+    session.run("ruff", "format", "--check", "src", "tests", "bench")
 
 
 @nox.session
@@ -31,3 +31,10 @@ def docs(session: nox.Session) -> None:
     """Regenerate the per-recipe reference pages from params and steps."""
     session.install("-e", ".")
     session.run("python", "-m", "recipes.docgen")
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (docs/performance.md): ``nox -s bench -- --scale 4``. Needs root and Debian."""
+    session.run("./scripts/install-test-deps", external=True)
+    session.run(".venv/bin/python", "bench/run.py", *session.posargs, external=True)

@@ -449,11 +449,12 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def child_pids(pid: int) -> list[int]:
+    """Children of pid, zombies included: a zombie's CPU reaches its parent only once reaped."""
     kids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             fields = _proc_stat(int(entry))
-            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+            if fields is not None and fields[1] == str(pid):
                 kids.append(int(entry))
     return kids
 
@@ -623,8 +624,25 @@ def parse_gnu_time(text: str) -> dict[str, float]:
     return out
 
 
+def warm_read(path: Path) -> float:
+    """Read every byte under path once, so the next command finds it in the page cache.
+
+    Needed before every case, not once per run: on the reference VM the host reclaims cold page
+    cache within minutes (a 1.4 GiB read took 12 s two minutes after a run, then 0.9 s).
+    ``tar cf /dev/null`` would not do: GNU tar skips reading file contents into /dev/null.
+    """
+    started = time.monotonic()
+    files = [path] if path.is_file() else [Path(d) / f for d, _dirs, fs in os.walk(path) for f in fs]
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while f.read(MIB):
+                pass
+    return round(time.monotonic() - started, 2)
+
+
 class Runner:
-    """Runs commands under GNU time, with dirty pages written out first and sshd's CPU counted."""
+    """Runs commands under GNU time: inputs read into the page cache, dirty pages written out
+    first, and the CPU time spent under the private sshd counted."""
 
     def __init__(self, scratch: Path, sshd: Sshd | None) -> None:
         self.scratch = scratch
@@ -632,11 +650,16 @@ class Runner:
         self.count = 0
 
     def run(
-        self, cmd: Sequence[str], env: dict[str, str] | None = None, what: str = ""
+        self,
+        cmd: Sequence[str],
+        env: dict[str, str] | None = None,
+        what: str = "",
+        warm: Path | None = None,
     ) -> tuple[Sample, str]:
         self.count += 1
         stem = self.scratch / f"cmd-{self.count:04d}"
         timing, out, err = (stem.with_suffix(s) for s in (".time", ".out", ".err"))
+        warm_seconds = warm_read(warm) if warm is not None else None
         os.sync()
         if self.sshd is not None:
             self.sshd.settle()
@@ -669,6 +692,8 @@ class Runner:
             max_rss_kb=int(t.get("rss", 0)),
             remote_cpu=remote,
         )
+        if warm_seconds is not None:
+            sample.detail["warm_seconds"] = warm_seconds
         return sample, stdout
 
 
@@ -725,10 +750,7 @@ class Bench:
                     ]
                 )
             )
-        log("warming the page cache (tar of the dataset to /dev/null)")
-        subprocess.run(
-            ["tar", "cf", "/dev/null", "-C", str(self.ds.root), "."], check=True, stdin=subprocess.DEVNULL
-        )
+        log(f"reading the dataset into the page cache: {warm_read(self.ds.root):.1f}s")
         if self.sshd is not None:
             # One connection before the first timed one (host keys, sshd's first fork).
             subprocess.run([*self.sshd.ssh_words(), "true"], check=True, stdin=subprocess.DEVNULL)
@@ -740,9 +762,11 @@ class Bench:
             extra += f", stored {sample.stored_bytes / MIB:.1f} MiB"
         if sample.verified is not None:
             extra += f", verified {sample.verified}"
+        if "warm_seconds" in sample.detail:
+            extra += f" (inputs read into cache first: {sample.detail['warm_seconds']:.1f}s)"
         log(
             f"{name}: {sample.wall:.2f}s wall, cpu {sample.cpu:.1f}s"
-            + (f" + sshd side {sample.remote_cpu:.1f}s" if sample.remote_cpu else "")
+            + (f" + sshd side {sample.remote_cpu:.1f}s" if sample.remote_cpu is not None else "")
             + f", peak RSS {sample.max_rss_kb / 1024:.0f} MB{extra}"
         )
 
@@ -756,7 +780,7 @@ class Bench:
             f"set -o pipefail; {shlex.join(self.sshd.ssh_words())} {shlex.quote(remote)}"
             f" | age -r {self.recipient} | tee {shlex.quote(str(out))} | sha256sum >/dev/null"
         )
-        sample, _ = self.runner.run(["bash", "-c", script], what="limit_full")
+        sample, _ = self.runner.run(["bash", "-c", script], what="limit_full", warm=self.ds.root)
         sample.stored_bytes = out.stat().st_size
         self.add("limit_full", sample)
 
@@ -769,7 +793,7 @@ class Bench:
             f"set -o pipefail; age -d -i {shlex.quote(str(self.identity))} {shlex.quote(str(src))}"
             f" | zstd -q -d | {shlex.join(self.sshd.ssh_words())} {shlex.quote(remote)}"
         )
-        sample, _ = self.runner.run(["bash", "-c", script], what="limit_restore")
+        sample, _ = self.runner.run(["bash", "-c", script], what="limit_restore", warm=src)
         sample.verified, note = verify_tree(self.ds.root, target)
         sample.detail["verify"] = note
         shutil.rmtree(target)
@@ -785,7 +809,7 @@ class Bench:
         cmd = self._recipes(
             "run", "django", "--host", "bench", "--repo", str(repo), "--set", f"root={self.ds.root}"
         )
-        sample, out = self.runner.run(cmd, what=name)
+        sample, out = self.runner.run(cmd, what=name, warm=self.ds.root)
         manifest = json.loads(out)
         sample.stored_bytes = tree_bytes(repo) - before
         sample.detail["snapshot"] = manifest.get("snapshot")
@@ -811,7 +835,7 @@ class Bench:
             "--set",
             f"root={target}",
         )
-        sample, _ = self.runner.run(cmd, what="recipes_restore")
+        sample, _ = self.runner.run(cmd, what="recipes_restore", warm=rd / "recipes-repo")
         sample.verified, note = verify_tree(self.ds.root, target)
         sample.detail["verify"] = note
         shutil.rmtree(target)
@@ -843,7 +867,10 @@ class Bench:
         )
         before = tree_bytes(rd / "restic-repo")
         sample, _ = self.runner.run(
-            self._restic(rd, "backup", "--quiet", str(self.ds.root)), env=self._restic_env(), what="restic"
+            self._restic(rd, "backup", "--quiet", str(self.ds.root)),
+            env=self._restic_env(),
+            what="restic",
+            warm=self.ds.root,
         )
         sample.stored_bytes = tree_bytes(rd / "restic-repo") - before
         sample.remote_cpu = None
@@ -852,7 +879,10 @@ class Bench:
     def restic_incr(self, rd: Path) -> None:
         before = tree_bytes(rd / "restic-repo")
         sample, _ = self.runner.run(
-            self._restic(rd, "backup", "--quiet", str(self.ds.root)), env=self._restic_env(), what="restic"
+            self._restic(rd, "backup", "--quiet", str(self.ds.root)),
+            env=self._restic_env(),
+            what="restic",
+            warm=self.ds.root,
         )
         sample.stored_bytes = tree_bytes(rd / "restic-repo") - before
         sample.remote_cpu = None
@@ -878,7 +908,7 @@ class Bench:
 
     def _duplicity_case(self, rd: Path, name: str, mode: str) -> None:
         before = tree_bytes(rd / "duplicity-target")
-        sample, _ = self.runner.run(self._duplicity(rd, mode), what=name)
+        sample, _ = self.runner.run(self._duplicity(rd, mode), what=name, warm=self.ds.root)
         sample.stored_bytes = tree_bytes(rd / "duplicity-target") - before
         sample.remote_cpu = None
         self.add(name, sample)
@@ -1038,7 +1068,15 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = []
+    ds, mach = report["dataset"], report["machine"]
+    lines = [
+        f"recipes benchmark: scale {report['scale']:g}, {report['rounds']} round(s), "
+        f"groups {','.join(report['groups'])}",
+        f"dataset: {ds['files']} files, {ds['bytes'] / MIB:.0f} MiB in {ds['root']}",
+        f"machine: {mach['nproc']} CPUs ({mach['cpu_model']}), {mach['mem_total_mb']} MB, "
+        f"Linux {mach['kernel']}, Python {mach['python']}",
+        "",
+    ]
     header = f"{'case':<17}{'n':>3}{'min s':>9}{'median s':>10}{'cpu s':>8}{'sshd cpu s':>12}"
     header += f"{'peak RSS MB':>13}{'stored MB':>11}"
     lines += [header, "-" * len(header)]
@@ -1124,6 +1162,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def remove_stale_runs(work: Path) -> None:
+    """Scratch left by a run that was killed outright (its PID is gone): never the dataset."""
+    for d in work.glob("run-*"):
+        pid = d.name.removeprefix("run-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log(f"removing {d}, left by a run that was killed")
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
@@ -1135,6 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_tools(args.groups)
     args.work.mkdir(parents=True, exist_ok=True)
     ds = ensure_dataset(args.work, DatasetSpec.at(args.scale))
+    remove_stale_runs(args.work)
     run_dir = args.work / f"run-{os.getpid()}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
