@@ -164,7 +164,7 @@ def plan_cmd(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> Non
     from recipes import plan
 
     r, params, spec = _prepare(state, recipe, host, sets)
-    p = plan.backup_plan(r, params, spec.name)
+    p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
     emit(state, p.to_dict(), "\n".join(p.lines()))
 
 
@@ -190,7 +190,7 @@ def run_cmd(
     from recipes.hosts import open_host
 
     r, params, spec = _prepare(state, recipe, host, sets)
-    p = plan.backup_plan(r, params, spec.name)
+    p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
     repository = _repo(state, repo)
     live = open_host(spec)
     try:
@@ -274,7 +274,7 @@ def restore_cmd(
     from recipes.hosts import open_host
 
     r, params, spec = _prepare(state, recipe, host, sets)
-    p = plan.restore_plan(r, params, spec.name)
+    p = plan.restore_plan(r, params, spec.name, state.config.compression(host))
     if plan_only:
         emit(state, p.to_dict(), "\n".join(p.lines()))
         return

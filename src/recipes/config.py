@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from recipes.compression import Compression
 from recipes.errors import ConfigError
 from recipes.hosts import LOCAL, HostSpec, parse_target
 from recipes.recipe import error_lines
@@ -28,6 +29,9 @@ class RepositoryConfig:
     options: dict[str, Any] = attrs.Factory(dict)
     recipients: tuple[str, ...] = ()
     identity_file: str | None = None
+    compression: str = "auto"
+    """Where zstd runs: ``auto``, ``remote`` (on the host) or ``controller``; per host in [hosts.*]."""
+    compression_level: int = 1
 
 
 @attrs.frozen
@@ -53,6 +57,8 @@ class HostConfig:
     port: int | None = None
     key_file: str | None = None
     sudo: bool = False
+    compression: str | None = None
+    """Overrides ``[repository] compression`` for this host."""
 
 
 @attrs.frozen
@@ -86,6 +92,12 @@ class Config:
             return self.resolve_path(self.repository.identity_file)
         default = os.path.expanduser(DEFAULT_IDENTITY)
         return default if os.path.exists(default) else None
+
+    def compression(self, host: str) -> Compression:
+        """Where zstd runs for ``host`` (its ``[hosts.*]`` setting, else the repository's) and its level."""
+        h = self.hosts.get(host)
+        mode = h.compression if h is not None and h.compression else self.repository.compression
+        return Compression(mode, self.repository.compression_level)
 
     def host(self, name: str) -> HostSpec:
         """A host alias from ``[hosts.*]``, ``local``, an ``~/.ssh/config`` name or ``[user@]addr[:port]``."""
@@ -150,7 +162,24 @@ def parse(data: dict[str, Any], where: str) -> Config:
         config = _conv.structure({k: v for k, v in data.items() if k != "recipes"}, Config)
     except Exception as exc:
         raise ConfigError(error_lines(exc, where)) from exc
+    _check_compression(config, where)
     return attrs.evolve(config, recipes=recipes, path=where)
+
+
+def _check_compression(config: Config, where: str) -> None:
+    """Bad compression settings fail when the file is read, naming the key."""
+    checks: list[tuple[str, dict[str, Any]]] = [
+        ("repository.compression_level", {"level": config.repository.compression_level}),
+        ("repository.compression", {"mode": config.repository.compression}),
+    ]
+    checks += [
+        (f"hosts.{n}.compression", {"mode": h.compression}) for n, h in config.hosts.items() if h.compression
+    ]
+    for key, kwargs in checks:
+        try:
+            Compression(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

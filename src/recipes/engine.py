@@ -11,16 +11,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import attrs
 import tenacity
 
 from recipes import __version__, stream
 from recipes import manifest as mf
+from recipes.compression import HAS_ZSTD, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
 from recipes.hosts import Host, Process, check, last_line, run
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
-from recipes.steps import HAS_ZSTD, Archive, Dump, Extract, Load, Quiesce, Run, Step, remote_unzstd
+from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
 
 log = logging.getLogger("recipes")
 
@@ -88,15 +88,25 @@ class Compensation:
 class Backup:
     """One backup run: executes the plan's steps into a snapshot writer."""
 
-    def __init__(self, plan: Plan, host: Host, writer: SnapshotWriter, recipients: list[str]):
+    def __init__(
+        self,
+        plan: Plan,
+        host: Host,
+        writer: SnapshotWriter,
+        recipients: list[str],
+        compression: Compression,
+    ):
         self.plan = plan
         self.host = host
         self.writer = writer
         self.recipients = recipients
+        self.compression = compression
+        self.zstd_on_host = False
         self.objects: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
 
     def execute(self, comp: Compensation) -> None:
+        self.zstd_on_host = zstd_on_host(self.host, self.compression)
         for step in self.plan.steps:
             started = time.monotonic()
             log.info("step %s %s", kind(step), step.name)
@@ -129,11 +139,14 @@ class Backup:
     ) -> None:
         started = time.monotonic()
         path = f"{name}.zst.age"
-        proc = self.host.start(step.command)
+        on_host = self.zstd_on_host
+        proc = self.host.start(self.compression.on_host(step.command) if on_host else step.command)
         try:
             proc.close_stdin()
             with self.writer.open(path) as fh:
-                stored = stream.store(proc, fh, self.recipients)
+                stored = stream.store(
+                    proc, fh, self.recipients, compressed=on_host, level=self.compression.level
+                )
         except StepFailed as exc:
             status = proc.wait()
             raise StepFailed(
@@ -170,6 +183,7 @@ class Backup:
                 size=stored.size,
                 sha256=stored.sha256,
                 engine=engine,
+                compressed_on="host" if on_host else "controller",
                 seconds=seconds,
                 warnings=warnings,
             )
@@ -196,7 +210,27 @@ def _versions_command() -> Any:
 _VERSIONS = _versions_command()
 
 
-def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> mf.Manifest:
+def zstd_on_host(host: Host, compression: Compression) -> bool:
+    """Resolve ``compression.mode`` against the host: True when zstd runs there."""
+    if compression.mode == "controller":
+        return False
+    has = run(host, HAS_ZSTD).exit_status == 0
+    if not has and compression.mode == "remote":
+        raise ConfigError(
+            f'compression = "remote" but {host.name} has no zstd: install zstd there, '
+            'or set compression = "auto" or "controller"'
+        )
+    if not has:
+        log.info("%s has no zstd: compressing on the controller", host.name)
+    return has
+
+
+def backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded."""
     if not recipients:
         raise ConfigError(
@@ -211,7 +245,7 @@ def backup(plan: Plan, host: Host, repo: Repository, recipients: list[str]) -> m
             ) from exc
     started = _now()
     writer = repo.begin(plan.recipe, plan.host)
-    job = Backup(plan, host, writer, recipients)
+    job = Backup(plan, host, writer, recipients, plan.compression)
     comp = Compensation(host)
     committed = False
     try:
@@ -273,7 +307,7 @@ def restore(
                     raise ConfigError(
                         f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
                     )
-        host_zstd = run(host, HAS_ZSTD).exit_status == 0
+        host_zstd = zstd_on_host(host, plan.compression)
         records = []
         for step in plan.steps:
             started = time.monotonic()
@@ -306,7 +340,7 @@ def _feed(
     """
     command = step.command
     if host_zstd:
-        command = attrs.evolve(command, script=remote_unzstd(command.script))
+        command = Compression.decompress_on_host(command)
     proc: Process = host.start(command)
     try:
         with repo.open_object(manifest, obj) as fh:

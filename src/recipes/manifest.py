@@ -28,6 +28,8 @@ class StoredObject:
     engine: str | None = None
     """Database engine of a dump."""
     compression: str = "zstd"
+    compressed_on: str | None = None
+    """Where zstd ran: ``host`` or ``controller`` (the stored format is the same)."""
     encryption: str = "age"
     seconds: float = 0.0
     warnings: tuple[str, ...] = ()

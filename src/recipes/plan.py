@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from recipes.compression import DEFAULT_COMPRESSION, Compression
 from recipes.recipe import Recipe, params_dict
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
 
@@ -19,6 +20,7 @@ class Plan:
     action: str
     params: dict[str, Any]
     steps: tuple[Step, ...]
+    compression: Compression = DEFAULT_COMPRESSION
 
     def lines(self) -> list[str]:
         """Numbered steps with every command, masked, for ``recipes plan`` and logs."""
@@ -28,8 +30,7 @@ class Plan:
             target = stored_object(step)
             if target:
                 arrow = "->" if self.action == "backup" else "<-"
-                via = " (zstd -d on the host when it has zstd, else on the controller)"
-                out.append(f"   {arrow} {target}.zst.age" + (via if self.action == "restore" else ""))
+                out.append(f"   {arrow} {target}.zst.age ({self.compression.describe(self.action)})")
             for command in step.commands():
                 out.append(f"   $ {command.masked()}")
             if isinstance(step, Quiesce):
@@ -42,6 +43,11 @@ class Plan:
             "host": self.host,
             "action": self.action,
             "params": self.params,
+            "compression": {
+                "mode": self.compression.mode,
+                "level": self.compression.level,
+                "where": self.compression.describe(self.action),
+            },
             "steps": [
                 {
                     "kind": kind(step),
@@ -67,12 +73,18 @@ def stored_object(step: Step) -> str | None:
     return None
 
 
-def backup_plan(recipe: Recipe, params: Any, host: str) -> Plan:
-    return Plan(recipe.name, host, "backup", params_dict(params), tuple(recipe.backup_steps(params)))
+def backup_plan(
+    recipe: Recipe, params: Any, host: str, compression: Compression = DEFAULT_COMPRESSION
+) -> Plan:
+    steps = tuple(recipe.backup_steps(params))
+    return Plan(recipe.name, host, "backup", params_dict(params), steps, compression)
 
 
-def restore_plan(recipe: Recipe, params: Any, host: str) -> Plan:
-    return Plan(recipe.name, host, "restore", params_dict(params), tuple(recipe.restore_steps(params)))
+def restore_plan(
+    recipe: Recipe, params: Any, host: str, compression: Compression = DEFAULT_COMPRESSION
+) -> Plan:
+    steps = tuple(recipe.restore_steps(params))
+    return Plan(recipe.name, host, "restore", params_dict(params), steps, compression)
 
 
 __all__ = ["Plan", "Run", "backup_plan", "kind", "restore_plan", "stored_object"]

@@ -11,26 +11,6 @@ import attrs
 from recipes.model import Command, sh
 
 
-def remote_zstd(script: str, level: int = 1) -> str:
-    """Compress ``script``'s stdout with zstd on the host when it has zstd, else pass it raw.
-
-    The controller recognises the zstd magic number, so the plan never needs to
-    read the host to know which branch ran.
-    """
-    return (
-        f"{{ {script}; }} | {{ if command -v zstd >/dev/null 2>&1; "
-        f"then exec zstd -q -{level} -T0 -c; else exec cat; fi; }}"
-    )
-
-
-def remote_unzstd(script: str) -> str:
-    """Decompress stdin with zstd on the host before ``script`` reads it (restores send zstd)."""
-    return f"zstd -d -q -c | {{ {script}; }}"
-
-
-HAS_ZSTD = Command("command -v zstd >/dev/null 2>&1")
-
-
 def tar_excludes(excludes: tuple[str, ...]) -> list[str]:
     """Turn absolute-looking exclude paths into GNU tar's anchored ``./path`` patterns."""
     words = ["--anchored"]
@@ -104,7 +84,7 @@ class Archive:
             *tar_excludes(self.excludes),
             ".",
         )
-        return Command(remote_zstd(tar))
+        return Command(tar)
 
     def commands(self) -> Iterator[Command]:
         yield self.command

@@ -9,7 +9,6 @@ import attrs
 
 from recipes.errors import StepFailed, VerifyError
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
 
 
@@ -34,50 +33,23 @@ class Stored:
     compressed_remotely: bool
 
 
-class _Peekable:
-    """A reader whose first bytes can be looked at before the stream is consumed."""
+class _NonEmpty:
+    """Passes the host's zstd frames through and remembers whether they decode to at least one byte."""
 
     def __init__(self, source: Readable) -> None:
-        self._source = source
-        self._head = b""
-
-    def peek(self, n: int) -> bytes:
-        while len(self._head) < n:
-            more = self._source.read(CHUNK)
-            if not more:
-                break
-            self._head += more
-        return self._head[:n]
-
-    def read(self, n: int = -1, /) -> bytes:
-        if self._head:
-            head, self._head = self._head, b""
-            return head
-        return self._source.read(CHUNK if n is None or n < 0 else max(n, CHUNK))
-
-
-class _NonEmpty:
-    """Passes zstd frames through and remembers whether they decode to at least one byte."""
-
-    def __init__(self, source: Readable, compressed: bool) -> None:
         import zstandard
 
         self._source = source
-        self._probe = (
-            zstandard.ZstdDecompressor().decompressobj(read_across_frames=True) if compressed else None
-        )
+        self._probe = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         self.seen = False
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._source.read(n)
         if data and not self.seen:
-            if self._probe is None:
-                self.seen = True
-            else:
-                try:
-                    self.seen = bool(self._probe.decompress(data))
-                except Exception as exc:  # zstandard.ZstdError
-                    raise StepFailed(f"remote zstd stream is corrupt: {exc}") from exc
+            try:
+                self.seen = bool(self._probe.decompress(data))
+            except Exception as exc:  # zstandard.ZstdError
+                raise StepFailed(f"the host's zstd stream is corrupt: {exc}") from exc
         return data
 
 
@@ -171,18 +143,20 @@ class _Hashing:
         pass
 
 
-def store(source: Readable, sink: Writable, recipients: list[str], level: int = 1) -> Stored:
-    """Encrypt a (possibly remotely zstd-compressed) stream to age recipients into ``sink``.
+def store(
+    source: Readable, sink: Writable, recipients: list[str], *, compressed: bool, level: int = 1
+) -> Stored:
+    """Encrypt a stream to age recipients into ``sink``, zstd-compressing it here unless ``compressed``.
 
-    Raises ``StepFailed`` when the stream decodes to nothing: an empty dump is a failed dump.
+    ``compressed`` says the host already ran zstd (the engine decided where zstd runs, so
+    nothing is guessed from the bytes). Raises ``StepFailed`` when the stream decodes to
+    nothing: an empty dump is a failed dump.
     """
     import pyrage
 
     parsed = [_recipient(r) for r in recipients]
-    peek = _Peekable(source)
-    remote = peek.peek(4) == ZSTD_MAGIC
-    counted = _Counting(peek)  # raw bytes from the host, before any compression here
-    probe = _NonEmpty(counted, remote) if remote else None
+    counted = _Counting(source)  # bytes from the host, before any compression here
+    probe = _NonEmpty(counted) if compressed else None
     upstream: Readable = probe if probe is not None else _Compressing(counted, level)
     hashing = _Hashing(sink)
     guard = _Guard()
@@ -196,7 +170,7 @@ def store(source: Readable, sink: Writable, recipients: list[str], level: int = 
     empty = not probe.seen if probe is not None else counted.raw_seen == 0
     if empty:
         raise StepFailed("the command produced no output")
-    return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=remote)
+    return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=compressed)
 
 
 class _Counting:

@@ -136,6 +136,7 @@ def test_backup_over_ssh_and_restore_on_second_host(
     manifest = json.loads(backup.stdout)
     names = {o["name"] for o in manifest["objects"]}
     assert names == {"files.tar", "dumps/postgresql.sql", "dumps/sqlite-var-opt-mysite-mysite.db.sql"}
+    assert {o["compressed_on"] for o in manifest["objects"]} == {"host"}  # auto, and the host has zstd
 
     listed = json.loads(world.cli("--json", "snapshots", "django", "--host", "source", check=True).stdout)
     assert [s["snapshot"] for s in listed] == [manifest["snapshot"]]
@@ -160,6 +161,27 @@ def test_backup_over_ssh_and_restore_on_second_host(
         pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
         # pg_dumpall carried the source's postgres password: give the target its own back
         pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
+
+
+def test_compression_on_the_controller_at_another_level_round_trips(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """``compression = "controller"``: the host only runs tar and sqlite3; the controller runs zstd."""
+    root, src, dst = site
+    seed_tree(src)
+    text = world.config.read_text()
+    world.config.write_text(
+        text.replace("[repository]\n", '[repository]\ncompression = "controller"\ncompression_level = 5\n')
+    )
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    plan = world.cli("plan", "django", "--host", "source", *sets, check=True)
+    assert "(zstd -5 on the controller)" in plan.stdout and "| zstd" not in plan.stdout
+
+    manifest = json.loads(world.cli("--json", "run", "django", "--host", "source", *sets, check=True).stdout)
+    assert {o["compressed_on"] for o in manifest["objects"]} == {"controller"}
+    world.cli("restore", "django", "--host", "target", "--from", "source", *sets, check=True)
+    assert comparable(dst) == comparable(src)
+    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
 
 
 def test_break_glass_restore_with_age_zstd_tar_only(
@@ -279,7 +301,7 @@ def test_postgres_over_tcp_with_password_on_stdin(
 
     plan = world.cli("plan", *args, env={"SRC_PG_PW": pg_source.password})
     assert plan.returncode == 0, plan.stderr
-    assert "PGPASSWORD=*** { pg_dumpall --host=127.0.0.1" in plan.stdout
+    assert "PGPASSWORD=*** pg_dumpall --host=127.0.0.1" in plan.stdout
     assert pg_source.password not in plan.stdout
     ok = world.cli("run", *args, env={"SRC_PG_PW": pg_source.password})
     assert ok.returncode == 0, ok.stderr

@@ -25,3 +25,14 @@ def test_every_recipe_parameter_is_mentioned_in_the_example_config() -> None:
     for recipe in apps.RECIPES:
         for name, _, _ in describe_params(recipe()):
             assert name in text, f"{recipe.name}.{name} is not documented in recipes.toml"
+
+
+def test_every_config_key_is_mentioned_in_the_example_config() -> None:
+    import attrs
+
+    text = (ROOT / "recipes.toml").read_text()
+    for table in (config.RepositoryConfig, config.RetentionConfig, config.HostConfig):
+        for field in attrs.fields(table):
+            assert f"{field.name} =" in text, (
+                f"{table.__name__}.{field.name} is not documented in recipes.toml"
+            )

@@ -36,7 +36,7 @@ def test_round_trip(remote_zstd: bool) -> None:
     plain = os.urandom(300_000) + b"text " * 200_000
     wire = zstandard.ZstdCompressor(level=1).compress(plain) if remote_zstd else plain
     stored = io.BytesIO()
-    info = stream.store(Chunks(wire), stored, [recipient])
+    info = stream.store(Chunks(wire), stored, [recipient], compressed=remote_zstd)
     assert info.compressed_remotely is remote_zstd
     assert info.size == len(stored.getvalue())
     assert stored.getvalue().startswith(b"age-encryption.org/v1")
@@ -45,17 +45,36 @@ def test_round_trip(remote_zstd: bool) -> None:
     assert out.getvalue() == plain and n == len(plain)
 
 
-@pytest.mark.parametrize("wire", [b"", zstandard.ZstdCompressor().compress(b"")])
-def test_empty_output_fails(wire: bytes) -> None:
+@pytest.mark.parametrize(
+    ("wire", "compressed"), [(b"", False), (b"", True), (zstandard.ZstdCompressor().compress(b""), True)]
+)
+def test_empty_output_fails(wire: bytes, compressed: bool) -> None:
     recipient, _ = _key()
     with pytest.raises(StepFailed, match="no output"):
-        stream.store(Chunks(wire), io.BytesIO(), [recipient])
+        stream.store(Chunks(wire), io.BytesIO(), [recipient], compressed=compressed)
+
+
+def test_raw_data_that_looks_like_zstd_is_compressed_and_comes_back_as_it_was() -> None:
+    """Where zstd ran is decided by the engine, never guessed from the first bytes."""
+    recipient, ident = _key()
+    plain = zstandard.ZstdCompressor().compress(b"an already compressed file " * 1000)
+    stored = io.BytesIO()
+    info = stream.store(Chunks(plain), stored, [recipient], compressed=False)
+    out = io.BytesIO()
+    stream.fetch(io.BytesIO(stored.getvalue()), out, [ident], info.sha256, info.size)
+    assert out.getvalue() == plain
+
+
+def test_a_host_stream_that_is_not_zstd_fails() -> None:
+    recipient, _ = _key()
+    with pytest.raises(StepFailed, match="corrupt"):
+        stream.store(Chunks(b"bash: zstd: command not found\n"), io.BytesIO(), [recipient], compressed=True)
 
 
 def test_wrong_identity_and_tampering_are_verify_errors() -> None:
     recipient, ident = _key()
     stored = io.BytesIO()
-    info = stream.store(Chunks(b"x" * 100_000), stored, [recipient])
+    info = stream.store(Chunks(b"x" * 100_000), stored, [recipient], compressed=False)
     _, other = _key()
     with pytest.raises(VerifyError, match="cannot decrypt"):
         stream.fetch(io.BytesIO(stored.getvalue()), io.BytesIO(), [other], info.sha256, info.size)
@@ -75,20 +94,20 @@ def test_errors_raised_inside_age_callbacks_surface_unchanged() -> None:
             raise KeyboardInterrupt("signal 15")
 
     with pytest.raises(KeyboardInterrupt):
-        stream.store(Interrupted(), io.BytesIO(), [recipient])
+        stream.store(Interrupted(), io.BytesIO(), [recipient], compressed=False)
 
     class DiskFull:
         def write(self, data: bytes, /) -> int:
             raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        stream.store(Chunks(b"y" * 100_000), DiskFull(), [recipient])
+        stream.store(Chunks(b"y" * 100_000), DiskFull(), [recipient], compressed=False)
 
 
 def test_a_sink_that_fails_on_restore_is_reported() -> None:
     recipient, ident = _key()
     stored = io.BytesIO()
-    info = stream.store(Chunks(b"z" * 100_000), stored, [recipient])
+    info = stream.store(Chunks(b"z" * 100_000), stored, [recipient], compressed=False)
 
     class Broken:
         def write(self, data: bytes, /) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from recipes.model import Command, Secret, sh
-from recipes.steps import Dump, Load, remote_zstd
+from recipes.steps import Dump, Load
 
 ENGINE = "mysql"
 DUMP_OPTIONS = (
@@ -56,8 +56,7 @@ class Connection:
         return Command(script.rstrip(), secrets=secrets)
 
     def dump_command(self) -> Command:
-        base = self._client("mysqldump", *DUMP_OPTIONS)
-        return attrs.evolve(base, script=remote_zstd(base.script))
+        return self._client("mysqldump", *DUMP_OPTIONS)
 
     def restore_command(self) -> Command:
         return self._client("mysql")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from recipes.model import Command, Secret, sh
-from recipes.steps import Dump, Load, remote_zstd
+from recipes.steps import Dump, Load
 
 ENGINE = "postgresql"
 # pg_dumpall always creates the role it runs as; on a fresh cluster that role exists.
@@ -44,8 +44,7 @@ class Connection:
         return Command(script, secrets=secrets, user=None if self.host else self.os_user)
 
     def dump_command(self) -> Command:
-        base = self._client("pg_dumpall")
-        return attrs.evolve(base, script=remote_zstd(base.script))
+        return self._client("pg_dumpall")
 
     def restore_command(self) -> Command:
         return self._client("psql", "-X", "-q", "--dbname=postgres", "--file=-")

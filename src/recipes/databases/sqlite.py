@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from recipes.model import Command, sh
-from recipes.steps import Dump, Load, remote_zstd
+from recipes.steps import Dump, Load
 
 ENGINE = "sqlite"
 
@@ -21,7 +21,7 @@ def dump(path: str, name: str | None = None) -> Dump:
     script = (
         f"test -f {db} || {{ echo 'sqlite database not found: '{db} >&2; exit 1; }}; "
         "t=$(mktemp -d) && trap 'rm -rf \"$t\"' EXIT && "
-        f"sqlite3 -bail {db} \".backup '$t/copy.db'\" && " + remote_zstd('sqlite3 -bail "$t/copy.db" .dump')
+        f'sqlite3 -bail {db} ".backup \'$t/copy.db\'" && sqlite3 -bail "$t/copy.db" .dump'
     )
     return Dump(
         name=name or object_name(path),
