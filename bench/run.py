@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -916,30 +916,40 @@ class Bench:
     # -- one round, every case interleaved (A B A B ...) so drift hits all alike
 
     def round(self, n: int) -> None:
+        """One round of every case; even rounds run each group in reverse (ABBA), so whatever the
+        previous case left behind (dirty pages, a tree just deleted) is not always paid by the same one."""
         rd = self.dir / f"round-{n}"
         rd.mkdir()
         g = self.groups
+
+        def ordered(cases: list[tuple[str, Callable[[], None]]]) -> list[Callable[[], None]]:
+            chosen = [fn for group, fn in cases if group in g]
+            return chosen[::-1] if n % 2 == 0 else chosen
+
         try:
-            if "limit" in g:
-                self.limit_full(rd)
-            if "recipes" in g:
-                self.recipes_full(rd)
-            if "restic" in g:
-                self.restic_full(rd)
-            if "duplicity" in g:
-                self._duplicity_case(rd, "duplicity_full", "full")
-            if "limit" in g:
-                self.limit_restore(rd)
-            if "recipes" in g:
-                self.recipes_restore(rd)
+            for case in ordered(
+                [
+                    ("limit", lambda: self.limit_full(rd)),
+                    ("recipes", lambda: self.recipes_full(rd)),
+                    ("restic", lambda: self.restic_full(rd)),
+                    ("duplicity", lambda: self._duplicity_case(rd, "duplicity_full", "full")),
+                ]
+            ):
+                case()
+            for case in ordered(
+                [("limit", lambda: self.limit_restore(rd)), ("recipes", lambda: self.recipes_restore(rd))]
+            ):
+                case()
             with one_percent_changed(self.ds, self.args.work, f"r{n}") as changed:
                 log(f"round {n}: changed {changed} files (every {CHANGE_EVERY}th)")
-                if "recipes" in g:
-                    self.recipes_incr(rd)
-                if "restic" in g:
-                    self.restic_incr(rd)
-                if "duplicity" in g:
-                    self._duplicity_case(rd, "duplicity_incr", "incr")
+                for case in ordered(
+                    [
+                        ("recipes", lambda: self.recipes_incr(rd)),
+                        ("restic", lambda: self.restic_incr(rd)),
+                        ("duplicity", lambda: self._duplicity_case(rd, "duplicity_incr", "incr")),
+                    ]
+                ):
+                    case()
         finally:
             shutil.rmtree(rd, ignore_errors=True)
 
@@ -1131,7 +1141,7 @@ def render(report: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--scale", type=float, default=1.0, help="multiply dataset sizes and counts (default 1)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each case (default 3)")
+    p.add_argument("--rounds", type=int, default=4, help="timed rounds of each case (default 4: ABBA)")
     p.add_argument("--help-rounds", type=int, default=10, help="rounds of `recipes --help` (default 10)")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/<time>-scale<S>.json)")
     p.add_argument("--quick", action="store_true", help="1 round, no duplicity: for development")
