@@ -212,7 +212,7 @@ def test_mysqldump_through_bound_socket(
 
 def test_start_stop_leaves_nothing(tmp_path: os.PathLike[str]) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        pytest.fail("needs root: run ./scripts/test as root, as CI does")
     src, mnt = os.path.join(tmp_path, "src"), os.path.join(tmp_path, "mnt")
     os.mkdir(src)
     with open(os.path.join(src, "f"), "w") as f:
