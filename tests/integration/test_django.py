@@ -63,7 +63,11 @@ def seed_tree(root: Path) -> None:
     os.chown(root / "home/django/.bashrc", 1000, 1000)
     (root / "home/django/link-to-settings").symlink_to("../../etc/opt/mysite/settings.py")
     (root / "var/empty-dir").mkdir(parents=True)
-    (root / "var/opt/mysite/run.sock.not").mkfifo() if False else None
+    # an extended attribute and POSIX ACLs (access and default) must come back as they were
+    os.setxattr(root / "srv/data/blob.bin", "user.origin", b"upload from web1")
+    subprocess.run(
+        ["setfacl", "-m", "u:1000:rwx,d:u:1000:rwx", str(root / "var/opt/mysite/media")], check=True
+    )
     db = sqlite3.connect(root / SQLITE_DB.lstrip("/"))
     db.executescript(
         "PRAGMA journal_mode=WAL;"
@@ -194,7 +198,8 @@ def test_break_glass_restore_with_age_zstd_tar_only(
     out = tmp_path / "plain"
     out.mkdir()
     subprocess.run(
-        f"age -d -i {world.identity} {snap.parent}/files.tar.zst.age | zstd -d | tar -x -C {out}",
+        f"age -d -i {world.identity} {snap.parent}/files.tar.zst.age | zstd -d"
+        f" | tar -x --numeric-owner -p --acls --xattrs -C {out}",  # as docs/restore.md says
         shell=True,
         check=True,
         executable="/bin/bash",

@@ -61,7 +61,7 @@ def write_config(path: Path, repo: Path, identity: Path, recipient: str, hosts: 
 
 
 def fingerprint(root: Path, excludes: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
-    """Every entry under root (minus excluded subtrees): type, mode, owner, mtime, content."""
+    """Every entry under root (minus excluded subtrees): type, mode, owner, mtime, content, xattrs."""
     out: dict[str, tuple[object, ...]] = {}
     skip = {e.strip("/") for e in excludes}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -83,6 +83,11 @@ def fingerprint(root: Path, excludes: tuple[str, ...] = ()) -> dict[str, tuple[o
             else:
                 detail = None
             mtime = int(st.st_mtime) if not stat.S_ISLNK(st.st_mode) else None
+            xattrs = (
+                ()
+                if stat.S_ISLNK(st.st_mode)
+                else tuple(sorted((k, os.getxattr(p, k)) for k in os.listxattr(p)))
+            )
             out[rel] = (
                 stat.S_IFMT(st.st_mode),
                 stat.S_IMODE(st.st_mode),
@@ -90,5 +95,6 @@ def fingerprint(root: Path, excludes: tuple[str, ...] = ()) -> dict[str, tuple[o
                 st.st_gid,
                 mtime,
                 detail,
+                xattrs,
             )
     return out
