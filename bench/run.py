@@ -640,6 +640,38 @@ def warm_read(path: Path) -> float:
     return round(time.monotonic() - started, 2)
 
 
+def _block_activity() -> tuple[int, ...]:
+    """Sectors written and I/Os in flight on every real block device (``/sys/block/*/stat``)."""
+    out: list[int] = []
+    for stat in sorted(Path("/sys/block").glob("*/stat")):
+        if stat.parent.name.startswith(("loop", "ram", "zram")):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().split()
+            out += [int(fields[6]), int(fields[8])]
+    return tuple(out)
+
+
+def settle_disk(quiet: float = 2.0, timeout: float = 90.0) -> float:
+    """``sync``, then wait until no block device has written for ``quiet`` seconds.
+
+    ``sync`` returns before a VM's virtual disk has really absorbed the writes: measured here,
+    a restore that ran right after another case's big write took up to twice as long as one
+    that ran after a quiet disk, which would charge one case for another's I/O.
+    """
+    started = time.monotonic()
+    os.sync()
+    last, since = _block_activity(), time.monotonic()
+    while time.monotonic() - started < timeout:
+        time.sleep(0.25)
+        now = _block_activity()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return round(time.monotonic() - started, 2)
+
+
 class Runner:
     """Runs commands under GNU time: inputs read into the page cache, dirty pages written out
     first, and the CPU time spent under the private sshd counted."""
@@ -660,7 +692,7 @@ class Runner:
         stem = self.scratch / f"cmd-{self.count:04d}"
         timing, out, err = (stem.with_suffix(s) for s in (".time", ".out", ".err"))
         warm_seconds = warm_read(warm) if warm is not None else None
-        os.sync()
+        settled = settle_disk()
         if self.sshd is not None:
             self.sshd.settle()
         remote_before = self.sshd.children_cpu() if self.sshd is not None else 0.0
@@ -694,6 +726,7 @@ class Runner:
         )
         if warm_seconds is not None:
             sample.detail["warm_seconds"] = warm_seconds
+        sample.detail["settle_seconds"] = settled
         return sample, stdout
 
 
