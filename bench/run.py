@@ -898,18 +898,12 @@ class Bench:
             env={**os.environ, **self._restic_env()},
             stdin=subprocess.DEVNULL,
         )
-        before = tree_bytes(rd / "restic-repo")
-        sample, _ = self.runner.run(
-            self._restic(rd, "backup", "--quiet", str(self.ds.root)),
-            env=self._restic_env(),
-            what="restic",
-            warm=self.ds.root,
-        )
-        sample.stored_bytes = tree_bytes(rd / "restic-repo") - before
-        sample.remote_cpu = None
-        self.add("restic_full", sample)
+        self._restic_backup(rd, "restic_full")
 
     def restic_incr(self, rd: Path) -> None:
+        self._restic_backup(rd, "restic_incr")
+
+    def _restic_backup(self, rd: Path, name: str) -> None:
         before = tree_bytes(rd / "restic-repo")
         sample, _ = self.runner.run(
             self._restic(rd, "backup", "--quiet", str(self.ds.root)),
@@ -919,7 +913,7 @@ class Bench:
         )
         sample.stored_bytes = tree_bytes(rd / "restic-repo") - before
         sample.remote_cpu = None
-        self.add("restic_incr", sample)
+        self.add(name, sample)
 
     # -- duplicity (local source, file:// target, no encryption)
 

@@ -223,14 +223,16 @@ class _VerifyingReader:
         return data
 
 
-class _Decompressing:
-    """zstd-decodes everything written to it into ``sink``."""
+class _Output:
+    """Hands decrypted bytes to ``sink``, zstd-decoding them first unless the host will."""
 
-    def __init__(self, sink: Writable) -> None:
+    def __init__(self, sink: Writable, decompress: bool) -> None:
         import zstandard
 
         # Concatenated frames are valid zstd (a host may compress in several runs).
-        self._obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        self._obj = (
+            zstandard.ZstdDecompressor().decompressobj(read_across_frames=True) if decompress else None
+        )
         self._sink = sink
         self.size = 0
         self.error: BaseException | None = None
@@ -239,36 +241,13 @@ class _Decompressing:
         if self.error is not None:
             raise self.error
         try:
-            out = self._obj.decompress(data)
+            out = self._obj.decompress(data) if self._obj is not None else data
             if out:
-                self.size += len(out)
                 self._sink.write(out)
+                self.size += len(out)
         except BaseException as exc:
             self.error = self.error or exc
             raise
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-class _Passing:
-    """Hands decrypted zstd bytes on unchanged (the host decompresses them)."""
-
-    def __init__(self, sink: Writable) -> None:
-        self._sink = sink
-        self.size = 0
-        self.error: BaseException | None = None
-
-    def write(self, data: bytes, /) -> int:
-        if self.error is not None:
-            raise self.error
-        try:
-            self._sink.write(data)
-        except BaseException as exc:
-            self.error = self.error or exc
-            raise
-        self.size += len(data)
         return len(data)
 
     def flush(self) -> None:
@@ -286,7 +265,7 @@ def fetch(
     import pyrage
 
     reader = _VerifyingReader(fh)
-    out: _Decompressing | _Passing = _Decompressing(sink) if decompress else _Passing(sink)
+    out = _Output(sink, decompress)
     guard = _Guard()
     try:
         pyrage.decrypt_io(_Buffered(guard.wrap_read(reader)), out, identities)
