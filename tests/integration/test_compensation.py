@@ -79,6 +79,21 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(apps, "RECIPES", (*apps.RECIPES, Svc))
 
 
+def _svc_run(world: World, inside: str, *extra: str) -> list[str]:
+    """CLI arguments backing up the fake service in ``inside`` on host ``source``."""
+    return [
+        "--config",
+        str(world.config),
+        "run",
+        "svc-test",
+        "--host",
+        "source",
+        "--set",
+        f"dir={inside}",
+        *extra,
+    ]
+
+
 def test_failed_step_after_quiesce_starts_the_service_again(
     world: World,
     svc: tuple[str, Path],
@@ -86,21 +101,7 @@ def test_failed_step_after_quiesce_starts_the_service_again(
 ) -> None:
     inside, outside = svc
     before = _pid(outside)
-    result = CliRunner().invoke(
-        cli.main,
-        [
-            "--config",
-            str(world.config),
-            "run",
-            "svc-test",
-            "--host",
-            "source",
-            "--set",
-            f"dir={inside}",
-            "--set",
-            "then=fail",
-        ],
-    )
+    result = CliRunner().invoke(cli.main, _svc_run(world, inside, "--set", "then=fail"))
     assert result.exit_code == 1
     assert "simulated failure" in result.output
     assert starts(outside) == 1
@@ -114,17 +115,7 @@ def test_success_restarts_and_a_stopped_service_stays_stopped(
     registered: None,
 ) -> None:
     inside, outside = svc
-    args = [
-        "--config",
-        str(world.config),
-        "--json",
-        "run",
-        "svc-test",
-        "--host",
-        "source",
-        "--set",
-        f"dir={inside}",
-    ]
+    args = ["--json", *_svc_run(world, inside)]
     ok = CliRunner().invoke(cli.main, args)
     assert ok.exit_code == 0, ok.output
     assert running(outside) and starts(outside) == 1
@@ -145,16 +136,7 @@ def _launch(world: World, inside: str) -> subprocess.Popen[str]:
             sys.executable,
             "-c",
             LAUNCH,
-            "--config",
-            str(world.config),
-            "run",
-            "svc-test",
-            "--host",
-            "source",
-            "--set",
-            f"dir={inside}",
-            "--set",
-            "then=hang",
+            *_svc_run(world, inside, "--set", "then=hang"),
         ],
         cwd=Path(__file__).parents[2],
         stdout=subprocess.PIPE,
