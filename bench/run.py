@@ -773,6 +773,7 @@ class Bench:
                         f'url = "{self.dir / "unused-repo"}"',
                         f'recipients = ["{self.recipient}"]',
                         f'identity_file = "{self.identity}"',
+                        f'cache_dir = "{self.dir / "recipes-cache"}"',
                         "",
                         "[hosts.bench]",
                         'address = "127.0.0.1"',
@@ -846,6 +847,10 @@ class Bench:
         manifest = json.loads(out)
         sample.stored_bytes = tree_bytes(repo) - before
         sample.detail["snapshot"] = manifest.get("snapshot")
+        sample.detail["level"] = manifest.get("level")
+        expected = 0 if name == "recipes_full" else 1
+        if manifest.get("level") != expected:
+            raise RuntimeError(f"{name} made a level {manifest.get('level')} snapshot, not {expected}")
         sample.detail["manifest_bytes"] = sum(int(o["size"]) for o in manifest.get("objects", []))
         sample.detail["steps"] = {s["name"]: s["seconds"] for s in manifest.get("steps", [])}
         self.add(name, sample)

@@ -180,7 +180,7 @@ def _repo(state: State, url: str | None) -> Any:
 @click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
 @set_option
-@click.option("--full", is_flag=True, help="Force a full backup (every backup is full for now).")
+@click.option("--full", is_flag=True, help="Start a new chain with a full backup.")
 @pass_state
 def run_cmd(
     state: State, recipe: str, host: str, repo: str | None, sets: tuple[str, ...], full: bool
@@ -194,13 +194,21 @@ def run_cmd(
     repository = _repo(state, repo)
     live = open_host(spec)
     try:
-        manifest = engine.backup(p, live, repository, list(state.config.repository.recipients))
+        manifest = engine.backup(
+            p,
+            live,
+            repository,
+            list(state.config.repository.recipients),
+            full=full,
+            chaining=state.config.chaining(),
+        )
     finally:
         live.close()
     from recipes.manifest import _converter
 
+    kind = f"incremental level {manifest.level} on {manifest.parent}" if manifest.level else "full"
     text = (
-        f"snapshot {manifest.snapshot} of {recipe}@{spec.name}: {len(manifest.objects)} "
+        f"snapshot {manifest.snapshot} of {recipe}@{spec.name} ({kind}): {len(manifest.objects)} "
         f"objects, {manifest.size} bytes stored in {repository.url}"
     )
     emit(state, _converter.unstructure(manifest), text)
@@ -222,6 +230,7 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
             "host": m.host,
             "finished": m.finished,
             "level": m.level,
+            "parent": m.parent,
             "size": m.size,
             "objects": [o.name for o in m.objects],
         }
@@ -229,6 +238,7 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
     ]
     lines = [
         f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
+        f"{'full' if not d['level'] else 'incr ' + str(d['level']):<7} "
         f"{d['size']:>12} B  {len(d['objects'])} objects"
         for d in data
     ]

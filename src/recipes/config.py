@@ -32,13 +32,16 @@ class RepositoryConfig:
     compression: str = "auto"
     """Where zstd runs: ``auto``, ``remote`` (on the host) or ``controller``; per host in [hosts.*]."""
     compression_level: int = 1
+    cache_dir: str | None = None
+    """Where the controller keeps tar states for the next incremental (``$XDG_CACHE_HOME/recipes``)."""
 
 
 @attrs.frozen
 class RetentionConfig:
-    """``[retention]``: duply's semantics plus GFS keeps (applied by ``prune``, later)."""
+    """``[retention]``: duply's semantics plus GFS keeps (``full_every`` now, the rest with ``prune``)."""
 
     full_every: str = "3M"
+    """duply's MAX_FULLBKP_AGE: a backup starts a new chain once the chain's full is this old."""
     max_age: str = "2Y"
     max_fulls_with_incrs: int = 2
     keep_last: int | None = None
@@ -92,6 +95,18 @@ class Config:
             return self.resolve_path(self.repository.identity_file)
         default = os.path.expanduser(DEFAULT_IDENTITY)
         return default if os.path.exists(default) else None
+
+    def chaining(self, identity_override: str | None = None) -> Any:
+        """How backups chain: ``full_every``, the state cache and the identity that may read states."""
+        from recipes.chain import parse_duration
+        from recipes.engine import Chaining
+
+        cache = self.resolve_path(self.repository.cache_dir) if self.repository.cache_dir else None
+        return Chaining(
+            full_every=parse_duration(self.retention.full_every),
+            cache_dir=Path(cache) if cache else None,
+            identity_file=self.identity_path(identity_override),
+        )
 
     def compression(self, host: str) -> Compression:
         """Where zstd runs for ``host`` (its ``[hosts.*]`` setting, else the repository's) and its level."""
@@ -163,6 +178,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
     except Exception as exc:
         raise ConfigError(error_lines(exc, where)) from exc
     _check_compression(config, where)
+    _check_retention(config, where)
     return attrs.evolve(config, recipes=recipes, path=where)
 
 
@@ -180,6 +196,15 @@ def _check_compression(config: Config, where: str) -> None:
             Compression(**kwargs)
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}: {exc}") from None
+
+
+def _check_retention(config: Config, where: str) -> None:
+    from recipes.chain import parse_duration
+
+    try:
+        parse_duration(config.retention.full_every)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: retention.full_every: {exc}") from None
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

@@ -5,22 +5,28 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import attrs
 import tenacity
 
-from recipes import __version__, stream
+from recipes import __version__, chain, stream
 from recipes import manifest as mf
 from recipes.compression import HAS_ZSTD, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
 from recipes.hosts import Host, Process, check, last_line, run
+from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
+from recipes.tarstate import RemoteState, StateCache, default_cache_dir, fetch_from_repository
 
 log = logging.getLogger("recipes")
 
@@ -28,6 +34,18 @@ log = logging.getLogger("recipes")
 FAILED_WAIT = 30.0
 # GNU tar exits 1 when a file changed while it was read: a warning on a live system.
 TAR_WARNING_EXIT = 1
+# duply's MAX_FULLBKP_AGE default in recipes.toml: a new full every three months.
+DEFAULT_FULL_EVERY = chain.parse_duration("3M")
+
+
+@attrs.frozen
+class Chaining:
+    """How backups chain: when a new full starts, where tar states are cached, and the identity
+    (optional) that may read a parent's state from the repository when the cache lacks it."""
+
+    full_every: dt.timedelta = DEFAULT_FULL_EVERY
+    cache_dir: Path | None = None
+    identity_file: str | None = None
 
 
 def _now() -> str:
@@ -95,12 +113,16 @@ class Backup:
         writer: SnapshotWriter,
         recipients: list[str],
         compression: Compression,
+        parent_states: dict[str, Path] | None = None,
+        staging: Path | None = None,
     ):
         self.plan = plan
         self.host = host
         self.writer = writer
         self.recipients = recipients
         self.compression = compression
+        self.parent_states = parent_states or {}
+        self.staging = staging
         self.zstd_on_host = False
         self.objects: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
@@ -127,12 +149,39 @@ class Backup:
             check(self.host, step.command, step.name)
             return "ok"
         if isinstance(step, Archive):
-            self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
+            self._archive(step)
             return "ok"
         if isinstance(step, Dump):
             self._store(step, step.object, "dump", step.engine, warn_exit=None)
             return "ok"
         raise StepFailed(f"a backup cannot run a {kind(step)} step ({step.name})")
+
+    def _archive(self, step: Archive) -> None:
+        """tar with its listed-incremental state in a private temp dir on the host, then keep the state."""
+        state = step.state_object
+        if state is None or self.staging is None:
+            self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
+            return
+        with RemoteState.create(self.host, self.parent_states.get(state)) as remote:
+            self._store(step.with_state(remote.path), step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
+            local = self.staging / state.replace("/", "_")
+            digest = remote.read_into(local)
+        started = time.monotonic()
+        path = f"{state}.zst.age"
+        with open(local, "rb") as src, self.writer.open(path) as fh:
+            stored = stream.store(src, fh, self.recipients, compressed=False, level=self.compression.level)
+        self.objects.append(
+            mf.StoredObject(
+                name=state,
+                kind="state",
+                path=path,
+                size=stored.size,
+                sha256=stored.sha256,
+                content_sha256=digest,
+                compressed_on="controller",
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
 
     def _store(
         self, step: Archive | Dump, name: str, what: str, engine: str | None, warn_exit: int | None
@@ -201,13 +250,7 @@ def host_versions(host: Host) -> dict[str, str]:
     return {k: v.strip() for k, v in zip(keys, lines, strict=False) if v.strip()}
 
 
-def _versions_command() -> Any:
-    from recipes.model import Command
-
-    return Command("uname -srm; tar --version | head -n 1")
-
-
-_VERSIONS = _versions_command()
+_VERSIONS = Command("uname -srm; tar --version | head -n 1")
 
 
 def zstd_on_host(host: Host, compression: Compression) -> bool:
@@ -230,8 +273,15 @@ def backup(
     host: Host,
     repo: Repository,
     recipients: list[str],
+    *,
+    full: bool = False,
+    chaining: Chaining | None = None,
 ) -> mf.Manifest:
-    """Run a backup plan; the snapshot exists only if every step and every undo succeeded."""
+    """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
+
+    It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows and
+    the parent's tar state is at hand (cache, or the repository with an identity); else a full.
+    """
     if not recipients:
         raise ConfigError(
             "no age recipients configured: run `recipes init` or set [repository] recipients in recipes.toml"
@@ -243,15 +293,20 @@ def backup(
             raise ConfigError(
                 f"[repository] recipients: {r[:12]}... is not an age or ssh public key ({exc})"
             ) from exc
+    chaining = chaining or Chaining()
     started = _now()
+    cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
+    decision, parent_states = _decide(plan, repo, recipients, full, chaining, cache)
     writer = repo.begin(plan.recipe, plan.host)
-    job = Backup(plan, host, writer, recipients, plan.compression)
+    staging, cached = _staging(cache, plan, writer.snapshot)
+    job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
     comp = Compensation(host)
     committed = False
     try:
         with interrupts_as_exceptions():
             try:
                 versions = host_versions(host)
+                log.info("%s", decision.reason)
                 job.execute(comp)
             finally:
                 failures = comp.run_all()
@@ -267,14 +322,101 @@ def backup(
                 objects=tuple(job.objects),
                 steps=tuple(job.records),
                 versions={"recipes": __version__, **versions},
+                level=decision.level,
+                parent=decision.parent.snapshot if decision.parent else None,
                 recipients=tuple(recipients),
             )
             writer.commit(manifest)
             committed = True
-            return manifest
     finally:
         if not committed:
             writer.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+    if cached:
+        try:
+            cache.commit(plan.recipe, plan.host, writer.snapshot)
+        except OSError as exc:
+            log.warning("could not cache tar state in %s (%s): next backup may be a full", cache.root, exc)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _staging(cache: StateCache, plan: Plan, snapshot: str) -> tuple[Path, bool]:
+    """Where this run's tar states go: the cache, or a temp dir when the cache is not writable."""
+    try:
+        return cache.staging(plan.recipe, plan.host, snapshot), True
+    except OSError as exc:
+        log.warning("cannot write the state cache %s (%s): the next backup will be a full", cache.root, exc)
+        return Path(tempfile.mkdtemp(prefix="recipes-state-")), False
+
+
+def _decide(
+    plan: Plan,
+    repo: Repository,
+    recipients: list[str],
+    full: bool,
+    chaining: Chaining,
+    cache: StateCache,
+) -> tuple[chain.Decision, dict[str, Path]]:
+    """Full or incremental, and the parent's tar states (plain files on the controller)."""
+    states = [s.state_object for s in plan.steps if isinstance(s, Archive) and s.state_object]
+    previous = [] if full or not states else repo.manifests(plan.recipe, plan.host)
+    decision = chain.choose(
+        previous,
+        params=plan.params,
+        recipients=recipients,
+        states=states,
+        full_every=chaining.full_every,
+        now=dt.datetime.now(dt.UTC),
+        force_full=full,
+    )
+    if decision.parent is None:
+        return decision, {}
+    parent = decision.parent
+    found: dict[str, Path] = {}
+    for name in states:
+        path = cache.get(parent, name) or _state_from_repository(repo, parent, name, chaining, cache)
+        if path is None:
+            return (
+                chain.Decision(
+                    0,
+                    None,
+                    f"full: the tar state of {parent.snapshot} is not in this controller's cache "
+                    f"({cache.root}) and no identity file is configured to read it from the repository",
+                ),
+                {},
+            )
+        found[name] = path
+    return decision, found
+
+
+def _state_from_repository(
+    repo: Repository, parent: mf.Manifest, name: str, chaining: Chaining, cache: StateCache
+) -> Path | None:
+    """Decrypt the parent's state with the configured identity, if there is one; None otherwise."""
+    if not chaining.identity_file:
+        return None
+    try:
+        identities = stream.load_identities(chaining.identity_file)
+    except OSError as exc:
+        log.warning("identity file %s: %s: cannot read the parent's tar state", chaining.identity_file, exc)
+        return None
+    if not identities:
+        return None
+    with tempfile.TemporaryDirectory(prefix="recipes-state-") as tmp:
+        dest = Path(tmp) / "state"
+        try:
+            fetch_from_repository(repo, parent, name, identities, dest)
+        except RecipeError as exc:
+            log.warning("cannot read the tar state of %s from the repository: %s", parent.snapshot, exc)
+            return None
+        try:
+            return cache.adopt(parent, name, dest)
+        except OSError:
+            kept = Path(tempfile.mkdtemp(prefix="recipes-state-")) / "state"
+            shutil.move(dest, kept)
+            return kept
 
 
 def restore(
@@ -285,9 +427,19 @@ def restore(
     identities: list[Any],
     force: bool = False,
 ) -> list[mf.StepRecord]:
-    """Run a restore plan from one snapshot; refuses a non-empty target unless forced."""
-    needed = [s for s in plan.steps if isinstance(s, (Extract, Load))]
-    missing = [s.object for s in needed if manifest.object(s.object) is None]
+    """Restore one snapshot: archives from its chain's full up to it, dumps from it alone.
+
+    Refuses a non-empty target unless forced, and checks every object it will read is there
+    at its recorded size before anything is written.
+    """
+    snapshots = chain.resolve(manifest, lambda sid: repo.load(manifest.recipe, manifest.host, sid))
+    needed: list[tuple[mf.Manifest, str]] = []
+    for step in plan.steps:
+        if isinstance(step, Extract):
+            needed += [(m, step.object) for m in snapshots]
+        elif isinstance(step, Load):
+            needed.append((manifest, step.object))
+    missing = sorted({f"{name} (in {m.snapshot})" for m, name in needed if m.object(name) is None})
     if missing:
         raise RepositoryError(
             f"snapshot {manifest.snapshot} has no {', '.join(missing)}: the restore parameters "
@@ -299,7 +451,8 @@ def restore(
             "no age identity: pass --identity FILE or set [repository] "
             "identity_file (the secret key from `recipes init`)"
         )
-    repo.check_sizes(manifest, [o for s in needed if (o := manifest.object(s.object)) is not None])
+    for m in snapshots:
+        repo.check_sizes(m, [o for n, name in needed if n is m and (o := m.object(name)) is not None])
     with interrupts_as_exceptions():
         if not force:
             for step in plan.steps:
@@ -312,20 +465,32 @@ def restore(
         for step in plan.steps:
             started = time.monotonic()
             log.info("step %s %s", kind(step), step.name)
-            if isinstance(step, (Extract, Load)):
+            outcome = "ok"
+            if isinstance(step, Extract):
+                for m in snapshots:
+                    command = step.command if m.level == 0 else step.incremental_command
+                    obj = m.object(step.object)
+                    assert obj is not None
+                    log.info("extract %s of %s (level %d)", step.object, m.snapshot, m.level)
+                    _feed(step, command, host, repo, m, obj, identities, host_zstd)
+                if len(snapshots) > 1:
+                    outcome = f"ok (a full and {len(snapshots) - 1} incrementals)"
+            elif isinstance(step, Load):
                 obj = manifest.object(step.object)
                 assert obj is not None
-                _feed(step, host, repo, manifest, obj, identities, host_zstd)
+                _feed(step, step.command, host, repo, manifest, obj, identities, host_zstd)
             elif isinstance(step, Run):
                 check(host, step.command, step.name)
             else:
                 raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
-            records.append(mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), "ok"))
+            seconds = round(time.monotonic() - started, 3)
+            records.append(mf.StepRecord(step.name, kind(step), seconds, outcome))
         return records
 
 
 def _feed(
     step: Extract | Load,
+    command: Command,
     host: Host,
     repo: Repository,
     manifest: mf.Manifest,
@@ -333,12 +498,11 @@ def _feed(
     identities: list[Any],
     host_zstd: bool,
 ) -> None:
-    """Stream one stored object into the step's command and judge its exit and stderr.
+    """Stream one stored object into ``command`` and judge its exit and stderr.
 
     When the host has zstd the compressed bytes cross the wire and the host decompresses
     them (several times fewer bytes through SSH); otherwise the controller decompresses.
     """
-    command = step.command
     if host_zstd:
         command = Compression.decompress_on_host(command)
     proc: Process = host.start(command)

@@ -18,13 +18,15 @@ class StoredObject:
     name: str
     """Logical name, e.g. ``files.tar`` or ``dumps/postgresql.sql``."""
     kind: str
-    """``files``, ``dump`` or ``extra``."""
+    """``files``, ``dump``, ``state`` (tar's listed-incremental state) or ``extra``."""
     path: str
     """Path relative to the snapshot directory."""
     size: int
     """Stored (encrypted) size in bytes."""
     sha256: str
     """sha256 of the stored bytes: verifiable without the secret key."""
+    content_sha256: str | None = None
+    """sha256 of the plain content, for tar states (checks the controller's cached copy)."""
     engine: str | None = None
     """Database engine of a dump."""
     compression: str = "zstd"
@@ -59,8 +61,9 @@ class Manifest:
     steps: tuple[StepRecord, ...] = ()
     versions: dict[str, str] = attrs.Factory(dict)
     level: int = 0
-    """0 for a full snapshot (incremental levels come with listed-incremental chains)."""
+    """0 for a full snapshot; N for an incremental on top of ``parent`` (level N-1)."""
     parent: str | None = None
+    """The snapshot an incremental builds on; a restore applies the chain from its full."""
     recipients: tuple[str, ...] = ()
     """Public keys the objects are encrypted to (public: safe to store)."""
     format: int = FORMAT

@@ -31,6 +31,7 @@ class Plan:
             if target:
                 arrow = "->" if self.action == "backup" else "<-"
                 out.append(f"   {arrow} {target}.zst.age ({self.compression.describe(self.action)})")
+            out += [f"   {note}" for note in chain_notes(step)]
             for command in step.commands():
                 out.append(f"   $ {command.masked()}")
             if isinstance(step, Quiesce):
@@ -55,11 +56,29 @@ class Plan:
                     "about": step.about,
                     "object": stored_object(step),
                     "commands": [c.masked() for c in step.commands()],
+                    **({"chain": chain_notes(step)} if chain_notes(step) else {}),
                     **({"undo": step.start.masked()} if isinstance(step, Quiesce) else {}),
                 }
                 for step in self.steps
             ],
         }
+
+
+def chain_notes(step: Step) -> list[str]:
+    """How an archive takes part in incremental chains, for plans and runbooks."""
+    if isinstance(step, Archive) and step.state_object:
+        return [
+            f"-> {step.state_object}.zst.age (tar's listed-incremental state, for the next backup)",
+            "incremental on the latest snapshot unless --full, there is none, its parameters or keys "
+            "differ, or its chain's full is older than [retention] full_every; $STATE is a private "
+            "temp file on the host, filled with the parent's state (empty for a full), removed after",
+        ]
+    if isinstance(step, Extract):
+        return [
+            "applied for every snapshot of the chain, its full first; each incremental is extracted "
+            "with --listed-incremental=/dev/null, which also deletes what was deleted before it was made",
+        ]
+    return []
 
 
 def kind(step: Step) -> str:

@@ -17,10 +17,25 @@ MANIFEST = "manifest.json"
 DEFAULT_URL = "~/.local/share/recipes/repo"
 
 
-def new_snapshot_id(now: dt.datetime | None = None) -> str:
-    """Ids sort by time: ``20261122T101500Z-1a2b3c``."""
+ID_TIME = "%Y%m%dT%H%M%SZ"
+
+
+def new_snapshot_id(now: dt.datetime | None = None, after: str | None = None) -> str:
+    """Ids sort by time: ``20261122T101500Z-1a2b3c``; a new id sorts after ``after``.
+
+    Two backups in the same second would otherwise sort by their random suffix, and the
+    latest snapshot (an incremental's parent) would be a coin toss: the time part is bumped
+    to one second past ``after`` when needed (a logical clock, never a sleep).
+    """
     now = now or dt.datetime.now(dt.UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    if after:
+        try:
+            floor = dt.datetime.strptime(after[: len("20261122T101500Z")], ID_TIME).replace(tzinfo=dt.UTC)
+        except ValueError:
+            floor = None
+        if floor is not None and now < floor + dt.timedelta(seconds=1):
+            now = floor + dt.timedelta(seconds=1)
+    return now.strftime(ID_TIME) + "-" + secrets.token_hex(3)
 
 
 def safe_name(text: str) -> str:
@@ -50,8 +65,15 @@ class Repository:
 
     def begin(self, recipe: str, host: str) -> SnapshotWriter:
         """Start writing a new snapshot; it is invisible until ``commit``."""
-        sid = new_snapshot_id()
-        path = self._path(safe_name(recipe), safe_name(host), sid)
+        base = self._path(safe_name(recipe), safe_name(host))
+        try:
+            existing = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        except FileNotFoundError:
+            existing = []
+        except OSError as exc:
+            raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
+        sid = new_snapshot_id(after=max(existing, default=None))
+        path = f"{base}/{sid}"
         try:
             self.fs.makedirs(path, exist_ok=True)
         except OSError as exc:
@@ -77,6 +99,21 @@ class Repository:
                 except ValueError as exc:
                     raise RepositoryError(f"{path}: {exc}") from exc
         return found
+
+    def load(self, recipe: str, host: str, snapshot: str) -> mf.Manifest | None:
+        """One committed snapshot by its full id, or None when it has no manifest."""
+        path = self._path(safe_name(recipe), safe_name(host), snapshot, MANIFEST)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                text = fh.read().decode()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {path}: {exc}") from exc
+        try:
+            return mf.loads(text)
+        except ValueError as exc:
+            raise RepositoryError(f"{path}: {exc}") from exc
 
     def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
         """The snapshot of recipe@host with this id (or prefix), or the latest one."""

@@ -57,26 +57,49 @@ class Quiesce:
         yield self.stop
 
 
+# What plans show for the state file; the engine puts a private temp path in its place.
+STATE_PLACEHOLDER = "$STATE"
+
+
 @attrs.frozen
 class Archive:
-    """Stream a GNU tar of ``root`` (excludes applied) into the object ``files.tar``."""
+    """Stream a GNU tar of ``root`` (excludes applied) into the object ``files.tar``.
+
+    With ``incremental`` tar keeps its listed-incremental state in ``state``; the engine fills
+    that file with the parent snapshot's state (empty for a full) and stores what tar leaves
+    there as ``files.snar``, for the next backup.
+    """
 
     root: str
     excludes: tuple[str, ...] = ()
     object: str = "files.tar"
     about: str = ""
+    incremental: bool = True
+    state: str = STATE_PLACEHOLDER
 
     @property
     def name(self) -> str:
         return "files"
 
     @property
+    def state_object(self) -> str | None:
+        """The snapshot object holding tar's state after this archive (``files.snar``)."""
+        if not self.incremental:
+            return None
+        return self.object.removesuffix(".tar") + ".snar"
+
+    def with_state(self, path: str) -> Archive:
+        return attrs.evolve(self, state=path)
+
+    @property
     def command(self) -> Command:
+        state = [f"--listed-incremental={self.state}"] if self.incremental else []
         tar = sh(
             "tar",
             "--create",
             "--file=-",
             "--format=gnu",
+            *state,
             "--numeric-owner",
             "--acls",
             "--xattrs",
@@ -125,14 +148,14 @@ class Extract:
         q = sh("ls", "-A", self.root)
         return Command(f'test ! -e {sh(self.root)} || test -z "$({q} 2>/dev/null)"')
 
-    @property
-    def command(self) -> Command:
+    def _tar(self, *extra: str) -> Command:
         return Command(
             f"mkdir -p {sh(self.root)} && "
             + sh(
                 "tar",
                 "--extract",
                 "--file=-",
+                *extra,
                 "--numeric-owner",
                 "--preserve-permissions",
                 "--acls",
@@ -141,9 +164,20 @@ class Extract:
             )
         )
 
+    @property
+    def command(self) -> Command:
+        """Extracts a full (level 0) archive; files already in the target stay."""
+        return self._tar()
+
+    @property
+    def incremental_command(self) -> Command:
+        """Extracts an incremental on top: also deletes what was gone when it was made."""
+        return self._tar("--listed-incremental=/dev/null")
+
     def commands(self) -> Iterator[Command]:
         yield self.empty_check
         yield self.command
+        yield self.incremental_command
 
 
 @attrs.frozen

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyrage
@@ -29,4 +32,15 @@ def world(
     repo = tmp_path / "repo"
     config = tmp_path / "recipes.toml"
     write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
-    return World(config, repo, identity, recipient)
+    return World(config, repo, identity, recipient, tmp_path / "cache")
+
+
+@pytest.fixture
+def site(ssh_source: servers.SshHost, ssh_target: servers.SshHost) -> Iterator[tuple[str, Path, Path]]:
+    """A fresh root under /srv/site: (path seen inside both hosts, source dir, target dir)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    src = Path(ssh_source.binds["/srv/site"]) / name
+    dst = Path(ssh_target.binds["/srv/site"]) / name
+    src.mkdir()
+    yield f"/srv/site/{name}", src, dst
+    subprocess.run(["rm", "-rf", str(src), str(dst)], check=False)

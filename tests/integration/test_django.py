@@ -7,106 +7,15 @@ MariaDB clusters and their own /srv/site (see tests/conftest.py).
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyrage
-import pytest
 
 from recipes.apps.django import DEFAULT_EXCLUDES
 from tests import servers
+from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.world import World, fingerprint
-
-SQLITE_DB = "/var/opt/mysite/mysite.db"
-
-
-@pytest.fixture
-def site(ssh_source: servers.SshHost, ssh_target: servers.SshHost) -> Iterator[tuple[str, Path, Path]]:
-    """A fresh root under /srv/site: (path seen inside both hosts, source dir, target dir)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    src = Path(ssh_source.binds["/srv/site"]) / name
-    dst = Path(ssh_target.binds["/srv/site"]) / name
-    src.mkdir()
-    yield f"/srv/site/{name}", src, dst
-    subprocess.run(["rm", "-rf", str(src), str(dst)], check=False)
-
-
-def seed_tree(root: Path) -> None:
-    """A Django-like server tree, plus junk inside directories the seed excludes."""
-    files = {
-        "etc/hostname": b"web1\n",
-        "etc/opt/mysite/settings.py": b"DEBUG = False\nSECRET_KEY = 'x'\n",
-        "home/django/.bashrc": b"export PATH\n",
-        "home/django/notes with spaces.txt": b"n" * 3000,
-        "opt/mysite/venv/bin/python": os.urandom(20000),
-        "srv/data/blob.bin": os.urandom(300_000),
-        "var/opt/mysite/media/upload.jpg": os.urandom(50_000),
-        "root/.ssh/authorized_keys": b"ssh-ed25519 AAAA test\n",
-        # excluded by the seed's list: must not come back
-        "tmp/junk": b"junk",
-        "var/cache/apt/pkgcache.bin": os.urandom(1000),
-        "var/tmp/x": b"x",
-        "proc/cpuinfo": b"fake",
-        "var/lib/postgresql/15/main/PG_VERSION": b"15\n",
-        "var/swapfile": b"\0" * 4096,
-    }
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    (root / "root/.ssh/authorized_keys").chmod(0o600)
-    (root / "etc/opt/mysite/settings.py").chmod(0o640)
-    os.chown(root / "home/django/.bashrc", 1000, 1000)
-    (root / "home/django/link-to-settings").symlink_to("../../etc/opt/mysite/settings.py")
-    (root / "var/empty-dir").mkdir(parents=True)
-    # an extended attribute and POSIX ACLs (access and default) must come back as they were
-    os.setxattr(root / "srv/data/blob.bin", "user.origin", b"upload from web1")
-    subprocess.run(
-        ["setfacl", "-m", "u:1000:rwx,d:u:1000:rwx", str(root / "var/opt/mysite/media")], check=True
-    )
-    db = sqlite3.connect(root / SQLITE_DB.lstrip("/"))
-    db.executescript(
-        "PRAGMA journal_mode=WAL;"
-        "CREATE TABLE polls_question(id INTEGER PRIMARY KEY, text TEXT, pub REAL, img BLOB);"
-        "CREATE INDEX q_text ON polls_question(text);"
-    )
-    db.executemany(
-        "INSERT INTO polls_question(text, pub, img) VALUES (?, ?, ?)",
-        [(f"question {i}", i * 1.5, os.urandom(64)) for i in range(500)],
-    )
-    db.commit()
-    db.close()  # WAL checkpointed on close; the recipe must still copy it consistently
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for n in filenames + dirnames:
-            p = os.path.join(dirpath, n)
-            if not os.path.islink(p):
-                os.utime(p, (1_600_000_000, 1_600_000_000))
-
-
-def comparable(root: Path) -> dict[str, tuple[object, ...]]:
-    """The tree minus excludes, with the SQLite file left to the row comparison.
-
-    The database is rebuilt from its consistent dump (so its bytes differ), and opening a
-    WAL database creates and removes -wal/-shm files, which moves its directory's mtime.
-    """
-    tree = fingerprint(root, DEFAULT_EXCLUDES)
-    db = SQLITE_DB.lstrip("/")
-    tree.pop(db)
-    parent = os.path.dirname(db)
-    tree[parent] = (*tree[parent][:4], None, *tree[parent][5:])
-    return tree
-
-
-def sqlite_rows(path: Path) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(path)
-    try:
-        return db.execute("SELECT id, text, pub, img FROM polls_question ORDER BY id").fetchall()
-    finally:
-        db.close()
 
 
 def seed_postgres(pg: servers.Postgres, db: str) -> None:
@@ -139,8 +48,16 @@ def test_backup_over_ssh_and_restore_on_second_host(
     assert backup.returncode == 0, backup.stderr
     manifest = json.loads(backup.stdout)
     names = {o["name"] for o in manifest["objects"]}
-    assert names == {"files.tar", "dumps/postgresql.sql", "dumps/sqlite-var-opt-mysite-mysite.db.sql"}
-    assert {o["compressed_on"] for o in manifest["objects"]} == {"host"}  # auto, and the host has zstd
+    assert names == {
+        "files.tar",
+        "files.snar",  # tar's listed-incremental state, for the next backup
+        "dumps/postgresql.sql",
+        "dumps/sqlite-var-opt-mysite-mysite.db.sql",
+    }
+    where = {o["name"]: o["compressed_on"] for o in manifest["objects"]}
+    assert where.pop("files.snar") == "controller"  # read back after tar, compressed here
+    assert set(where.values()) == {"host"}  # auto, and the host has zstd
+    assert (manifest["level"], manifest["parent"]) == (0, None)
 
     listed = json.loads(world.cli("--json", "snapshots", "django", "--host", "source", check=True).stdout)
     assert [s["snapshot"] for s in listed] == [manifest["snapshot"]]

@@ -21,12 +21,14 @@ class World:
     repo: Path
     identity: Path
     recipient: str
+    cache: Path
+    """``$XDG_CACHE_HOME`` of every CLI run: where the controller caches tar states."""
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run the real ``recipes`` CLI as an operator would."""
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, "XDG_CACHE_HOME": str(self.cache), **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "recipes", "--config", str(self.config), *args],
             capture_output=True,

@@ -1,0 +1,186 @@
+"""Incremental chains over real SSH: GNU tar listed-incremental on the source host, the chain
+applied in order on the target host, deletions reproduced, and a full whenever the parent's tar
+state cannot be had (nothing of it survives on the host)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from recipes.apps.django import DEFAULT_EXCLUDES
+from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
+from tests.integration.world import World, fingerprint
+
+STATE_DIRS = "/tmp/recipes-state.*"
+
+
+def run(world: World, root: str, *extra: str) -> dict[str, object]:
+    out = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}", *extra)
+    assert out.returncode == 0, out.stderr
+    manifest: dict[str, object] = json.loads(out.stdout)
+    return manifest
+
+
+def stored(manifest: dict[str, object], name: str) -> int:
+    objects = manifest["objects"]
+    assert isinstance(objects, list)
+    return int(next(o["size"] for o in objects if o["name"] == name))
+
+
+def change(src: Path, step: int) -> None:
+    """Edits, additions, deletions (a file and a whole directory), a rename and a chmod."""
+    if step == 1:
+        (src / "etc/hostname").write_bytes(b"web2\n")
+        (src / "srv/data/new.bin").write_bytes(os.urandom(5000))
+        (src / "home/django/notes with spaces.txt").unlink()
+        shutil.rmtree(src / "opt/mysite/venv")
+        (src / "home/django/.bashrc").rename(src / "home/django/.profile")
+        (src / "root/.ssh/authorized_keys").chmod(0o400)
+    else:
+        (src / "etc/opt/mysite/settings.py").write_bytes(b"DEBUG = True\n")
+        (src / "srv/data/new.bin").unlink()
+        (src / "srv/later/deep").mkdir(parents=True)
+        (src / "srv/later/deep/file.txt").write_bytes(b"later\n")
+
+
+def test_chain_backs_up_changes_only_and_restores_every_point(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    root, src, dst = site
+    seed_tree(src)
+    before = set(glob.glob(STATE_DIRS))
+    sets = ["--set", f'sqlite=["{SQLITE_DB}"]']
+    full = run(world, root, *sets)
+    assert (full["level"], full["parent"]) == (0, None)
+    points = {full["snapshot"]: comparable(src)}
+
+    change(src, 1)
+    one = run(world, root, *sets)
+    assert (one["level"], one["parent"]) == (1, full["snapshot"])
+    # only what changed: the 300 kB random blob and the rest are not stored again
+    assert stored(one, "files.tar") < stored(full, "files.tar") / 10
+    points[one["snapshot"]] = comparable(src)
+
+    change(src, 2)
+    two = run(world, root, *sets)
+    assert (two["level"], two["parent"]) == (2, one["snapshot"])
+    points[two["snapshot"]] = comparable(src)
+    assert set(glob.glob(STATE_DIRS)) == before  # nothing of tar's state is left on the host
+
+    listed = json.loads(world.cli("--json", "snapshots", "django", check=True).stdout)
+    assert [(s["level"], s["parent"]) for s in listed] == [
+        (0, None),
+        (1, full["snapshot"]),
+        (2, one["snapshot"]),
+    ]
+
+    # the latest: full + 2 incrementals, deletions and the rename reproduced, dumps from the latest
+    world.cli(
+        "restore",
+        "django",
+        "--host",
+        "target",
+        "--from",
+        "source",
+        "--set",
+        f"root={root}",
+        *sets,
+        check=True,
+    )
+    assert comparable(dst) == points[two["snapshot"]]
+    assert not (dst / "opt/mysite/venv").exists() and not (dst / "home/django/.bashrc").exists()
+    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
+
+    # a point in the middle of the chain: the full and the first incremental only
+    subprocess.run(["rm", "-rf", str(dst)], check=True)
+    restore = world.cli(
+        "--json",
+        "restore",
+        "django",
+        "--host",
+        "target",
+        "--snapshot",
+        str(one["snapshot"]),
+        "--set",
+        f"root={root}",
+    )
+    assert restore.returncode == 0, restore.stderr
+    assert comparable(dst) == points[one["snapshot"]]
+    assert (dst / "home/django").is_dir() and not (dst / "home/django/notes with spaces.txt").exists()
+
+
+def test_without_the_cached_state_the_identity_reads_it_and_without_both_a_full(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    full = run(world, root)
+    (src / "etc/hostname").write_bytes(b"changed\n")
+
+    shutil.rmtree(world.cache)  # a wiped cache, or another controller
+    one = run(world, root)
+    assert (one["level"], one["parent"]) == (1, full["snapshot"])  # state decrypted from the repository
+
+    shutil.rmtree(world.cache)
+    text = world.config.read_text()
+    world.config.write_text("\n".join(line for line in text.splitlines() if "identity_file" not in line))
+    blind = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
+    assert blind.returncode == 0, blind.stderr
+    assert json.loads(blind.stdout)["level"] == 0
+    assert "not in this controller's cache" in blind.stderr and "no identity file" in blind.stderr
+
+    forced = run(world, root, "--full")  # the cache has the last state again, but --full wins
+    assert (forced["level"], forced["parent"]) == (0, None)
+    changed = run(world, root, "--set", 'extra_excludes=["/srv/data"]')
+    assert changed["level"] == 0  # other parameters: a new chain
+
+
+def test_a_broken_chain_fails_the_restore_in_one_line_and_the_next_backup_is_full(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    root, src, dst = site
+    seed_tree(src)
+    full = run(world, root)
+    (src / "etc/hostname").write_bytes(b"changed\n")
+    run(world, root)
+    shutil.rmtree(world.repo / "django/source" / str(full["snapshot"]))
+
+    restore = world.cli("restore", "django", "--host", "target", "--from", "source", "--set", f"root={root}")
+    assert restore.returncode == 1
+    assert f"needs its parent {full['snapshot']}" in restore.stderr
+    assert len(restore.stderr.strip().splitlines()) == 1
+    assert not dst.exists()  # refused before anything was written
+
+    again = run(world, root)
+    assert again["level"] == 0
+
+
+def test_break_glass_chain_with_age_zstd_tar_only(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """docs/restore.md: each snapshot of the chain in order, incrementals with -G (deletions)."""
+    root, src, _ = site
+    seed_tree(src)
+    run(world, root)
+    change(src, 1)
+    run(world, root)
+    out = tmp_path / "plain"
+    out.mkdir()
+    snaps = " ".join(p.parent.name for p in sorted(world.repo.glob("django/source/*/manifest.json")))
+    # the loop of docs/restore.md, as written there
+    subprocess.run(
+        f"repo={world.repo}/django/source\n"
+        f"for snap in {snaps}; do\n"
+        """  g=; grep -q '"level": 0' "$repo/$snap/manifest.json" || g=--listed-incremental=/dev/null\n"""
+        f'  age -d -i {world.identity} "$repo/$snap"/files.tar.zst.age | zstd -d \\\n'
+        f"    | tar -x $g --numeric-owner -p --acls --xattrs -C {out}\n"
+        "done\n",
+        shell=True,
+        check=True,
+        executable="/bin/bash",
+    )
+    assert fingerprint(out, DEFAULT_EXCLUDES) == fingerprint(src, DEFAULT_EXCLUDES)
