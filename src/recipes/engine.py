@@ -26,7 +26,15 @@ from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
-from recipes.tarstate import RemoteState, StateCache, default_cache_dir, fetch_from_repository
+from recipes.tarstate import (
+    MAKE_STATE_DIR,
+    RemoteState,
+    StateCache,
+    default_cache_dir,
+    fetch_from_repository,
+    send_states,
+    sha256_file,
+)
 
 log = logging.getLogger("recipes")
 
@@ -124,11 +132,75 @@ class Backup:
         self.parent_states = parent_states or {}
         self.staging = staging
         self.zstd_on_host = False
+        self.versions: dict[str, str] = {}
+        self.remote: RemoteState | None = None
+        self.states: list[str] = []
         self.objects: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
 
+    def prepare(self) -> None:
+        """One command before any step: version facts, whether the host has zstd, and (for
+        incremental archives) a private temp dir holding the parents' tar states.
+
+        Every command costs a session on the host (on this test machine ~0.2 s, most of it the
+        login shell's rc files), so the facts and the state upload share one.
+        """
+        wants_state = self.staging is not None and any(
+            isinstance(s, Archive) and s.state_object for s in self.plan.steps
+        )
+        script = FACTS + ("; " + MAKE_STATE_DIR if wants_state else "")
+        proc = self.host.start(Command(script))
+        try:
+            if wants_state:
+                send_states(proc, self.parent_states)
+            proc.close_stdin()
+            out = b""
+            while chunk := proc.read(1 << 16):
+                out += chunk
+            status = proc.wait()
+        except BaseException:
+            proc.kill()
+            raise
+        facts = dict(
+            line.split("=", 1) for line in out.decode("utf-8", "replace").splitlines() if "=" in line
+        )
+        if "state" in facts:
+            self.remote = RemoteState(self.host, facts.pop("state"))
+        if status != 0 or (wants_state and self.remote is None):
+            raise StepFailed(
+                f"could not prepare {self.host.name} (exit {status}): {last_line(proc.stderr())}"
+            )
+        self.zstd_on_host = resolve_zstd(self.host, self.compression, facts.pop("zstd", "") == "yes")
+        self.versions = {k: v.strip() for k, v in facts.items() if k in ("kernel", "tar") and v.strip()}
+
+    def collect_states(self) -> None:
+        """After the steps (and the undo): bring tar's new states back and store them encrypted."""
+        if self.remote is None or self.staging is None or not self.states:
+            return
+        for name, local in self.remote.collect(self.states, self.staging).items():
+            started = time.monotonic()
+            path = f"{name}.zst.age"
+            level = self.compression.level
+            with open(local, "rb") as src, self.writer.open(path) as fh:
+                stored = stream.store(src, fh, self.recipients, compressed=False, level=level)
+            self.objects.append(
+                mf.StoredObject(
+                    name=name,
+                    kind="state",
+                    path=path,
+                    size=stored.size,
+                    sha256=stored.sha256,
+                    content_sha256=sha256_file(local),
+                    compressed_on="controller",
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            )
+
+    def cleanup(self) -> None:
+        if self.remote is not None:
+            self.remote.remove()
+
     def execute(self, comp: Compensation) -> None:
-        self.zstd_on_host = zstd_on_host(self.host, self.compression)
         for step in self.plan.steps:
             started = time.monotonic()
             log.info("step %s %s", kind(step), step.name)
@@ -157,31 +229,12 @@ class Backup:
         raise StepFailed(f"a backup cannot run a {kind(step)} step ({step.name})")
 
     def _archive(self, step: Archive) -> None:
-        """tar with its listed-incremental state in a private temp dir on the host, then keep the state."""
+        """tar, with its listed-incremental state in the host's private temp dir when it has one."""
         state = step.state_object
-        if state is None or self.staging is None:
-            self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
-            return
-        with RemoteState.create(self.host, self.parent_states.get(state)) as remote:
-            self._store(step.with_state(remote.path), step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
-            local = self.staging / state.replace("/", "_")
-            digest = remote.read_into(local)
-        started = time.monotonic()
-        path = f"{state}.zst.age"
-        with open(local, "rb") as src, self.writer.open(path) as fh:
-            stored = stream.store(src, fh, self.recipients, compressed=False, level=self.compression.level)
-        self.objects.append(
-            mf.StoredObject(
-                name=state,
-                kind="state",
-                path=path,
-                size=stored.size,
-                sha256=stored.sha256,
-                content_sha256=digest,
-                compressed_on="controller",
-                seconds=round(time.monotonic() - started, 3),
-            )
-        )
+        if state is not None and self.remote is not None:
+            step = step.with_state(self.remote.path(state))
+            self.states.append(state)
+        self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
 
     def _store(
         self, step: Archive | Dump, name: str, what: str, engine: str | None, warn_exit: int | None
@@ -239,25 +292,24 @@ class Backup:
         )
 
 
-def host_versions(host: Host) -> dict[str, str]:
-    """A few version facts for the manifest (best effort, never fails the backup)."""
-    try:
-        result = run(host, _VERSIONS)
-    except StepFailed:
-        return {}
-    lines = result.stdout.decode("utf-8", "replace").splitlines()
-    keys = ("kernel", "tar")
-    return {k: v.strip() for k, v in zip(keys, lines, strict=False) if v.strip()}
-
-
-_VERSIONS = Command("uname -srm; tar --version | head -n 1")
+# Version facts for the manifest and whether zstd is there, as key=value lines (best effort).
+FACTS = (
+    'echo "kernel=$(uname -srm)"; echo "tar=$(tar --version | head -n 1)"; '
+    "if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi"
+)
 
 
 def zstd_on_host(host: Host, compression: Compression) -> bool:
     """Resolve ``compression.mode`` against the host: True when zstd runs there."""
     if compression.mode == "controller":
         return False
-    has = run(host, HAS_ZSTD).exit_status == 0
+    return resolve_zstd(host, compression, run(host, HAS_ZSTD).exit_status == 0)
+
+
+def resolve_zstd(host: Host, compression: Compression, has: bool) -> bool:
+    """Where zstd runs, given whether the host has it; ``remote`` without it is a config error."""
+    if compression.mode == "controller":
+        return False
     if not has and compression.mode == "remote":
         raise ConfigError(
             f'compression = "remote" but {host.name} has no zstd: install zstd there, '
@@ -294,6 +346,7 @@ def backup(
                 f"[repository] recipients: {r[:12]}... is not an age or ssh public key ({exc})"
             ) from exc
     chaining = chaining or Chaining()
+    host.connect_soon()
     started = _now()
     cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
     decision, parent_states = _decide(plan, repo, recipients, full, chaining, cache)
@@ -305,13 +358,14 @@ def backup(
     try:
         with interrupts_as_exceptions():
             try:
-                versions = host_versions(host)
+                job.prepare()
                 log.info("%s", decision.reason)
                 job.execute(comp)
             finally:
                 failures = comp.run_all()
             if failures:
                 raise StepFailed("could not start again what was stopped: " + "; ".join(failures))
+            job.collect_states()
             manifest = mf.Manifest(
                 snapshot=writer.snapshot,
                 recipe=plan.recipe,
@@ -321,7 +375,7 @@ def backup(
                 params=plan.params,
                 objects=tuple(job.objects),
                 steps=tuple(job.records),
-                versions={"recipes": __version__, **versions},
+                versions={"recipes": __version__, **job.versions},
                 level=decision.level,
                 parent=decision.parent.snapshot if decision.parent else None,
                 recipients=tuple(recipients),
@@ -329,6 +383,7 @@ def backup(
             writer.commit(manifest)
             committed = True
     finally:
+        job.cleanup()
         if not committed:
             writer.abort()
             shutil.rmtree(staging, ignore_errors=True)

@@ -4,6 +4,7 @@ paramiko channels carry the bytes) and a local one. Neither buffers bulk data.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ import attrs
 
 from recipes.errors import HostError, StepFailed
 from recipes.model import Command
+
+log = logging.getLogger("recipes")
 
 # Measured on loopback: aes128-gcm with a large window roughly doubles paramiko's throughput.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
@@ -74,6 +77,10 @@ class Host(Protocol):
     name: str
 
     def start(self, command: Command) -> Process: ...
+    def connect_soon(self) -> None:
+        """Start connecting in the background while the controller does other work."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -224,6 +231,9 @@ class LocalHost:
         line, prefix = command.wire(sudo=self.spec.sudo)
         return LocalProcess(line, prefix)
 
+    def connect_soon(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -305,6 +315,25 @@ class SshHost:
         self.name = spec.name
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._early: threading.Thread | None = None
+        self._early_error: HostError | None = None
+
+    def connect_soon(self) -> None:
+        """Connect (import Fabric, key exchange, auth: ~0.3 s) in a thread while the caller reads
+        the repository; the first command waits for it, and gets its error if it failed."""
+        if self._conn is not None or self._early is not None:
+            return
+
+        def connect() -> None:
+            try:
+                self._transport()
+            except HostError as exc:
+                self._early_error = exc
+            except Exception as exc:  # surfaced by the first command, which connects again
+                log.debug("early connect to %s failed: %s", self.name, exc)
+
+        self._early = threading.Thread(target=connect, name=f"connect-{self.name}", daemon=True)
+        self._early.start()
 
     def _connect(self) -> Any:
         import fabric
@@ -332,6 +361,12 @@ class SshHost:
         return conn
 
     def _transport(self) -> Any:
+        if self._early is not None and self._early is not threading.current_thread():
+            self._early.join()
+            self._early = None
+            error, self._early_error = self._early_error, None
+            if error is not None:
+                raise error
         with self._lock:
             transport = self._conn.client.get_transport() if self._conn else None
             if transport is None or not transport.is_active():

@@ -13,9 +13,9 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from recipes import manifest as mf
 from recipes import stream
@@ -27,7 +27,6 @@ from recipes.repository import Repository, safe_name
 log = logging.getLogger("recipes")
 
 CHUNK = 1 << 20
-STATE_FILE = "state.snar"
 # Cached states kept per recipe@host: the newest is the next parent; one more covers a run
 # whose snapshot was committed but whose successor was interrupted.
 KEEP = 2
@@ -70,11 +69,18 @@ class StateCache:
 
     def staging(self, recipe: str, host: str, snapshot: str) -> Path:
         """A private directory for the states a running backup produces."""
-        path = self._dir(recipe, host) / f".{snapshot}.partial"
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for p in (self.root, *self.root.parents[:2]):
-            with contextlib.suppress(OSError):
-                p.chmod(0o700)
+        return self._private(self._dir(recipe, host) / f".{snapshot}.partial")
+
+    def _private(self, path: Path) -> Path:
+        """Make ``path`` and the directories between it and ``<cache>/state`` with mode 0700.
+
+        The cache directory itself may be shared (``/var/cache``): only what lies under our own
+        ``state`` directory is created private; file names in a tar state are not for everyone.
+        """
+        top = self.root.parent
+        top.parent.mkdir(parents=True, exist_ok=True)
+        for d in [*reversed(path.relative_to(top).parents), path.relative_to(top)]:
+            (top / d).mkdir(mode=0o700, exist_ok=True)
         return path
 
     def commit(self, recipe: str, host: str, snapshot: str) -> None:
@@ -87,9 +93,7 @@ class StateCache:
 
     def adopt(self, m: mf.Manifest, name: str, source: Path) -> Path:
         """Store a state read back from the repository as snapshot ``m``'s."""
-        d = self._dir(m.recipe, m.host) / m.snapshot
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = d / name
+        path = self._private(self._dir(m.recipe, m.host) / m.snapshot) / name
         os.replace(source, path)
         return path
 
@@ -107,73 +111,78 @@ def fetch_from_repository(
         raise StepFailed(f"tar state {name} of {m.snapshot} does not match its manifest")
 
 
+def _file_name(state: str) -> str:
+    """A state object's file name in the host's temp dir and in staging (``files.snar``)."""
+    return state.replace("/", "_")
+
+
+# Appended to the host-facts command when the backup archives incrementally: a private temp dir
+# filled from a tar stream of the parents' states on stdin (an empty stream for a full).
+MAKE_STATE_DIR = (
+    'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") && '
+    '{ tar -x -f - -C "$d" || { rm -rf -- "$d"; exit 1; }; } && printf "state=%s\\n" "$d"'
+)
+
+
+def send_states(sink: Any, parents: dict[str, Path]) -> None:
+    """Write the parents' plain states to ``sink`` (the host's stdin) as one tar stream."""
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tf:
+        for name, path in parents.items():
+            info = tf.gettarinfo(str(path), arcname=_file_name(name))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as fh:
+                tf.addfile(info, fh)
+
+
 class RemoteState:
-    """A private (0700) temp directory on the host holding tar's state file while tar runs."""
+    """The private (0700) temp directory on the host where tar keeps its states during a backup."""
 
     def __init__(self, host: Host, directory: str) -> None:
         self.host = host
         self.dir = directory
-        self.path = f"{directory}/{STATE_FILE}"
         self.removed = False
 
-    @classmethod
-    @contextlib.contextmanager
-    def create(cls, host: Host, parent: Path | None) -> Iterator[RemoteState]:
-        """Make the directory and fill the state with the parent's (empty: a level 0); always removed."""
-        make = Command(
-            'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") && '
-            f'cat > "$d/{STATE_FILE}" && printf "%s\\n" "$d"'
-        )
-        proc = host.start(make)
-        try:
-            if parent is not None:
-                with open(parent, "rb") as fh:
-                    while chunk := fh.read(CHUNK):
-                        proc.write(chunk)
-            proc.close_stdin()
-            out = b""
-            while chunk := proc.read(CHUNK):
-                out += chunk
-            status = proc.wait()
-        except BaseException:
-            proc.kill()
-            raise
-        directory = out.decode("utf-8", "replace").strip()
-        if status != 0 or not directory.startswith("/"):
-            raise StepFailed(
-                f"could not put tar's state in a temp dir on {host.name} (exit {status}): "
-                f"{last_line(proc.stderr())}"
-            )
-        state = cls(host, directory)
-        try:
-            yield state
-        finally:
-            state.remove()
+    def path(self, state: str) -> str:
+        """Where tar reads and writes ``state`` (``files.snar``) on the host."""
+        return f"{self.dir}/{_file_name(state)}"
 
-    def read_into(self, dest: Path) -> str:
-        """Copy the state tar left behind to ``dest`` (0600) and remove the directory; return its sha256."""
+    def collect(self, states: list[str], staging: Path) -> dict[str, Path]:
+        """Bring the states tar left behind into ``staging`` (0600) and remove the directory, in one
+        command; return the local file of each."""
         proc = self.host.start(
-            Command(f"cat -- {quote(self.path)}; s=$?; rm -rf -- {quote(self.dir)}; exit $s")
+            Command(f"tar -c -f - -C {quote(self.dir)} . ; s=$?; rm -rf -- {quote(self.dir)}; exit $s")
         )
-        h = hashlib.sha256()
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        wanted = {_file_name(s): s for s in states}
+        found: dict[str, Path] = {}
         try:
             proc.close_stdin()
-            with os.fdopen(fd, "wb") as out:
-                while chunk := proc.read(CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
+            with tarfile.open(fileobj=cast(Any, proc), mode="r|") as tf:
+                for member in tf:
+                    name = os.path.basename(member.name)
+                    src = tf.extractfile(member) if member.isfile() and name in wanted else None
+                    if src is None:
+                        continue
+                    dest = staging / name
+                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    found[wanted[name]] = dest
             status = proc.wait()
+        except tarfile.TarError as exc:
+            proc.kill()
+            raise StepFailed(f"tar's state from {self.host.name} is unreadable: {exc}") from exc
         except BaseException:
             proc.kill()
             raise
         self.removed = True
-        if status != 0:
+        missing = sorted(set(states) - set(found))
+        if status != 0 or missing:
             raise StepFailed(
-                f"could not read tar's state back from {self.host.name} (exit {status}): "
-                f"{last_line(proc.stderr())}"
+                f"could not read tar's state back from {self.host.name} (exit {status}"
+                f"{', missing ' + ', '.join(missing) if missing else ''}): {last_line(proc.stderr())}"
             )
-        return h.hexdigest()
+        return found
 
     def remove(self) -> None:
         """Best effort: a dropped connection leaves a 0700 directory in the host's temp dir."""

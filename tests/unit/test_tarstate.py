@@ -1,0 +1,60 @@
+"""The controller's cache of tar states: private, checked against the manifest, pruned."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+from recipes import manifest as mf
+from recipes.tarstate import KEEP, StateCache
+
+
+def manifest(sid: str, content: bytes) -> mf.Manifest:
+    state = mf.StoredObject(
+        "files.snar",
+        "state",
+        "files.snar.zst.age",
+        1,
+        "00" * 32,
+        content_sha256=hashlib.sha256(content).hexdigest(),
+    )
+    return mf.Manifest(sid, "django", "web1", "t", "t", {}, (state,))
+
+
+def stage(cache: StateCache, sid: str, content: bytes) -> mf.Manifest:
+    d = cache.staging("django", "web1", sid)
+    (d / "files.snar").write_bytes(content)
+    cache.commit("django", "web1", sid)
+    return manifest(sid, content)
+
+
+def test_states_are_private_and_a_shared_cache_dir_is_left_as_it_was(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    cache = StateCache(shared, "s3://bucket/prefix")
+    staged = cache.staging("django", "web1", "20261123T100000Z-aaaaaa")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    d = staged
+    while d != shared:
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+        d = d.parent
+
+
+def test_a_cached_state_is_used_only_when_it_matches_its_manifest(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path, "/repo")
+    m = stage(cache, "20261123T100000Z-aaaaaa", b"GNU tar-1.34-2\nstate")
+    path = cache.get(m, "files.snar")
+    assert path is not None and path.read_bytes() == b"GNU tar-1.34-2\nstate"
+    path.write_bytes(b"GNU tar-1.34-2\ntampered")
+    assert cache.get(m, "files.snar") is None
+    assert cache.get(manifest("20261123T110000Z-bbbbbb", b"x"), "files.snar") is None  # never cached
+    # another repository URL is another cache
+    assert StateCache(tmp_path, "/other-repo").get(m, "files.snar") is None
+
+
+def test_only_the_newest_states_are_kept(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path, "/repo")
+    made = [stage(cache, f"20261123T1{i}0000Z-aaaaaa", f"state {i}".encode()) for i in range(5)]
+    kept = [m for m in made if cache.get(m, "files.snar") is not None]
+    assert kept == made[-KEEP:]
