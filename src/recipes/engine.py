@@ -26,15 +26,7 @@ from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
-from recipes.tarstate import (
-    MAKE_STATE_DIR,
-    RemoteState,
-    StateCache,
-    default_cache_dir,
-    fetch_from_repository,
-    send_states,
-    sha256_file,
-)
+from recipes.tarstate import RemoteState, StateCache, default_cache_dir, fetch_from_repository, sha256_file
 
 log = logging.getLogger("recipes")
 
@@ -121,15 +113,15 @@ class Backup:
         writer: SnapshotWriter,
         recipients: list[str],
         compression: Compression,
-        parent_states: dict[str, Path] | None = None,
-        staging: Path | None = None,
+        parent_states: dict[str, Path],
+        staging: Path,
     ):
         self.plan = plan
         self.host = host
         self.writer = writer
         self.recipients = recipients
         self.compression = compression
-        self.parent_states = parent_states or {}
+        self.parent_states = parent_states
         self.staging = staging
         self.zstd_on_host = False
         self.versions: dict[str, str] = {}
@@ -139,43 +131,20 @@ class Backup:
         self.records: list[mf.StepRecord] = []
 
     def prepare(self) -> None:
-        """One command before any step: version facts, whether the host has zstd, and (for
-        incremental archives) a private temp dir holding the parents' tar states.
+        """Open the control session before any step: version facts, whether the host has zstd, and
+        a private temp dir on the host holding the parents' tar states (see ``RemoteState``).
 
-        Every command costs a session on the host (on this test machine ~0.2 s, most of it the
-        login shell's rc files), so the facts and the state upload share one.
+        Every command costs a session on the host (here ~0.2 s, most of it the login shell's rc
+        files), so facts, states in and states out all go through this one long-lived session.
         """
-        wants_state = self.staging is not None and any(
-            isinstance(s, Archive) and s.state_object for s in self.plan.steps
-        )
-        script = FACTS + ("; " + MAKE_STATE_DIR if wants_state else "")
-        proc = self.host.start(Command(script))
-        try:
-            if wants_state:
-                send_states(proc, self.parent_states)
-            proc.close_stdin()
-            out = b""
-            while chunk := proc.read(1 << 16):
-                out += chunk
-            status = proc.wait()
-        except BaseException:
-            proc.kill()
-            raise
-        facts = dict(
-            line.split("=", 1) for line in out.decode("utf-8", "replace").splitlines() if "=" in line
-        )
-        if "state" in facts:
-            self.remote = RemoteState(self.host, facts.pop("state"))
-        if status != 0 or (wants_state and self.remote is None):
-            raise StepFailed(
-                f"could not prepare {self.host.name} (exit {status}): {last_line(proc.stderr())}"
-            )
-        self.zstd_on_host = resolve_zstd(self.host, self.compression, facts.pop("zstd", "") == "yes")
+        self.remote = RemoteState.open(self.host, self.parent_states, self.staging)
+        facts = self.remote.facts
+        self.zstd_on_host = resolve_zstd(self.host, self.compression, facts.get("zstd") == "yes")
         self.versions = {k: v.strip() for k, v in facts.items() if k in ("kernel", "tar") and v.strip()}
 
     def collect_states(self) -> None:
         """After the steps (and the undo): bring tar's new states back and store them encrypted."""
-        if self.remote is None or self.staging is None or not self.states:
+        if self.remote is None:
             return
         for name, local in self.remote.collect(self.states, self.staging).items():
             started = time.monotonic()
@@ -198,7 +167,7 @@ class Backup:
 
     def cleanup(self) -> None:
         if self.remote is not None:
-            self.remote.remove()
+            self.remote.close()
 
     def execute(self, comp: Compensation) -> None:
         for step in self.plan.steps:
@@ -290,13 +259,6 @@ class Backup:
                 warnings=warnings,
             )
         )
-
-
-# Version facts for the manifest and whether zstd is there, as key=value lines (best effort).
-FACTS = (
-    'echo "kernel=$(uname -srm)"; echo "tar=$(tar --version | head -n 1)"; '
-    "if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi"
-)
 
 
 def zstd_on_host(host: Host, compression: Compression) -> bool:

@@ -20,13 +20,15 @@ from typing import Any, cast
 from recipes import manifest as mf
 from recipes import stream
 from recipes.errors import RecipeError, StepFailed
-from recipes.hosts import Host, last_line, quote, run
+from recipes.hosts import Host, Process, last_line
 from recipes.model import Command
 from recipes.repository import Repository, safe_name
 
 log = logging.getLogger("recipes")
 
 CHUNK = 1 << 20
+# How long an ending session may take to report its exit status.
+FAILED_WAIT = 30.0
 # Cached states kept per recipe@host: the newest is the next parent; one more covers a run
 # whose snapshot was committed but whose successor was interrupted.
 KEEP = 2
@@ -116,46 +118,93 @@ def _file_name(state: str) -> str:
     return state.replace("/", "_")
 
 
-# Appended to the host-facts command when the backup archives incrementally: a private temp dir
-# filled from a tar stream of the parents' states on stdin (an empty stream for a full).
-MAKE_STATE_DIR = (
-    'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") && '
-    '{ tar -x -f - -C "$d" || { rm -rf -- "$d"; exit 1; }; } && printf "state=%s\\n" "$d"'
+# The control session: one command that lives for the whole backup. It prints the host's facts
+# as key=value lines, makes a private temp dir, fills it with the parents' states (a tar stream of
+# the size announced on the first stdin line; ``head -c`` never reads past it), says ``ready``,
+# then waits. ``go`` makes it send the directory back as a tar stream; anything else, or the end
+# of stdin (the controller or the connection is gone), makes it exit. The directory goes on exit.
+CONTROL = (
+    'echo "kernel=$(uname -srm)"; echo "tar=$(tar --version | head -n 1)"; '
+    "if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi; "
+    'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") || exit 1; '
+    "trap 'rm -rf -- \"$d\"' EXIT; trap 'exit 1' HUP INT TERM PIPE; "
+    'IFS= read -r n || exit 1; case "$n" in *[!0-9]*|"") exit 1;; esac; '
+    'if [ "$n" -gt 0 ]; then head -c "$n" | tar -x -f - -C "$d" || exit 1; fi; '
+    'printf "state=%s\\nready\\n" "$d"; '
+    'IFS= read -r go || exit 0; [ "$go" = go ] || exit 0; tar -c -f - -C "$d" .'
 )
 
 
-def send_states(sink: Any, parents: dict[str, Path]) -> None:
-    """Write the parents' plain states to ``sink`` (the host's stdin) as one tar stream."""
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tf:
-        for name, path in parents.items():
-            info = tf.gettarinfo(str(path), arcname=_file_name(name))
+def _states_tarball(parents: dict[str, Path], scratch: Path) -> Path:
+    """The parents' plain states as one tar file (its size goes first on the control session)."""
+    path = scratch / ".parents.tar"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, src in parents.items():
+            info = tf.gettarinfo(str(src), arcname=_file_name(name))
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            with open(path, "rb") as fh:
+            with open(src, "rb") as fh:
                 tf.addfile(info, fh)
+    return path
 
 
 class RemoteState:
-    """The private (0700) temp directory on the host where tar keeps its states during a backup."""
+    """The control session on the host and its private (0700) temp dir of tar states.
 
-    def __init__(self, host: Host, directory: str) -> None:
+    Opened before any step; tar reads and writes its states there; ``collect`` brings them back
+    after the steps. If the controller dies or the connection drops, the session sees the end
+    of its stdin and removes the directory itself: nothing survives on the host.
+    """
+
+    def __init__(self, host: Host, proc: Process, facts: dict[str, str], directory: str) -> None:
         self.host = host
+        self.proc = proc
+        self.facts = facts
         self.dir = directory
-        self.removed = False
+        self.closed = False
+
+    @classmethod
+    def open(cls, host: Host, parents: dict[str, Path], scratch: Path) -> RemoteState:
+        """Start the control session, hand it the parents' states, and read the host's facts."""
+        tarball = _states_tarball(parents, scratch) if parents else None
+        proc = host.start(Command(CONTROL))
+        try:
+            size = tarball.stat().st_size if tarball else 0
+            proc.write(f"{size}\n".encode())
+            if tarball is not None:
+                with open(tarball, "rb") as fh:
+                    while chunk := fh.read(CHUNK):
+                        proc.write(chunk)
+            facts = _read_facts(proc)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            if tarball is not None:
+                tarball.unlink(missing_ok=True)
+        directory = facts.pop("state", "")
+        if not directory.startswith("/"):
+            status = proc.wait(timeout=FAILED_WAIT)
+            raise StepFailed(
+                f"could not prepare a temp dir for tar's state on {host.name} (exit {status}): "
+                f"{last_line(proc.stderr())}"
+            )
+        return cls(host, proc, facts, directory)
 
     def path(self, state: str) -> str:
         """Where tar reads and writes ``state`` (``files.snar``) on the host."""
         return f"{self.dir}/{_file_name(state)}"
 
     def collect(self, states: list[str], staging: Path) -> dict[str, Path]:
-        """Bring the states tar left behind into ``staging`` (0600) and remove the directory, in one
-        command; return the local file of each."""
-        proc = self.host.start(
-            Command(f"tar -c -f - -C {quote(self.dir)} . ; s=$?; rm -rf -- {quote(self.dir)}; exit $s")
-        )
+        """Bring the states tar left behind into ``staging`` (0600); the session then ends and
+        removes the directory. Returns the local file of each state."""
+        self.closed = True
+        proc = self.proc
         wanted = {_file_name(s): s for s in states}
         found: dict[str, Path] = {}
         try:
+            proc.write(b"go\n")
             proc.close_stdin()
             with tarfile.open(fileobj=cast(Any, proc), mode="r|") as tf:
                 for member in tf:
@@ -175,7 +224,6 @@ class RemoteState:
         except BaseException:
             proc.kill()
             raise
-        self.removed = True
         missing = sorted(set(states) - set(found))
         if status != 0 or missing:
             raise StepFailed(
@@ -184,12 +232,27 @@ class RemoteState:
             )
         return found
 
-    def remove(self) -> None:
-        """Best effort: a dropped connection leaves a 0700 directory in the host's temp dir."""
-        if self.removed:
+    def close(self) -> None:
+        """End the session without collecting (a failed backup): the host removes the directory."""
+        if self.closed:
             return
-        self.removed = True
-        with contextlib.suppress(RecipeError):
-            result = run(self.host, Command(f"rm -rf -- {quote(self.dir)}"))
-            if result.exit_status != 0:
-                log.warning("could not remove %s on %s: %s", self.dir, self.host.name, result.stderr)
+        self.closed = True
+        with contextlib.suppress(RecipeError, OSError):
+            self.proc.write(b"stop\n")
+            self.proc.close_stdin()
+            self.proc.wait(timeout=FAILED_WAIT)
+        self.proc.kill()
+
+
+def _read_facts(proc: Process) -> dict[str, str]:
+    """key=value lines up to ``ready`` (the session writes nothing more until told to)."""
+    buf = b""
+    while not (buf.endswith(b"ready\n") and (len(buf) == 6 or buf[-7:-6] == b"\n")):
+        chunk = proc.read(1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > (1 << 20):
+            raise StepFailed("the host's control session printed more than its facts")
+    lines = buf.decode("utf-8", "replace").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)

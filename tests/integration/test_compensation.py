@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -67,6 +68,11 @@ def running(outside: Path) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def state_dirs() -> set[str]:
+    """tar's private state directories on the hosts (their /tmp is the machine's)."""
+    return set(glob.glob("/tmp/recipes-state.*"))
 
 
 def starts(outside: Path) -> int:
@@ -160,8 +166,10 @@ def test_sigterm_mid_backup_starts_the_service_again(
     svc: tuple[str, Path],
 ) -> None:
     inside, outside = svc
+    before = state_dirs()
     proc = _launch(world, inside)
     _wait_for(lambda: not running(outside))  # quiesced, now inside the hanging dump
+    assert state_dirs() - before, "the control session made its private state dir"
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -169,6 +177,7 @@ def test_sigterm_mid_backup_starts_the_service_again(
     assert "interrupted" in err
     assert running(outside) and starts(outside) == 1
     assert not list(world.repo.glob("svc-test/source/*"))
+    _wait_for(lambda: state_dirs() <= before)  # nothing of tar's state survives on the host
 
 
 def test_dropped_connection_mid_backup_reconnects_to_start_the_service(
@@ -177,8 +186,10 @@ def test_dropped_connection_mid_backup_reconnects_to_start_the_service(
     ssh_source: servers.SshHost,
 ) -> None:
     inside, outside = svc
+    before = state_dirs()
     proc = _launch(world, inside)
     _wait_for(lambda: not running(outside))
+    assert state_dirs() - before, "the control session made its private state dir"
     time.sleep(0.5)
     # Kill the per-connection sshd processes (not the listener): the TCP connection drops.
     kids = subprocess.run(["pgrep", "-P", str(ssh_source.pid)], capture_output=True, text=True).stdout
@@ -190,3 +201,5 @@ def test_dropped_connection_mid_backup_reconnects_to_start_the_service(
     assert "connection" in err.lower()
     assert running(outside) and starts(outside) == 1
     assert not list(world.repo.glob("svc-test/source/*"))
+    # the control session saw its stdin end with the connection and removed its directory
+    _wait_for(lambda: state_dirs() <= before)

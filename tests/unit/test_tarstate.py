@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from pathlib import Path
 
 from recipes import manifest as mf
-from recipes.tarstate import KEEP, StateCache
+from recipes.hosts import LocalHost
+from recipes.tarstate import KEEP, RemoteState, StateCache
 
 
 def manifest(sid: str, content: bytes) -> mf.Manifest:
@@ -58,3 +60,28 @@ def test_only_the_newest_states_are_kept(tmp_path: Path) -> None:
     made = [stage(cache, f"20261123T1{i}0000Z-aaaaaa", f"state {i}".encode()) for i in range(5)]
     kept = [m for m in made if cache.get(m, "files.snar") is not None]
     assert kept == made[-KEEP:]
+
+
+def test_control_session_round_trips_states_and_removes_its_directory(tmp_path: Path) -> None:
+    """The control script itself, run by a real bash on this machine (LocalHost)."""
+    parent = tmp_path / "parent.snar"
+    parent.write_bytes(b"GNU tar-1.34-2\n" + os.urandom(70_000))  # more than one pipe buffer
+    remote = RemoteState.open(LocalHost(), {"files.snar": parent}, tmp_path)
+    assert remote.facts["zstd"] in ("yes", "no") and remote.facts["tar"].startswith("tar (GNU tar)")
+    state = Path(remote.path("files.snar"))
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o700
+    assert state.read_bytes() == parent.read_bytes()
+    state.write_bytes(b"GNU tar-1.34-2\nnew state")  # what tar leaves behind
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    got = remote.collect(["files.snar"], staging)
+    assert got["files.snar"].read_bytes() == b"GNU tar-1.34-2\nnew state"
+    assert not state.parent.exists()
+
+
+def test_control_session_without_parents_and_closed_early_leaves_nothing(tmp_path: Path) -> None:
+    remote = RemoteState.open(LocalHost(), {}, tmp_path)
+    directory = Path(remote.dir)
+    assert directory.is_dir() and not any(directory.iterdir())  # empty: tar makes a level 0
+    remote.close()  # a failed backup: no collect
+    assert not directory.exists()
