@@ -70,8 +70,9 @@ def chain_notes(step: Step) -> list[str]:
         return [
             f"-> {step.state_object}.zst.age (tar's listed-incremental state, for the next backup)",
             "incremental on the latest snapshot unless --full, there is none, its parameters or keys "
-            "differ, or its chain's full is older than [retention] full_every; $STATE is a private "
-            "temp file on the host, filled with the parent's state (empty for a full), removed after",
+            "differ, or its chain's full is older than [retention] full_every; $STATE is in a private "
+            "temp dir on the host holding the parent's state (none for a full), removed however the "
+            "backup ends",
         ]
     if isinstance(step, Extract):
         return [
