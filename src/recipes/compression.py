@@ -65,5 +65,7 @@ class Compression:
 
 
 HAS_ZSTD = Command("command -v zstd >/dev/null 2>&1")
+# The same question as one line of a facts script: prints zstd=yes or zstd=no.
+ZSTD_FACT = f"if {HAS_ZSTD.script}; then echo zstd=yes; else echo zstd=no; fi"
 
 DEFAULT_COMPRESSION = Compression()

@@ -19,9 +19,9 @@ import tenacity
 
 from recipes import __version__, chain, stream
 from recipes import manifest as mf
-from recipes.compression import HAS_ZSTD, Compression
+from recipes.compression import ZSTD_FACT, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
-from recipes.hosts import Host, Process, check, last_line, run
+from recipes.hosts import Host, Process, check, key_values, last_line, run
 from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
@@ -261,13 +261,6 @@ class Backup:
         )
 
 
-def zstd_on_host(host: Host, compression: Compression) -> bool:
-    """Resolve ``compression.mode`` against the host: True when zstd runs there."""
-    if compression.mode == "controller":
-        return False
-    return resolve_zstd(host, compression, run(host, HAS_ZSTD).exit_status == 0)
-
-
 def resolve_zstd(host: Host, compression: Compression, has: bool) -> bool:
     """Where zstd runs, given whether the host has it; ``remote`` without it is a config error."""
     if compression.mode == "controller":
@@ -471,13 +464,7 @@ def restore(
     for m in snapshots:
         repo.check_sizes(m, [o for n, name in needed if n is m and (o := m.object(name)) is not None])
     with interrupts_as_exceptions():
-        if not force:
-            for step in plan.steps:
-                if isinstance(step, Extract) and run(host, step.empty_check).exit_status != 0:
-                    raise ConfigError(
-                        f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
-                    )
-        host_zstd = zstd_on_host(host, plan.compression)
+        host_zstd = _restore_checks(host, plan, force)
         records = []
         for step in plan.steps:
             started = time.monotonic()
@@ -503,6 +490,32 @@ def restore(
             seconds = round(time.monotonic() - started, 3)
             records.append(mf.StepRecord(step.name, kind(step), seconds, outcome))
         return records
+
+
+def _restore_checks(host: Host, plan: Plan, force: bool) -> bool:
+    """One command before a restore writes anything: is every target empty (unless forced), and
+    does the host have zstd. Returns whether zstd runs on the host."""
+    targets = [] if force else [s for s in plan.steps if isinstance(s, Extract)]
+    script = "; ".join(
+        [ZSTD_FACT]
+        + [
+            f"if {s.empty_check.script}; then echo empty{i}=yes; else echo empty{i}=no; fi"
+            for i, s in enumerate(targets)
+        ]
+    )
+    result = run(host, Command(script))
+    facts = key_values(result.stdout)
+    if result.exit_status != 0 or "zstd" not in facts:
+        raise StepFailed(
+            f"could not check {host.name} before restoring (exit {result.exit_status}): "
+            f"{last_line(result.stderr)}"
+        )
+    for i, step in enumerate(targets):
+        if facts.get(f"empty{i}") != "yes":
+            raise ConfigError(
+                f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
+            )
+    return resolve_zstd(host, plan.compression, facts["zstd"] == "yes")
 
 
 def _feed(

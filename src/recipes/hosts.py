@@ -112,6 +112,12 @@ def check(host: Host, command: Command, what: str) -> Result:
     return result
 
 
+def key_values(output: bytes) -> dict[str, str]:
+    """``key=value`` lines of a facts command's output (other lines are ignored)."""
+    lines = output.decode("utf-8", "replace").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
 # Summary lines that say nothing about the cause (GNU tar's closing line, sudo's cd warning).
 _NOISE = re.compile(r"Exiting with failure status|could not change directory to")
 

@@ -19,8 +19,9 @@ from typing import Any, cast
 
 from recipes import manifest as mf
 from recipes import stream
+from recipes.compression import ZSTD_FACT
 from recipes.errors import RecipeError, StepFailed
-from recipes.hosts import Host, Process, last_line
+from recipes.hosts import Host, Process, key_values, last_line
 from recipes.model import Command
 from recipes.repository import Repository, safe_name
 
@@ -125,7 +126,7 @@ def _file_name(state: str) -> str:
 # of stdin (the controller or the connection is gone), makes it exit. The directory goes on exit.
 CONTROL = (
     'echo "kernel=$(uname -srm)"; echo "tar=$(tar --version | head -n 1)"; '
-    "if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi; "
+    f"{ZSTD_FACT}; "
     'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") || exit 1; '
     "trap 'rm -rf -- \"$d\"' EXIT; trap 'exit 1' HUP INT TERM PIPE; "
     'IFS= read -r n || exit 1; case "$n" in *[!0-9]*|"") exit 1;; esac; '
@@ -254,5 +255,4 @@ def _read_facts(proc: Process) -> dict[str, str]:
         buf += chunk
         if len(buf) > (1 << 20):
             raise StepFailed("the host's control session printed more than its facts")
-    lines = buf.decode("utf-8", "replace").splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line)
+    return key_values(buf)

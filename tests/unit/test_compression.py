@@ -2,67 +2,57 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import attrs
 import pytest
 
 from recipes import config
-from recipes.compression import HAS_ZSTD, Compression
-from recipes.engine import zstd_on_host
+from recipes.compression import ZSTD_FACT, Compression
+from recipes.engine import resolve_zstd
 from recipes.errors import ConfigError
 from recipes.model import Command
 
 
 @attrs.define
-class FakeProcess:
-    status: int
-
-    def write(self, data: bytes, /) -> None:
-        pass
-
-    def close_stdin(self) -> None:
-        pass
-
-    def read(self, n: int = -1, /) -> bytes:
-        return b""
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.status
-
-    def stderr(self) -> str:
-        return ""
-
-    def kill(self) -> None:
-        pass
-
-
-@attrs.define
 class FakeHost:
-    """Answers the zstd probe; records every command it was asked to start."""
-
-    has_zstd: bool
     name: str = "web1"
-    started: list[Command] = attrs.Factory(list)
-
-    def start(self, command: Command) -> FakeProcess:
-        self.started.append(command)
-        return FakeProcess(0 if self.has_zstd or command != HAS_ZSTD else 1)
 
 
 @pytest.mark.parametrize(
     ("mode", "has_zstd", "expected"),
-    [("auto", True, True), ("auto", False, False), ("remote", True, True), ("controller", True, False)],
+    [
+        ("auto", True, True),
+        ("auto", False, False),
+        ("remote", True, True),
+        ("controller", True, False),
+        ("controller", False, False),
+    ],
 )
 def test_where_zstd_runs(mode: str, has_zstd: bool, expected: bool) -> None:
-    host = FakeHost(has_zstd)
-    assert zstd_on_host(host, Compression(mode)) is expected  # type: ignore[arg-type]
-    # controller never asks the host anything
-    assert host.started == ([] if mode == "controller" else [HAS_ZSTD])
+    """The host's answer (from the facts command the engine runs first) against the mode."""
+    assert resolve_zstd(FakeHost(), Compression(mode), has_zstd) is expected  # type: ignore[arg-type]
 
 
 def test_remote_without_zstd_on_the_host_is_one_clear_config_error() -> None:
     with pytest.raises(ConfigError) as info:
-        zstd_on_host(FakeHost(False), Compression("remote"))  # type: ignore[arg-type]
+        resolve_zstd(FakeHost(), Compression("remote"), False)  # type: ignore[arg-type]
     assert str(info.value).startswith('compression = "remote" but web1 has no zstd: install zstd')
+
+
+def test_the_zstd_fact_answers_for_this_machine() -> None:
+    """The shell line the facts commands use, run by a real bash."""
+    out = subprocess.run(["bash", "-c", ZSTD_FACT], capture_output=True, text=True, check=True).stdout
+    assert out == ("zstd=yes\n" if shutil.which("zstd") else "zstd=no\n")
+    missing = subprocess.run(
+        ["/bin/bash", "-c", ZSTD_FACT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/nonexistent"},
+    ).stdout
+    assert missing == "zstd=no\n"
 
 
 def test_host_setting_overrides_the_repository_and_level_is_shared() -> None:
