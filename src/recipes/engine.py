@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import shutil
 import signal
@@ -26,7 +27,7 @@ from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
-from recipes.tarstate import RemoteState, StateCache, default_cache_dir, fetch_from_repository, sha256_file
+from recipes.tarstate import RemoteState, StateCache, default_cache_dir, sha256_file
 
 log = logging.getLogger("recipes")
 
@@ -141,6 +142,16 @@ class Backup:
         facts = self.remote.facts
         self.zstd_on_host = resolve_zstd(self.host, self.compression, facts.get("zstd") == "yes")
         self.versions = {k: v.strip() for k, v in facts.items() if k in ("kernel", "tar") and v.strip()}
+        if machine := facts.get("machine-id", "").strip():
+            # systemd asks that the id itself stay private: the manifest keeps a derived one.
+            self.versions["host-id"] = hashlib.sha256(f"recipes host-id {machine}".encode()).hexdigest()[:16]
+
+    def start_over_as_full(self) -> None:
+        """The parent turned out unusable once the host answered: a fresh session, no parent."""
+        if self.remote is not None:
+            self.remote.close()
+        self.parent_states = {}
+        self.prepare()
 
     def collect_states(self) -> None:
         """After the steps (and the undo): bring tar's new states back and store them encrypted."""
@@ -314,6 +325,14 @@ def backup(
         with interrupts_as_exceptions():
             try:
                 job.prepare()
+                if decision.parent is not None and _other_machine(decision.parent, job.versions):
+                    decision = chain.Decision(
+                        0,
+                        None,
+                        f"full: {host.name} is not the machine snapshot {decision.parent.snapshot} "
+                        "was taken from (its /etc/machine-id differs)",
+                    )
+                    job.start_over_as_full()
                 log.info("%s", decision.reason)
                 job.execute(comp)
             finally:
@@ -352,6 +371,13 @@ def backup(
     return manifest
 
 
+def _other_machine(parent: mf.Manifest, versions: dict[str, str]) -> bool:
+    """True when both snapshots know their host's id and the ids differ (a host name re-pointed
+    to another machine, a reinstall): tar's times and inodes from the parent mean nothing there."""
+    before, now = parent.versions.get("host-id"), versions.get("host-id")
+    return bool(before and now and before != now)
+
+
 def _staging(cache: StateCache, plan: Plan, snapshot: str) -> tuple[Path, bool]:
     """Where this run's tar states go: the cache, or a temp dir when the cache is not writable."""
     try:
@@ -387,46 +413,32 @@ def _decide(
     found: dict[str, Path] = {}
     for name in states:
         path = cache.get(parent, name) or _state_from_repository(repo, parent, name, chaining, cache)
-        if path is None:
-            return (
-                chain.Decision(
-                    0,
-                    None,
-                    f"full: the tar state of {parent.snapshot} is not in this controller's cache "
-                    f"({cache.root}) and no identity file is configured to read it from the repository",
-                ),
-                {},
+        if isinstance(path, str):
+            reason = (
+                f"full: the tar state of {parent.snapshot} is not in this controller's cache "
+                f"({cache.root}) and {path}"
             )
+            return chain.Decision(0, None, reason), {}
         found[name] = path
     return decision, found
 
 
 def _state_from_repository(
     repo: Repository, parent: mf.Manifest, name: str, chaining: Chaining, cache: StateCache
-) -> Path | None:
-    """Decrypt the parent's state with the configured identity, if there is one; None otherwise."""
+) -> Path | str:
+    """Decrypt the parent's state into the cache with the configured identity; else why not."""
     if not chaining.identity_file:
-        return None
+        return "no identity file is configured to read it from the repository"
     try:
         identities = stream.load_identities(chaining.identity_file)
     except OSError as exc:
-        log.warning("identity file %s: %s: cannot read the parent's tar state", chaining.identity_file, exc)
-        return None
+        return f"the identity file {chaining.identity_file} cannot be read ({exc.strerror})"
     if not identities:
-        return None
-    with tempfile.TemporaryDirectory(prefix="recipes-state-") as tmp:
-        dest = Path(tmp) / "state"
-        try:
-            fetch_from_repository(repo, parent, name, identities, dest)
-        except RecipeError as exc:
-            log.warning("cannot read the tar state of %s from the repository: %s", parent.snapshot, exc)
-            return None
-        try:
-            return cache.adopt(parent, name, dest)
-        except OSError:
-            kept = Path(tempfile.mkdtemp(prefix="recipes-state-")) / "state"
-            shutil.move(dest, kept)
-            return kept
+        return f"the identity file {chaining.identity_file} holds no age identity"
+    try:
+        return cache.fetch(repo, parent, name, identities)
+    except (RecipeError, OSError) as exc:
+        return f"reading it from the repository failed ({exc})"
 
 
 def restore(

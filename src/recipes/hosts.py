@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -28,6 +29,8 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW = 4 << 20
 PACKET = 256 << 10
 STDERR_TAIL = 64 << 10
+# Seconds a local command has between TERM and KILL.
+KILL_GRACE = 2.0
 LOCAL = "local"
 
 
@@ -168,7 +171,7 @@ class LocalProcess:
 
     def __init__(self, line: str, stdin_prefix: bytes) -> None:
         self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", line],
+            ["/bin/sh", "-c", f"exec {line}"],  # the command itself is the child: kill() waits for it
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -220,9 +223,16 @@ class LocalProcess:
         return self._tail.text()
 
     def kill(self) -> None:
+        """TERM first, so the command's traps clean up (as a dropped SSH channel lets them); KILL
+        after a short grace."""
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, 9)
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
 
 

@@ -18,6 +18,7 @@ DEFAULT_URL = "~/.local/share/recipes/repo"
 
 
 ID_TIME = "%Y%m%dT%H%M%SZ"
+SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
 
 
 def new_snapshot_id(now: dt.datetime | None = None, after: str | None = None) -> str:
@@ -67,11 +68,13 @@ class Repository:
         """Start writing a new snapshot; it is invisible until ``commit``."""
         base = self._path(safe_name(recipe), safe_name(host))
         try:
-            existing = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
-        except FileNotFoundError:
-            existing = []
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        except FileNotFoundError:  # the first snapshot of this recipe and host
+            names = []
         except OSError as exc:
             raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
+        # Only snapshot ids count: a stray "notes" or an S3 folder marker must not hide them.
+        existing = [n for n in names if SNAPSHOT_ID.match(n)]
         sid = new_snapshot_id(after=max(existing, default=None))
         path = f"{base}/{sid}"
         try:

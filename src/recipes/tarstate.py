@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +34,8 @@ FAILED_WAIT = 30.0
 # Cached states kept per recipe@host: the newest is the next parent; one more covers a run
 # whose snapshot was committed but whose successor was interrupted.
 KEEP = 2
+# Staging directories older than this belong to runs that died (seconds).
+STALE_STAGING = 86400
 
 
 def default_cache_dir() -> Path:
@@ -62,11 +65,15 @@ class StateCache:
     def get(self, m: mf.Manifest, name: str) -> Path | None:
         """The cached state ``name`` of snapshot ``m``, if present and matching its manifest."""
         obj = m.object(name)
-        path = self._dir(m.recipe, m.host) / m.snapshot / name
-        if obj is None or not path.is_file():
-            return None
-        if obj.content_sha256 and sha256_file(path) != obj.content_sha256:
-            log.warning("cached tar state %s of %s does not match its manifest: ignored", name, m.snapshot)
+        path = self._dir(m.recipe, m.host) / m.snapshot / _file_name(name)
+        try:
+            if obj is None or not path.is_file():
+                return None
+            if obj.content_sha256 and sha256_file(path) != obj.content_sha256:
+                log.warning("cached tar state %s of %s differs from its manifest: ignored", name, m.snapshot)
+                return None
+        except OSError as exc:
+            log.warning("cannot read the cached tar state %s (%s): ignored", path, exc)
             return None
         return path
 
@@ -87,31 +94,41 @@ class StateCache:
         return path
 
     def commit(self, recipe: str, host: str, snapshot: str) -> None:
-        """Make the staged states of a committed snapshot the next parent's; keep the newest few."""
+        """Make the staged states of a committed snapshot the next parent's; keep the newest few.
+
+        Staging left by a run that died more than a day ago goes too (a running backup's is
+        younger than that), so no plain tar state lingers in the cache forever.
+        """
         d = self._dir(recipe, host)
         os.replace(d / f".{snapshot}.partial", d / snapshot)
         done = sorted(p for p in d.iterdir() if not p.name.startswith("."))
-        for old in done[:-KEEP]:
+        stale = [p for p in d.glob(".*.partial") if p.stat().st_mtime < time.time() - STALE_STAGING]
+        for old in [*done[:-KEEP], *stale]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def adopt(self, m: mf.Manifest, name: str, source: Path) -> Path:
-        """Store a state read back from the repository as snapshot ``m``'s."""
-        path = self._private(self._dir(m.recipe, m.host) / m.snapshot) / name
-        os.replace(source, path)
-        return path
+    def fetch(self, repo: Repository, m: mf.Manifest, name: str, identities: list[Any]) -> Path:
+        """Decrypt snapshot ``m``'s state ``name`` from the repository into the cache.
 
-
-def fetch_from_repository(
-    repo: Repository, m: mf.Manifest, name: str, identities: list[Any], dest: Path
-) -> None:
-    """Decrypt snapshot ``m``'s state ``name`` into ``dest`` (checked against the manifest)."""
-    obj = m.object(name)
-    assert obj is not None
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out, repo.open_object(m, obj) as fh:
-        stream.fetch(fh, out, identities, obj.sha256, obj.size)
-    if obj.content_sha256 and sha256_file(dest) != obj.content_sha256:
-        raise StepFailed(f"tar state {name} of {m.snapshot} does not match its manifest")
+        It is written next to where it belongs and renamed into place once its sha256 matches
+        the manifest, so nothing half-written or plain is left elsewhere (raises StepFailed).
+        """
+        obj = m.object(name)
+        assert obj is not None
+        d = self._private(self._dir(m.recipe, m.host) / m.snapshot)
+        final = d / _file_name(name)
+        partial = d / f".{final.name}.partial"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out, repo.open_object(m, obj) as fh:
+                stream.fetch(fh, out, identities, obj.sha256, obj.size)
+            if obj.content_sha256 and sha256_file(partial) != obj.content_sha256:
+                raise StepFailed(f"tar state {name} of {m.snapshot} does not match its manifest")
+            os.replace(partial, final)
+        except OSError as exc:
+            raise StepFailed(f"cannot read tar state {name} of {m.snapshot}: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return final
 
 
 def _file_name(state: str) -> str:
@@ -125,7 +142,11 @@ def _file_name(state: str) -> str:
 # then waits. ``go`` makes it send the directory back as a tar stream; anything else, or the end
 # of stdin (the controller or the connection is gone), makes it exit. The directory goes on exit.
 CONTROL = (
+    # bash's read obeys TMOUT, which hardened hosts export: the session must wait as long as
+    # the backup takes. ``unset`` works here even when the login shell made TMOUT readonly.
+    "unset TMOUT; "
     'echo "kernel=$(uname -srm)"; echo "tar=$(tar --version | head -n 1)"; '
+    'echo "machine-id=$(cat /etc/machine-id 2>/dev/null)"; '
     f"{ZSTD_FACT}; "
     'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-state.XXXXXXXX") || exit 1; '
     "trap 'rm -rf -- \"$d\"' EXIT; trap 'exit 1' HUP INT TERM PIPE; "
@@ -168,7 +189,10 @@ class RemoteState:
     @classmethod
     def open(cls, host: Host, parents: dict[str, Path], scratch: Path) -> RemoteState:
         """Start the control session, hand it the parents' states, and read the host's facts."""
-        tarball = _states_tarball(parents, scratch) if parents else None
+        try:
+            tarball = _states_tarball(parents, scratch) if parents else None
+        except OSError as exc:
+            raise StepFailed(f"cannot read the parent's tar state on the controller: {exc}") from exc
         proc = host.start(Command(CONTROL))
         try:
             size = tarball.stat().st_size if tarball else 0
@@ -222,6 +246,9 @@ class RemoteState:
         except tarfile.TarError as exc:
             proc.kill()
             raise StepFailed(f"tar's state from {self.host.name} is unreadable: {exc}") from exc
+        except OSError as exc:  # the controller's cache: full disk, removed directory
+            proc.kill()
+            raise StepFailed(f"cannot keep tar's state in {staging}: {exc}") from exc
         except BaseException:
             proc.kill()
             raise

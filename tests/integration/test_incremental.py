@@ -184,3 +184,23 @@ def test_break_glass_chain_with_age_zstd_tar_only(
         executable="/bin/bash",
     )
     assert fingerprint(out, DEFAULT_EXCLUDES) == fingerprint(src, DEFAULT_EXCLUDES)
+
+
+def test_another_machine_behind_the_same_host_name_gets_a_full(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    full = run(world, root)
+    versions = full["versions"]
+    assert isinstance(versions, dict) and len(versions["host-id"]) == 16  # derived, not the machine-id
+    assert Path("/etc/machine-id").read_text().strip() not in json.dumps(full)
+    # the parent says it came from another machine (an alias re-pointed, a reinstall)
+    path = world.repo / "django/source" / str(full["snapshot"]) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["versions"]["host-id"] = "0" * 16
+    path.write_text(json.dumps(data))
+    again = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["level"] == 0
+    assert "/etc/machine-id differs" in again.stderr

@@ -4,13 +4,14 @@ that sort by time even for two backups in one second."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from recipes import chain
 from recipes import manifest as mf
 from recipes.errors import RepositoryError
-from recipes.repository import new_snapshot_id
+from recipes.repository import Repository, new_snapshot_id
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 PARAMS = {"root": "/srv/site", "sqlite": ["/var/opt/x.db"]}
@@ -154,3 +155,14 @@ def test_snapshot_ids_in_the_same_second_still_sort_by_time() -> None:
     # a clock that is already past the last id is used as it is
     later = now + dt.timedelta(minutes=5)
     assert new_snapshot_id(later, after=first).startswith("20261123T120500Z-")
+
+
+def test_a_stray_name_in_the_repository_does_not_break_the_order(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    first = repo.begin("django", "web2")  # nothing there yet
+    assert first.snapshot[:8].isdigit()
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).strftime("%Y%m%dT%H%M%SZ") + "-ffffff"
+    (tmp_path / "django/web1" / ahead).mkdir(parents=True)
+    (tmp_path / "django/web1/notes").mkdir()  # sorts after every id
+    writer = repo.begin("django", "web1")
+    assert writer.snapshot > ahead

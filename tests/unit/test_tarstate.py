@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
+
+import pytest
 
 from recipes import manifest as mf
 from recipes.hosts import LocalHost
@@ -85,3 +88,32 @@ def test_control_session_without_parents_and_closed_early_leaves_nothing(tmp_pat
     assert directory.is_dir() and not any(directory.iterdir())  # empty: tar makes a level 0
     remote.close()  # a failed backup: no collect
     assert not directory.exists()
+
+
+def test_control_session_outlives_a_hosts_tmout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hardened hosts export TMOUT, which bash's read obeys: the session must not time out."""
+    monkeypatch.setenv("TMOUT", "1")
+    remote = RemoteState.open(LocalHost(), {}, tmp_path)
+    time.sleep(2.5)
+    Path(remote.path("files.snar")).write_bytes(b"GNU tar-1.34-2\n")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert remote.collect(["files.snar"], staging)["files.snar"].read_bytes() == b"GNU tar-1.34-2\n"
+
+
+def test_a_killed_control_session_still_removes_its_directory(tmp_path: Path) -> None:
+    remote = RemoteState.open(LocalHost(), {}, tmp_path)
+    directory = Path(remote.dir)
+    remote.proc.kill()  # what every error path does, e.g. Ctrl-C during collect
+    assert not directory.exists()
+
+
+def test_stale_staging_of_dead_runs_is_pruned_and_a_running_ones_kept(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path, "/repo")
+    dead = cache.staging("django", "web1", "20261120T100000Z-dddddd")
+    (dead / "files.snar").write_bytes(b"plain file names")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(dead, (two_days_ago, two_days_ago))
+    running = cache.staging("django", "web1", "20261123T090000Z-rrrrrr")
+    stage(cache, "20261123T100000Z-aaaaaa", b"state")
+    assert not dead.exists() and running.exists()
