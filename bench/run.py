@@ -173,7 +173,30 @@ def machine_info(groups: set[str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "tools": tools,
+        "source": source_revision(),
     }
+
+
+def source_revision() -> str:
+    """The commit the measured code is at, with ``+dirty`` when the tree has changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(BENCH_DIR), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -1117,6 +1140,7 @@ def render(report: dict[str, Any]) -> str:
         f"dataset: {ds['files']} files, {ds['bytes'] / MIB:.0f} MiB in {ds['root']}",
         f"machine: {mach['nproc']} CPUs ({mach['cpu_model']}), {mach['mem_total_mb']} MB, "
         f"Linux {mach['kernel']}, Python {mach['python']}",
+        f"source: {mach.get('source', 'unknown')}",
         "",
     ]
     header = f"{'case':<17}{'n':>3}{'min s':>9}{'median s':>10}{'cpu s':>8}{'sshd cpu s':>12}"
