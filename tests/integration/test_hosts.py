@@ -3,6 +3,7 @@ from ~/.ssh/config."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -61,6 +62,11 @@ def test_non_root_login_reads_root_only_files_through_sudo(
         assert "Permission denied" in plain.stderr
         ok = world.cli("run", "django", "--host", "op-sudo", "--set", f"root=/srv/site/{name}")
         assert ok.returncode == 0, ok.stderr
+        # the next run is an incremental: tar's state went to root's private dir through sudo
+        secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\nrotated\n")
+        again = world.cli("--json", "run", "django", "--host", "op-sudo", "--set", f"root=/srv/site/{name}")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["level"] == 1
         out = tmp_path / "out"
         out.mkdir()
         restore = world.cli(
