@@ -22,7 +22,7 @@ from recipes import __version__, chain, stream
 from recipes import manifest as mf
 from recipes.compression import ZSTD_FACT, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
-from recipes.hosts import Host, Process, check, key_values, last_line, run
+from recipes.hosts import FAILED_WAIT, Host, Process, check, key_values, last_line, run
 from recipes.model import Command
 from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
@@ -31,8 +31,6 @@ from recipes.tarstate import RemoteState, StateCache, default_cache_dir, sha256_
 
 log = logging.getLogger("recipes")
 
-# After a stream failed, how long the remote command may take to report its exit status.
-FAILED_WAIT = 30.0
 # GNU tar exits 1 when a file changed while it was read: a warning on a live system.
 TAR_WARNING_EXIT = 1
 # duply's MAX_FULLBKP_AGE default in recipes.toml: a new full every three months.

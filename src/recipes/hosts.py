@@ -29,6 +29,8 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW = 4 << 20
 PACKET = 256 << 10
 STDERR_TAIL = 64 << 10
+# After a stream failed, how long a command may take to report its exit status (seconds).
+FAILED_WAIT = 30.0
 # Seconds a local command has between TERM and KILL.
 KILL_GRACE = 2.0
 LOCAL = "local"

@@ -22,15 +22,13 @@ from recipes import manifest as mf
 from recipes import stream
 from recipes.compression import ZSTD_FACT
 from recipes.errors import RecipeError, StepFailed
-from recipes.hosts import Host, Process, key_values, last_line
+from recipes.hosts import FAILED_WAIT, Host, Process, key_values, last_line
 from recipes.model import Command
 from recipes.repository import Repository, safe_name
+from recipes.stream import CHUNK
 
 log = logging.getLogger("recipes")
 
-CHUNK = 1 << 20
-# How long an ending session may take to report its exit status.
-FAILED_WAIT = 30.0
 # Cached states kept per recipe@host: the newest is the next parent; one more covers a run
 # whose snapshot was committed but whose successor was interrupted.
 KEEP = 2
