@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterable
-
 import attrs
 
 from recipes.errors import ConfigError
@@ -45,9 +43,10 @@ def sh(*words: str) -> str:
 class Command:
     """A shell command run on a host; secrets reach it on stdin, never in argv.
 
-    ``script`` is bash text (already quoted by whoever built it). ``secrets`` are
-    exported as environment variables inside the remote shell after being read
-    from stdin, so no process on the host ever has them on its command line.
+    ``script`` is bash text (already quoted by whoever built it). ``secrets`` are read
+    from stdin into shell variables of the remote bash, never exported: the script hands
+    each one to the one program that needs it (``PGPASSWORD="$PGPASSWORD" pg_dumpall``),
+    so neither argv nor the environment of the rest of the pipeline (zstd) ever holds it.
     """
 
     script: str
@@ -56,16 +55,22 @@ class Command:
     """Run as this user through ``sudo -n -u``."""
 
     def masked(self) -> str:
-        """What plans, logs and runbooks show."""
-        prefix = "".join(f"{name}={MASK} " for name, _ in self.secrets)
-        text = prefix + self.script
+        """What plans, logs and runbooks show: ``NAME="$NAME" prog`` reads ``NAME=*** prog``."""
+        text, prefix = self.script, ""
+        for name, _ in self.secrets:
+            scoped = f'{name}="${name}"'
+            if scoped in text:
+                text = text.replace(scoped, f"{name}={MASK}")
+            else:
+                prefix += f"{name}={MASK} "
+        text = prefix + text
         if self.user:
             text = f"sudo -n -u {shlex.quote(self.user)} -- bash -c {shlex.quote(text)}"
         return text
 
     def wire(self, sudo: bool = False) -> tuple[str, bytes]:
         """The exec string for the host and the stdin bytes that must precede any data."""
-        reads = "".join(f"IFS= read -r {name} && export {name} && " for name, _ in self.secrets)
+        reads = "".join(f"IFS= read -r {name} && " for name, _ in self.secrets)
         # A switched user may not be able to read the login user's home directory.
         cd = "cd / && " if self.user else ""
         inner = f"set -o pipefail; {cd}{reads}{self.script}"
@@ -76,7 +81,3 @@ class Command:
             line = f"sudo -n -- {line}"
         stdin = b"".join(secret.reveal().encode() + b"\n" for _, secret in self.secrets)
         return line, stdin
-
-    def with_secrets(self, secrets: Iterable[tuple[str, Secret]]) -> Command:
-        """A copy with more secrets attached."""
-        return attrs.evolve(self, secrets=(*self.secrets, *secrets))

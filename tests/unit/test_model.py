@@ -22,7 +22,24 @@ def test_secret_is_masked_in_display_and_sent_on_stdin_only(monkeypatch: pytest.
     assert SENTINEL not in line
     assert stdin == SENTINEL.encode() + b"\n"
     assert line.startswith("sudo -n -- sudo -n -u postgres -- bash -c ")
-    assert "IFS= read -r PGPASSWORD && export PGPASSWORD" in line
+    assert "IFS= read -r PGPASSWORD && " in line and "export" not in line
+
+
+def test_a_secret_reaches_only_the_program_it_is_scoped_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not exported: zstd and every other process of the pipeline run without it in their
+    environment (/proc/PID/environ), only the client named with ``NAME="$NAME"`` gets it."""
+    from recipes.compression import Compression
+    from recipes.hosts import LocalHost, run
+
+    monkeypatch.setenv("PW", SENTINEL)
+    cmd = Command(
+        'PGPASSWORD="$PGPASSWORD" printenv PGPASSWORD; printenv PGPASSWORD || echo not-in-env',
+        secrets=(("PGPASSWORD", Secret("PW")),),
+    )
+    assert cmd.masked().startswith("PGPASSWORD=*** printenv")
+    line, stdin = Compression().on_host(cmd).wire()
+    out = run(LocalHost(), Command(f"{line} | zstd -d"), stdin=stdin).stdout.decode().split()
+    assert out == [SENTINEL, "not-in-env"]
 
 
 def test_missing_secret_env_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
