@@ -8,9 +8,18 @@ from recipes.model import Command, Secret, sh
 from recipes.steps import Dump, Load
 
 ENGINE = "postgresql"
-# pg_dumpall always creates the role it runs as; on a fresh cluster that role exists.
-BENIGN = (r'role "[^"]+" already exists',)
 ERROR = r"(^|: )(ERROR|FATAL):"
+# pg_dumpall always emits ``CREATE ROLE <name>;`` for every role, the superuser it ran as
+# included, and a target cluster usually has some of them. psql runs with ON_ERROR_STOP, so
+# the first real error stops the load and is reported with its line number; only these lines
+# of the roles section (up to ``-- Databases``) are rewritten, on the same line so numbers stay
+# true, into a block that tolerates an existing role. bash's ``read`` takes a pipe byte by
+# byte, so ``cat`` gets the rest of the stream untouched and at full speed.
+ROLES_FILTER = (
+    "{ while IFS= read -r l || [ -n \"$l\" ]; do case \"$l\" in 'CREATE ROLE '*';') "
+    "printf 'DO $recipes$BEGIN %s EXCEPTION WHEN duplicate_object THEN NULL; END$recipes$;\\n' \"$l\";; "
+    "*) printf '%s\\n' \"$l\";; esac; [ \"$l\" = '-- Databases' ] && break; done; cat; }"
+)
 
 
 @attrs.frozen
@@ -36,18 +45,22 @@ class Connection:
         if self.host or self.user != "postgres":
             words += [f"--username={self.user}"]
         secrets: tuple[tuple[str, Secret], ...] = ()
+        env = ""
         if self.password_env:
+            # Read from stdin into a shell variable and handed to this one program only.
             secrets = (("PGPASSWORD", Secret(self.password_env)),)
+            env = 'PGPASSWORD="$PGPASSWORD" '
         if self.host:
             words += ["--no-password"]
-        script = sh(*words, *args)
+        script = env + sh(*words, *args)
         return Command(script, secrets=secrets, user=None if self.host else self.os_user)
 
     def dump_command(self) -> Command:
         return self._client("pg_dumpall")
 
     def restore_command(self) -> Command:
-        return self._client("psql", "-X", "-q", "--dbname=postgres", "--file=-")
+        psql = self._client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname=postgres", "--file=-")
+        return attrs.evolve(psql, script=f"{ROLES_FILTER} | {psql.script}")
 
     def check_command(self) -> Command:
         return self._client("psql", "-X", "-A", "-t", "--dbname=postgres", "--command=SELECT 1")
@@ -64,13 +77,13 @@ def dump(conn: Connection, name: str = "postgresql") -> Dump:
 
 
 def load(conn: Connection, name: str = "postgresql") -> Load:
-    """Load a ``pg_dumpall`` script into the target cluster; only known-benign errors pass."""
+    """Load a ``pg_dumpall`` script into the target cluster; the first real error stops it."""
     return Load(
         name=name,
         engine=ENGINE,
         command=conn.restore_command(),
         error_pattern=ERROR,
-        benign=BENIGN,
         check=conn.check_command(),
-        about="psql replays the pg_dumpall script into the target cluster",
+        about="psql replays the pg_dumpall script into the target cluster, stopping at the first "
+        "error (ON_ERROR_STOP); roles that already exist are kept",
     )
