@@ -284,7 +284,7 @@ def test_passphrase_protected_key_is_refused(tmp_path: Path) -> None:
     path = ssh_key(tmp_path, passphrase="hunter22")
     with pytest.raises(ConfigError) as exc:
         signing.load_signing_key(str(path))
-    assert "passphrase" in one_line(exc)
+    assert "protected by a passphrase" in one_line(exc) and "ssh-keygen -p" in str(exc.value)
 
 
 @pytest.mark.parametrize(
