@@ -426,3 +426,38 @@ def test_signing_key_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyP
     signing.generate_signing_key(home / ".config" / "recipes" / "signing_key", "x")
     assert plain.signing_key_path() == str(home / ".config" / "recipes" / "signing_key")
     assert config.Config().signers() == []
+
+
+def test_text_from_a_hostile_signature_is_shown_escaped_on_one_line() -> None:
+    """Found by the splice fuzzer: a key type with a newline once split the error in two."""
+    forged = _FUZZ_BLOB.replace(b"ssh-ed25519", b"s\nh-ed25519", 1)
+    with pytest.raises(VerifyError) as exc:
+        signing.verify(DATA, _armor(forged), [_FUZZ_KEY.public], MANIFEST_NAMESPACE)
+    assert "s\\nh-ed25519" in one_line(exc)
+    with pytest.raises(ValueError) as vexc:
+        signing.parse_public_key("ssh-ed25519\x1b[2J AAAA")
+    assert "\\x1b[2J" in one_line(vexc)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=200))
+def test_fuzz_public_key_lines(text: str) -> None:
+    try:
+        signing.parse_public_key(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and str(exc)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=0, max_value=len(_FUZZ_KEY.private_text(7)) - 1), st.binary(max_size=3))
+def test_fuzz_damaged_key_files(tmp_path_factory: pytest.TempPathFactory, at: int, junk: bytes) -> None:
+    text = _FUZZ_KEY.private_text(7).encode()
+    path = tmp_path_factory.mktemp("k") / "key"
+    path.write_bytes(text[:at] + junk + text[at + len(junk) :])
+    os.chmod(path, 0o600)
+    try:
+        loaded = signing.load_signing_key(str(path))
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert loaded.public.blob == _FUZZ_KEY.public.blob
