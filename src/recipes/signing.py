@@ -133,7 +133,7 @@ def _key_from_blob(blob: bytes) -> bytes:
     try:
         kind = r.string().decode("utf-8", "replace")
         if kind != KEY_TYPE:
-            raise ValueError(f"a {kind} key: recipes signs and verifies with ed25519 keys only")
+            raise ValueError(f"a {_short(kind)} key: recipes signs and verifies with ed25519 keys only")
         raw = r.string()
         r.done()
     except _Truncated:
@@ -159,7 +159,7 @@ def parse_public_key(text: str) -> PublicKey:
     parts = stripped.split(None, 2)
     if len(parts) < 2:
         raise ValueError(
-            f"not an OpenSSH public key line: {_short(stripped)!r} (expected 'ssh-ed25519 AAAA...')"
+            f"not an OpenSSH public key line: '{_short(stripped)}' (expected 'ssh-ed25519 AAAA...')"
         )
     kind, b64 = parts[0], parts[1]
     comment = " ".join(parts[2].split()) if len(parts) > 2 else ""
@@ -168,7 +168,7 @@ def parse_public_key(text: str) -> PublicKey:
     try:
         blob = base64.b64decode(b64.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise ValueError(f"the key's base64 {_short(b64)!r} is damaged") from None
+        raise ValueError(f"the key's base64 '{_short(b64)}' is damaged") from None
     raw = _key_from_blob(blob)
     try:
         Ed25519PublicKey.from_public_bytes(raw)
@@ -178,7 +178,9 @@ def parse_public_key(text: str) -> PublicKey:
 
 
 def _short(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[:n] + "..."
+    """Text read from a key or signature, safe to show on one line: escaped and cut short."""
+    shown = repr(text)[1:-1]
+    return shown if len(shown) <= n else shown[:n] + "..."
 
 
 class SigningKey:
@@ -377,10 +379,10 @@ def verify(data: bytes, signature: bytes, signers: Sequence[PublicKey], namespac
     signer = _public(raw, "")
     if sig_namespace != namespace.encode():
         shown = sig_namespace.decode("utf-8", "replace")
-        raise VerifyError(f"signature is for namespace {_short(shown)!r}, not {namespace!r}")
+        raise VerifyError(f"signature is for namespace '{_short(shown)}', not {namespace!r}")
     algorithm = hash_alg.decode("utf-8", "replace")
     if algorithm not in _HASHES:
-        raise VerifyError(f"malformed signature: unsupported hash {_short(algorithm)!r}")
+        raise VerifyError(f"malformed signature: unsupported hash '{_short(algorithm)}'")
     if sig_type != KEY_TYPE.encode() or len(sig_bytes) != 64:
         raise VerifyError("malformed signature: not an ed25519 signature")
     trusted = next((s for s in signers if s.blob == signer.blob), None)
