@@ -82,11 +82,11 @@ set_option = click.option(
 
 
 @main.command("init")
-@click.option("--force", is_flag=True, help="Overwrite an existing config or identity.")
+@click.option("--force", is_flag=True, help="Start over: new config, identity and signing key.")
 @click.option("--repo", metavar="URL", help="Repository URL to write into the config.")
 @pass_state
 def init_cmd(state: State, force: bool, repo: str | None) -> None:
-    """Write a starter recipes.toml and a new age identity (the secret key, 0600)."""
+    """Write a starter recipes.toml, an age identity and a signing key; else add what a config lacks."""
     from recipes import keys
 
     result = keys.init(state.config_path, repo, force)

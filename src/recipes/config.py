@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -15,9 +15,13 @@ from recipes.errors import ConfigError
 from recipes.hosts import LOCAL, HostSpec, parse_target
 from recipes.recipe import error_lines
 
+if TYPE_CHECKING:
+    from recipes.signing import PublicKey
+
 DEFAULT_DIR = "~/.config/recipes"
 DEFAULT_CONFIG = f"{DEFAULT_DIR}/recipes.toml"
 DEFAULT_IDENTITY = f"{DEFAULT_DIR}/identity.txt"
+DEFAULT_SIGNING_KEY = f"{DEFAULT_DIR}/signing_key"
 DEFAULT_REPOSITORY = "~/.local/share/recipes/repo"
 
 
@@ -34,6 +38,10 @@ class RepositoryConfig:
     compression_level: int = 1
     cache_dir: str | None = None
     """Where the controller keeps tar states for the next incremental (``$XDG_CACHE_HOME/recipes``)."""
+    signing_key: str | None = None
+    """The controller's OpenSSH ed25519 private key that signs manifests (default ``DEFAULT_SIGNING_KEY``)."""
+    signers: tuple[str, ...] = ()
+    """Public keys (``ssh-ed25519 AAAA... comment``) trusted to sign; checked when the file is read."""
 
 
 @attrs.frozen
@@ -95,6 +103,25 @@ class Config:
             return self.resolve_path(self.repository.identity_file)
         default = os.path.expanduser(DEFAULT_IDENTITY)
         return default if os.path.exists(default) else None
+
+    def signing_key_path(self) -> str | None:
+        """The configured signing key, else the default one if it exists, else None."""
+        if self.repository.signing_key:
+            return self.resolve_path(self.repository.signing_key)
+        default = os.path.expanduser(DEFAULT_SIGNING_KEY)
+        return default if os.path.exists(default) else None
+
+    def signers(self) -> list[PublicKey]:
+        """The public keys trusted to sign manifests (parsed; the file was checked when read)."""
+        from recipes.signing import parse_public_key
+
+        keys = []
+        for i, text in enumerate(self.repository.signers):
+            try:
+                keys.append(parse_public_key(text))
+            except ValueError as exc:
+                raise ConfigError(f"{self.path or 'config'}: repository.signers[{i}]: {exc}") from None
+        return keys
 
     def chaining(self, identity_override: str | None = None) -> Any:
         """How backups chain: ``full_every``, the state cache and the identity that may read states."""
@@ -179,6 +206,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
         raise ConfigError(error_lines(exc, where)) from exc
     _check_compression(config, where)
     _check_retention(config, where)
+    _check_signers(config, data, where)
     return attrs.evolve(config, recipes=recipes, path=where)
 
 
@@ -205,6 +233,24 @@ def _check_retention(config: Config, where: str) -> None:
         parse_duration(config.retention.full_every)
     except ValueError as exc:
         raise ConfigError(f"{where}: retention.full_every: {exc}") from None
+
+
+def _check_signers(config: Config, data: dict[str, Any], where: str) -> None:
+    """``[repository] signers`` must be a list of ed25519 public key lines."""
+    raw = data.get("repository", {}).get("signers")
+    if raw is not None and not isinstance(raw, list):
+        raise ConfigError(
+            f'{where}: repository.signers: must be a list, as in signers = ["ssh-ed25519 AAAA... comment"]'
+        )
+    if not config.repository.signers:
+        return
+    from recipes.signing import parse_public_key
+
+    for i, text in enumerate(config.repository.signers):
+        try:
+            parse_public_key(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: repository.signers[{i}]: {exc}") from None
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
