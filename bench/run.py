@@ -783,6 +783,14 @@ class Bench:
             self.recipient = m.group(1)
         if "recipes" in self.groups:
             assert self.sshd is not None
+            signing_key = self.dir / "signing_key"
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(signing_key)],
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            signer = (self.dir / "signing_key.pub").read_text().strip()
+            host_key = (self.sshd.dir / "host_key.pub").read_text().split()[:2]
             self.config.write_text(
                 "\n".join(
                     [
@@ -791,12 +799,15 @@ class Bench:
                         f'recipients = ["{self.recipient}"]',
                         f'identity_file = "{self.identity}"',
                         f'cache_dir = "{self.dir / "recipes-cache"}"',
+                        f'signing_key = "{signing_key}"',
+                        f'signers = ["{signer}"]',
                         "",
                         "[hosts.bench]",
                         'address = "127.0.0.1"',
                         'user = "root"',
                         f"port = {self.sshd.port}",
                         f'key_file = "{self.sshd.key}"',
+                        f'host_key = "{" ".join(host_key)}"',
                         "",
                     ]
                 )

@@ -53,10 +53,6 @@ class Decision:
     parent: mf.Manifest | None
     reason: str
 
-    @property
-    def full(self) -> bool:
-        return self.level == 0
-
 
 def choose(
     previous: Sequence[mf.Manifest],
@@ -71,9 +67,11 @@ def choose(
 ) -> Decision:
     """Full unless the latest snapshot can carry an incremental.
 
-    ``previous`` is every committed snapshot of this recipe@host, oldest first; ``states`` the
-    tar state objects this backup needs from its parent (``files.snar``). The parent must have
-    been made with the same parameters and keys, hold every state, and its chain's full must be
+    ``previous`` is every committed snapshot of this recipe@host, oldest first; ``params`` the
+    parameters whose change starts a new chain (``recipe.chain_of``: paths and excludes, not
+    connections); ``states`` the tar state objects this backup needs from its parent
+    (``files.snar``). The parent must have been made with the same such parameters and keys,
+    hold every state, and its chain's full must be
     younger than ``full_every``; anything else starts a new chain.
     """
     if force_full:
@@ -83,7 +81,7 @@ def choose(
     if not previous:
         return Decision(0, None, "full: no earlier snapshot of this recipe and host")
     parent = previous[-1]
-    if _plain(parent.params) != _plain(params):
+    if _plain({k: parent.params.get(k) for k in params}) != _plain(params):
         return Decision(0, None, f"full: parameters differ from snapshot {parent.snapshot}")
     if tuple(parent.recipients) != tuple(recipients):
         return Decision(0, None, f"full: recipients differ from snapshot {parent.snapshot}")

@@ -192,15 +192,20 @@ def run_cmd(
     r, params, spec = _prepare(state, recipe, host, sets)
     p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
     repository = _repo(state, repo)
+    recipients = list(state.config.repository.recipients)
+    engine.check_recipients(recipients)
+    signer = state.config.signer()
     live = open_host(spec)
     try:
         manifest = engine.backup(
             p,
             live,
             repository,
-            list(state.config.repository.recipients),
+            recipients,
             full=full,
             chaining=state.config.chaining(),
+            signer=signer,
+            trust=state.config.trust(),
         )
     finally:
         live.close()
@@ -220,9 +225,11 @@ def run_cmd(
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
 @pass_state
 def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str | None) -> None:
-    """Committed snapshots, oldest first."""
+    """Committed snapshots, oldest first, with whether their signature is trusted."""
     repository = _repo(state, repo)
-    found = repository.manifests(recipe, host)
+    trust = state.config.trust()
+    damaged: list[str] = []
+    found = repository.listed(recipe, host, damaged)
     data = [
         {
             "snapshot": m.snapshot,
@@ -233,15 +240,22 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
             "parent": m.parent,
             "size": m.size,
             "objects": [o.name for o in m.objects],
+            "signed": item.signature is not None,
+            "problem": trust.problem(item),
         }
-        for m in found
+        for item in found
+        for m in [item.manifest]
     ]
     lines = [
         f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
         f"{'full' if not d['level'] else 'incr ' + str(d['level']):<7} "
         f"{d['size']:>12} B  {len(d['objects'])} objects"
+        + (f"  UNTRUSTED: {d['problem']}" if d["problem"] else "")
         for d in data
     ]
+    lines += [f"DAMAGED {text}" for text in damaged]
+    if state.json and damaged:
+        data += [{"damaged": text} for text in damaged]
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
 
 
@@ -265,6 +279,11 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
 @set_option
 @click.option("--force", is_flag=True, help="Restore over a non-empty target.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the restore plan; run nothing.")
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Trust snapshots without a signature (made before signatures existed); warns.",
+)
 @pass_state
 def restore_cmd(
     state: State,
@@ -277,24 +296,43 @@ def restore_cmd(
     sets: tuple[str, ...],
     force: bool,
     plan_only: bool,
+    allow_unsigned: bool,
 ) -> None:
-    """Restore a snapshot of RECIPE onto a host."""
-    from recipes import engine, plan, stream
+    """Restore a snapshot of RECIPE onto a host.
+
+    What the snapshot holds (paths, excludes, dumped files) comes from its signed manifest;
+    where it goes (root, database connections) from the target's config and --set.
+    """
+    from recipes import apps, config, engine, plan, stream
     from recipes.errors import ConfigError
     from recipes.hosts import open_host
+    from recipes.recipe import make_params, restore_values
 
-    r, params, spec = _prepare(state, recipe, host, sets)
-    p = plan.restore_plan(r, params, spec.name, state.config.compression(host))
-    if plan_only:
-        emit(state, p.to_dict(), "\n".join(p.lines()))
-        return
+    cfg = state.config
+    r = apps.get(recipe)
+    spec = cfg.host(host)
     repository = _repo(state, repo)
-    source = state.config.host(from_host).name if from_host else spec.name
+    trust = cfg.trust(allow_unsigned)
     if snapshot != "latest" and not from_host:
-        manifest = _find_any_host(repository, recipe, snapshot)
+        item = repository.find_listed(recipe, None, snapshot)
     else:
-        manifest = repository.find(recipe, source, snapshot)
-    identity_path = state.config.identity_path(identity)
+        source = cfg.host(from_host).name if from_host else spec.name
+        item = repository.find_listed(recipe, source, snapshot)
+    manifest = trust.check(item)
+    values, ignored = restore_values(r, config.recipe_values(cfg, recipe, sets), manifest.params)
+    for name in ignored:
+        logging.getLogger("recipes").warning(
+            "%s comes from snapshot %s (what it holds); the target's value is ignored",
+            name,
+            manifest.snapshot,
+        )
+    where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set + snapshot {manifest.snapshot}"
+    params = make_params(r, values, where)
+    p = plan.restore_plan(r, params, spec.name, cfg.compression(host))
+    if plan_only:
+        emit(state, {**p.to_dict(), "snapshot": manifest.snapshot}, "\n".join(p.lines()))
+        return
+    identity_path = cfg.identity_path(identity)
     if identity_path is None:
         raise ConfigError(
             "no age identity: pass --identity FILE or set [repository] identity_file in recipes.toml"
@@ -305,7 +343,7 @@ def restore_cmd(
         raise ConfigError(f"identity file {identity_path}: {exc.strerror}") from exc
     live = open_host(spec)
     try:
-        records = engine.restore(p, live, repository, manifest, identities, force)
+        records = engine.restore(p, live, repository, manifest, identities, force, trust=trust)
     finally:
         live.close()
     data = {
@@ -319,15 +357,3 @@ def restore_cmd(
         f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
         f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s",
     )
-
-
-def _find_any_host(repository: Any, recipe: str, snapshot: str) -> Any:
-    from recipes.errors import RepositoryError
-
-    matches = [m for m in repository.manifests(recipe) if m.snapshot.startswith(snapshot)]
-    if len(matches) != 1:
-        raise RepositoryError(
-            f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
-            f"{recipe}: run `recipes snapshots {recipe}`"
-        )
-    return matches[0]

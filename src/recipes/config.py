@@ -123,6 +123,29 @@ class Config:
                 raise ConfigError(f"{self.path or 'config'}: repository.signers[{i}]: {exc}") from None
         return keys
 
+    def signer(self) -> Any:
+        """The controller's signing key, refused unless ``signers`` trusts it (a snapshot no
+        restore would believe is not worth taking)."""
+        from recipes.signing import load_signing_key
+
+        path = self.signing_key_path() or os.path.expanduser(DEFAULT_SIGNING_KEY)
+        key = load_signing_key(path)
+        trusted = self.signers()
+        if key.public.blob not in {k.blob for k in trusted}:
+            where = self.path or "the configuration"
+            raise ConfigError(
+                f"the signing key {path} ({key.public.fingerprint}) is not among [repository] signers "
+                f"in {where}, so no restore would trust its snapshots: add its public line "
+                f"({path}.pub) to signers, or run `recipes init` to add it"
+            )
+        return key
+
+    def trust(self, allow_unsigned: bool = False) -> Any:
+        """Which snapshots to believe: signed by one of ``signers`` (``--allow-unsigned``: or none)."""
+        from recipes.trust import Trust
+
+        return Trust(tuple(self.signers()), allow_unsigned)
+
     def chaining(self, identity_override: str | None = None) -> Any:
         """How backups chain: ``full_every``, the state cache and the identity that may read states."""
         from recipes.chain import parse_duration

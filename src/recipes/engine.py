@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 import attrs
 import tenacity
 
-from recipes import __version__, chain, stream
+from recipes import __version__, chain, signing, stream
 from recipes import manifest as mf
 from recipes.compression import ZSTD_FACT, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
@@ -28,6 +29,7 @@ from recipes.plan import Plan, kind
 from recipes.repository import Repository, SnapshotWriter
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
 from recipes.tarstate import RemoteState, StateCache, default_cache_dir, sha256_file
+from recipes.trust import Trust
 
 log = logging.getLogger("recipes")
 
@@ -284,20 +286,8 @@ def resolve_zstd(host: Host, compression: Compression, has: bool) -> bool:
     return has
 
 
-def backup(
-    plan: Plan,
-    host: Host,
-    repo: Repository,
-    recipients: list[str],
-    *,
-    full: bool = False,
-    chaining: Chaining | None = None,
-) -> mf.Manifest:
-    """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
-
-    It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows and
-    the parent's tar state is at hand (cache, or the repository with an identity); else a full.
-    """
+def check_recipients(recipients: list[str]) -> None:
+    """Every recipient parses as an age or ssh public key (ConfigError naming the bad one)."""
     if not recipients:
         raise ConfigError(
             "no age recipients configured: run `recipes init` or set [repository] recipients in recipes.toml"
@@ -309,11 +299,38 @@ def backup(
             raise ConfigError(
                 f"[repository] recipients: {r[:12]}... is not an age or ssh public key ({exc})"
             ) from exc
+
+
+def backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+    *,
+    full: bool = False,
+    chaining: Chaining | None = None,
+    signer: signing.SigningKey | None = None,
+    trust: Trust | None = None,
+) -> mf.Manifest:
+    """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
+
+    It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows, the
+    parent's chain is signed by a key ``trust`` names (default: the signer's own) and the parent's
+    tar state is at hand (cache, or the repository with an identity); else a full. The manifest
+    is signed with ``signer`` (default: the key in ``~/.config/recipes/signing_key``).
+    """
+    if signer is None:
+        from recipes.config import DEFAULT_SIGNING_KEY
+
+        signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
+    if trust is None:
+        trust = Trust((signer.public,))
+    check_recipients(recipients)
     chaining = chaining or Chaining()
     host.connect_soon()
     started = _now()
     cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
-    decision, parent_states = _decide(plan, repo, recipients, full, chaining, cache)
+    decision, parent_states = _decide(plan, repo, recipients, full, chaining, cache, trust)
     writer = repo.begin(plan.recipe, plan.host)
     staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
@@ -352,7 +369,7 @@ def backup(
                 parent=decision.parent.snapshot if decision.parent else None,
                 recipients=tuple(recipients),
             )
-            writer.commit(manifest)
+            writer.commit(manifest, lambda data: signer.sign(data, signing.MANIFEST_NAMESPACE))
             committed = True
     finally:
         job.cleanup()
@@ -392,13 +409,21 @@ def _decide(
     full: bool,
     chaining: Chaining,
     cache: StateCache,
+    trust: Trust,
 ) -> tuple[chain.Decision, dict[str, Path]]:
-    """Full or incremental, and the parent's tar states (plain files on the controller)."""
+    """Full or incremental, and the parent's tar states (plain files on the controller).
+
+    Only a chain whose every manifest ``trust`` believes can carry an incremental: an unsigned
+    or badly signed parent means a full, said in the log.
+    """
     states = [s.state_object for s in plan.steps if isinstance(s, Archive) and s.state_object]
-    previous = [] if full or not states else repo.manifests(plan.recipe, plan.host)
+    listed = [] if full or not states else repo.listed(plan.recipe, plan.host)
+    previous = [item.manifest for item in listed]
+    if listed and (problem := trust.problem(listed[-1])) is not None:
+        return chain.Decision(0, None, f"full: the latest snapshot {previous[-1].snapshot}: {problem}"), {}
     decision = chain.choose(
         previous,
-        params=plan.params,
+        params=plan.chain_params,
         recipients=recipients,
         states=states,
         full_every=chaining.full_every,
@@ -408,6 +433,11 @@ def _decide(
     if decision.parent is None:
         return decision, {}
     parent = decision.parent
+    by_id = {item.manifest.snapshot: item for item in listed}
+    try:
+        chain.resolve(parent, trust.lookup(by_id.get))
+    except (RecipeError, ValueError) as exc:
+        return chain.Decision(0, None, f"full: the chain of {parent.snapshot} cannot be trusted: {exc}"), {}
     found: dict[str, Path] = {}
     for name in states:
         path = cache.get(parent, name) or _state_from_repository(repo, parent, name, chaining, cache)
@@ -446,13 +476,26 @@ def restore(
     manifest: mf.Manifest,
     identities: list[Any],
     force: bool = False,
+    trust: Trust | None = None,
 ) -> list[mf.StepRecord]:
     """Restore one snapshot: archives from its chain's full up to it, dumps from it alone.
 
-    Refuses a non-empty target unless forced, and checks every object it will read is there
-    at its recorded size before anything is written.
+    Before any command runs on the host: every manifest of the chain must be one ``trust``
+    believes (signed by a trusted key, lying where it says) and every dump the snapshot holds
+    must have a load step. Then a read-only probe refuses a non-empty target unless forced, and
+    before anything is written every object the plan reads must have the sha256 its manifest
+    records.
     """
-    snapshots = chain.resolve(manifest, lambda sid: repo.load(manifest.recipe, manifest.host, sid))
+    trust = trust or Trust()
+
+    def fetch(sid: str) -> Any:
+        return repo.load_listed(manifest.recipe, manifest.host, sid)
+
+    item = fetch(manifest.snapshot)
+    if item is None:
+        raise RepositoryError(f"snapshot {manifest.snapshot} is not in {repo.url}")
+    manifest = trust.check(item)
+    snapshots = chain.resolve(manifest, trust.lookup(fetch))
     needed: list[tuple[mf.Manifest, str]] = []
     for step in plan.steps:
         if isinstance(step, Extract):
@@ -466,40 +509,69 @@ def restore(
             f"ask for data that was not backed up (backed up: "
             f"{', '.join(o.name for o in manifest.objects)})"
         )
+    loaded = {name for m, name in needed if m is manifest}
+    unloaded = [o for o in manifest.objects if o.kind == "dump" and o.name not in loaded]
+    if unloaded:
+        o = unloaded[0]
+        raise ConfigError(
+            f"snapshot {manifest.snapshot} holds {o.name} ({o.engine} dump) but nothing on "
+            f"{host.name} would load it: configure the target's {o.engine} connection in "
+            f"[recipes.{plan.recipe}] or with --set (see `recipes show {plan.recipe}`)"
+        )
     if not identities:
         raise ConfigError(
             "no age identity: pass --identity FILE or set [repository] "
             "identity_file (the secret key from `recipes init`)"
         )
-    for m in snapshots:
-        repo.check_sizes(m, [o for n, name in needed if n is m and (o := m.object(name)) is not None])
     with interrupts_as_exceptions():
+        # The probe only reads (is the target empty, has it zstd): a refusal costs no hashing.
         host_zstd = _restore_checks(host, plan, force)
-        records = []
+        for m in snapshots:
+            objects = [obj for n, name in needed if n is m and (obj := m.object(name)) is not None]
+            log.info("verify %d objects of %s", len(objects), m.snapshot)
+            repo.verify_objects(m, objects)
+        records: list[mf.StepRecord] = []
         for step in plan.steps:
             started = time.monotonic()
             log.info("step %s %s", kind(step), step.name)
             outcome = "ok"
-            if isinstance(step, Extract):
-                for m in snapshots:
-                    command = step.command if m.level == 0 else step.incremental_command
-                    obj = m.object(step.object)
+            try:
+                if isinstance(step, Extract):
+                    for m in snapshots:
+                        command = step.command if m.level == 0 else step.incremental_command
+                        obj = m.object(step.object)
+                        assert obj is not None
+                        log.info("extract %s of %s (level %d)", step.object, m.snapshot, m.level)
+                        _feed(step, command, host, repo, m, obj, identities, host_zstd)
+                    if len(snapshots) > 1:
+                        outcome = f"ok (a full and {len(snapshots) - 1} incrementals)"
+                elif isinstance(step, Load):
+                    obj = manifest.object(step.object)
                     assert obj is not None
-                    log.info("extract %s of %s (level %d)", step.object, m.snapshot, m.level)
-                    _feed(step, command, host, repo, m, obj, identities, host_zstd)
-                if len(snapshots) > 1:
-                    outcome = f"ok (a full and {len(snapshots) - 1} incrementals)"
-            elif isinstance(step, Load):
-                obj = manifest.object(step.object)
-                assert obj is not None
-                _feed(step, step.command, host, repo, manifest, obj, identities, host_zstd)
-            elif isinstance(step, Run):
-                check(host, step.command, step.name)
-            else:
-                raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
+                    _feed(step, step.command, host, repo, manifest, obj, identities, host_zstd)
+                elif isinstance(step, Run):
+                    check(host, step.command, step.name)
+                else:
+                    raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
+            except StepFailed as exc:
+                if records:
+                    raise StepFailed(f"{exc}; {_partial_state(plan, records, step)}") from exc
+                raise
             seconds = round(time.monotonic() - started, 3)
             records.append(mf.StepRecord(step.name, kind(step), seconds, outcome))
         return records
+
+
+def _partial_state(plan: Plan, done: list[mf.StepRecord], failed: Step) -> str:
+    """What a restore that failed part way left on the target, for its error line."""
+    names = [s.name for s in plan.steps]
+    rest = names[names.index(failed.name) + 1 :]
+    return (
+        f"the target is PARTLY restored: done {', '.join(f'{r.kind} {r.name}' for r in done)}; "
+        f"failed {kind(failed)} {failed.name}"
+        + (f"; not run {', '.join(rest)}" if rest else "")
+        + " (fix the cause and restore again with --force)"
+    )
 
 
 def _restore_checks(host: Host, plan: Plan, force: bool) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 import attrs
 import cattrs
 
-FORMAT = 1
+# 2: signed (manifest.sig beside it, sshsig namespace "recipes-manifest"); 1 had no signature.
+FORMAT = 2
 
 
 @attrs.frozen

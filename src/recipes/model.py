@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+
 import attrs
 
 from recipes.errors import ConfigError

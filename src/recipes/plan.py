@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from recipes.compression import DEFAULT_COMPRESSION, Compression
-from recipes.recipe import Recipe, params_dict
+from recipes.recipe import Recipe, chain_of, params_dict
 from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
 
 
@@ -21,6 +21,8 @@ class Plan:
     params: dict[str, Any]
     steps: tuple[Step, ...]
     compression: Compression = DEFAULT_COMPRESSION
+    chain_params: dict[str, Any] = attrs.Factory(dict)
+    """The parameters whose change starts a new incremental chain (see ``chain.choose``)."""
 
     def lines(self) -> list[str]:
         """Numbered steps with every command, masked, for ``recipes plan`` and logs."""
@@ -97,7 +99,8 @@ def backup_plan(
     recipe: Recipe, params: Any, host: str, compression: Compression = DEFAULT_COMPRESSION
 ) -> Plan:
     steps = tuple(recipe.backup_steps(params))
-    return Plan(recipe.name, host, "backup", params_dict(params), steps, compression)
+    values = params_dict(params)
+    return Plan(recipe.name, host, "backup", values, steps, compression, chain_of(recipe, values))
 
 
 def restore_plan(

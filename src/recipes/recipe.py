@@ -14,12 +14,22 @@ from recipes.errors import ConfigError
 from recipes.steps import Step
 
 
-def param(default: Any, doc: str, **kwargs: Any) -> Any:
-    """An attrs field whose docstring feeds ``recipes show`` and the docs."""
+def param(
+    default: Any, doc: str, *, content: bool = False, chain: bool | None = None, **kwargs: Any
+) -> Any:
+    """An attrs field whose docstring feeds ``recipes show`` and the docs.
+
+    ``content`` marks a parameter that says what a snapshot holds (paths, excludes, which files
+    are dumped): a restore takes it from the snapshot's manifest. The others are endpoints (where
+    things are: roots, connections), taken from the restore target. ``chain`` (default: the same
+    as ``content``) says a change starts a new incremental chain: a backup root is an endpoint
+    for a restore, but another root on the source is other data.
+    """
+    metadata = {"doc": doc, "content": content, "chain": content if chain is None else chain}
     if isinstance(default, (list, tuple)):
         value = tuple(default)
-        return attrs.field(default=value, metadata={"doc": doc}, converter=tuple, **kwargs)
-    return attrs.field(default=default, metadata={"doc": doc}, **kwargs)
+        return attrs.field(default=value, metadata=metadata, converter=tuple, **kwargs)
+    return attrs.field(default=default, metadata=metadata, **kwargs)
 
 
 class Recipe(Protocol):
@@ -116,6 +126,42 @@ def params_dict(params: Any) -> dict[str, Any]:
     """Parameters as plain data (secrets are only ever env-var names, so this is safe to store)."""
     data: dict[str, Any] = converter.unstructure(params)
     return data
+
+
+def content_names(recipe: Recipe) -> tuple[str, ...]:
+    """The parameters that say what a snapshot holds (declared with ``param(..., content=True)``)."""
+    return tuple(f.name for f in attrs.fields(recipe.Params) if f.metadata.get("content"))
+
+
+def chain_of(recipe: Recipe, values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``values`` (a manifest's or a run's) whose change starts a new chain."""
+    names = {f.name for f in attrs.fields(recipe.Params) if f.metadata.get("chain")}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def restore_values(
+    recipe: Recipe, target: dict[str, Any], snapshot_params: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Parameters for a restore: content from the snapshot, endpoints from the target's values.
+
+    Returns the values and the names of content parameters the target set differently (they
+    are ignored: the snapshot holds what it holds), so the caller can say so.
+    """
+    values = dict(target)
+    ignored = []
+    for name in content_names(recipe):
+        if name not in snapshot_params:
+            continue
+        if name in target and _json(target[name]) != _json(snapshot_params[name]):
+            ignored.append(name)
+        values[name] = snapshot_params[name]
+    return values, ignored
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=list))
 
 
 def describe_params(recipe: Recipe) -> list[tuple[str, str, Any]]:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
+
+import attrs
 
 from recipes import manifest as mf
 from recipes.errors import ConfigError, RepositoryError, VerifyError
 
+log = logging.getLogger("recipes")
+
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 DEFAULT_URL = "~/.local/share/recipes/repo"
 
 
@@ -42,6 +49,19 @@ def new_snapshot_id(now: dt.datetime | None = None, after: str | None = None) ->
 def safe_name(text: str) -> str:
     """A host or recipe name as one path component."""
     return re.sub(r"[^A-Za-z0-9._@-]+", "_", text).strip("._") or "_"
+
+
+@attrs.frozen
+class Listed:
+    """A committed snapshot as read: its manifest, the exact bytes it was parsed from, its
+    signature (None when the snapshot has none) and where it lies, for ``trust.check``."""
+
+    manifest: mf.Manifest
+    raw: bytes = attrs.field(repr=False)
+    signature: bytes | None = attrs.field(repr=False)
+    recipe_dir: str
+    host_dir: str
+    snapshot_dir: str
 
 
 class Repository:
@@ -83,8 +103,12 @@ class Repository:
             raise RepositoryError(f"cannot write to repository {self.url}: {exc}") from exc
         return SnapshotWriter(self, path, sid)
 
-    def manifests(self, recipe: str | None = None, host: str | None = None) -> list[mf.Manifest]:
-        """Every committed snapshot, oldest first; directories without a manifest are skipped."""
+    def listed(
+        self, recipe: str | None = None, host: str | None = None, damaged: list[str] | None = None
+    ) -> list[Listed]:
+        """Every committed snapshot, oldest first, with its signature; directories without a
+        manifest are skipped (aborted or running), damaged manifests with a warning (and named
+        in ``damaged`` when given: ``recipe/host/snapshot: reason``)."""
         pattern = self._path(
             safe_name(recipe) if recipe else "*", safe_name(host) if host else "*", "*", MANIFEST
         )
@@ -96,45 +120,89 @@ class Repository:
             raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
         found = []
         for path in paths:
-            with self.fs.open(path, "rb") as fh:
-                try:
-                    found.append(mf.loads(fh.read().decode()))
-                except ValueError as exc:
-                    raise RepositoryError(f"{path}: {exc}") from exc
+            item = self._read_listed(path, damaged)
+            if item is not None:
+                found.append(item)
         return found
 
-    def load(self, recipe: str, host: str, snapshot: str) -> mf.Manifest | None:
-        """One committed snapshot by its full id, or None when it has no manifest."""
-        path = self._path(safe_name(recipe), safe_name(host), snapshot, MANIFEST)
+    def manifests(self, recipe: str | None = None, host: str | None = None) -> list[mf.Manifest]:
+        """The manifests of ``listed`` (not yet checked: see ``trust.Trust``)."""
+        return [item.manifest for item in self.listed(recipe, host)]
+
+    def _read_listed(self, path: str, damaged: list[str] | None = None) -> Listed | None:
+        """One snapshot's manifest and signature; None (with a warning) when it is damaged."""
+        recipe_dir, host_dir, snapshot_dir = path.rsplit("/", 4)[-4:-1]
+        raw = self._read_bytes(path)
+        if raw is None:
+            return None
+        try:
+            manifest = mf.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            where = f"{recipe_dir}/{host_dir}/{snapshot_dir}"
+            log.warning("skipped damaged snapshot %s: %s", where, str(exc).splitlines()[0][:200])
+            if damaged is not None:
+                damaged.append(f"{where}: {str(exc).splitlines()[0][:200]}")
+            return None
+        signature = self._read_bytes(path.rsplit("/", 1)[0] + "/" + SIGNATURE)
+        return Listed(manifest, raw, signature, recipe_dir, host_dir, snapshot_dir)
+
+    def _read_bytes(self, path: str) -> bytes | None:
         try:
             with self.fs.open(path, "rb") as fh:
-                text = fh.read().decode()
+                data: bytes = fh.read()
+                return data
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise RepositoryError(f"cannot read {path}: {exc}") from exc
-        try:
-            return mf.loads(text)
-        except ValueError as exc:
-            raise RepositoryError(f"{path}: {exc}") from exc
 
-    def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
-        """The snapshot of recipe@host with this id (or prefix), or the latest one."""
-        found = self.manifests(recipe, host)
+    def load_listed(self, recipe: str, host: str, snapshot: str) -> Listed | None:
+        """One committed snapshot by its full id, or None when it has no (readable) manifest."""
+        return self._read_listed(self._path(safe_name(recipe), safe_name(host), snapshot, MANIFEST))
+
+    def load(self, recipe: str, host: str, snapshot: str) -> mf.Manifest | None:
+        item = self.load_listed(recipe, host, snapshot)
+        return item.manifest if item is not None else None
+
+    def find_listed(self, recipe: str, host: str | None, snapshot: str = "latest") -> Listed:
+        """The snapshot of recipe (at host, or any host) with this id or unique prefix, or the latest."""
+        found = self.listed(recipe, host)
+        where = f"{recipe}@{host}" if host else recipe
         if not found:
             raise RepositoryError(
-                f"no snapshot of {recipe} for host {host} in {self.url}: "
-                f"run `recipes snapshots` to see what is there"
+                f"no snapshot of {where} in {self.url}: run `recipes snapshots` to see what is there"
             )
         if snapshot == "latest":
             return found[-1]
-        matches = [m for m in found if m.snapshot.startswith(snapshot)]
+        matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
         if len(matches) != 1:
             raise RepositoryError(
-                f"snapshot {snapshot!r} matches {len(matches)} snapshots of "
-                f"{recipe}@{host}: give more of its id"
+                f"snapshot {snapshot!r} matches {len(matches)} snapshots of {where}: "
+                f"run `recipes snapshots {recipe}` and give more of its id"
             )
         return matches[0]
+
+    def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
+        """The manifest of ``find_listed`` (not yet checked: see ``trust.Trust``)."""
+        return self.find_listed(recipe, host, snapshot).manifest
+
+    def verify_objects(self, m: mf.Manifest, objects: list[mf.StoredObject]) -> None:
+        """Every object is present with its recorded size and sha256 (read once, written nowhere).
+
+        A restore runs this before anything reaches a host, so a damaged or swapped object
+        cannot leave a half-written target that looks restored.
+        """
+        self.check_sizes(m, objects)
+        for obj in objects:
+            h = hashlib.sha256()
+            with self.open_object(m, obj) as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+            if h.hexdigest() != obj.sha256:
+                raise VerifyError(
+                    f"snapshot {m.snapshot}: {obj.path} does not match its manifest (sha256 differs: "
+                    "damaged or replaced); nothing was written"
+                )
 
     def check_sizes(self, m: mf.Manifest, objects: list[mf.StoredObject]) -> None:
         """Every object is present with its recorded size (cheap, before a restore writes anything)."""
@@ -177,19 +245,24 @@ class SnapshotWriter:
         with self.repo.fs.open(full, "wb", block_size=8 << 20) as fh:
             yield fh
 
-    def commit(self, manifest: mf.Manifest) -> None:
-        """Write the manifest last; on a local folder via rename, so it appears whole."""
+    def commit(self, manifest: mf.Manifest, sign: Callable[[bytes], bytes]) -> None:
+        """Write the signature, then the manifest, last; on a local folder via rename, so each
+        appears whole. ``sign`` turns the manifest's exact bytes into an sshsig signature."""
         text = mf.dumps(manifest).encode()
-        final = f"{self.path}/{MANIFEST}"
+        self._put(SIGNATURE, sign(text))
+        self._put(MANIFEST, text)
+
+    def _put(self, name: str, data: bytes) -> None:
+        final = f"{self.path}/{name}"
         fs = self.repo.fs
         if self.repo.local:
-            tmp = f"{self.path}/.{MANIFEST}.partial"
+            tmp = f"{self.path}/.{name}.partial"
             with fs.open(tmp, "wb") as fh:
-                fh.write(text)
+                fh.write(data)
             os.replace(tmp, final)
         else:
             with fs.open(final, "wb") as fh:  # an S3 PUT is atomic
-                fh.write(text)
+                fh.write(data)
 
     def abort(self) -> None:
         """Remove what was written; the snapshot never had a manifest, so it was never listed."""

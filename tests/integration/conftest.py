@@ -15,24 +15,33 @@ from tests.integration.world import World, write_config
 
 
 @pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """The age identity, its recipient, and the controller's signing key (made by ssh-keygen,
+    as an operator bringing their own would)."""
     d = tmp_path_factory.mktemp("keys")
     ident = pyrage.x25519.Identity.generate()
     path = d / "identity.txt"
     path.write_text(f"{ident}\n")
     path.chmod(0o600)
-    return path, str(ident.to_public())
+    signing_key = d / "signing_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tests@controller", "-f", str(signing_key)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return path, str(ident.to_public()), signing_key
 
 
 @pytest.fixture
 def world(
-    tmp_path: Path, keys: tuple[Path, str], ssh_source: servers.SshHost, ssh_target: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], ssh_source: servers.SshHost, ssh_target: servers.SshHost
 ) -> World:
-    identity, recipient = keys
+    identity, recipient, signing_key = keys
     repo = tmp_path / "repo"
     config = tmp_path / "recipes.toml"
-    write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
-    return World(config, repo, identity, recipient, tmp_path / "cache")
+    hosts = {"source": ssh_source, "target": ssh_target}
+    write_config(config, repo, identity, recipient, hosts, signing_key)
+    return World(config, repo, identity, recipient, tmp_path / "cache", signing_key)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyrage
+import pytest
 
 from recipes.apps.django import DEFAULT_EXCLUDES
 from tests import servers
@@ -112,6 +114,23 @@ def test_break_glass_restore_with_age_zstd_tar_only(
     seed_tree(src)
     world.cli("run", "django", "--host", "source", "--set", f"root={root}", check=True)
     (snap,) = list(world.repo.glob("django/source/*/manifest.json"))
+    # docs/restore.md's first block, as written there (the signer line from the config)
+    doc = (Path(__file__).parents[2] / "docs/restore.md").read_text()
+    block = doc.split("then each object's sha256 against it:\n\n```sh\n", 1)[1].split("```", 1)[0]
+    signer = (world.signing_key.parent / (world.signing_key.name + ".pub")).read_text().strip()
+    script = block.replace("/var/backups/recipes/django/web1/20261122T101500Z-1a2b3c", str(snap.parent))
+    script = "set -e\n" + script.replace("ssh-ed25519 AAAAC3Nza... recipes@controller", signer)
+    checked = subprocess.run(
+        script, shell=True, cwd=tmp_path, capture_output=True, text=True, executable="/bin/bash"
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert 'Good "recipes-manifest" signature' in checked.stdout
+    digests = [line.split('"')[3] for line in checked.stdout.splitlines() if '"sha256"' in line]
+    assert digests and checked.stdout.split()[-2] == digests[0]  # sha256sum agrees with the manifest
+    # and a forged manifest fails the same check
+    snap.write_text(snap.read_text().replace('"level": 0', '"level": 0 '))
+    forged = subprocess.run(script, shell=True, cwd=tmp_path, capture_output=True, executable="/bin/bash")
+    assert forged.returncode != 0
     out = tmp_path / "plain"
     out.mkdir()
     subprocess.run(
@@ -142,6 +161,7 @@ def test_failed_dump_fails_the_snapshot(world: World, site: tuple[str, Path, Pat
     assert bad.stderr.strip().splitlines()[-1].startswith("recipes: error:")
     assert not list(world.repo.glob("django/source/*/manifest.json"))
     assert not list(world.repo.glob("django/source/*"))  # the partial snapshot was removed
+    assert not list(world.cache.glob("**/*.partial"))  # and the controller's staging of tar's state
     listed = world.cli("--json", "snapshots", check=True)
     assert json.loads(listed.stdout) == []
 
@@ -225,8 +245,9 @@ def test_postgres_over_tcp_with_password_on_stdin(
     assert plan.returncode == 0, plan.stderr
     assert "PGPASSWORD=*** pg_dumpall --host=127.0.0.1" in plan.stdout
     assert pg_source.password not in plan.stdout
-    ok = world.cli("run", *args, env={"SRC_PG_PW": pg_source.password})
+    ok = world.cli("-vv", "run", *args, env={"SRC_PG_PW": pg_source.password})
     assert ok.returncode == 0, ok.stderr
+    assert pg_source.password not in ok.stdout + ok.stderr  # not even in debug logs
     wrong = world.cli("run", *args, env={"SRC_PG_PW": "wrong-password"})
     assert wrong.returncode == 1
     assert "password authentication failed" in wrong.stderr
@@ -235,47 +256,116 @@ def test_postgres_over_tcp_with_password_on_stdin(
     assert len(list(world.repo.glob("django/source/*/manifest.json"))) == 1
 
 
-def test_restore_failures_are_reported_with_their_exit_codes(
+@pytest.fixture
+def pg_snapshot(
     world: World,
     site: tuple[str, Path, Path],
     pg_source: servers.Postgres,
     pg_target: servers.Postgres,
     fresh_pg_db: str,
-    tmp_path: Path,
-) -> None:
+) -> Iterator[tuple[list[str], Path]]:
+    """A snapshot of a tree and a PostgreSQL cluster; yields the restore arguments and the
+    target dir, and gives the target cluster its own state back afterwards."""
     root, src, dst = site
     seed_tree(src)
     seed_postgres(pg_source, fresh_pg_db)
     sets = ["--set", f"root={root}", "--set", "postgres=true"]
     world.cli("run", "django", "--host", "source", *sets, check=True)
-    restore = ["restore", "django", "--host", "target", "--from", "source", *sets]
     try:
-        # a wrong identity: exit 3, nothing written to the target
-        other = tmp_path / "other.txt"
-        other.write_text(f"{pyrage.x25519.Identity.generate()}\n")
-        wrong = world.cli(*restore, "--identity", str(other))
-        assert wrong.returncode == 3, wrong.stderr
-        assert "cannot decrypt" in wrong.stderr
-        # the database already exists on the target: psql's real errors fail the restore
-        pg_target.psql(f'CREATE DATABASE "{fresh_pg_db}";')
-        pg_target.psql("CREATE TABLE polls_choice(id int);", db=fresh_pg_db)
-        clash = world.cli(*restore, "--force")
-        assert clash.returncode == 1
-        assert "load postgresql failed" in clash.stderr and "already exists" in clash.stderr
-        # a tampered object: exit 3
-        (snap,) = world.repo.glob("django/source/*/manifest.json")
-        obj = snap.parent / "dumps/postgresql.sql.zst.age"
-        data = bytearray(obj.read_bytes())
-        data[len(data) // 2] ^= 0x40
-        obj.write_bytes(bytes(data))
-        bad = world.cli(*restore, "--force")
-        assert bad.returncode == 3, bad.stderr
-        # a truncated object is refused before anything is written to the target
-        obj.write_bytes(bytes(data[:-10]))
-        subprocess.run(["rm", "-rf", str(dst)], check=True)
-        short = world.cli(*restore)
-        assert short.returncode == 3 and "truncated" in short.stderr, short.stderr
-        assert not dst.exists()
+        yield ["restore", "django", "--host", "target", "--from", "source", *sets], dst
     finally:
         pg_target.psql(f'DROP DATABASE IF EXISTS "{fresh_pg_db}" WITH (FORCE);')
+        # pg_dumpall carried the source's postgres password: give the target its own back
         pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("recipes: error: ") and "Traceback" not in proc.stderr
+    return lines[-1]
+
+
+def test_a_wrong_identity_is_exit_3_and_writes_nothing(
+    world: World, pg_snapshot: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    restore, dst = pg_snapshot
+    other = tmp_path / "other.txt"
+    other.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+    wrong = world.cli(*restore, "--identity", str(other))
+    assert wrong.returncode == 3, wrong.stderr
+    assert "cannot decrypt" in one_error_line(wrong)
+    assert not dst.exists()
+
+
+def test_the_first_sql_error_fails_the_load_and_names_the_partial_state(
+    world: World,
+    pg_snapshot: tuple[list[str], Path],
+    pg_target: servers.Postgres,
+    fresh_pg_db: str,
+) -> None:
+    """The database already exists on the target: psql stops at the first real error (not at
+    the CREATE ROLE of the roles the target has), and the line says what the target holds now."""
+    restore, _ = pg_snapshot
+    pg_target.psql(f'CREATE DATABASE "{fresh_pg_db}";')
+    pg_target.psql("CREATE TABLE polls_choice(id int);", db=fresh_pg_db)
+    clash = world.cli(*restore, "--force")
+    assert clash.returncode == 1, clash.stderr
+    line = one_error_line(clash)
+    assert "load postgresql failed" in line
+    assert f'database "{fresh_pg_db}" already exists' in line and "psql:<stdin>:" in line
+    assert "PARTLY restored" in line and "extract files" in line
+    # psql stopped there: the rows were not loaded into the clashing table
+    assert pg_target.psql("SELECT count(*) FROM polls_choice", db=fresh_pg_db).strip() == "0"
+
+
+def test_a_tampered_object_is_exit_3_before_anything_is_written(
+    world: World, pg_snapshot: tuple[list[str], Path]
+) -> None:
+    restore, dst = pg_snapshot
+    (snap,) = world.repo.glob("django/source/*/manifest.json")
+    obj = snap.parent / "dumps/postgresql.sql.zst.age"
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    obj.write_bytes(bytes(data))
+    bad = world.cli(*restore)
+    assert bad.returncode == 3, bad.stderr
+    assert "dumps/postgresql.sql.zst.age" in one_error_line(bad) and "sha256" in bad.stderr
+    assert not dst.exists()  # checked before the files were extracted
+
+
+def test_a_truncated_object_is_exit_3_before_anything_is_written(
+    world: World, pg_snapshot: tuple[list[str], Path]
+) -> None:
+    restore, dst = pg_snapshot
+    (snap,) = world.repo.glob("django/source/*/manifest.json")
+    obj = snap.parent / "dumps/postgresql.sql.zst.age"
+    obj.write_bytes(obj.read_bytes()[:-10])
+    short = world.cli(*restore)
+    assert short.returncode == 3, short.stderr
+    assert "truncated" in one_error_line(short)
+    assert not dst.exists()
+
+
+def test_tar_exit_1_on_a_changing_file_is_a_recorded_warning(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """GNU tar says "file changed as we read it" (exit 1) on a live system: the snapshot is kept
+    and the manifest records the warning; any other tar failure fails it (see the missing root)."""
+    root, src, _ = site
+    seed_tree(src)
+    big = src / "srv/data/growing.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 30)  # sparse: tar reads 1 GiB of zeros, long enough to see it change
+    toucher = subprocess.Popen(
+        ["bash", "-c", f"while :; do touch {big}; sleep 0.005; done"], stdin=subprocess.DEVNULL
+    )
+    try:
+        out = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
+    finally:
+        toucher.kill()
+    assert out.returncode == 0, out.stderr
+    files = next(o for o in json.loads(out.stdout)["objects"] if o["name"] == "files.tar")
+    assert any("file changed as we read it" in w for w in files["warnings"]), files["warnings"]
+    missing = world.cli("run", "django", "--host", "source", "--set", f"root={root}/no-such-dir")
+    assert missing.returncode == 1
+    assert "No such file or directory" in one_error_line(missing)

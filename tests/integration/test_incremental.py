@@ -8,9 +8,11 @@ import glob
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
+from recipes import signing
 from recipes.apps.django import DEFAULT_EXCLUDES
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.world import World, fingerprint
@@ -32,7 +34,15 @@ def stored(manifest: dict[str, object], name: str) -> int:
 
 
 def change(src: Path, step: int) -> None:
-    """Edits, additions, deletions (a file and a whole directory), a rename and a chmod."""
+    """Edits, additions, deletions (a file and a whole directory), a rename, a chmod, and rows
+    of the SQLite database changed (so each snapshot's dump differs)."""
+    db = sqlite3.connect(src / SQLITE_DB.lstrip("/"))
+    with db:
+        if step == 1:
+            db.execute("INSERT INTO polls_question(text, pub, img) VALUES ('added at 1', 1.0, x'00')")
+        else:
+            db.execute("DELETE FROM polls_question WHERE id <= 100")
+    db.close()
     if step == 1:
         (src / "etc/hostname").write_bytes(b"web2\n")
         (src / "srv/data/new.bin").write_bytes(os.urandom(5000))
@@ -57,18 +67,22 @@ def test_chain_backs_up_changes_only_and_restores_every_point(
     full = run(world, root, *sets)
     assert (full["level"], full["parent"]) == (0, None)
     points = {full["snapshot"]: comparable(src)}
+    rows = {full["snapshot"]: sqlite_rows(src / SQLITE_DB.lstrip("/"))}
 
     change(src, 1)
     one = run(world, root, *sets)
     assert (one["level"], one["parent"]) == (1, full["snapshot"])
-    # only what changed: the 300 kB random blob and the rest are not stored again
-    assert stored(one, "files.tar") < stored(full, "files.tar") / 10
+    # only what changed (the SQLite file among it): the 300 kB random blob is not stored again
+    assert stored(one, "files.tar") < stored(full, "files.tar") / 4
     points[one["snapshot"]] = comparable(src)
+    rows[one["snapshot"]] = sqlite_rows(src / SQLITE_DB.lstrip("/"))
 
     change(src, 2)
     two = run(world, root, *sets)
     assert (two["level"], two["parent"]) == (2, one["snapshot"])
     points[two["snapshot"]] = comparable(src)
+    rows[two["snapshot"]] = sqlite_rows(src / SQLITE_DB.lstrip("/"))
+    assert len({len(r) for r in rows.values()}) == 3  # three different databases
     assert set(glob.glob(STATE_DIRS)) == before  # nothing of tar's state is left on the host
 
     listed = json.loads(world.cli("--json", "snapshots", "django", check=True).stdout)
@@ -93,9 +107,11 @@ def test_chain_backs_up_changes_only_and_restores_every_point(
     )
     assert comparable(dst) == points[two["snapshot"]]
     assert not (dst / "opt/mysite/venv").exists() and not (dst / "home/django/.bashrc").exists()
-    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
+    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == rows[two["snapshot"]]
 
-    # a point in the middle of the chain: the full and the first incremental only
+    # a point in the middle of the chain: the full and the first incremental only, and that
+    # snapshot's own dump; the restore is not told about the SQLite database: what a snapshot
+    # holds comes from its manifest
     subprocess.run(["rm", "-rf", str(dst)], check=True)
     restore = world.cli(
         "--json",
@@ -111,6 +127,7 @@ def test_chain_backs_up_changes_only_and_restores_every_point(
     assert restore.returncode == 0, restore.stderr
     assert comparable(dst) == points[one["snapshot"]]
     assert (dst / "home/django").is_dir() and not (dst / "home/django/notes with spaces.txt").exists()
+    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == rows[one["snapshot"]]
 
 
 def test_without_the_cached_state_the_identity_reads_it_and_without_both_a_full(
@@ -200,6 +217,9 @@ def test_another_machine_behind_the_same_host_name_gets_a_full(
     data = json.loads(path.read_text())
     data["versions"]["host-id"] = "0" * 16
     path.write_text(json.dumps(data))
+    # a genuine parent from that machine: signed like any snapshot
+    key = signing.load_signing_key(str(world.signing_key))
+    (path.parent / "manifest.sig").write_bytes(key.sign(path.read_bytes(), signing.MANIFEST_NAMESPACE))
     again = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["level"] == 0

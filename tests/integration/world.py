@@ -23,6 +23,8 @@ class World:
     recipient: str
     cache: Path
     """``$XDG_CACHE_HOME`` of every CLI run: where the controller caches tar states."""
+    signing_key: Path
+    """The controller's signing key (its public half, ``.pub``, is the one signer)."""
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None, check: bool = False
@@ -42,12 +44,22 @@ class World:
         return proc
 
 
-def write_config(path: Path, repo: Path, identity: Path, recipient: str, hosts: dict[str, object]) -> None:
+def write_config(
+    path: Path,
+    repo: Path,
+    identity: Path,
+    recipient: str,
+    hosts: dict[str, object],
+    signing_key: Path,
+) -> None:
+    signer = Path(f"{signing_key}.pub").read_text().strip()
     lines = [
         "[repository]",
         f'url = "{repo}"',
         f'recipients = ["{recipient}"]',
         f'identity_file = "{identity}"',
+        f'signing_key = "{signing_key}"',
+        f'signers = ["{signer}"]',
         "",
     ]
     for name, h in hosts.items():

@@ -115,3 +115,18 @@ def test_a_sink_that_fails_on_restore_is_reported() -> None:
 
     with pytest.raises(BrokenPipeError):
         stream.fetch(io.BytesIO(stored.getvalue()), Broken(), [ident], info.sha256, info.size)
+
+
+def test_fetch_refuses_a_valid_object_whose_sha256_is_not_the_manifests() -> None:
+    """Another valid encryption of the same bytes (as a swap from another snapshot would be):
+    decrypts fine, same size, but it is not the object the signed manifest names."""
+    recipient, ident = _key()
+    plain = b"dump " * 10_000
+    first, second = io.BytesIO(), io.BytesIO()
+    info = stream.store(Chunks(plain), first, [recipient], compressed=False)
+    stream.store(Chunks(plain), second, [recipient], compressed=False)
+    assert first.getvalue() != second.getvalue()
+    with pytest.raises(VerifyError, match="does not match its manifest"):
+        stream.fetch(
+            io.BytesIO(second.getvalue()), io.BytesIO(), [ident], info.sha256, len(second.getvalue())
+        )

@@ -81,14 +81,20 @@ class Mysql:
 class DjangoParams:
     """Parameters of the ``django`` recipe."""
 
-    root: str = param("/", "the directory backed up (SOURCE=/ in the seed); every path is under it")
-    excludes: tuple[str, ...] = param(DEFAULT_EXCLUDES, "paths left out (the seed's exclude file)")
-    extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes")
-    exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr")
+    root: str = param(
+        "/", "the directory backed up (SOURCE=/ in the seed); every path is under it", chain=True
+    )
+    excludes: tuple[str, ...] = param(
+        DEFAULT_EXCLUDES, "paths left out (the seed's exclude file)", content=True
+    )
+    extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes", content=True)
+    exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr", content=True)
     postgres: bool | Postgres = param(
         False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table"
     )
-    sqlite: tuple[str, ...] = param((), "SQLite databases to dump consistently (paths under root)")
+    sqlite: tuple[str, ...] = param(
+        (), "SQLite databases to dump consistently (paths under root)", content=True
+    )
     mysql: bool | Mysql = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
 
     def all_excludes(self) -> tuple[str, ...]:
