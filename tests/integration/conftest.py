@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: an age key pair and a recipes.toml naming both hosts."""
+"""Fixtures of the integration tests: an age key pair and a recipes.toml naming both hosts
+(host keys pinned; every run with its own HOME)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def world(
     repo = tmp_path / "repo"
     config = tmp_path / "recipes.toml"
     write_config(config, repo, identity, recipient, {"source": ssh_source, "target": ssh_target})
-    return World(config, repo, identity, recipient, tmp_path / "cache")
+    return World(config, repo, identity, recipient, tmp_path / "cache", tmp_path / "home")
 
 
 @pytest.fixture
