@@ -56,8 +56,8 @@ def parse_public_key(text: str) -> Any:
     except paramiko.UnknownKeyType:
         raise ValueError(f"unsupported key type {key_type!r} (ssh-ed25519, ecdsa-sha2-*, ssh-rsa)") from None
     except Exception as exc:  # paramiko raises several kinds for malformed key bytes
-        raise ValueError(f"not a valid {key_type} key ({exc or type(exc).__name__})") from None
-    if key.get_name() != key_type and not (key_type.startswith("rsa-sha2") and key.get_name() == "ssh-rsa"):
+        raise ValueError(f"not a valid {key_type} key: {exc or type(exc).__name__}") from None
+    if key.get_name() != key_type:
         raise ValueError(f"the key data is a {key.get_name()} key, not {key_type}")
     return key
 
