@@ -394,17 +394,17 @@ class SshHost:
             try:
                 conn.open()
             except paramiko.BadHostKeyException as exc:
-                conn.close()
+                conn.client.close()  # Fabric's close() skips a half-open transport
                 same = keys.matching_known(exc.key)
                 if same is None or attempt:
                     raise keys.changed(exc.key) from None
                 prefer = same.key
                 continue  # a later known_hosts line of the same type holds the offered key
             except RecipeError:
-                conn.close()
+                conn.client.close()
                 raise
             except (OSError, paramiko.SSHException) as exc:
-                conn.close()
+                conn.client.close()
                 target = f"{conn.user}@{conn.host}:{conn.port}"
                 raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
             return conn

@@ -162,7 +162,10 @@ def test_known_key_in_bracketed_or_hashed_entry_is_accepted(
 ) -> None:
     world = _world(tmp_path, keys, sshd)
     kh = _known_hosts(world)
-    kh.write_text(f"127.0.0.1 {_other_key(tmp_path)}\n{sshd.known_hosts_line()}\n")  # port 22's key differs
+    stale = _other_key(tmp_path)  # an old line of the same type first: OpenSSH accepts any line that matches
+    kh.write_text(
+        f"127.0.0.1 {_other_key(tmp_path)}\n[127.0.0.1]:{sshd.port} {stale}\n{sshd.known_hosts_line()}\n"
+    )
     if hashed:
         subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, capture_output=True)
         assert "127.0.0.1" not in kh.read_text() and kh.read_text().startswith("|1|")
