@@ -70,6 +70,18 @@ class HostConfig:
     sudo: bool = False
     compression: str | None = None
     """Overrides ``[repository] compression`` for this host."""
+    host_key: str | None = None
+    """The host's OpenSSH public key (``ssh-ed25519 AAAA…``): when set, the only key accepted."""
+    accept_new_host_keys: bool | None = None
+    """Accept and record an unknown key in known_hosts; None: ``[ssh] accept_new_host_keys``."""
+
+
+@attrs.frozen
+class SshConfig:
+    """``[ssh]``: host key settings for every host (a ``[hosts.NAME]`` value overrides them)."""
+
+    accept_new_host_keys: bool = False
+    """Accept an unknown host's key on first use and record it in known_hosts (OpenSSH's accept-new)."""
 
 
 @attrs.frozen
@@ -79,6 +91,7 @@ class Config:
     repository: RepositoryConfig = attrs.Factory(RepositoryConfig)
     retention: RetentionConfig = attrs.Factory(RetentionConfig)
     hosts: dict[str, HostConfig] = attrs.Factory(dict)
+    ssh: SshConfig = attrs.Factory(SshConfig)
     recipes: dict[str, dict[str, Any]] = attrs.Factory(dict)
     path: str | None = None
 
@@ -169,6 +182,7 @@ class Config:
         if name in self.hosts:
             h = self.hosts[name]
             key = self.resolve_path(h.key_file) if h.key_file else None
+            accept = h.accept_new_host_keys
             return HostSpec(
                 name=name,
                 address=h.address or name,
@@ -176,10 +190,12 @@ class Config:
                 port=h.port,
                 key_file=key,
                 sudo=h.sudo,
+                host_key=h.host_key,
+                accept_new_host_keys=self.ssh.accept_new_host_keys if accept is None else accept,
             )
         if name == LOCAL:
             return HostSpec(LOCAL)
-        return parse_target(name)
+        return attrs.evolve(parse_target(name), accept_new_host_keys=self.ssh.accept_new_host_keys)
 
 
 _conv = cattrs.Converter(forbid_extra_keys=True)
@@ -230,6 +246,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
     _check_compression(config, where)
     _check_retention(config, where)
     _check_signers(config, data, where)
+    _check_host_keys(config, where)
     return attrs.evolve(config, recipes=recipes, path=where)
 
 
@@ -274,6 +291,18 @@ def _check_signers(config: Config, data: dict[str, Any], where: str) -> None:
             parse_public_key(text)
         except ValueError as exc:
             raise ConfigError(f"{where}: repository.signers[{i}]: {exc}") from None
+
+
+def _check_host_keys(config: Config, where: str) -> None:
+    """A malformed ``host_key`` pin fails when the file is read, naming the key."""
+    from recipes.hostkeys import parse_public_key
+
+    for name, h in config.hosts.items():
+        if h.host_key is not None:
+            try:
+                parse_public_key(h.host_key)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: hosts.{name}.host_key: {exc}") from None
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

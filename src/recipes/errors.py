@@ -31,3 +31,7 @@ class VerifyError(RecipeError):
     """Stored data does not match its manifest (exit 3)."""
 
     exit_code = 3
+
+
+class HostKeyError(VerifyError):
+    """An SSH host's key is changed, unknown or does not match its pin (exit 3)."""

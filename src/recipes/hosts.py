@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from recipes.errors import HostError, StepFailed
+from recipes.errors import HostError, RecipeError, StepFailed
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
@@ -47,6 +47,10 @@ class HostSpec:
     key_file: str | None = None
     sudo: bool = False
     """Wrap every command in ``sudo -n`` (for a non-root login user)."""
+    host_key: str | None = None
+    """A pinned OpenSSH public key (``ssh-ed25519 AAAA…``): when set, the only key accepted."""
+    accept_new_host_keys: bool = False
+    """Accept an unknown host's key and record it in known_hosts (OpenSSH's accept-new)."""
 
     @property
     def is_local(self) -> bool:
@@ -334,7 +338,7 @@ class SshHost:
         self._conn: Any = None
         self._lock = threading.Lock()
         self._early: threading.Thread | None = None
-        self._early_error: HostError | None = None
+        self._early_error: RecipeError | None = None
 
     def connect_soon(self) -> None:
         """Connect (import Fabric, key exchange, auth: ~0.3 s) in a thread while the caller reads
@@ -345,7 +349,7 @@ class SshHost:
         def connect() -> None:
             try:
                 self._transport()
-            except HostError as exc:
+            except RecipeError as exc:  # HostError, HostKeyError
                 self._early_error = exc
             except Exception as exc:  # surfaced by the first command, which connects again
                 log.debug("early connect to %s failed: %s", self.name, exc)
@@ -354,8 +358,11 @@ class SshHost:
         self._early.start()
 
     def _connect(self) -> Any:
+        """Connect and authenticate; the host key is checked in between (see hostkeys.py)."""
         import fabric
         import paramiko
+
+        from recipes.hostkeys import HostKeyCheck
 
         kwargs: dict[str, Any] = {"transport_factory": _transport_factory}
         if self.spec.key_file:
@@ -364,19 +371,44 @@ class SshHost:
                 look_for_keys=False,
                 allow_agent=False,
             )
-        conn = fabric.Connection(
-            self.spec.address or self.spec.name,
-            user=self.spec.user,
-            port=self.spec.port,
-            connect_kwargs=kwargs,
-            connect_timeout=15,
-        )
-        try:
-            conn.open()
-        except (OSError, paramiko.SSHException) as exc:
-            target = f"{conn.user}@{conn.host}:{conn.port}"
-            raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
-        return conn
+        prefer = None
+        for attempt in range(2):
+            conn = fabric.Connection(
+                self.spec.address or self.spec.name,
+                user=self.spec.user,
+                port=self.spec.port,
+                connect_kwargs=kwargs,
+                connect_timeout=15,
+            )
+            keys = HostKeyCheck.create(
+                self.name,
+                conn.host,
+                int(conn.port),
+                conn.ssh_config,
+                pin=self.spec.host_key,
+                accept_new=self.spec.accept_new_host_keys,
+            )
+            # Replaces Fabric's AutoAddPolicy: known keys go into the client, so paramiko refuses
+            # any other key after the key exchange and before sending a credential.
+            keys.prepare(conn.client, prefer)
+            try:
+                conn.open()
+            except paramiko.BadHostKeyException as exc:
+                conn.client.close()  # Fabric's close() skips a half-open transport
+                same = keys.matching_known(exc.key)
+                if same is None or attempt:
+                    raise keys.changed(exc.key) from None
+                prefer = same.key
+                continue  # a later known_hosts line of the same type holds the offered key
+            except RecipeError:
+                conn.client.close()
+                raise
+            except (OSError, paramiko.SSHException) as exc:
+                conn.client.close()
+                target = f"{conn.user}@{conn.host}:{conn.port}"
+                raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
+            return conn
+        raise AssertionError("unreachable")
 
     def _transport(self) -> Any:
         if self._early is not None and self._early is not threading.current_thread():

@@ -14,9 +14,7 @@ from recipes.errors import ConfigError
 from recipes.steps import Step
 
 
-def param(
-    default: Any, doc: str, *, content: bool = False, chain: bool | None = None, **kwargs: Any
-) -> Any:
+def param(default: Any, doc: str, *, content: bool = False, chain: bool | None = None, **kwargs: Any) -> Any:
     """An attrs field whose docstring feeds ``recipes show`` and the docs.
 
     ``content`` marks a parameter that says what a snapshot holds (paths, excludes, which files

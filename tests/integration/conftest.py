@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: an age key pair and a recipes.toml naming both hosts."""
+"""Fixtures of the integration tests: an age key pair and a recipes.toml naming both hosts
+(host keys pinned; every run with its own HOME)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def world(
     config = tmp_path / "recipes.toml"
     hosts = {"source": ssh_source, "target": ssh_target}
     write_config(config, repo, identity, recipient, hosts, signing_key)
-    return World(config, repo, identity, recipient, tmp_path / "cache", signing_key)
+    return World(config, repo, identity, recipient, tmp_path / "cache", tmp_path / "home", signing_key)
 
 
 @pytest.fixture

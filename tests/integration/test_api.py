@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ def test_readme_python_example_backs_up_and_the_cli_lists_it(
     code = code.replace('"web1"', '"source"')
     code = code.replace('{"root": "/", "postgres": True}', f'{{"root": "{root}"}}')
     assert code.count('"source"') == 2 and root in code, "the README example changed: update this test"
-    env = {**os.environ, "RECIPES_CONFIG": str(world.config), "XDG_CACHE_HOME": str(world.cache)}
+    env = {**world.env(), "RECIPES_CONFIG": str(world.config)}
     for _ in range(2):  # the second run is an incremental on the first
         out = subprocess.run(
             [sys.executable, "-c", code + "\nprint(manifest.snapshot, manifest.level)"],

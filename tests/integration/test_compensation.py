@@ -80,6 +80,14 @@ def starts(outside: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
+@pytest.fixture(autouse=True)
+def own_home(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process CLI runs (and the subprocesses they launch) use the test's HOME and cache."""
+    world.home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HOME", str(world.home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(world.cache))
+
+
 @pytest.fixture
 def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(apps, "RECIPES", (*apps.RECIPES, Svc))

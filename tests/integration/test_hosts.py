@@ -41,6 +41,7 @@ def _add_host(world: World, name: str, ssh: servers.SshHost, user: str, sudo: bo
         fh.write(
             f'\n[hosts.{name}]\naddress = "127.0.0.1"\nuser = "{user}"\nport = {ssh.port}\n'
             f'key_file = "{ssh.key_file}"\nsudo = {"true" if sudo else "false"}\n'
+            f'host_key = "{ssh.host_public_key}"\n'
         )
 
 
@@ -80,13 +81,15 @@ def test_non_root_login_reads_root_only_files_through_sudo(
         shutil.rmtree(src, ignore_errors=True)
 
 
-def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost, tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost) -> None:
+    home = world.home  # the HOME of every CLI run of this test
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh/config").write_text(
         f"Host backup-alias\n  HostName 127.0.0.1\n  Port {ssh_source.port}\n  User root\n"
         f"  IdentityFile {ssh_source.key_file}\n"
     )
+    # not in [hosts]: no pin, so the host's key comes from ~/.ssh/known_hosts as for ssh(1)
+    (home / ".ssh/known_hosts").write_text(ssh_source.known_hosts_line() + "\n")
     name = f"alias-{os.getpid()}"
     src = Path(ssh_source.binds["/srv/site"]) / name
     (src / "etc").mkdir(parents=True)
@@ -100,13 +103,10 @@ def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost, tm
             "backup-alias",
             "--set",
             f"root=/srv/site/{name}",
-            env={"HOME": str(home)},
         )
         assert proc.returncode == 0, proc.stderr
         assert list(world.repo.glob("django/backup-alias/*/manifest.json"))
-        bad = world.cli(
-            "run", "django", "--host", "no-such-alias.invalid", "--set", "root=/x", env={"HOME": str(home)}
-        )
+        bad = world.cli("run", "django", "--host", "no-such-alias.invalid", "--set", "root=/x")
         assert bad.returncode == 1
         assert bad.stderr.startswith("recipes: error: cannot connect to no-such-alias.invalid")
     finally:

@@ -1,5 +1,6 @@
-"""Shared pieces of the integration tests: a recipes.toml for the two SSH hosts, the real CLI,
-and a file-tree fingerprint that compares content, mode, owner, mtime and symlinks."""
+"""Shared pieces of the integration tests: a recipes.toml for the two SSH hosts (their host keys
+pinned), the real CLI run with a HOME of its own, and a file-tree fingerprint that compares
+content, mode, owner, mtime and symlinks."""
 
 from __future__ import annotations
 
@@ -23,14 +24,21 @@ class World:
     recipient: str
     cache: Path
     """``$XDG_CACHE_HOME`` of every CLI run: where the controller caches tar states."""
+    home: Path
+    """``$HOME`` of every CLI run: never the real ``~/.ssh`` or ``~/.config`` of the machine."""
     signing_key: Path
     """The controller's signing key (its public half, ``.pub``, is the one signer)."""
+
+    def env(self) -> dict[str, str]:
+        """The environment of a run: the test's own HOME and cache."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "HOME": str(self.home), "XDG_CACHE_HOME": str(self.cache)}
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run the real ``recipes`` CLI as an operator would."""
-        full_env = {**os.environ, "XDG_CACHE_HOME": str(self.cache), **(env or {})}
+        full_env = {**self.env(), **(env or {})}
         proc = subprocess.run(
             [sys.executable, "-m", "recipes", "--config", str(self.config), *args],
             capture_output=True,
@@ -69,6 +77,7 @@ def write_config(
             f'user = "{h.user}"',  # type: ignore[attr-defined]
             f"port = {h.port}",  # type: ignore[attr-defined]
             f'key_file = "{h.key_file}"',  # type: ignore[attr-defined]
+            f'host_key = "{h.host_public_key}"',  # type: ignore[attr-defined]
             "",
         ]
     path.write_text("\n".join(lines))
