@@ -68,19 +68,22 @@ def _other_key(tmp: Path) -> str:
     return Path(f"{path}.pub").read_text().strip()
 
 
-def _world(tmp_path: Path, keys: tuple[Path, str], host: servers.SshHost, extra: str = "") -> World:
+def _world(tmp_path: Path, keys: tuple[Path, str, Path], host: servers.SshHost, extra: str = "") -> World:
     """A recipes.toml with host ``web`` (no pin unless ``extra`` adds one) and a tiny site."""
-    identity, recipient = keys
+    identity, recipient, signing_key = keys
+    signer = Path(f"{signing_key}.pub").read_text().strip()
     config = tmp_path / "recipes.toml"
     config.write_text(
         f'[repository]\nurl = "{tmp_path / "repo"}"\nrecipients = ["{recipient}"]\n'
-        f'identity_file = "{identity}"\n\n'
+        f'identity_file = "{identity}"\nsigning_key = "{signing_key}"\nsigners = ["{signer}"]\n\n'
         f'[hosts.web]\naddress = "127.0.0.1"\nport = {host.port}\nuser = "root"\n'
         f'key_file = "{host.key_file}"\n{extra}'
     )
     (tmp_path / "site/etc").mkdir(parents=True)
     (tmp_path / "site/etc/motd").write_text("hello\n")
-    world = World(config, tmp_path / "repo", identity, recipient, tmp_path / "cache", tmp_path / "home")
+    world = World(
+        config, tmp_path / "repo", identity, recipient, tmp_path / "cache", tmp_path / "home", signing_key
+    )
     world.home.mkdir()
     return world
 
@@ -117,7 +120,7 @@ def _known_hosts(world: World) -> Path:
 
 
 def test_changed_key_is_refused_before_authenticating_naming_the_line(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
 ) -> None:
     world = _world(tmp_path, keys, sshd)
     kh = _known_hosts(world)
@@ -142,7 +145,7 @@ def test_changed_key_is_refused_before_authenticating_naming_the_line(
 
 
 def test_changed_key_is_refused_even_with_strict_host_key_checking_no(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
 ) -> None:
     world = _world(tmp_path, keys, sshd, "accept_new_host_keys = true\n")
     kh = _known_hosts(world)
@@ -158,7 +161,7 @@ def test_changed_key_is_refused_even_with_strict_host_key_checking_no(
 
 @pytest.mark.parametrize("hashed", [False, True], ids=["bracketed", "hashed"])
 def test_known_key_in_bracketed_or_hashed_entry_is_accepted(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost, hashed: bool
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost, hashed: bool
 ) -> None:
     world = _world(tmp_path, keys, sshd)
     kh = _known_hosts(world)
@@ -175,7 +178,7 @@ def test_known_key_in_bracketed_or_hashed_entry_is_accepted(
 
 
 def test_user_known_hosts_file_from_ssh_config_is_used(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
 ) -> None:
     world = _world(tmp_path, keys, sshd)
     ssh = world.home / ".ssh"
@@ -198,7 +201,7 @@ def test_user_known_hosts_file_from_ssh_config_is_used(
 
 
 def test_unknown_host_is_refused_with_the_fingerprint_and_how_to_accept_it(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
 ) -> None:
     world = _world(tmp_path, keys, sshd)
     proc, seen = _backup(world, sshd)
@@ -213,7 +216,7 @@ def test_unknown_host_is_refused_with_the_fingerprint_and_how_to_accept_it(
 
 
 def test_strict_host_key_checking_yes_wins_over_accept_new(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
 ) -> None:
     world = _world(tmp_path, keys, sshd, "accept_new_host_keys = true\n")
     kh = _known_hosts(world)
@@ -227,7 +230,7 @@ def test_strict_host_key_checking_yes_wins_over_accept_new(
 
 @pytest.mark.parametrize("how", ["hosts-table", "ssh-table", "ssh-table-cli-host", "ssh-config-accept-new"])
 def test_accepted_new_key_is_recorded_and_a_later_change_refused(
-    tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost, how: str
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost, how: str
 ) -> None:
     ssh_table = "\n[ssh]\naccept_new_host_keys = true\n"
     extra = {
@@ -274,7 +277,9 @@ def test_accepted_new_key_is_recorded_and_a_later_change_refused(
         assert len(list(world.repo.glob("django/web/*/manifest.json"))) == 2
 
 
-def test_pinned_host_key_alone_decides(tmp_path: Path, keys: tuple[Path, str], sshd: servers.SshHost) -> None:
+def test_pinned_host_key_alone_decides(
+    tmp_path: Path, keys: tuple[Path, str, Path], sshd: servers.SshHost
+) -> None:
     world = _world(tmp_path, keys, sshd, f'host_key = "{sshd.host_public_key}"\n')
     kh = _known_hosts(world)
     other = _other_key(tmp_path)
@@ -304,7 +309,7 @@ def test_pinned_host_key_alone_decides(tmp_path: Path, keys: tuple[Path, str], s
     ],
 )
 def test_malformed_pin_is_one_config_error_when_the_file_is_read(
-    tmp_path: Path, keys: tuple[Path, str], pin: str
+    tmp_path: Path, keys: tuple[Path, str, Path], pin: str
 ) -> None:
     nowhere = servers.SshHost(name="nowhere", port=9, user="root", key_file="/nonexistent")
     world = _world(tmp_path, keys, nowhere, f'host_key = "{pin}"\n')
