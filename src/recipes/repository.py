@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import re
 import secrets
@@ -12,6 +13,8 @@ from typing import Any, BinaryIO
 
 from recipes import manifest as mf
 from recipes.errors import ConfigError, RepositoryError, VerifyError
+
+log = logging.getLogger("recipes")
 
 MANIFEST = "manifest.json"
 DEFAULT_URL = "~/.local/share/recipes/repo"
@@ -83,8 +86,12 @@ class Repository:
             raise RepositoryError(f"cannot write to repository {self.url}: {exc}") from exc
         return SnapshotWriter(self, path, sid)
 
-    def manifests(self, recipe: str | None = None, host: str | None = None) -> list[mf.Manifest]:
-        """Every committed snapshot, oldest first; directories without a manifest are skipped."""
+    def manifests(
+        self, recipe: str | None = None, host: str | None = None, damaged: list[str] | None = None
+    ) -> list[mf.Manifest]:
+        """Every committed snapshot, oldest first; directories without a manifest are skipped, and
+        so is a damaged manifest (with a warning; ``damaged`` collects ``path: why``), so one bad
+        old snapshot never blocks every later run and listing."""
         pattern = self._path(
             safe_name(recipe) if recipe else "*", safe_name(host) if host else "*", "*", MANIFEST
         )
@@ -96,11 +103,15 @@ class Repository:
             raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
         found = []
         for path in paths:
-            with self.fs.open(path, "rb") as fh:
-                try:
+            try:
+                with self.fs.open(path, "rb") as fh:
                     found.append(mf.loads(fh.read().decode()))
-                except ValueError as exc:
-                    raise RepositoryError(f"{path}: {exc}") from exc
+            except ValueError as exc:  # not UTF-8, not JSON, wrong fields
+                log.warning("skipping damaged snapshot %s: %s", path, exc)
+                if damaged is not None:
+                    damaged.append(f"{path}: {exc}")
+            except OSError as exc:
+                raise RepositoryError(f"cannot read {path}: {exc}") from exc
         return found
 
     def load(self, recipe: str, host: str, snapshot: str) -> mf.Manifest | None:
@@ -108,13 +119,13 @@ class Repository:
         path = self._path(safe_name(recipe), safe_name(host), snapshot, MANIFEST)
         try:
             with self.fs.open(path, "rb") as fh:
-                text = fh.read().decode()
+                data = fh.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise RepositoryError(f"cannot read {path}: {exc}") from exc
         try:
-            return mf.loads(text)
+            return mf.loads(data.decode())
         except ValueError as exc:
             raise RepositoryError(f"{path}: {exc}") from exc
 
