@@ -13,7 +13,7 @@ import attrs
 from recipes.compression import Compression
 from recipes.errors import ConfigError
 from recipes.hosts import LOCAL, HostSpec, parse_target
-from recipes.recipe import error_lines, strict_converter
+from recipes.recipe import error_lines, key_text, strict_converter
 
 DEFAULT_DIR = "~/.config/recipes"
 DEFAULT_CONFIG = f"{DEFAULT_DIR}/recipes.toml"
@@ -189,7 +189,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a TOML document (a table), got {type(data).__name__}")
     sections = [f.name for f in attrs.fields(Config) if f.name != "path"]
-    unknown = sorted(str(k) for k in data if k not in sections)
+    unknown = sorted(key_text(k) for k in data if k not in sections)
     if unknown:
         raise ConfigError(f"{where}: unknown keys ({', '.join(unknown)}); known keys: {', '.join(sections)}")
     recipes = _check_recipes(data.get("recipes", {}), where)
@@ -213,7 +213,7 @@ def _check_recipes(recipes: Any, where: str) -> dict[str, dict[str, Any]]:
     for name, table in recipes.items():
         if name not in apps.names():
             raise ConfigError(
-                f"{where}: recipes.{name}: unknown recipe; known recipes: {', '.join(apps.names())}"
+                f"{where}: recipes.{key_text(name)}: unknown recipe; known recipes: {', '.join(apps.names())}"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: recipes.{name}: expected a table of parameters, got {table!r}")
@@ -236,8 +236,8 @@ def _check_hosts(config: Config, where: str) -> None:
     """Host tables: a name without spaces, a port from 1 to 65535, an address and user that are
     one word (checked generically, by field name, so fields added later are covered too)."""
     for name, host in config.hosts.items():
-        if not name.strip() or any(c.isspace() for c in name) or "/" in name:
-            raise ConfigError(f"{where}: hosts.{name!r}: a host name must be one word without '/'")
+        if not name.strip() or any(c.isspace() or not c.isprintable() for c in name) or "/" in name:
+            raise ConfigError(f"{where}: hosts.{key_text(name)}: a host name must be one word without '/'")
         for key, value in attrs.asdict(host, recurse=False).items():
             if value is None:
                 continue

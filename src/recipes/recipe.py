@@ -134,11 +134,16 @@ def env_name(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None
 _FIELD = "\x1f"
 
 
+def key_text(key: object) -> str:
+    """A key as it can appear in a one-line message: plain words as they are, anything else quoted."""
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.@-]+", key) else repr(key)
+
+
 def _describe(exc: BaseException, tp: type | None) -> str:
     """One cattrs sub-error as the operator should read it (our hooks' and validators' own words)."""
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         known = ", ".join(f.name for f in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
-        extra = ", ".join(sorted(exc.extra_fields))
+        extra = ", ".join(key_text(k) for k in sorted(exc.extra_fields))
         return f"unknown keys ({extra})" + (f"; known keys: {known}" if known else "")
     if isinstance(exc, KeyError):
         return "required key missing"
