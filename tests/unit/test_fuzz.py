@@ -17,9 +17,7 @@ from recipes import config
 from recipes import manifest as mf
 from recipes.errors import ConfigError
 
-FUZZ = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Keys the parser knows, so generated documents reach deep into the structure, plus noise.
 KEYS = st.sampled_from(
