@@ -11,6 +11,8 @@ import click
 
 from recipes.errors import RecipeError
 
+log = logging.getLogger("recipes")
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_VERIFY = 0, 1, 2, 3
 
 
@@ -34,19 +36,46 @@ def emit(state: State, data: Any, text: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True) if state.json else text)
 
 
+def one_line(text: str) -> str:
+    """A message as one line: a stray newline (from a host's stderr, say) never splits it."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no message)"
+
+
 def fail(exc: RecipeError) -> NoReturn:
-    click.echo(f"recipes: error: {exc}", err=True)
+    click.echo(f"recipes: error: {one_line(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def usage_error(exc: click.ClickException) -> NoReturn:
+    """click's usage errors (unknown option, missing argument, bad value) as one line, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    click.echo(f"recipes: error: {one_line(exc.format_message())}{hint}", err=True)
     sys.exit(exc.exit_code)
 
 
 class Group(click.Group):
-    """Turns every RecipeError into one line on stderr and its documented exit code."""
+    """Turns every RecipeError and usage error into one line on stderr and its documented exit code."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `recipes` alone: click prints the help
+        except click.ClickException as exc:
+            usage_error(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RecipeError as exc:
             fail(exc)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as exc:
+            usage_error(exc)
         except KeyboardInterrupt:
             click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
             sys.exit(130)
@@ -144,6 +173,7 @@ def show_cmd(state: State, recipe: str) -> None:
 
 
 def _prepare(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> tuple[Any, Any, Any]:
+    """Recipe, parameters and host, all checked."""
     from recipes import apps, config
     from recipes.recipe import make_params
 
@@ -152,6 +182,16 @@ def _prepare(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> tup
     values = config.recipe_values(cfg, recipe, sets)
     where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set"
     return r, make_params(r, values, where), cfg.host(host)
+
+
+def _log_config(state: State) -> None:
+    """One line saying which config file is in use, once the command line has been checked (so a
+    usage error stays the only line)."""
+    path = state.config.path
+    if path:
+        log.info("config %s", path)
+    else:
+        log.info("no config file: defaults")
 
 
 @main.command("plan")
@@ -165,6 +205,7 @@ def plan_cmd(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> Non
 
     r, params, spec = _prepare(state, recipe, host, sets)
     p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
+    _log_config(state)
     emit(state, p.to_dict(), "\n".join(p.lines()))
 
 
@@ -195,6 +236,7 @@ def run_cmd(
     recipients = list(state.config.repository.recipients)
     engine.check_recipients(recipients)
     signer = state.config.signer()
+    _log_config(state)
     live = open_host(spec)
     try:
         manifest = engine.backup(
@@ -225,11 +267,17 @@ def run_cmd(
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
 @pass_state
 def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str | None) -> None:
-    """Committed snapshots, oldest first, with whether their signature is trusted."""
+    """Committed snapshots, oldest first, with whether their signature is trusted; damaged
+    ones are listed as such."""
+    from recipes import apps
+
+    if recipe is not None:
+        apps.get(recipe)  # an unknown recipe is a usage error listing the known ones, not "none"
+    source = state.config.host(host).name if host is not None else None
     repository = _repo(state, repo)
     trust = state.config.trust()
     damaged: list[str] = []
-    found = repository.listed(recipe, host, damaged)
+    found = repository.listed(recipe, source, damaged)
     data = [
         {
             "snapshot": m.snapshot,
@@ -253,9 +301,11 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
         + (f"  UNTRUSTED: {d['problem']}" if d["problem"] else "")
         for d in data
     ]
-    lines += [f"DAMAGED {text}" for text in damaged]
-    if state.json and damaged:
-        data += [{"damaged": text} for text in damaged]
+    for entry in damaged:
+        path, _, why = entry.partition(": ")
+        snap = path.rsplit("/", 1)[-1]
+        lines.append(f"{snap}  DAMAGED: {path}: {why}")
+        data.append({"snapshot": snap, "damaged": why, "path": path})
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
 
 
@@ -311,6 +361,16 @@ def restore_cmd(
     cfg = state.config
     r = apps.get(recipe)
     spec = cfg.host(host)
+    target = config.recipe_values(cfg, recipe, sets)
+    make_params(r, target, f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set")  # bad input first
+    identities: list[Any] = []
+    if not plan_only:  # a bad key file fails before any lookup
+        identity_path = cfg.identity_path(identity)
+        if identity_path is None:
+            raise ConfigError(
+                "no age identity: pass --identity FILE or set [repository] identity_file in recipes.toml"
+            )
+        identities = stream.load_identities(identity_path)
     repository = _repo(state, repo)
     trust = cfg.trust(allow_unsigned)
     if snapshot != "latest" and not from_host:
@@ -319,7 +379,7 @@ def restore_cmd(
         source = cfg.host(from_host).name if from_host else spec.name
         item = repository.find_listed(recipe, source, snapshot)
     manifest = trust.check(item)
-    values, ignored = restore_values(r, config.recipe_values(cfg, recipe, sets), manifest.params)
+    values, ignored = restore_values(r, target, manifest.params)
     for name in ignored:
         logging.getLogger("recipes").warning(
             "%s comes from snapshot %s (what it holds); the target's value is ignored",
@@ -329,18 +389,10 @@ def restore_cmd(
     where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set + snapshot {manifest.snapshot}"
     params = make_params(r, values, where)
     p = plan.restore_plan(r, params, spec.name, cfg.compression(host))
+    _log_config(state)
     if plan_only:
         emit(state, {**p.to_dict(), "snapshot": manifest.snapshot}, "\n".join(p.lines()))
         return
-    identity_path = cfg.identity_path(identity)
-    if identity_path is None:
-        raise ConfigError(
-            "no age identity: pass --identity FILE or set [repository] identity_file in recipes.toml"
-        )
-    try:
-        identities = stream.load_identities(identity_path)
-    except OSError as exc:
-        raise ConfigError(f"identity file {identity_path}: {exc.strerror}") from exc
     live = open_host(spec)
     try:
         records = engine.restore(p, live, repository, manifest, identities, force, trust=trust)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import cattrs
 
 from recipes.compression import Compression
 from recipes.errors import ConfigError
 from recipes.hosts import LOCAL, HostSpec, parse_target
-from recipes.recipe import error_lines
+from recipes.recipe import error_lines, key_text, strict_converter
 
 if TYPE_CHECKING:
     from recipes.signing import PublicKey
@@ -104,6 +104,8 @@ class Config:
         return str(p if p.is_absolute() else (self.base_dir() / p).resolve())
 
     def repository_url(self, override: str | None = None) -> str:
+        if override is not None and not override.strip():
+            raise ConfigError("--repo: empty URL; give a folder or a URL such as s3://bucket/prefix")
         url = override or self.repository.url
         if "://" in url:
             return url
@@ -198,11 +200,20 @@ class Config:
         return attrs.evolve(parse_target(name), accept_new_host_keys=self.ssh.accept_new_host_keys)
 
 
-_conv = cattrs.Converter(forbid_extra_keys=True)
+_conv = strict_converter()
 
 
 def find(explicit: str | None) -> Path | None:
     """``--config``, then ``$RECIPES_CONFIG``, then ``./recipes.toml``, then the user's config."""
+    try:
+        return _find(explicit)
+    except OSError as exc:  # e.g. a directory on the way that we may not enter
+        raise ConfigError(f"cannot look for the config file: {exc.strerror}: {exc.filename}") from exc
+
+
+def _find(explicit: str | None) -> Path | None:
+    if explicit is not None and not explicit.strip():
+        raise ConfigError("--config: empty file name")
     if explicit:
         p = Path(os.path.expanduser(explicit))
         if not p.exists():
@@ -225,29 +236,89 @@ def load(explicit: str | None = None) -> Config:
     path = find(explicit)
     if path is None:
         return Config()
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); TOML is UTF-8") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return parse(data, str(path.resolve()))
 
 
 def parse(data: dict[str, Any], where: str) -> Config:
-    """Structure a parsed TOML document into a Config."""
-    recipes = data.get("recipes", {})
-    if not isinstance(recipes, dict) or not all(isinstance(v, dict) for v in recipes.values()):
-        raise ConfigError(f"{where}: [recipes.NAME] sections must be tables")
+    """Structure a parsed TOML document into a Config; every mistake is one ConfigError line
+    naming ``where`` (the file) and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a TOML document (a table), got {type(data).__name__}")
+    sections = [f.name for f in attrs.fields(Config) if f.name != "path"]
+    unknown = sorted(key_text(k) for k in data if k not in sections)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys ({', '.join(unknown)}); known keys: {', '.join(sections)}")
+    recipes = _check_recipes(data.get("recipes", {}), where)
     try:
         config = _conv.structure({k: v for k, v in data.items() if k != "recipes"}, Config)
     except Exception as exc:
         raise ConfigError(error_lines(exc, where)) from exc
+    _check_repository(config, where)
     _check_compression(config, where)
     _check_retention(config, where)
     _check_signers(config, data, where)
     _check_host_keys(config, where)
+    _check_hosts(config, where)
     return attrs.evolve(config, recipes=recipes, path=where)
+
+
+def _check_recipes(recipes: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``[recipes.NAME]`` tables of known recipes; their keys are checked when a recipe is used."""
+    from recipes import apps
+
+    if not isinstance(recipes, dict):
+        raise ConfigError(f"{where}: recipes: expected tables [recipes.NAME], got {recipes!r}")
+    for name, table in recipes.items():
+        if name not in apps.names():
+            raise ConfigError(
+                f"{where}: recipes.{key_text(name)}: unknown recipe; known recipes: {', '.join(apps.names())}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: recipes.{name}: expected a table of parameters, got {table!r}")
+    return recipes
+
+
+def _check_repository(config: Config, where: str) -> None:
+    repo = config.repository
+    if not repo.url.strip():
+        raise ConfigError(
+            f"{where}: repository.url: empty; give a folder or a URL such as s3://bucket/prefix"
+        )
+    for key in ("identity_file", "cache_dir"):
+        value = getattr(repo, key, None)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{where}: repository.{key}: empty; leave it out for the default")
+
+
+def _check_hosts(config: Config, where: str) -> None:
+    """Host tables: a name without spaces, a port from 1 to 65535, an address and user that are
+    one word (checked generically, by field name, so fields added later are covered too)."""
+    for name, host in config.hosts.items():
+        if not name.strip() or any(c.isspace() or not c.isprintable() for c in name) or "/" in name:
+            raise ConfigError(f"{where}: hosts.{key_text(name)}: a host name must be one word without '/'")
+        for key, value in attrs.asdict(host, recurse=False).items():
+            if value is None:
+                continue
+            if (key == "port" or key.endswith("_port")) and not 1 <= value <= 65535:
+                raise ConfigError(
+                    f"{where}: hosts.{name}.{key}: must be a port number from 1 to 65535, got {value}"
+                )
+            if key in ("address", "user") and (
+                not value or value.startswith("-") or any(c.isspace() or c in "@/" for c in value)
+            ):
+                raise ConfigError(f"{where}: hosts.{name}.{key}: {value!r} is not a valid {key}")
+            if key.endswith("_file") and not value.strip():
+                raise ConfigError(f"{where}: hosts.{name}.{key}: empty; leave it out for the default")
 
 
 def _check_compression(config: Config, where: str) -> None:
@@ -267,12 +338,20 @@ def _check_compression(config: Config, where: str) -> None:
 
 
 def _check_retention(config: Config, where: str) -> None:
+    """Durations parse (duply's units) and counts are not negative, for every retention key."""
     from recipes.chain import parse_duration
 
-    try:
-        parse_duration(config.retention.full_every)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: retention.full_every: {exc}") from None
+    for key, value in attrs.asdict(config.retention).items():
+        if isinstance(value, str):
+            try:
+                parse_duration(value)
+            except (ValueError, OverflowError) as exc:
+                raise ConfigError(f"{where}: retention.{key}: {exc}") from None
+        elif isinstance(value, int) and value < 0:
+            raise ConfigError(f"{where}: retention.{key}: must not be negative, got {value}")
+
+
+_SET_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _check_signers(config: Config, data: dict[str, Any], where: str) -> None:
@@ -313,11 +392,18 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, as in --set root=/srv/site")
+        parts = key.split(".")
+        if not all(_SET_KEY.fullmatch(p) for p in parts):
+            raise ConfigError(
+                f"--set {item!r}: {key!r} is not a key: use letters, digits, _ and -, "
+                "with dots between table and key, as in --set postgres.port=5433"
+            )
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
+            doc = tomllib.loads(f"v = {text}")
         except tomllib.TOMLDecodeError:
-            value = text
-        merge(out, nest(key.split("."), value))
+            doc = {}
+        value = doc["v"] if list(doc) == ["v"] else text  # "1\nx = 2" is one string, not two keys
+        merge(out, nest(parts, value))
     return out
 
 

@@ -29,6 +29,8 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW = 4 << 20
 PACKET = 256 << 10
 STDERR_TAIL = 64 << 10
+# The first bytes of stderr are kept too: the root cause is usually the first error.
+STDERR_HEAD = 16 << 10
 # After a stream failed, how long a command may take to report its exit status (seconds).
 FAILED_WAIT = 30.0
 # Seconds a local command has between TERM and KILL.
@@ -127,36 +129,64 @@ def key_values(output: bytes) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-# Summary lines that say nothing about the cause (GNU tar's closing line, sudo's cd warning).
-_NOISE = re.compile(r"Exiting with failure status|could not change directory to")
+# Summary lines that say nothing about the cause (GNU tar's closing lines, sudo's cd warning,
+# the mark where _Tail skipped the middle of a long stderr).
+_NOISE = re.compile(
+    r"Exiting with failure status|Error is not recoverable: exiting now|"
+    r"could not change directory to|sudo: unable to resolve host|"
+    r"^\[\.\.\. \d+ bytes of stderr skipped \.\.\.\]$"
+)
+# Lines that report an error (the first one is usually the cause; later ones its consequences).
+_ERROR = re.compile(
+    r"error|fatal|cannot|can't|could not|couldn't|not found|no such|denied|not permitted|"
+    r"failed|refused|invalid|unable|\bnot\b.*\bexist",
+    re.IGNORECASE,
+)
+_WARNING = re.compile(r"^(\S+:\s*)*warning\b", re.IGNORECASE)
 
 
 def last_line(text: str) -> str:
-    """The most telling line of a command's stderr, for one-line error messages."""
+    """The most telling line of a command's stderr, for one-line error messages: the first
+    line that reports an error (not a warning), else the last line that is not noise."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     useful = [line for line in lines if not _NOISE.search(line)]
     if not useful:
         return lines[-1] if lines else "(no message)"
+    errors = [line for line in useful if _ERROR.search(line) and not _WARNING.match(line)]
+    best = errors[0] if errors else useful[-1]
     more = len(useful) - 1
-    return useful[-1] + (f" (+{more} more lines)" if more and len(useful[-1]) < 200 else "")
+    return best + (f" (+{more} more lines)" if more and len(best) < 200 else "")
 
 
 class _Tail:
-    """Keeps the last bytes of a stream that a thread drains."""
+    """Keeps the first ``STDERR_HEAD`` and the last ``STDERR_TAIL`` bytes of a stream that a
+    thread drains: the first error (the cause) and the last (what finally failed) both survive."""
 
     def __init__(self) -> None:
+        self.head = bytearray()
         self.data = bytearray()
+        self.skipped = 0
         self.lock = threading.Lock()
 
     def add(self, chunk: bytes) -> None:
         with self.lock:
+            room = STDERR_HEAD - len(self.head)
+            if room > 0:
+                self.head += chunk[:room]
+                chunk = chunk[room:]
             self.data += chunk
             if len(self.data) > STDERR_TAIL:
-                del self.data[: len(self.data) - STDERR_TAIL]
+                cut = len(self.data) - STDERR_TAIL
+                del self.data[:cut]
+                self.skipped += cut
 
     def text(self) -> str:
         with self.lock:
-            return self.data.decode("utf-8", "replace")
+            if not self.skipped:
+                return (self.head + self.data).decode("utf-8", "replace")
+            head = self.head.decode("utf-8", "replace")
+            tail = self.data.decode("utf-8", "replace")
+            return f"{head}\n[... {self.skipped} bytes of stderr skipped ...]\n{tail}"
 
 
 def _drain(read: Callable[[int], bytes], tail: _Tail) -> threading.Thread:
@@ -448,17 +478,56 @@ class SshHost:
 
 
 def parse_target(text: str) -> HostSpec:
-    """``[user@]address[:port]`` (or an ``~/.ssh/config`` name) as a HostSpec."""
+    """``[user@]address[:port]``, ``[user@][v6address]:port`` or an ``~/.ssh/config`` name as a
+    HostSpec; a malformed one is a one-line ConfigError (exit 2), never a connection attempt."""
+    import ipaddress
+
+    from recipes.errors import ConfigError
+
     if text == LOCAL:
         return HostSpec(LOCAL)
-    user, _, rest = text.rpartition("@")
-    address, port = rest, None
-    if rest.count(":") == 1:
-        address, _, port_text = rest.partition(":")
-        if not port_text.isdigit():
-            from recipes.errors import ConfigError
 
-            raise ConfigError(f"--host {text}: port must be a number, as in user@host:2222")
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"--host {text!r}: {why}; give a [hosts.NAME] alias, an ~/.ssh/config name, "
+            "[user@]address[:port] or local"
+        )
+
+    if not text.strip():
+        raise bad("empty")
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise bad("contains spaces or control characters")
+    user, at, rest = text.rpartition("@")
+    if at and not user:
+        raise bad("nothing before '@'")
+    if "@" in user:
+        raise bad("more than one '@'")
+    port_text: str | None = None
+    if rest.startswith("["):
+        address, close, tail = rest[1:].partition("]")
+        if not close or (tail and not tail.startswith(":")):
+            raise bad("an IPv6 address with a port is written [address]:port")
+        port_text = tail[1:] if tail else None
+        if address and ":" not in address:
+            raise bad("only an IPv6 address goes in brackets")
+    elif rest.count(":") > 1:
+        address = rest
+    else:
+        address, colon, after = rest.partition(":")
+        port_text = after if colon else None
+    if not address:
+        raise bad("no address")
+    if ":" in address:
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise bad("too many ':' (an IPv6 address with a port is written [address]:port)") from None
+    if address.startswith("-") or user.startswith("-"):
+        raise bad("a name cannot start with '-'")
+    port = None
+    if port_text is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+            raise bad(f"the port must be a number from 1 to 65535, as in user@host:2222, not {port_text!r}")
         port = int(port_text)
     return HostSpec(name=text, address=address, user=user or None, port=port)
 

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import attrs
-import cattrs
+
+from recipes.recipe import error_lines, strict_converter
 
 # 2: signed (manifest.sig beside it, sshsig namespace "recipes-manifest"); 1 had no signature.
 FORMAT = 2
@@ -77,7 +78,8 @@ class Manifest:
         return sum(o.size for o in self.objects)
 
 
-_converter = cattrs.Converter()
+# Strict: a manifest with ``"size": "12"`` or ``"level": true`` is damaged, not coerced.
+_converter = strict_converter(forbid_extra_keys=False)
 
 
 def dumps(manifest: Manifest) -> str:
@@ -88,6 +90,12 @@ def dumps(manifest: Manifest) -> str:
 def loads(text: str) -> Manifest:
     """Parse a manifest; raise ValueError on anything malformed."""
     try:
-        return _converter.structure(json.loads(text), Manifest)
-    except (ValueError, cattrs.BaseValidationError) as exc:
-        raise ValueError(f"malformed manifest: {exc}") from exc
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"malformed manifest: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"malformed manifest: expected a JSON object, got {type(data).__name__}")
+    try:
+        return _converter.structure(data, Manifest)
+    except Exception as exc:  # cattrs' errors, and whatever a hostile document provokes
+        raise ValueError(error_lines(exc, "malformed manifest")) from exc

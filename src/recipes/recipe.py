@@ -42,8 +42,10 @@ class Recipe(Protocol):
     def restore_steps(self, params: Any) -> list[Step]: ...
 
 
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True)
+def strict_converter(*, forbid_extra_keys: bool = True) -> cattrs.Converter:
+    """A converter that takes TOML/JSON values only as they are: ``"false"`` is no bool, ``"22"``
+    no int, ``1.5`` no int; unknown keys fail unless ``forbid_extra_keys`` is off."""
+    conv = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
 
     def is_bool_or_table(tp: Any) -> bool:
         args = typing.get_args(tp)
@@ -87,29 +89,97 @@ def _make_converter() -> cattrs.Converter:
             raise ValueError(f"expected true or false, got {value!r}")
         return value
 
+    def structure_float(value: Any, _: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+
     conv.register_structure_hook(str, structure_str)
     conv.register_structure_hook(int, structure_int)
     conv.register_structure_hook(bool, structure_bool)
+    conv.register_structure_hook(float, structure_float)
     return conv
 
 
-converter = _make_converter()
+converter = strict_converter()
+
+
+class FieldError(ValueError):
+    """A validator's complaint about one field; ``error_lines`` puts the field into the key path."""
+
+    def __init__(self, attribute: attrs.Attribute[Any], message: str) -> None:
+        super().__init__(message)
+        self.field = attribute.name
+
+
+def absolute_path(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """attrs validator: absolute paths without ``..`` (every path of a recipe is on the host)."""
+    if value is None:
+        return
+    for item in (value,) if isinstance(value, str) else value:
+        if not item.startswith("/"):
+            raise FieldError(attribute, f"must be an absolute path (starting with /), got {item!r}")
+        if ".." in item.split("/"):
+            raise FieldError(attribute, f"must not contain '..', got {item!r}")
+        if "\0" in item or "\n" in item:
+            raise FieldError(attribute, f"must not contain a NUL or newline, got {item!r}")
+
+
+def port_number(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    """attrs validator: a TCP port, 1 to 65535 (None: the default port)."""
+    if value is not None and not 1 <= value <= 65535:
+        raise FieldError(attribute, f"must be a port number from 1 to 65535, got {value}")
+
+
+def env_name(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """attrs validator: the name of an environment variable (a secret's value never goes in config)."""
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise FieldError(
+            attribute, f"must be an environment variable name such as PGPASSWORD_WEB1, got {value!r}"
+        )
+
+
+_FIELD = "\x1f"
+
+
+def key_text(key: object) -> str:
+    """A key as it can appear in a one-line message: plain words as they are, anything else quoted."""
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.@-]+", key) else repr(key)
+
+
+def _describe(exc: BaseException, tp: type | None) -> str:
+    """One cattrs sub-error as the operator should read it (our hooks' and validators' own words)."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        known = ", ".join(f.name for f in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
+        extra = ", ".join(key_text(k) for k in sorted(exc.extra_fields))
+        return f"unknown keys ({extra})" + (f"; known keys: {known}" if known else "")
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, FieldError):
+        return f"{exc.field}{_FIELD}{exc}"
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    if isinstance(exc, AttributeError) and "items" in str(exc):
+        return "expected a table"
+    name = getattr(tp, "__name__", None) or (repr(tp) if tp is not None else "")
+    return f"expected {name}" if name else f"invalid value ({exc})"
 
 
 def error_lines(exc: BaseException, where: str) -> str:
     """One line naming every bad key, for a cattrs structuring error."""
     if isinstance(exc, cattrs.BaseValidationError):
         parts = []
-        for msg in cattrs.transform_error(exc, path=""):
-            msg = msg.replace("extra fields found", "unknown keys").replace("invalid value for type, ", "")
+        for msg in cattrs.transform_error(exc, path="", format_exception=_describe):
             text, _, path = msg.rpartition(" @ ")
+            text = text or msg
             key = re.sub(r"\['([^']*)'\]", r".\1", path).lstrip("$.").lstrip(".")
-            if not key:
-                parts.append(text or msg)
-                continue
-            parts.append(f"{key}: {text or msg}")
+            if _FIELD in text:
+                field, _, text = text.partition(_FIELD)
+                key = f"{key}.{field}" if key else field
+            text = " ".join(text.split())
+            parts.append(f"{key}: {text}" if key else text)
         return f"{where}: " + "; ".join(parts)
-    return f"{where}: {exc}"
+    return f"{where}: " + " ".join(str(exc).split())
 
 
 def make_params(recipe: Recipe, values: dict[str, Any], where: str) -> Any:

@@ -125,9 +125,11 @@ class Repository:
                 found.append(item)
         return found
 
-    def manifests(self, recipe: str | None = None, host: str | None = None) -> list[mf.Manifest]:
+    def manifests(
+        self, recipe: str | None = None, host: str | None = None, damaged: list[str] | None = None
+    ) -> list[mf.Manifest]:
         """The manifests of ``listed`` (not yet checked: see ``trust.Trust``)."""
-        return [item.manifest for item in self.listed(recipe, host)]
+        return [item.manifest for item in self.listed(recipe, host, damaged)]
 
     def _read_listed(self, path: str, damaged: list[str] | None = None) -> Listed | None:
         """One snapshot's manifest and signature; None (with a warning) when it is damaged."""
@@ -139,7 +141,7 @@ class Repository:
             manifest = mf.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             where = f"{recipe_dir}/{host_dir}/{snapshot_dir}"
-            log.warning("skipped damaged snapshot %s: %s", where, str(exc).splitlines()[0][:200])
+            log.warning("skipping damaged snapshot %s: %s", where, str(exc).splitlines()[0][:200])
             if damaged is not None:
                 damaged.append(f"{where}: {str(exc).splitlines()[0][:200]}")
             return None

@@ -7,9 +7,11 @@ from typing import Any, BinaryIO, Protocol
 
 import attrs
 
-from recipes.errors import StepFailed, VerifyError
+from recipes.errors import ConfigError, StepFailed, VerifyError
 
 CHUNK = 1 << 20
+# An identity file is a few lines; anything larger is the wrong file.
+IDENTITY_MAX = 1 << 16
 
 
 class Readable(Protocol):
@@ -196,15 +198,55 @@ def _recipient(text: str) -> Any:
 
 
 def load_identities(path: str) -> list[Any]:
-    """Read age identities (``AGE-SECRET-KEY-1...`` lines) from a file."""
+    """Read age identities (``AGE-SECRET-KEY-1...`` lines; ``#`` comments) from a file.
+
+    Anything else (missing, a directory, binary, empty, a public key by mistake, a damaged key)
+    is one ConfigError line naming the file and line, and never quoting the secret.
+    """
     import pyrage
 
+    where = f"identity file {path}"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(IDENTITY_MAX + 1)
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not an age identity file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > IDENTITY_MAX:
+        raise ConfigError(f"{where}: too large for an age identity file (over {IDENTITY_MAX} bytes)")
+    if data.startswith(b"age-encryption.org/"):
+        raise ConfigError(
+            f"{where}: is itself age-encrypted; passphrase-protected identities are not supported: "
+            "decrypt it with `age -d` into a 0600 file"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{where}: not a text file; expected AGE-SECRET-KEY-1... lines (from `recipes init`)"
+        ) from None
     identities = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith("AGE-SECRET-KEY-"):
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("AGE-SECRET-KEY-"):
+            try:
                 identities.append(pyrage.x25519.Identity.from_str(line))
+            except Exception:  # pyrage.IdentityError; its text could echo the secret
+                raise ConfigError(
+                    f"{where}: line {number} is not a valid age secret key (damaged?)"
+                ) from None
+        elif line.startswith("age1"):
+            raise ConfigError(
+                f"{where}: line {number} is an age public key (a recipient); restores need the "
+                "secret key, AGE-SECRET-KEY-1..."
+            )
+        else:
+            raise ConfigError(f"{where}: line {number} is not an age secret key (AGE-SECRET-KEY-1...)")
+    if not identities:
+        raise ConfigError(f"{where}: holds no age secret key (AGE-SECRET-KEY-1...)")
     return identities
 
 

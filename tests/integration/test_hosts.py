@@ -108,6 +108,8 @@ def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost) ->
         assert list(world.repo.glob("django/backup-alias/*/manifest.json"))
         bad = world.cli("run", "django", "--host", "no-such-alias.invalid", "--set", "root=/x")
         assert bad.returncode == 1
-        assert bad.stderr.startswith("recipes: error: cannot connect to no-such-alias.invalid")
+        assert bad.stderr.splitlines()[-1].startswith(
+            "recipes: error: cannot connect to no-such-alias.invalid"
+        )
     finally:
         shutil.rmtree(src, ignore_errors=True)

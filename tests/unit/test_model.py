@@ -75,10 +75,10 @@ def test_set_table_replaces_a_boolean() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"root": 3}, "root: expected str"),
-        ({"postgres": {"port": "x"}}, "postgres.port: expected int"),
+        ({"root": 3}, "root: expected a string"),
+        ({"postgres": {"port": "x"}}, "postgres.port: expected an integer"),
         ({"nope": 1}, "unknown keys (nope)"),
-        ({"postgres": "yes"}, "postgres: expected bool"),
+        ({"postgres": "yes"}, "postgres: expected true, false or a table"),
     ],
 )
 def test_bad_parameters_are_one_line_naming_the_key(values: dict[str, object], message: str) -> None:

@@ -14,7 +14,7 @@ import attrs
 from recipes.databases import mysql as mysql_db
 from recipes.databases import postgresql as pg_db
 from recipes.databases import sqlite as sqlite_db
-from recipes.recipe import param
+from recipes.recipe import absolute_path, env_name, param, port_number
 from recipes.steps import Archive, Extract, Step, under
 
 # The seed's /etc/duply/main/exclude, in order.
@@ -48,10 +48,10 @@ class Postgres:
     """PostgreSQL over TCP with a password; ``postgres = true`` uses the local socket instead."""
 
     host: str | None = param(None, "server address; unset: local socket as the postgres user")
-    port: int | None = param(None, "server port (default 5432)")
+    port: int | None = param(None, "server port (default 5432)", validator=port_number)
     user: str = param("postgres", "role to connect as (a superuser, to dump every database)")
     password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)"
+        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
     )
 
     def connection(self) -> pg_db.Connection:
@@ -65,10 +65,10 @@ class Mysql:
     """MySQL/MariaDB; ``mysql = true`` uses the local socket as the login user."""
 
     host: str | None = param(None, "server address; unset: the default local socket")
-    port: int | None = param(None, "server port (default 3306)")
+    port: int | None = param(None, "server port (default 3306)", validator=port_number)
     user: str = param("root", "account to connect as")
     password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)"
+        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
     )
 
     def connection(self) -> mysql_db.Connection:
@@ -82,7 +82,10 @@ class DjangoParams:
     """Parameters of the ``django`` recipe."""
 
     root: str = param(
-        "/", "the directory backed up (SOURCE=/ in the seed); every path is under it", chain=True
+        "/",
+        "the directory backed up (SOURCE=/ in the seed); every path is under it",
+        validator=absolute_path,
+        chain=True,
     )
     excludes: tuple[str, ...] = param(
         DEFAULT_EXCLUDES, "paths left out (the seed's exclude file)", content=True
@@ -93,7 +96,10 @@ class DjangoParams:
         False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table"
     )
     sqlite: tuple[str, ...] = param(
-        (), "SQLite databases to dump consistently (paths under root)", content=True
+        (),
+        "SQLite databases to dump consistently (paths under root)",
+        validator=absolute_path,
+        content=True,
     )
     mysql: bool | Mysql = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
 
