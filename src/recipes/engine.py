@@ -293,6 +293,20 @@ def backup(
     full: bool = False,
     chaining: Chaining | None = None,
 ) -> mf.Manifest:
+    """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
+    with repo.lock(plan.recipe, plan.host, "run"):
+        return _backup(plan, host, repo, recipients, full=full, chaining=chaining)
+
+
+def _backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+    *,
+    full: bool = False,
+    chaining: Chaining | None = None,
+) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
 
     It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows and
