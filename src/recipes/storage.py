@@ -17,9 +17,10 @@ Retries are bounded and happen in exactly two places:
 botocore's own retries are off, so nothing multiplies. With the default timeouts
 (``CONNECT_TIMEOUT`` 10 s, ``READ_TIMEOUT`` 20 s) a hanging endpoint fails a call after about
 40 s (two tries); a refused connection after three tries, about 2 s; a connect timeout after at
-most 30 s. Permanent failures (403, missing bucket, no
-credentials) fail at once. After an endpoint failed once, clean-up calls (removing the partial
-snapshot, releasing the lock) each get one try.
+most 30 s. A request whose body the server stops reading (read timeouts do not apply while
+sending) is cut off after ``REQUEST_FACTOR`` read timeouts (120 s). Permanent failures (403,
+missing bucket, no credentials) fail at once. After an endpoint failed once, clean-up calls
+(removing the partial snapshot, releasing the lock) each get one try.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ log = logging.getLogger("recipes")
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 20
 S3FS_TRIES = 2
+REQUEST_FACTOR = 6  # a whole request (an 8 MiB part upload) may take 6 read timeouts: 120 s
 ATTEMPTS = 3
 RETRY_SECONDS = 30.0
 
@@ -175,7 +177,8 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
                 )
         if isinstance(e, asyncio.TimeoutError) or type(e).__name__ == "FSTimeoutError":
             return Failure(
-                f"the storage at {endpoint} did not answer in time",
+                f"the S3 endpoint {endpoint} did not answer: a request took longer than "
+                f"{REQUEST_FACTOR * read_timeout:g} s",
                 "check the endpoint and the network",
                 transient=True,
                 down=True,
@@ -222,9 +225,21 @@ class GuardedFS:
         )
         if self.s3:
             fs.retries = S3FS_TRIES
+            fs.call_s3 = self._bounded_call_s3  # s3fs's files call it for every part they upload
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fs, name)
+
+    def _bounded_call_s3(self, *args: Any, **kwargs: Any) -> Any:
+        """s3fs's ``call_s3`` with a total time limit per request.
+
+        The read timeout never fires while a request body is being sent: a server that stops
+        reading mid-upload would hang the run forever without this.
+        """
+        import fsspec.asyn
+
+        limit = REQUEST_FACTOR * self.read_timeout
+        return fsspec.asyn.sync(self.fs.loop, self.fs._call_s3, *args, timeout=limit, **kwargs)
 
     def error(self, exc: BaseException, what: str) -> RepositoryError | None:
         """The one-line error for a storage failure while doing ``what``, or None."""
