@@ -157,3 +157,22 @@ def fresh_mariadb_db(mariadb_source: servers.MariaDB) -> Iterator[str]:
         yield name
     finally:
         mariadb_source.sql(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[servers.S3Server]:
+    """``rclone serve s3`` on 127.0.0.1 with its own random key pair, shared by the session."""
+    server = servers.start_s3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: servers.S3Server) -> str:
+    """A fresh, empty bucket on s3_server (thawed, in case an earlier test left it frozen)."""
+    s3_server.thaw()
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.make_bucket(name)
+    return name

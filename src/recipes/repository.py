@@ -10,12 +10,15 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
 from recipes import manifest as mf
 from recipes.errors import ConfigError, RepositoryError, VerifyError
+
+if TYPE_CHECKING:
+    from recipes import locks
 
 log = logging.getLogger("recipes")
 
@@ -70,16 +73,33 @@ class Repository:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         import fsspec
 
+        from recipes import storage
+
         self.url = url
         expanded = os.path.expanduser(url) if "://" not in url else url
+        opts = dict(options or {})
+        s3 = expanded.split("://", 1)[0] in ("s3", "s3a")
+        if s3:  # timeouts and bounded retries by default; [repository] options override them
+            opts = storage.s3_options(opts)
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(expanded, **(options or {}))
+            fs, self.root = fsspec.core.url_to_fs(expanded, **opts)
         except (ImportError, ValueError, TypeError) as exc:
-            raise ConfigError(f"repository {url}: {exc}") from exc
+            reason = storage.scrub(str(exc), storage.secrets_of(opts))
+            raise ConfigError(f"repository {url}: {reason}") from exc
         self.root = self.root.rstrip("/")
-        self.local = "file" in (
-            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        )
+        self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        self.fs = storage.GuardedFS(fs, url, storage.secrets_of(opts))
+        self.conditional_writes: bool | None = None  # S3 honours If-None-Match (locks.py probes it)
+        if s3:  # once per repository: never let a write create a mistyped bucket
+            self.fs.check_bucket(self.root.split("/", 1)[0])
+
+    def lock(
+        self, recipe: str, host: str, purpose: str = "run"
+    ) -> contextlib.AbstractContextManager[locks.Lease]:
+        """Hold the lease of recipe@host for a block (see ``recipes.locks``); ``LockHeld`` when taken."""
+        from recipes import locks
+
+        return locks.hold(self, recipe, host, purpose)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -241,6 +261,8 @@ class SnapshotWriter:
 
     @contextlib.contextmanager
     def open(self, relpath: str) -> Iterator[BinaryIO]:
+        """A new object of the snapshot; storage failures (disk full, S3 down) are one-line errors,
+        and an object whose writing failed is discarded, never committed half-written."""
         full = f"{self.path}/{relpath}"
         parent = full.rsplit("/", 1)[0]
         self.repo.fs.makedirs(parent, exist_ok=True)
@@ -267,6 +289,13 @@ class SnapshotWriter:
                 fh.write(data)
 
     def abort(self) -> None:
-        """Remove what was written; the snapshot never had a manifest, so it was never listed."""
-        with contextlib.suppress(Exception):
+        """Remove what was written; the snapshot never had a manifest, so it was never listed.
+
+        Best effort (one try when the storage already failed); what stays is invisible anyway.
+        """
+        try:
             self.repo.fs.rm(self.path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("could not remove the unfinished snapshot %s: %s", self.path, exc)

@@ -1,0 +1,379 @@
+"""A lease per recipe@host in the repository, so two runs never quiesce the same application.
+
+The lock is one small JSON object at ``<repo>/locks/<recipe>@<host>``: who holds it (user,
+controller hostname, pid), since when, when it was last renewed, and a random token. A
+background thread renews it every ``RENEW_SECONDS`` while the run lives. A lock is stale when
+it was not renewed for ``LEASE_SECONDS`` (10 min, ten renewal intervals): its run is gone (a
+SIGKILL, a power cut), and the next run takes it over with a warning. A live run renews it,
+so a backup may take as long as it needs.
+
+Taking the lock must be atomic:
+
+* local folder: the lease is written to a temporary file and hard-linked to its name
+  (``link`` fails when the name exists: an O_EXCL create of a complete file);
+* S3 that honours ``If-None-Match: *`` (AWS since 2024): a conditional PUT;
+* S3 that ignores it (``rclone serve s3``, probed once per repository): check that no lock
+  exists, write ours, wait ``SETTLE_SECONDS``, read it back and keep it only if our token is
+  still there. Two controllers that both check within the same instant and both read back
+  before the other's write landed can still both win: that race, and the same one when two
+  controllers take over one stale lock, is what remains (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from recipes.errors import RepositoryError
+
+if TYPE_CHECKING:
+    from recipes.repository import Repository
+
+log = logging.getLogger("recipes")
+
+LEASE_SECONDS = 600
+RENEW_SECONDS = 60
+SETTLE_SECONDS = 2.0
+LOCKS = "locks"
+TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _text(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime(TIME)
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, TIME).replace(tzinfo=dt.UTC)
+
+
+class LockHeld(RepositoryError):
+    """Another run holds recipe@host (exit 1); nothing was done on the host."""
+
+
+@attrs.frozen
+class Lease:
+    """One holder of one recipe@host lock, as stored in the repository."""
+
+    recipe: str
+    host: str
+    purpose: str
+    owner: str
+    controller: str
+    pid: int
+    started: str
+    renewed: str
+    token: str
+    lease_seconds: int = LEASE_SECONDS
+
+    @classmethod
+    def new(cls, recipe: str, host: str, purpose: str, now: dt.datetime) -> Lease:
+        try:
+            owner = getpass.getuser()
+        except (KeyError, OSError):
+            owner = str(os.getuid())
+        return cls(
+            recipe=recipe,
+            host=host,
+            purpose=purpose,
+            owner=owner,
+            controller=socket.gethostname(),
+            pid=os.getpid(),
+            started=_text(now),
+            renewed=_text(now),
+            token=secrets.token_hex(16),
+        )
+
+    def holder(self) -> str:
+        """``user@controller pid N since TIME`` for messages."""
+        return f"{self.owner}@{self.controller} pid {self.pid} since {self.started}"
+
+    def stale(self, now: dt.datetime) -> bool:
+        """Not renewed for longer than its lease: its run is gone."""
+        return (now - _time(self.renewed)).total_seconds() > max(self.lease_seconds, RENEW_SECONDS * 3)
+
+    def renew(self, now: dt.datetime) -> Lease:
+        return attrs.evolve(self, renewed=_text(now))
+
+    def dumps(self) -> bytes:
+        return (json.dumps({"format": 1, **attrs.asdict(self)}, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Lease:
+        """Parse a stored lease; ValueError when it is not one."""
+        try:
+            raw = json.loads(data.decode())
+            if not isinstance(raw, dict) or raw.pop("format", None) != 1:
+                raise ValueError("not a recipes lock (format 1)")
+            lease = cls(**raw)
+            _time(lease.renewed)
+            return lease
+        except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class Store:
+    """The few lock operations, atomic where each kind of storage allows it."""
+
+    def __init__(self, repo: Repository, settle: float = SETTLE_SECONDS) -> None:
+        self.repo = repo
+        self.fs = repo.fs
+        self.settle = settle
+
+    def path(self, recipe: str, host: str) -> str:
+        from recipes.repository import safe_name
+
+        return f"{self.repo.root}/{LOCKS}/{safe_name(recipe)}@{safe_name(host)}"
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            if self.repo.local:
+                return self.fs.call(f"read {path}", lambda: _read_local(path), retry=False)
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def replace(self, path: str, data: bytes) -> None:
+        """Overwrite (renewal): a rename on a local folder, a PUT on S3; both atomic."""
+        if self.repo.local:
+            self.fs.call(f"write {path}", lambda: _write_local(path, data, exclusive=False), retry=False)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.repo.local:
+                self.fs.call(f"remove {path}", lambda: os.unlink(path), retry=False)
+            else:
+                self.fs.rm_file(path)
+
+    def create(self, path: str, lease: Lease) -> bool:
+        """Write ``lease`` only if no lock exists; True when it is ours afterwards."""
+        data = lease.dumps()
+        if self.repo.local:
+            try:
+                self.fs.call(f"write {path}", lambda: _write_local(path, data, exclusive=True), retry=False)
+                return True
+            except FileExistsError:
+                return False
+        if self.conditional():
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+                return True
+            except FileExistsError:  # someone else's, or ours from a retried PUT
+                return self._ours(path, lease)
+        if self.read(path) is not None:
+            return False
+        self.fs.pipe_file(path, data)
+        time.sleep(self.settle)  # a rival's write in this window overwrites ours: we then lose
+        return self._ours(path, lease)
+
+    def _ours(self, path: str, lease: Lease) -> bool:
+        data = self.read(path)
+        try:
+            return data is not None and Lease.loads(data).token == lease.token
+        except ValueError:
+            return False
+
+    def conditional(self) -> bool:
+        """Does this S3 server honour ``If-None-Match: *``? Probed once per repository."""
+        if self.repo.conditional_writes is None:
+            probe = f"{self.repo.root}/{LOCKS}/.probe-{secrets.token_hex(8)}"
+            self.fs.pipe_file(probe, b"probe\n")
+            try:
+                self.fs.pipe_file(probe, b"again\n", mode="create")
+                honoured = False  # the second create of the same name succeeded
+            except FileExistsError:
+                honoured = True
+            except RepositoryError as exc:  # e.g. 501 NotImplemented for the header
+                log.debug("conditional write probe: %s", exc)
+                honoured = False
+            with contextlib.suppress(RepositoryError, FileNotFoundError):
+                self.fs.rm_file(probe)
+            self.repo.conditional_writes = honoured
+            log.debug("%s: conditional writes %s", self.repo.url, "honoured" if honoured else "ignored")
+        return bool(self.repo.conditional_writes)
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _write_local(path: str, data: bytes, exclusive: bool) -> None:
+    """A complete file under a temporary name, then linked (exclusive) or renamed into place."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lock-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if exclusive:
+            os.link(tmp, path)  # EEXIST when a lock is there: atomic, even on NFS
+        else:
+            os.replace(tmp, path)
+            tmp = ""
+    finally:
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def acquire(
+    repo: Repository,
+    recipe: str,
+    host: str,
+    purpose: str = "run",
+    *,
+    clock: Clock = utcnow,
+    store: Store | None = None,
+) -> Lease:
+    """Take the lock of recipe@host, taking over a stale one; ``LockHeld`` when a live run has it."""
+    store = store or Store(repo)
+    path = store.path(recipe, host)
+    lease = Lease.new(recipe, host, purpose, clock())
+    for _ in range(3):  # a lock released or taken over between our steps: look again
+        if store.create(path, lease):
+            return lease
+        data = store.read(path)
+        if data is None:
+            continue
+        try:
+            held = Lease.loads(data)
+        except ValueError:
+            raise LockHeld(
+                f"{recipe}@{host} is locked by an unreadable lock file {path}: "
+                "remove it if no backup of it is running"
+            ) from None
+        if held.token == lease.token:
+            return lease
+        if not held.stale(clock()):
+            raise LockHeld(
+                f"{recipe}@{host} is locked by {held.holder()} ({held.purpose}, renewed {held.renewed}): "
+                f"wait for that run to finish; a lock not renewed for {held.lease_seconds // 60} min "
+                "is taken over"
+            )
+        log.warning(
+            "taking over the stale lock of %s@%s held by %s (not renewed since %s)",
+            recipe,
+            host,
+            held.holder(),
+            held.renewed,
+        )
+        again = store.read(path)  # delete only the stale lease we judged, never a fresh one
+        if again is not None and again != data:
+            continue
+        store.delete(path)
+    raise LockHeld(f"{recipe}@{host}: could not take its lock at {path} (other runs are racing for it)")
+
+
+def release(repo: Repository, lease: Lease, store: Store | None = None) -> None:
+    """Remove our lock; never someone else's. Failures are warnings: the lease runs out anyway."""
+    store = store or Store(repo)
+    path = store.path(lease.recipe, lease.host)
+    try:
+        data = store.read(path)
+        if data is None:
+            log.warning("the lock of %s@%s was already gone", lease.recipe, lease.host)
+            return
+        try:
+            current = Lease.loads(data)
+        except ValueError:
+            current = None
+        if current is None or current.token != lease.token:
+            holder = current.holder() if current else "an unreadable lock file"
+            log.warning(
+                "the lock of %s@%s was taken over by %s: left to it",
+                lease.recipe,
+                lease.host,
+                holder,
+            )
+            return
+        store.delete(path)
+    except RepositoryError as exc:
+        minutes = lease.lease_seconds // 60
+        log.warning("could not release the lock %s (%s): it is stale after %d min", path, exc, minutes)
+
+
+class Renewer:
+    """Renews a lease in the background while its run lives."""
+
+    def __init__(self, store: Store, lease: Lease, every: float, clock: Clock) -> None:
+        self.store = store
+        self.lease = lease
+        self.every = every
+        self.clock = clock
+        self.stop = threading.Event()
+        self.lost: str | None = None
+        self.thread = threading.Thread(target=self._loop, name="recipes-lock", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            self.renew_once()
+
+    def renew_once(self) -> None:
+        path = self.store.path(self.lease.recipe, self.lease.host)
+        try:
+            data = self.store.read(path)
+            current = Lease.loads(data) if data is not None else None
+            if current is None or current.token != self.lease.token:
+                self.lost = current.holder() if current else "nobody (it was removed)"
+                log.error("lost the lock of %s@%s to %s", self.lease.recipe, self.lease.host, self.lost)
+                self.stop.set()
+                return
+            if self.stop.is_set():  # the run ended while we read: release owns the lock now
+                return
+            self.lease = self.lease.renew(self.clock())
+            self.store.replace(path, self.lease.dumps())
+        except (RepositoryError, ValueError) as exc:
+            log.warning("could not renew the lock %s: %s", path, exc)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=self.every + 60)
+
+
+@contextlib.contextmanager
+def hold(
+    repo: Repository,
+    recipe: str,
+    host: str,
+    purpose: str = "run",
+    *,
+    renew_every: float = RENEW_SECONDS,
+    clock: Clock = utcnow,
+    store: Store | None = None,
+) -> Iterator[Lease]:
+    """Hold the lock of recipe@host for the block: renewed meanwhile, released on every exit."""
+    store = store or Store(repo)
+    lease = acquire(repo, recipe, host, purpose, clock=clock, store=store)
+    renewer = Renewer(store, lease, renew_every, clock)
+    try:
+        renewer.start()
+        yield lease
+    finally:
+        renewer.close()
+        release(repo, renewer.lease, store)

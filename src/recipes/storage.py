@@ -1,0 +1,413 @@
+"""Storage access that fails in one line: S3 timeouts, bounded retries, no secrets in messages.
+
+Every call the repository makes on its fsspec filesystem goes through ``GuardedFS``. A storage
+failure (no credentials, endpoint unreachable or hanging, access denied, disk full, read-only,
+permission denied) becomes a one-line ``RepositoryError`` (exit 1) naming the repository, the
+cause and the fix. ``FileNotFoundError`` and ``FileExistsError`` pass through unchanged: callers
+use them to mean "absent" and "already there".
+
+Retries are bounded and happen in exactly two places:
+
+* s3fs retries a request that timed out or lost its connection once (``S3FS_TRIES`` = 2 tries;
+  that also covers each part of a streamed upload);
+* ``GuardedFS`` retries whole idempotent calls (list, stat, read, whole-object write, delete)
+  on the other transient failures: connection refused, HTTP 5xx, throttling; at most
+  ``ATTEMPTS`` tries within ``RETRY_SECONDS``.
+
+botocore's own retries are off, so nothing multiplies. With the default timeouts
+(``CONNECT_TIMEOUT`` 10 s, ``READ_TIMEOUT`` 20 s) a hanging endpoint fails a call after about
+40 s (two tries); a refused connection after three tries, about 2 s; a connect timeout after at
+most 30 s. A request whose body the server stops reading (read timeouts do not apply while
+sending) is cut off after ``REQUEST_FACTOR`` read timeouts (120 s). Permanent failures (403,
+missing bucket, no credentials) fail at once. After an endpoint failed once, clean-up calls
+(removing the partial snapshot, releasing the lock) each get one try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tenacity
+
+from recipes.errors import RepositoryError
+
+log = logging.getLogger("recipes")
+
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 20
+S3FS_TRIES = 2
+REQUEST_FACTOR = 6  # a whole request (an 8 MiB part upload) may take 6 read timeouts: 120 s
+ATTEMPTS = 3
+RETRY_SECONDS = 30.0
+
+T = TypeVar("T")
+
+# S3 error codes that name a passing condition; everything else from the server is permanent.
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+DENIED_CODES = frozenset(
+    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+)
+
+
+def s3_options(options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs options with our defaults under the operator's ``[repository] options``.
+
+    Defaults: connect/read timeouts, no botocore retries (ours are the bounded ones), and no
+    shared instance cache (a fresh client per repository, so a test's frozen endpoint or
+    another repository's settings never leak in).
+    """
+    out = dict(options)
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", READ_TIMEOUT)
+    config.setdefault("retries", {"total_max_attempts": 1})
+    out["config_kwargs"] = config
+    out.setdefault("skip_instance_cache", True)
+    return out
+
+
+class Failure:
+    """What went wrong with one storage call, in words, and whether trying again may help."""
+
+    def __init__(
+        self, reason: str, fix: str, transient: bool, down: bool = False, retried: bool = False
+    ) -> None:
+        self.reason = reason
+        self.fix = fix
+        self.transient = transient
+        self.down = down  # the endpoint did not answer: clean-up gets one try only
+        self.retried = retried  # s3fs already tried again (a read timeout, a dropped connection)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure | None:
+    """A storage failure in words, or None when ``exc`` is not one (it then passes unchanged)."""
+    if isinstance(exc, (FileNotFoundError, FileExistsError, RepositoryError)):
+        return None
+    be: Any = None
+    with contextlib.suppress(ImportError):  # without S3 support only local failures exist
+        be = importlib.import_module("botocore.exceptions")
+    for e in _chain(exc):
+        if be is not None:
+            if isinstance(e, (be.NoCredentialsError, be.PartialCredentialsError)):
+                return Failure(
+                    "no S3 credentials found",
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+                    "or key/secret in [repository] options",
+                    transient=False,
+                )
+            if isinstance(e, be.ReadTimeoutError):
+                return Failure(
+                    f"the S3 endpoint {endpoint} did not answer within {read_timeout:g} s",
+                    "check the endpoint, or raise read_timeout in [repository] options.config_kwargs",
+                    transient=True,
+                    down=True,
+                    retried=True,
+                )
+            if isinstance(e, be.ConnectTimeoutError):
+                return Failure(
+                    f"connecting to the S3 endpoint {endpoint} timed out",
+                    "check the endpoint URL and the network",
+                    transient=True,
+                    down=True,
+                )
+            if isinstance(e, (be.EndpointConnectionError, be.ConnectionClosedError)):
+                return Failure(
+                    f"cannot reach the S3 endpoint {endpoint}",
+                    "check [repository] options.endpoint_url and that the service is up",
+                    transient=True,
+                    down=True,
+                    retried=isinstance(e, be.ConnectionClosedError),
+                )
+            if isinstance(e, be.ClientError):
+                err = e.response.get("Error", {})
+                code = str(err.get("Code", ""))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in DENIED_CODES or status == 403:
+                    return Failure(
+                        f"access denied by the S3 endpoint {endpoint} ({code or status})",
+                        "check the access key and secret and the bucket policy",
+                        transient=False,
+                    )
+                if code in TRANSIENT_CODES or (isinstance(status, int) and status >= 500):
+                    return Failure(
+                        f"the S3 endpoint {endpoint} failed ({code or status})",
+                        "try again later",
+                        transient=True,
+                    )
+                return Failure(
+                    f"the S3 endpoint {endpoint} refused the request ({code or status})",
+                    "check the repository URL and [repository] options",
+                    transient=False,
+                )
+            if isinstance(e, be.BotoCoreError):
+                return Failure(
+                    f"S3 client error: {type(e).__name__}",
+                    "check [repository] options and the endpoint",
+                    transient=False,
+                )
+        if isinstance(e, asyncio.TimeoutError) or type(e).__name__ == "FSTimeoutError":
+            return Failure(
+                f"the S3 endpoint {endpoint} did not answer: a request took longer than "
+                f"{REQUEST_FACTOR * read_timeout:g} s",
+                "check the endpoint and the network",
+                transient=True,
+                down=True,
+                retried=True,
+            )
+    if isinstance(exc, OSError):
+        num = exc.errno
+        if num in (errno.ENOSPC, errno.EDQUOT):
+            return Failure(
+                "no space left on the device" if num == errno.ENOSPC else "disk quota exceeded",
+                "free space there or point [repository] url at a bigger disk",
+                transient=False,
+            )
+        if num == errno.EROFS:
+            return Failure(
+                "the filesystem is read-only",
+                "remount it read-write or point [repository] url elsewhere",
+                transient=False,
+            )
+        if isinstance(exc, PermissionError) or num in (errno.EACCES, errno.EPERM):
+            return Failure(
+                "permission denied",
+                "run as a user that may write there, or fix the directory's owner and mode",
+                transient=False,
+            )
+    return None
+
+
+class GuardedFS:
+    """An fsspec filesystem whose failures are one-line ``RepositoryError`` s, retried when transient."""
+
+    def __init__(self, fs: Any, url: str, secrets: tuple[str, ...] = ()) -> None:
+        self.fs = fs
+        self.url = url
+        self.secrets = tuple(s for s in secrets if s)
+        self.down = False
+        self.s3 = "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        config = getattr(fs, "config_kwargs", {}) or {}
+        self.read_timeout = float(config.get("read_timeout", READ_TIMEOUT))
+        self.endpoint = str(
+            getattr(fs, "endpoint_url", None)
+            or (getattr(fs, "client_kwargs", {}) or {}).get("endpoint_url")
+            or "of AWS"
+        )
+        if self.s3:
+            fs.retries = S3FS_TRIES
+            fs.call_s3 = self._bounded_call_s3  # s3fs's files call it for every part they upload
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def _bounded_call_s3(self, *args: Any, **kwargs: Any) -> Any:
+        """s3fs's ``call_s3`` with a total time limit per request.
+
+        The read timeout never fires while a request body is being sent: a server that stops
+        reading mid-upload would hang the run forever without this.
+        """
+        import fsspec.asyn
+
+        limit = REQUEST_FACTOR * self.read_timeout
+        return fsspec.asyn.sync(self.fs.loop, self.fs._call_s3, *args, timeout=limit, **kwargs)
+
+    def error(self, exc: BaseException, what: str) -> RepositoryError | None:
+        """The one-line error for a storage failure while doing ``what``, or None."""
+        failure = classify(exc, self.endpoint, self.read_timeout)
+        if failure is None:
+            return None
+        if failure.down:
+            self.down = True
+            if self.s3:
+                self.fs.retries = 1
+        return RepositoryError(self.scrub(f"repository {self.url}: {what}: {failure.reason}; {failure.fix}"))
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, self.secrets)
+
+    def call(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
+        """Run ``fn``; transient failures retried (bounded), storage failures raised as one line."""
+        transient = tenacity.retry_if_exception(
+            lambda e: (
+                (f := classify(e, self.endpoint, self.read_timeout)) is not None
+                and f.transient
+                and not f.retried
+            )  # read timeouts, dropped connections: s3fs tried again
+        )
+        attempts = ATTEMPTS if retry and not self.down else 1
+        retrying = tenacity.Retrying(
+            retry=transient,
+            stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(RETRY_SECONDS),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            before_sleep=lambda rs: log.warning(
+                "storage: %s failed (%s), trying again",
+                what,
+                type(rs.outcome.exception()).__name__ if rs.outcome else "?",
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except Exception as exc:
+            mapped = self.error(exc, what)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    # The calls the repository and the locks make; anything else passes through __getattr__.
+    def ls(self, path: str, **kw: Any) -> Any:
+        return self.call(f"list {path}", lambda: self.fs.ls(path, **kw))
+
+    def glob(self, pattern: str, **kw: Any) -> Any:
+        return self.call(f"list {pattern}", lambda: self.fs.glob(pattern, **kw))
+
+    def find(self, path: str, **kw: Any) -> Any:
+        return self.call(f"list {path}", lambda: self.fs.find(path, **kw))
+
+    def info(self, path: str, **kw: Any) -> Any:
+        return self.call(f"read {path}", lambda: self.fs.info(path, **kw))
+
+    def size(self, path: str) -> Any:
+        return self.call(f"read {path}", lambda: self.fs.size(path))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.call(f"read {path}", lambda: self.fs.exists(path)))
+
+    def cat_file(self, path: str, **kw: Any) -> bytes:
+        data: bytes = self.call(f"read {path}", lambda: self.fs.cat_file(path, **kw))
+        return data
+
+    def pipe_file(self, path: str, data: bytes, **kw: Any) -> None:
+        self.call(f"write {path}", lambda: self.fs.pipe_file(path, data, **kw))
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        if self.s3:
+            return  # S3 has no directories, and s3fs would create a missing bucket here
+        self.call(f"write {path}", lambda: self.fs.makedirs(path, exist_ok=exist_ok))
+
+    def rm(self, path: str, recursive: bool = False, **kw: Any) -> None:
+        self.call(f"remove {path}", lambda: self.fs.rm(path, recursive=recursive, **kw), retry=not self.down)
+
+    def rm_file(self, path: str) -> None:
+        self.call(f"remove {path}", lambda: self.fs.rm_file(path), retry=not self.down)
+
+    def open(self, path: str, mode: str = "rb", **kw: Any) -> Any:
+        """A ``GuardedFile`` (typed Any, like every fsspec file)."""
+        what = f"{'read' if 'r' in mode else 'write'} {path}"
+        fh = self.call(what, lambda: self.fs.open(path, mode, **kw), retry="r" in mode)
+        return GuardedFile(self, fh, what)
+
+    def check_bucket(self, bucket: str) -> None:
+        """Refuse a bucket that does not exist (s3fs would create it on the first write)."""
+        try:
+            self.call(f"check bucket {bucket}", lambda: self.fs.call_s3("head_bucket", Bucket=bucket))
+        except FileNotFoundError:
+            raise RepositoryError(
+                f"repository {self.url}: bucket {bucket} does not exist on {self.endpoint}; "
+                "check the URL for a typo, or create the bucket first (recipes never creates buckets)"
+            ) from None
+
+
+class GuardedFile:
+    """A file of a ``GuardedFS``: read/write/close failures are one-line errors too."""
+
+    def __init__(self, fs: GuardedFS, fh: Any, what: str) -> None:
+        self._fs = fs
+        self._fh = fh
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            mapped = self._fs.error(exc, self._what)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    def read(self, n: int = -1, /) -> bytes:
+        data: bytes = self._guard(lambda: self._fh.read(n))
+        return data
+
+    def readinto(self, buf: Any, /) -> int:
+        count: int = self._guard(lambda: self._fh.readinto(buf))
+        return count
+
+    def write(self, data: bytes, /) -> int:
+        count: int = self._guard(lambda: self._fh.write(data))
+        return count
+
+    def close(self) -> None:
+        self._guard(self._fh.close)
+
+    def discard(self) -> None:
+        """Drop what was written (an unfinished upload is aborted) without committing it."""
+        if not self._fs.down:
+            try:
+                if hasattr(self._fh, "discard"):
+                    self._fh.discard()
+            except Exception as exc:  # best effort: the snapshot's abort removes the rest
+                log.debug("discard %s: %s", self._what, exc)
+        try:
+            if self._fs.s3:
+                self._fh.closed = True  # never flush a half-written object on garbage collection
+            else:
+                self._fh.close()
+        except Exception as exc:
+            log.debug("close %s: %s", self._what, exc)
+
+    def __enter__(self) -> GuardedFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """One line, and never a secret, even one an exception carried in."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return " ".join(text.split())
+
+
+def secrets_of(options: dict[str, Any]) -> tuple[str, ...]:
+    """Every secret the options or the environment hold, to scrub from messages."""
+    found = [str(options.get(k, "")) for k in ("secret", "password", "token")]
+    found += [os.environ.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    return tuple(s for s in found if len(s) >= 4)

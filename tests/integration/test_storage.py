@@ -1,0 +1,251 @@
+"""Storage failures end to end through the CLI: S3 on a real server (rclone serve s3) and a tiny disk.
+
+Every failure must be one line on stderr with exit 1, within a bounded time, leave nothing
+listed, never show a secret, and never create a bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import attrs
+import pytest
+
+from recipes.model import Command
+from recipes.steps import Dump, Quiesce, Step
+from tests import servers
+from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
+from tests.integration.fakes import Svc, SvcParams, service_commands
+from tests.integration.test_compensation import _pid, _start, running, starts
+from tests.integration.world import World
+
+READ_TIMEOUT = 2  # seconds; the tests' S3 client gives up on a silent server this fast
+
+
+class Streaming(Svc):
+    """The fake service, whose dump streams incompressible bytes forever (until the run ends)."""
+
+    name: ClassVar[str] = "svc-stream"
+
+    def backup_steps(self, p: SvcParams) -> list[Step]:
+        check, stop, start = service_commands(p.dir)
+        return [
+            Quiesce(name="svc", check=check, stop=stop, start=start, about="stop the service"),
+            Dump(
+                name="d",
+                engine="test",
+                command=Command("while :; do head -c 1000000 /dev/urandom; sleep 0.05; done"),
+            ),
+        ]
+
+
+LAUNCH = (
+    "import recipes.apps as a; from tests.integration.test_storage import Streaming; "
+    "a.RECIPES = a.RECIPES + (Streaming,); from recipes.cli import main; main()"
+)
+
+
+def s3_world(world: World, server: servers.S3Server, bucket: str, tmp_path: Path) -> World:
+    """The same hosts and keys, with the repository in ``bucket`` on ``server``."""
+    lines = world.config.read_text().splitlines()
+    url = next(i for i, line in enumerate(lines) if line.startswith("url = "))
+    lines[url] = f'url = "s3://{bucket}/backups"'
+    lines.insert(
+        url + 1,
+        f'options = {{ endpoint_url = "{server.endpoint}", '
+        f"config_kwargs = {{ read_timeout = {READ_TIMEOUT}, connect_timeout = {READ_TIMEOUT} }} }}",
+    )
+    config = tmp_path / "recipes-s3.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return attrs.evolve(world, config=config)
+
+
+def env(server: servers.S3Server, tmp_path: Path, secret: str | None = None) -> dict[str, str]:
+    """Credentials from the environment, as an operator's cron job would have them."""
+    return {
+        **server.env(),
+        **({"AWS_SECRET_ACCESS_KEY": secret} if secret is not None else {}),
+        "HOME": str(tmp_path),  # no ~/.aws of the machine
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def one_line_error(stderr: str) -> str:
+    """The error line; asserts it is one line and there is no traceback."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("recipes: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture
+def svc_dir(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
+    """A running fake service on host source: (its dir inside the host, the same dir outside)."""
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    outside = Path(ssh_source.binds["/srv/site"]) / name
+    outside.mkdir()
+    _start(outside)
+    yield f"/srv/site/{name}", outside
+    if pid := _pid(outside):
+        subprocess.run(["kill", str(pid)], check=False)
+    subprocess.run(["rm", "-rf", str(outside)], check=False)
+
+
+def test_django_backup_and_restore_through_s3(
+    world: World,
+    site: tuple[str, Path, Path],
+    s3_server: servers.S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    root, src, dst = site
+    seed_tree(src)
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    creds = env(s3_server, tmp_path)
+
+    backup = s3.cli("--json", "run", "django", "--host", "source", *sets, env=creds)
+    assert backup.returncode == 0, backup.stderr
+    sid = json.loads(backup.stdout)["snapshot"]
+    stored = Path(s3_server.data_dir) / s3_bucket / "backups" / "django" / "source" / sid
+    assert (stored / "manifest.json").is_file() and (stored / "files.tar.zst.age").stat().st_size > 300_000
+    assert not (Path(s3_server.data_dir) / s3_bucket / "backups" / "locks" / "django@source").exists()
+    listed = json.loads(s3.cli("--json", "snapshots", env=creds, check=True).stdout)
+    assert [s["snapshot"] for s in listed] == [sid]
+
+    restore = s3.cli("restore", "django", "--host", "target", "--from", "source", *sets, env=creds)
+    assert restore.returncode == 0, restore.stderr
+    assert comparable(dst) == comparable(src)
+    assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
+
+
+def test_wrong_secret_and_no_credentials_are_one_line_without_secrets(
+    world: World, s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path, svc_dir: tuple[str, Path]
+) -> None:
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    wrong = "wrong-" + s3_server.secret[:10]
+    for args in (("snapshots",), ("run", "django", "--host", "source", "--set", f"root={svc_dir[0]}")):
+        bad = s3.cli(*args, env=env(s3_server, tmp_path, secret=wrong))
+        assert bad.returncode == 1, bad.stderr
+        line = one_line_error(bad.stderr)
+        assert "access denied" in line and s3_bucket in line
+        assert wrong not in bad.stderr + bad.stdout and s3_server.secret not in bad.stderr + bad.stdout
+    creds = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    none = s3.cli("snapshots", env={**env(s3_server, tmp_path), **creds})
+    assert none.returncode == 1 and "no S3 credentials" in one_line_error(none.stderr)
+
+
+def test_mistyped_bucket_is_refused_and_never_created(
+    world: World, s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path, svc_dir: tuple[str, Path]
+) -> None:
+    inside, outside = svc_dir
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    typo = f"typo-{uuid.uuid4().hex[:8]}"
+    result = s3.cli(
+        "run", "django", "--host", "source", "--set", f"root={inside}", "--repo", f"s3://{typo}/x",
+        env=env(s3_server, tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    line = one_line_error(result.stderr)
+    assert f"bucket {typo} does not exist" in line and "create the bucket" in line
+    assert not (Path(s3_server.data_dir) / typo).exists()
+    assert running(outside) and starts(outside) == 0
+
+
+def test_stopped_s3_server_is_one_line(world: World, tmp_path: Path, svc_dir: tuple[str, Path]) -> None:
+    inside, outside = svc_dir
+    server = servers.start_s3()
+    try:
+        server.make_bucket("gone-bucket")
+        s3 = s3_world(world, server, "gone-bucket", tmp_path)
+    finally:
+        server.stop()
+    for args in (("snapshots",), ("run", "django", "--host", "source", "--set", f"root={inside}")):
+        result = s3.cli(*args, env=env(server, tmp_path))
+        assert result.returncode == 1, result.stderr
+        assert f"cannot reach the S3 endpoint {server.endpoint}" in one_line_error(result.stderr)
+    assert running(outside) and starts(outside) == 0
+
+
+def test_frozen_s3_server_at_start_is_one_line_and_touches_no_host(
+    world: World, s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path, svc_dir: tuple[str, Path]
+) -> None:
+    inside, outside = svc_dir
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    before = _pid(outside)
+    with s3_server.frozen():
+        result = s3.cli(
+            "run", "django", "--host", "source", "--set", f"root={inside}", env=env(s3_server, tmp_path)
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"did not answer within {READ_TIMEOUT} s" in one_line_error(result.stderr)
+    assert running(outside) and _pid(outside) == before and starts(outside) == 0
+    assert json.loads(s3.cli("--json", "snapshots", env=env(s3_server, tmp_path), check=True).stdout) == []
+
+
+def test_frozen_s3_server_mid_backup_is_one_line_and_the_service_runs_again(
+    world: World, s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path, svc_dir: tuple[str, Path]
+) -> None:
+    inside, outside = svc_dir
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "--config", str(s3.config), "run", "svc-stream", "--host", "source",
+         "--set", f"dir={inside}"],
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "XDG_CACHE_HOME": str(world.cache), **env(s3_server, tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while running(outside) and time.monotonic() < deadline:  # quiesced: the dump is streaming
+            time.sleep(0.05)
+        assert not running(outside), "the backup never stopped the service"
+        time.sleep(1.5)  # a few parts are on their way
+        with s3_server.frozen():
+            _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, err
+    line = one_line_error(err)
+    assert f"the S3 endpoint {s3_server.endpoint} did not answer" in line
+    assert running(outside) and starts(outside) == 1
+    assert json.loads(s3.cli("--json", "snapshots", env=env(s3_server, tmp_path), check=True).stdout) == []
+
+
+@pytest.fixture
+def tiny_disk() -> Iterator[Path]:
+    """A 1 MiB tmpfs: the repository's disk fills up mid-backup."""
+    import tempfile
+
+    mount = Path(tempfile.mkdtemp(prefix="tiny-repo-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+def test_full_disk_is_one_line_and_the_partial_snapshot_is_removed(
+    world: World, site: tuple[str, Path, Path], tiny_disk: Path
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    (src / "srv/data/big.bin").write_bytes(os.urandom(3 << 20))
+    result = world.cli("run", "django", "--host", "source", "--set", f"root={root}", "--repo", str(tiny_disk))
+    assert result.returncode == 1, result.stderr
+    line = one_line_error(result.stderr)
+    assert "no space left on the device" in line and str(tiny_disk) in line
+    assert list(tiny_disk.glob("django/source/*")) == []  # the partial snapshot is gone
+    assert list(tiny_disk.glob("locks/*")) == []  # and the lock released

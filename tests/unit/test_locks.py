@@ -1,0 +1,120 @@
+"""The lease logic of recipes.locks on a local folder: take, refuse, renew, take over, release."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from recipes import locks
+from recipes.errors import RecipeError
+from recipes.repository import Repository
+
+T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
+
+
+def lock_file(repo: Path) -> Path:
+    return repo / "locks" / "django@web1"
+
+
+def test_a_lease_is_stale_only_after_its_lease_time_without_renewal() -> None:
+    lease = locks.Lease.new("django", "web1", "run", T0)
+    assert not lease.stale(T0 + dt.timedelta(seconds=locks.LEASE_SECONDS))
+    assert lease.stale(T0 + dt.timedelta(seconds=locks.LEASE_SECONDS + 1))
+    renewed = lease.renew(T0 + dt.timedelta(hours=5))
+    assert not renewed.stale(T0 + dt.timedelta(hours=5, minutes=9))  # a long run keeps its lock
+    assert locks.LEASE_SECONDS >= 5 * locks.RENEW_SECONDS
+    short = attrs.evolve(renewed, lease_seconds=1)  # never shorter than 3 renewals
+    assert not short.stale(T0 + dt.timedelta(hours=5, seconds=2 * locks.RENEW_SECONDS))
+
+
+def test_held_lock_refuses_a_second_run_naming_the_holder(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    with repo.lock("django", "web1") as lease:
+        stored = json.loads(lock_file(tmp_path).read_text())
+        assert stored["token"] == lease.token and stored["pid"] == os.getpid()
+        assert {"owner", "controller", "started", "renewed", "purpose"} <= stored.keys()
+        with pytest.raises(locks.LockHeld) as info, repo.lock("django", "web1"):
+            pass
+        message = str(info.value)
+        assert f"{lease.owner}@{lease.controller} pid {os.getpid()} since {lease.started}" in message
+        assert "\n" not in message and info.value.exit_code == 1
+        with repo.lock("django", "web2"):  # another host is another lock
+            pass
+    assert not lock_file(tmp_path).exists()
+
+
+def test_lock_is_released_when_the_block_fails(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt), repo.lock("django", "web1"):
+        raise KeyboardInterrupt
+    assert not lock_file(tmp_path).exists()
+    assert not [p for p in (tmp_path / "locks").iterdir()]  # no temporary file left either
+
+
+def test_stale_lock_is_taken_over_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    repo = Repository(str(tmp_path))
+    ghost = locks.Lease.new("django", "web1", "run", T0 - dt.timedelta(days=3))
+    lock_file(tmp_path).parent.mkdir()
+    lock_file(tmp_path).write_bytes(ghost.dumps())
+    with caplog.at_level(logging.WARNING, "recipes"), repo.lock("django", "web1") as lease:
+        assert lease.token != ghost.token
+        assert locks.Lease.loads(lock_file(tmp_path).read_bytes()).token == lease.token
+    assert "taking over the stale lock" in caplog.text and ghost.holder() in caplog.text
+
+
+def test_a_fresh_lock_of_another_controller_is_not_taken_over(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    now = dt.datetime.now(dt.UTC)
+    other = locks.Lease.new("django", "web1", "run", now - dt.timedelta(seconds=locks.LEASE_SECONDS - 30))
+    lock_file(tmp_path).parent.mkdir()
+    lock_file(tmp_path).write_bytes(other.dumps())
+    with pytest.raises(locks.LockHeld):
+        locks.acquire(repo, "django", "web1")
+    assert lock_file(tmp_path).read_bytes() == other.dumps()
+
+
+def test_renewal_moves_the_renewed_time_and_notices_a_lost_lock(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    clock = [T0]
+    store = locks.Store(repo)
+    lease = locks.acquire(repo, "django", "web1", clock=lambda: clock[0], store=store)
+    renewer = locks.Renewer(store, lease, 60, lambda: clock[0])
+    clock[0] = T0 + dt.timedelta(minutes=30)
+    renewer.renew_once()
+    assert locks.Lease.loads(lock_file(tmp_path).read_bytes()).renewed == "2026-11-22T10:30:00Z"
+    thief = locks.Lease.new("django", "web1", "run", T0)
+    lock_file(tmp_path).write_bytes(thief.dumps())
+    renewer.renew_once()
+    assert renewer.lost == thief.holder()
+    assert lock_file(tmp_path).read_bytes() == thief.dumps()  # never overwritten
+    locks.release(repo, renewer.lease, store)
+    assert lock_file(tmp_path).read_bytes() == thief.dumps()  # never someone else's
+
+
+def test_renewer_thread_renews_while_the_run_lives(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    ticks = iter([T0 + dt.timedelta(minutes=m) for m in range(1000)])
+    with locks.hold(repo, "django", "web1", renew_every=0.01, clock=lambda: next(ticks)) as lease:
+        for _ in range(500):
+            if locks.Lease.loads(lock_file(tmp_path).read_bytes()).renewed != lease.renewed:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("never renewed")
+    assert not lock_file(tmp_path).exists()
+
+
+def test_unreadable_lock_file_refuses_with_one_line(tmp_path: Path) -> None:
+    repo = Repository(str(tmp_path))
+    lock_file(tmp_path).parent.mkdir()
+    lock_file(tmp_path).write_bytes(b"\x00garbage")
+    with pytest.raises(RecipeError) as info:
+        locks.acquire(repo, "django", "web1")
+    assert "unreadable lock file" in str(info.value) and "\n" not in str(info.value)
