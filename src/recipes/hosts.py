@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import re
-import shlex
 import signal
 import subprocess
 import threading
@@ -466,10 +465,6 @@ class SshHost:
             raise HostError(f"cannot start a command on {self.name}: {exc}") from exc
         return SshProcess(channel, prefix)
 
-    def cipher(self) -> str:
-        """The negotiated cipher (for the manifest and benchmarks)."""
-        return str(self._transport().remote_cipher)
-
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -537,7 +532,3 @@ def open_host(spec: HostSpec) -> Host:
     if spec.is_local:
         return LocalHost(spec)
     return SshHost(spec)
-
-
-def quote(text: str) -> str:
-    return shlex.quote(text)
