@@ -314,3 +314,22 @@ def test_hostile_chain_through_a_symlink_is_a_known_limit(
     proc = restore(world, root)
     assert proc.returncode == 0, proc.stderr
     assert (outside[1] / "planted.txt").read_text() == "payload\n"
+
+
+def test_a_genuine_incremental_on_a_forged_full_is_refused(
+    world: World, site: tuple[str, Path, Path], outside: tuple[str, Path]
+) -> None:
+    """The incremental is real and signed; its parent full is swapped for a forged one under the
+    same id. Every manifest of the chain is checked, not only the one asked for."""
+    root, src, dst = site
+    seed_tree(src)
+    sets = ["--set", f"root={root}"]
+    full = json.loads(world.cli("--json", "run", "django", "--host", "source", *sets, check=True).stdout)
+    (src / "etc/hostname").write_text("changed\n")
+    world.cli("run", "django", "--host", "source", *sets, check=True)
+    shutil.rmtree(world.repo / "django/source" / full["snapshot"])
+    members = [("./link", {"type": tarfile.SYMTYPE, "linkname": outside[0]}, b"")]
+    forge(world, "source", full["snapshot"], {"files.tar": tar_bytes(members)}, params=full["params"])
+    proc = restore(world, root)
+    assert_refused(proc, full["snapshot"], "not signed")
+    assert not dst.exists()

@@ -225,3 +225,17 @@ def test_another_machine_behind_the_same_host_name_gets_a_full(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["level"] == 0
     assert "/etc/machine-id differs" in again.stderr
+
+
+def test_an_untrusted_latest_snapshot_means_a_full(world: World, site: tuple[str, Path, Path]) -> None:
+    """A parent whose manifest no longer matches its signature (or has none) never carries an
+    incremental: its tar state could be anything. The log says why."""
+    root, src, _ = site
+    seed_tree(src)
+    full = run(world, root)
+    path = world.repo / "django/source" / str(full["snapshot"]) / "manifest.json"
+    path.write_text(path.read_text().replace('"level": 0', '"level": 0 '))
+    again = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["level"] == 0
+    assert f"full: the latest snapshot {full['snapshot']}: its signature does not verify" in again.stderr
