@@ -370,3 +370,18 @@ def test_tar_exit_1_on_a_changing_file_is_a_recorded_warning(
     missing = world.cli("run", "django", "--host", "source", "--set", f"root={root}/no-such-dir")
     assert missing.returncode == 1
     assert "No such file or directory" in one_error_line(missing)
+
+
+def test_a_dump_with_no_connection_on_the_target_is_one_line_not_a_skip(
+    world: World, pg_snapshot: tuple[list[str], Path]
+) -> None:
+    """The snapshot holds a PostgreSQL dump; the target's config says nothing about PostgreSQL:
+    the restore refuses before running anything there, instead of silently leaving it out."""
+    restore, dst = pg_snapshot
+    i = restore.index("postgres=true")
+    without = restore[: i - 1] + restore[i + 1 :]
+    proc = world.cli(*without)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc)
+    assert "dumps/postgresql.sql" in line and "postgresql connection" in line
+    assert not dst.exists()
