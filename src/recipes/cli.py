@@ -47,8 +47,15 @@ class Group(click.Group):
             return super().invoke(ctx)
         except RecipeError as exc:
             fail(exc)
-        except KeyboardInterrupt:
-            click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
+        except KeyboardInterrupt as exc:
+            # Only the engine knows whether what it stopped runs again (engine.Interrupted).
+            left = getattr(exc, "still_stopped", None)
+            if left is None:
+                click.echo("recipes: interrupted", err=True)
+            elif left:
+                click.echo(f"recipes: interrupted: {'; '.join(left)}", err=True)
+            else:
+                click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
             sys.exit(130)
 
 
@@ -201,6 +208,7 @@ def run_cmd(
             list(state.config.repository.recipients),
             full=full,
             chaining=state.config.chaining(),
+            deadman_seconds=state.config.engine.deadman_seconds,
         )
     finally:
         live.close()

@@ -65,12 +65,25 @@ class HostConfig:
 
 
 @attrs.frozen
+class EngineConfig:
+    """``[engine]``: how runs protect the application (the host's dead-man's switch)."""
+
+    deadman_seconds: float = 60.0
+    """A host's guard starts again what was stopped once the controller is silent this long."""
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.deadman_seconds <= 86400:
+            raise ConfigError(f"{where}: engine.deadman_seconds must be 1 to 86400 seconds")
+
+
+@attrs.frozen
 class Config:
     """The whole configuration; ``path`` is None when defaults apply."""
 
     repository: RepositoryConfig = attrs.Factory(RepositoryConfig)
     retention: RetentionConfig = attrs.Factory(RetentionConfig)
     hosts: dict[str, HostConfig] = attrs.Factory(dict)
+    engine: EngineConfig = attrs.Factory(EngineConfig)
     recipes: dict[str, dict[str, Any]] = attrs.Factory(dict)
     path: str | None = None
 
@@ -179,6 +192,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
         raise ConfigError(error_lines(exc, where)) from exc
     _check_compression(config, where)
     _check_retention(config, where)
+    config.engine.check(where)
     return attrs.evolve(config, recipes=recipes, path=where)
 
 
