@@ -75,6 +75,8 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: in
     if verbose < 2:
         for noisy in ("paramiko", "fsspec", "s3fs", "botocore", "invoke", "fabric"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # paramiko logs a traceback for a host that does not answer; our HostError says it in one line
+        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     ctx.obj = State(config_path, as_json, verbose)
 
 

@@ -21,7 +21,16 @@ from recipes import __version__, chain, stream
 from recipes import manifest as mf
 from recipes.compression import ZSTD_FACT, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
-from recipes.guard import DEADMAN_SECONDS, GUARD_GONE, TAKEN_BY_GUARD, Entry, Guard, Undo
+from recipes.guard import (
+    DEADMAN_SECONDS,
+    GUARD_GONE,
+    TAKEN_BY_GUARD,
+    Entry,
+    Fired,
+    Guard,
+    Tracked,
+    Undo,
+)
 from recipes.hosts import FAILED_WAIT, Host, Process, check, key_values, last_line, run
 from recipes.model import Command
 from recipes.plan import Plan, kind
@@ -108,6 +117,7 @@ class Compensation:
         self.by_guard: list[str] = []
         """Undos the host's guard ran itself (the controller was silent): the snapshot is void."""
         self.interrupted = False
+        self._reported: set[int] = set()
 
     def register(self, undo: Undo) -> None:
         """Arm the guard (first time) and hand it ``undo``; raises if it did not take it."""
@@ -128,6 +138,8 @@ class Compensation:
         Never raises for an undo that failed: ``still_stopped`` and ``by_guard`` say what happened.
         A KeyboardInterrupt stops the retries; what did not run is in ``still_stopped``.
         """
+        if self.guard is not None:
+            self.guard.on_lost = None  # from here on a lost host is the undo's to retry
         try:
             while self.pending:
                 entry = self.pending[-1]
@@ -157,7 +169,10 @@ class Compensation:
         assert self.guard is not None
         command = self.guard.claimed(entry)
         what = entry.undo.what
-        deadline = time.monotonic() + UNDO_BUDGET
+        # Once the host hears nothing for ``deadman`` seconds its guard runs the undo itself:
+        # retrying much longer would only delay saying so.
+        budget = min(UNDO_BUDGET, 3 * self.deadman + 10)
+        deadline = time.monotonic() + budget
         wait = 1.0
         attempt = 1
         while True:
@@ -178,7 +193,7 @@ class Compensation:
                     attempt,
                     wait,
                     left,
-                    UNDO_BUDGET,
+                    budget,
                 )
                 time.sleep(wait)
                 wait = min(wait * 2, 8.0)
@@ -186,9 +201,8 @@ class Compensation:
         if result.exit_status == 0:
             log.info("undo %s on %s: done", what, self.host.name)
         elif result.exit_status == TAKEN_BY_GUARD:
-            record = result.stdout.decode("utf-8", "replace").strip() or "(still running it)"
-            self.by_guard.append(f"the host's guard on {self.host.name} already ran {what} at {record}")
-            log.warning("undo %s on %s: the host's guard ran it already, at %s", what, self.host.name, record)
+            when, _, status = result.stdout.decode("utf-8", "replace").strip().partition(" exit=")
+            self._guard_ran(entry, Fired(entry.id, when or "(it is running it now)", status))
         elif result.exit_status == GUARD_GONE:
             self.still_stopped.append(
                 f"{what} on {self.host.name}: the host's guard directory {self.guard.dir} is gone "
@@ -207,13 +221,19 @@ class Compensation:
         except RecipeError as exc:
             self.by_guard.append(f"could not disarm the guard on {self.host.name} ({exc})")
             return
-        names = {e.id: e.undo.what for e in self.entries}
+        entries = {e.id: e for e in self.entries}
         for f in fired:
-            what = names.get(f.id, f"undo {f.id}")
-            line = f"the host's guard on {self.host.name} already ran {what} at {f.when}"
-            if line not in self.by_guard:
-                self.by_guard.append(line)
+            if f.id not in self._reported and f.id in entries:
+                self._guard_ran(entries[f.id], f)
         log.info("guard on %s disarmed", self.host.name)
+
+    def _guard_ran(self, entry: Entry, fired: Fired) -> None:
+        self._reported.add(entry.id)
+        status = f" (exit {fired.status})" if fired.status not in ("", "0") else ""
+        self.by_guard.append(
+            f"the host's guard on {self.host.name} already ran {entry.undo.what} at {fired.when}{status}"
+        )
+        log.warning("undo %s on %s: its guard ran it at %s", entry.undo.what, self.host.name, fired.when)
 
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given the undo's outcome and the first ``cause``."""
@@ -321,6 +341,8 @@ class Backup:
                 log.info("%s was not running: left alone", step.name)
                 return "not running"
             comp.register(Undo(f"start {step.name}", step.start, f"{step.name} is still stopped"))
+            if comp.guard is not None and not isinstance(self.host, Tracked):
+                self.host = Tracked(self.host, comp.guard)  # the guard kills what we leave running
             check(self.host, step.stop, f"stop {step.name}")
             return "stopped"
         if isinstance(step, Run):

@@ -47,7 +47,7 @@ from collections.abc import Callable
 import attrs
 
 from recipes.errors import HostError, StepFailed
-from recipes.hosts import Host, Process, key_values
+from recipes.hosts import Host, Process, key_values, run
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
@@ -58,14 +58,9 @@ DEADMAN_SECONDS = 60.0
 TAKEN_BY_GUARD = 97
 GUARD_GONE = 98
 
-# The watchdog: $1 directory, $2 deadman seconds, $3 this connection's sshd pid (0: none).
-WATCHDOG = r"""
-d=$1 deadman=$2 sshd=$3
-trap '' HUP PIPE INT
-export TZ=UTC
-cd / || exit 1
-echo "$$" > "$d/pid"
-sessions=" " killed=0 fired_at=0
+# Record the sessions of this connection's sshd (each channel's command leads one) in
+# $d/sessions: the feeder on request (``track``), the watchdog every second.
+TRACK = r"""
 track() {
   [ "$sshd" -gt 1 ] || return 0
   local kids="" k f l
@@ -79,9 +74,19 @@ track() {
     done
   fi
   for k in $kids; do
-    case $sessions in *" $k "*) ;; *) sessions="$sessions$k ";; esac
+    [ -e "$d/sessions/$k" ] || : > "$d/sessions/$k"
   done
 }
+"""
+
+# The watchdog: $1 directory, $2 deadman seconds, $3 this connection's sshd pid (0: none).
+WATCHDOG = r"""
+d=$1 deadman=$2 sshd=$3
+trap '' HUP PIPE INT
+export TZ=UTC
+cd / || exit 1
+echo "$$" > "$d/pid"
+killed=0 fired_at=0
 kill_sessions() {
   local f l p pids="" i
   for f in /proc/[0-9]*/stat; do
@@ -89,14 +94,17 @@ kill_sessions() {
     p=${f#/proc/}; p=${p%/stat}
     [ "$p" = "$$" ] && continue
     l=${l##*) }; set -- $l
-    case $sessions in *" $4 "*) ;; *) continue;; esac
+    [ -e "$d/sessions/$4" ] || continue
     [ -e "$d/spare/$4" ] && continue
     pids="$pids $p"
   done
   [ -n "$pids" ] || return 0
   kill -TERM $pids 2>/dev/null
   for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
-    kill -0 $pids 2>/dev/null || return 0
+    l=""
+    for p in $pids; do kill -0 "$p" 2>/dev/null && l="$l $p"; done
+    pids=$l
+    [ -n "$pids" ] || return 0
     sleep 0.1
   done
   kill -KILL $pids 2>/dev/null
@@ -128,12 +136,27 @@ while [ -d "$d" ] && [ ! -e "$d/disarming" ]; do
 done
 """
 
+# Disarming (a function of $d): stop the watchdog, print what it fired, remove the directory.
+DISARM = r"""
+disarm() {
+  local wd="" f r
+  [ -d "$d" ] || { echo gone; return 0; }
+  : > "$d/disarming"
+  read -r wd < "$d/pid"
+  while [ -n "$wd" ] && kill -0 "$wd" 2>/dev/null; do sleep 0.1; done
+  for f in "$d"/fired/*; do
+    [ -f "$f" ] && { read -r r < "$f"; echo "fired ${f##*/} $r"; }
+  done
+  rm -rf -- "$d"; echo disarmed
+}
+"""
+
 # The feeder: one session that arms the watchdog and relays the controller's lines to it.
 FEEDER = r"""
 unset TMOUT
 umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-guard.XXXXXXXX") || exit 1
-mkdir "$d/undo" "$d/ctl" "$d/guard" "$d/fired" "$d/spare" || exit 1
+mkdir "$d/undo" "$d/ctl" "$d/guard" "$d/fired" "$d/spare" "$d/sessions" || exit 1
 s=0 p=$$
 while [ "$p" -gt 1 ]; do
   c=""; read -r c < "/proc/$p/comm" 2>/dev/null
@@ -143,6 +166,7 @@ while [ "$p" -gt 1 ]; do
   p=$pp
 done
 printf '%(%s)T\n' -1 > "$d/beat"
+sshd=$s
 setsid bash -c "$watchdog" recipes-guard "$d" "$deadman" "$s" < /dev/null > /dev/null 2>&1 &
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do [ -s "$d/pid" ] && break; sleep 0.05; done
 read -r wd < "$d/pid" || { rm -rf -- "$d"; echo "the watchdog did not start" >&2; exit 1; }
@@ -150,18 +174,13 @@ printf 'dir=%s\nwatchdog=%s\nsshd=%s\nready\n' "$d" "$wd" "$s"
 while IFS= read -r line; do
   case $line in
     beat) [ -d "$d" ] && printf '%(%s)T\n' -1 > "$d/beat"; echo ack;;
+    track) [ -d "$d/sessions" ] && track; echo tracked;;
     push\ *)
       set -f; set -- $line; set +f
       case $2 in ""|*[!0-9]*) echo "refused $2"; continue;; esac
       if [ -d "$d/undo" ] && printf '%s' "$3" | base64 -d > "$d/undo/.$2" \
           && mv -f -- "$d/undo/.$2" "$d/undo/$2"; then echo "pushed $2"; else echo "refused $2"; fi;;
-    disarm)
-      : > "$d/disarming"
-      while kill -0 "$wd" 2>/dev/null; do sleep 0.1; done
-      for f in "$d"/fired/*; do
-        [ -f "$f" ] && { read -r r < "$f"; echo "fired ${f##*/} $r"; }
-      done
-      rm -rf -- "$d"; echo disarmed; exit 0;;
+    disarm) disarm; exit 0;;
     *) echo "unknown";;
   esac
 done
@@ -198,7 +217,9 @@ class Fired:
 
 def feeder_script(deadman: float) -> str:
     """The feeder session's script with the watchdog and the deadman (whole seconds) filled in."""
-    return f"watchdog={shlex.quote(WATCHDOG)}; deadman={max(1, round(deadman))}; " + FEEDER.strip()
+    watchdog = TRACK.strip() + "\n" + WATCHDOG.strip()
+    head = f"watchdog={shlex.quote(watchdog)}; deadman={max(1, round(deadman))}\n"
+    return head + TRACK.strip() + "\n" + DISARM.strip() + "\n" + FEEDER.strip()
 
 
 class Guard:
@@ -331,6 +352,14 @@ class Guard:
             )
         return entry
 
+    def track(self) -> None:
+        """Record the sessions of this connection now (a command just started): if the controller
+        vanishes from here on, firing kills that command too."""
+        self._send("track")
+        answer = self._answer("track")
+        if answer != "tracked":
+            raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
+
     def claimed(self, entry: Entry) -> Command:
         """The entry's command preceded by its claim: it runs only if the guard has not run it.
 
@@ -351,11 +380,33 @@ class Guard:
         return Command(claim + line)
 
     def disarm(self) -> list[Fired]:
-        """Stop the watchdog and remove its directory; returns what it had fired already."""
+        """Stop the watchdog and remove its directory; returns what it had fired already.
+
+        Through the feeder session while it lives, else (the connection dropped and came back)
+        through a new session. Raises HostError when the host cannot be reached, StepFailed when
+        the guard's directory is gone (it fired, waited, and cleaned up).
+        """
         self.closed.set()
-        self._send("disarm")
+        try:
+            self._send("disarm")
+            lines = []
+            while (line := self._answer("disarm")) not in ("disarmed", "gone"):
+                lines.append(line)
+            lines.append(line)
+        except (HostError, StepFailed):  # the feeder is gone (the guard fired, or the connection went)
+            self.proc.kill()
+            script = f"d={shlex.quote(self.dir)}\n{DISARM.strip()}\ndisarm"
+            result = run(self.host, Command(script))
+            lines = result.stdout.decode("utf-8", "replace").splitlines()
+        if "gone" in lines:
+            raise StepFailed(
+                f"the guard's directory {self.dir} on {self.host.name} is gone: it ran the undo list "
+                "and gave up waiting for the controller, or the directory was removed"
+            )
+        if "disarmed" not in lines:
+            raise HostError(f"the guard on {self.host.name} did not confirm it was disarmed")
         fired = []
-        while (line := self._answer("disarm")) != "disarmed":
+        for line in lines:
             word, _, rest = line.partition(" ")
             if word == "fired":
                 i, when, status = [*rest.split(" "), "", ""][:3]
@@ -368,3 +419,28 @@ class Guard:
         """Stop beating and end the session without disarming: the guard fires in ``deadman`` s."""
         self.closed.set()
         self.proc.kill()
+
+
+class Tracked:
+    """A Host whose every new command is recorded with the guard before it is handed back (one
+    short round trip per command, nothing per byte)."""
+
+    def __init__(self, host: Host, guard: Guard) -> None:
+        self.host = host
+        self.guard = guard
+        self.name = host.name
+
+    def start(self, command: Command) -> Process:
+        proc = self.host.start(command)
+        try:
+            self.guard.track()
+        except BaseException:
+            proc.kill()
+            raise
+        return proc
+
+    def connect_soon(self) -> None:
+        self.host.connect_soon()
+
+    def close(self) -> None:
+        self.host.close()

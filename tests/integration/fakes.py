@@ -16,6 +16,7 @@ from recipes.steps import Archive, Dump, Extract, Quiesce, Step
 class SvcParams:
     dir: str = param("/srv/site/svc", "directory holding the service's pidfile and data")
     then: str = param("ok", "what the step after the quiesce does: ok, fail, hang or stream (endless bytes)")
+    stop: str = param("ok", "how the stop command ends: ok, or hang (after stopping the service)")
 
 
 def service_commands(d: str) -> tuple[Command, Command, Command]:
@@ -49,6 +50,8 @@ class Svc:
             "hang": Command(f"echo started-dump; (exec -a {sh(hang_marker(p.dir))} sleep 600)"),
             "stream": Command("head -c 20G /dev/urandom"),
         }[p.then]
+        if p.stop == "hang":
+            stop = Command(f"{stop.script} && echo stopped && (exec -a {sh(hang_marker(p.dir))} sleep 600)")
         return [
             Quiesce(name="svc", check=check, stop=stop, start=start, about="stop the service"),
             Dump(name="d", engine="test", command=body),
