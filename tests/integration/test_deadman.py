@@ -105,6 +105,19 @@ def wait_for(cond: Callable[[], object], timeout: float = 30.0, what: str = "con
     raise AssertionError(f"{what}: not reached within {timeout:g}s")
 
 
+_RUNS: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Iterator[None]:
+    yield
+    while _RUNS:
+        proc = _RUNS.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class Run:
     """The real CLI in a child process, its stderr in a file the test reads while it runs."""
 
@@ -122,6 +135,7 @@ class Run:
                 stderr=err,
                 env={"XDG_CACHE_HOME": str(tmp / "cache"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
             )
+        _RUNS.append(self.proc)
 
     def stderr(self) -> str:
         return self.log.read_text()
