@@ -76,8 +76,15 @@ class Group(click.Group):
             raise
         except click.ClickException as exc:
             usage_error(exc)
-        except KeyboardInterrupt:
-            click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
+        except KeyboardInterrupt as exc:
+            # Only the engine knows whether what it stopped runs again (engine.Interrupted).
+            left = getattr(exc, "still_stopped", None)
+            if left is None:
+                click.echo("recipes: interrupted", err=True)
+            elif left:
+                click.echo(f"recipes: interrupted: {'; '.join(left)}", err=True)
+            else:
+                click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
             sys.exit(130)
 
 
@@ -97,6 +104,8 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: in
     if verbose < 2:
         for noisy in ("paramiko", "fsspec", "s3fs", "botocore", "invoke", "fabric"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # paramiko logs a traceback for a host that does not answer; our HostError says it in one line
+        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
     ctx.obj = State(config_path, as_json, verbose)
 
 
@@ -248,6 +257,7 @@ def run_cmd(
             chaining=state.config.chaining(),
             signer=signer,
             trust=state.config.trust(),
+            deadman_seconds=state.config.engine.deadman_seconds,
         )
     finally:
         live.close()

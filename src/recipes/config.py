@@ -85,6 +85,18 @@ class SshConfig:
 
 
 @attrs.frozen
+class EngineConfig:
+    """``[engine]``: how runs protect the application (the host's dead-man's switch)."""
+
+    deadman_seconds: float = 60.0
+    """A host's guard starts again what was stopped once the controller is silent this long."""
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.deadman_seconds <= 86400:
+            raise ConfigError(f"{where}: engine.deadman_seconds must be 1 to 86400 seconds")
+
+
+@attrs.frozen
 class Config:
     """The whole configuration; ``path`` is None when defaults apply."""
 
@@ -92,6 +104,7 @@ class Config:
     retention: RetentionConfig = attrs.Factory(RetentionConfig)
     hosts: dict[str, HostConfig] = attrs.Factory(dict)
     ssh: SshConfig = attrs.Factory(SshConfig)
+    engine: EngineConfig = attrs.Factory(EngineConfig)
     recipes: dict[str, dict[str, Any]] = attrs.Factory(dict)
     path: str | None = None
 
@@ -269,6 +282,7 @@ def parse(data: dict[str, Any], where: str) -> Config:
     _check_signers(config, data, where)
     _check_host_keys(config, where)
     _check_hosts(config, where)
+    config.engine.check(where)
     return attrs.evolve(config, recipes=recipes, path=where)
 
 

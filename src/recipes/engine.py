@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import tenacity
 
 from recipes import __version__, chain, signing, stream
 from recipes import manifest as mf
 from recipes.compression import ZSTD_FACT, Compression
 from recipes.errors import ConfigError, HostError, RecipeError, RepositoryError, StepFailed
+from recipes.guard import (
+    DEADMAN_SECONDS,
+    GUARD_GONE,
+    TAKEN_BY_GUARD,
+    Entry,
+    Fired,
+    Guard,
+    Tracked,
+    Undo,
+)
 from recipes.hosts import FAILED_WAIT, Host, Process, check, key_values, last_line, run
 from recipes.model import Command
 from recipes.plan import Plan, kind
@@ -53,17 +62,28 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Set by the handler below: age's Rust code turns an exception raised inside its callbacks into
+# an EncryptError ("encryption failed: KeyboardInterrupt"), so the stream code asks this instead.
+_signalled = threading.Event()
+
+
 @contextlib.contextmanager
 def interrupts_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so every ``finally`` (the undo) runs."""
+    """Turn SIGTERM/SIGHUP (and SIGINT, unless ignored) into KeyboardInterrupt so every ``finally``
+    (the undo) runs, and remember that one came (``_signalled``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, _frame: Any) -> None:
+        _signalled.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    _signalled.clear()
+    wanted = [signal.SIGTERM, signal.SIGHUP]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        wanted.append(signal.SIGINT)
+    old = {s: signal.signal(s, handler) for s in wanted}
     try:
         yield
     finally:
@@ -71,37 +91,165 @@ def interrupts_as_exceptions() -> Iterator[None]:
             signal.signal(s, h)
 
 
+# Undo retries after a lost connection wait 1, 2, 4, 8 s..., all of them within this budget (s).
+UNDO_BUDGET = 60.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM/SIGHUP during a run, with what could not be started again (empty: all was)."""
+
+    def __init__(self, still_stopped: tuple[str, ...]) -> None:
+        super().__init__("; ".join(still_stopped) or "everything that was stopped was started again")
+        self.still_stopped = still_stopped
+
+
 class Compensation:
-    """The undo list: every quiesce registers its start *before* its stop runs."""
+    """One host's undo list: every entry goes to the host's guard (the dead-man's switch) *before*
+    what it compensates runs; the controller runs the list newest first at the end, and the guard
+    runs whatever is left if the controller falls silent for ``deadman`` seconds."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, deadman: float = DEADMAN_SECONDS) -> None:
         self.host = host
-        self.pending: list[Quiesce] = []
+        self.deadman = deadman
+        self.guard: Guard | None = None
+        self.pending: list[Entry] = []
+        self.entries: list[Entry] = []
+        self.still_stopped: list[str] = []
+        """One line per undo that did not run: what, where, and what happens next."""
+        self.by_guard: list[str] = []
+        """Undos the host's guard ran itself (the controller was silent): the snapshot is void."""
+        self.interrupted = False
+        self._reported: set[int] = set()
 
-    def register(self, step: Quiesce) -> None:
-        self.pending.append(step)
+    def register(self, undo: Undo) -> None:
+        """Arm the guard (first time) and hand it ``undo``; raises if it did not take it."""
+        if self.guard is None:
+            self.guard = Guard.arm(self.host, self.deadman)
+            self.guard.on_lost = self.host.close
+        entry = self.guard.push(undo)
+        self.entries.append(entry)
+        self.pending.append(entry)
 
-    def run_all(self) -> list[str]:
-        """Start everything that was stopped, newest first; return the failures."""
-        failures = []
-        while self.pending:
-            step = self.pending.pop()
+    @property
+    def lost(self) -> bool:
+        return self.guard is not None and self.guard.lost.is_set()
+
+    def run_all(self) -> None:
+        """Run every pending undo, newest first, then disarm the guard if nothing is left stopped.
+
+        Never raises for an undo that failed: ``still_stopped`` and ``by_guard`` say what happened.
+        A KeyboardInterrupt stops the retries; what did not run is in ``still_stopped``.
+        """
+        if self.guard is not None:
+            self.guard.on_lost = None  # from here on a lost host is the undo's to retry
+        try:
+            while self.pending:
+                entry = self.pending[-1]
+                self._undo(entry)
+                self.pending.pop()
+            if self.guard is not None and not self.still_stopped:
+                self._disarm(self.guard)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.still_stopped += [self._left(e, "interrupted") for e in reversed(self.pending)]
+            self.pending.clear()
+        finally:
+            if self.guard is not None and not self.guard.closed.is_set():
+                self.guard.close()  # the guard stays armed and undoes what is left
+
+    def _left(self, entry: Entry, why: str) -> str:
+        """The line for an undo that did not run: still stopped, where, and who starts it."""
+        undo = entry.undo
+        state = undo.state or f"{undo.what} has not run"
+        if self.guard is not None:
+            then = f"the host's guard ({self.guard.dir}) will {undo.what} within {self.deadman + 2:g}s"
+        else:
+            then = f"run by hand: {undo.command.masked()}"
+        return f"{state} on {self.host.name} ({why}): {then}"
+
+    def _undo(self, entry: Entry) -> None:
+        assert self.guard is not None
+        command = self.guard.claimed(entry)
+        what = entry.undo.what
+        # Once the host hears nothing for ``deadman`` seconds its guard runs the undo itself:
+        # retrying much longer would only delay saying so.
+        budget = min(UNDO_BUDGET, 3 * self.deadman + 10)
+        deadline = time.monotonic() + budget
+        wait = 1.0
+        attempt = 1
+        while True:
             try:
-                self._start(step)
-                log.info("undo %s: started again", step.name)
-            except RecipeError as exc:
-                log.error("undo %s FAILED: %s", step.name, exc)
-                failures.append(f"{step.name}: {exc}")
-        return failures
+                result = run(self.host, command)
+                break
+            except HostError as exc:
+                left = deadline - time.monotonic()
+                if left < wait:
+                    self.still_stopped.append(self._left(entry, f"{exc}; gave up after {attempt} tries"))
+                    log.error("undo %s on %s FAILED: %s", what, self.host.name, exc)
+                    return
+                log.warning(
+                    "undo %s on %s: %s; retry %d in %gs (%.0fs of %gs left)",
+                    what,
+                    self.host.name,
+                    exc,
+                    attempt,
+                    wait,
+                    left,
+                    budget,
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 8.0)
+                attempt += 1
+        if result.exit_status == 0:
+            log.info("undo %s on %s: done", what, self.host.name)
+        elif result.exit_status == TAKEN_BY_GUARD:
+            when, _, status = result.stdout.decode("utf-8", "replace").strip().partition(" exit=")
+            self._guard_ran(entry, Fired(entry.id, when or "(it is running it now)", status))
+        elif result.exit_status == GUARD_GONE:
+            self.still_stopped.append(
+                f"{what} on {self.host.name}: the host's guard directory {self.guard.dir} is gone "
+                f"(it fired and gave up waiting, or the directory was cleaned): check, and if needed "
+                f"run by hand: {entry.undo.command.masked()}"
+            )
+        else:
+            self.still_stopped.append(
+                f"{what} failed on {self.host.name} (exit {result.exit_status}: "
+                f"{last_line(result.stderr)}): run it by hand: {entry.undo.command.masked()}"
+            )
 
-    @tenacity.retry(
-        retry=tenacity.retry_if_exception_type(HostError),
-        stop=tenacity.stop_after_attempt(5),
-        wait=tenacity.wait_exponential(multiplier=0.5, max=8),
-        reraise=True,
-    )
-    def _start(self, step: Quiesce) -> None:
-        check(self.host, step.start, f"start {step.name}")
+    def _disarm(self, guard: Guard) -> None:
+        try:
+            fired = guard.disarm()
+        except RecipeError as exc:
+            self.by_guard.append(f"could not disarm the guard on {self.host.name} ({exc})")
+            return
+        entries = {e.id: e for e in self.entries}
+        for f in fired:
+            if f.id not in self._reported and f.id in entries:
+                self._guard_ran(entries[f.id], f)
+        log.info("guard on %s disarmed", self.host.name)
+
+    def _guard_ran(self, entry: Entry, fired: Fired) -> None:
+        self._reported.add(entry.id)
+        status = f" (exit {fired.status})" if fired.status not in ("", "0") else ""
+        self.by_guard.append(
+            f"the host's guard on {self.host.name} already ran {entry.undo.what} at {fired.when}{status}"
+        )
+        log.warning("undo %s on %s: its guard ran it at %s", entry.undo.what, self.host.name, fired.when)
+
+    def failure(self, cause: BaseException | None) -> BaseException | None:
+        """The exception the run ends with, given the undo's outcome and the first ``cause``."""
+        why = f" (first error: {cause})" if isinstance(cause, RecipeError) else ""
+        if self.interrupted or isinstance(cause, KeyboardInterrupt):
+            return Interrupted(tuple(self.still_stopped))
+        if self.still_stopped:
+            return StepFailed("; ".join(self.still_stopped) + why)
+        if self.by_guard:
+            return StepFailed(
+                "; ".join(self.by_guard)
+                + f" (the controller was silent for {self.deadman:g}s): nothing was stored{why}"
+            )
+        return cause
 
 
 class Backup:
@@ -194,7 +342,9 @@ class Backup:
             if run(self.host, step.check).exit_status != 0:
                 log.info("%s was not running: left alone", step.name)
                 return "not running"
-            comp.register(step)
+            comp.register(Undo(f"start {step.name}", step.start, f"{step.name} is still stopped"))
+            if comp.guard is not None and not isinstance(self.host, Tracked):
+                self.host = Tracked(self.host, comp.guard)  # the guard kills what we leave running
             check(self.host, step.stop, f"stop {step.name}")
             return "stopped"
         if isinstance(step, Run):
@@ -230,7 +380,10 @@ class Backup:
                     proc, fh, self.recipients, compressed=on_host, level=self.compression.level
                 )
         except StepFailed as exc:
-            status = proc.wait()
+            if _signalled.is_set():  # Ctrl-C inside age's callbacks: act now, do not drain the stream
+                proc.kill()
+                raise KeyboardInterrupt("interrupted while storing") from None
+            status = proc.wait(timeout=FAILED_WAIT)
             raise StepFailed(
                 f"{what} {step.name} failed on {self.host.name} (exit {status}): "
                 f"{last_line(proc.stderr()) if status else exc}"
@@ -311,6 +464,7 @@ def backup(
     chaining: Chaining | None = None,
     signer: signing.SigningKey | None = None,
     trust: Trust | None = None,
+    deadman_seconds: float = DEADMAN_SECONDS,
 ) -> mf.Manifest:
     """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
     check_recipients(recipients)
@@ -319,7 +473,17 @@ def backup(
 
         signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
     with repo.lock(plan.recipe, plan.host, "run"):
-        return _backup(plan, host, repo, recipients, full=full, chaining=chaining, signer=signer, trust=trust)
+        return _backup(
+            plan,
+            host,
+            repo,
+            recipients,
+            full=full,
+            chaining=chaining,
+            signer=signer,
+            trust=trust,
+            deadman_seconds=deadman_seconds,
+        )
 
 
 def _backup(
@@ -332,6 +496,7 @@ def _backup(
     chaining: Chaining | None,
     signer: signing.SigningKey,
     trust: Trust | None,
+    deadman_seconds: float,
 ) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
 
@@ -350,7 +515,7 @@ def _backup(
     writer = repo.begin(plan.recipe, plan.host)
     staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
-    comp = Compensation(host)
+    comp = Compensation(host, deadman_seconds)
     committed = False
     try:
         with interrupts_as_exceptions():
@@ -366,10 +531,15 @@ def _backup(
                     job.start_over_as_full()
                 log.info("%s", decision.reason)
                 job.execute(comp)
-            finally:
-                failures = comp.run_all()
-            if failures:
-                raise StepFailed("could not start again what was stopped: " + "; ".join(failures))
+            except BaseException as exc:
+                comp.run_all()
+                error = comp.failure(exc)
+                if error is exc or error is None:
+                    raise
+                raise error from exc
+            comp.run_all()  # and, before anything is committed, whether the host's guard fired
+            if (error := comp.failure(None)) is not None:
+                raise error
             job.collect_states()
             manifest = mf.Manifest(
                 snapshot=writer.snapshot,

@@ -15,7 +15,8 @@ from recipes.steps import Archive, Dump, Extract, Quiesce, Step
 @attrs.frozen
 class SvcParams:
     dir: str = param("/srv/site/svc", "directory holding the service's pidfile and data")
-    then: str = param("ok", "what the step after the quiesce does: ok, fail or hang")
+    then: str = param("ok", "what the step after the quiesce does: ok, fail, hang or stream (endless bytes)")
+    stop: str = param("ok", "how the stop command ends: ok, or hang (after stopping the service)")
 
 
 def service_commands(d: str) -> tuple[Command, Command, Command]:
@@ -29,6 +30,11 @@ def service_commands(d: str) -> tuple[Command, Command, Command]:
     return check, stop, start
 
 
+def hang_marker(d: str) -> str:
+    """The command line of the hanging dump's sleeping process (``then=hang``)."""
+    return f"svc-hang:{d}"
+
+
 class Svc:
     name: ClassVar[str] = "svc-test"
     summary: ClassVar[str] = "test-only: a quiesced service"
@@ -40,8 +46,12 @@ class Svc:
         body = {
             "ok": Command("echo data"),
             "fail": Command("echo 'dump: simulated failure' >&2; exit 3"),
-            "hang": Command("echo started-dump; sleep 600"),
+            # The sleeping process is named after the service's dir, so a test can look for orphans.
+            "hang": Command(f"echo started-dump; (exec -a {sh(hang_marker(p.dir))} sleep 600)"),
+            "stream": Command("head -c 20G /dev/urandom"),
         }[p.then]
+        if p.stop == "hang":
+            stop = Command(f"{stop.script} && echo stopped && (exec -a {sh(hang_marker(p.dir))} sleep 600)")
         return [
             Quiesce(name="svc", check=check, stop=stop, start=start, about="stop the service"),
             Dump(name="d", engine="test", command=body),
