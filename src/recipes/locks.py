@@ -5,7 +5,9 @@ controller hostname, pid), since when, when it was last renewed, and a random to
 background thread renews it every ``RENEW_SECONDS`` while the run lives. A lock is stale when
 it was not renewed for ``LEASE_SECONDS`` (10 min, ten renewal intervals): its run is gone (a
 SIGKILL, a power cut), and the next run takes it over with a warning. A live run renews it,
-so a backup may take as long as it needs.
+so a backup may take as long as it needs. On the controller whose run died, the next run need
+not wait: the lease names the controller (its machine-id, hashed) and the holder's process
+(pid and start time), and a holder that no longer exists there is taken over at once.
 
 Taking the lock must be atomic:
 
@@ -83,6 +85,10 @@ class Lease:
     renewed: str
     token: str
     lease_seconds: int = LEASE_SECONDS
+    machine: str = ""
+    """A derived id of the controller (its /etc/machine-id hashed; host names can repeat)."""
+    pid_start: str = ""
+    """The holder process's start time (field 22 of /proc/PID/stat): a reused pid is not it."""
 
     @classmethod
     def new(cls, recipe: str, host: str, purpose: str, now: dt.datetime) -> Lease:
@@ -100,6 +106,8 @@ class Lease:
             started=_text(now),
             renewed=_text(now),
             token=secrets.token_hex(16),
+            machine=_machine(),
+            pid_start=_process_start(os.getpid()),
         )
 
     def holder(self) -> str:
@@ -109,6 +117,13 @@ class Lease:
     def stale(self, now: dt.datetime) -> bool:
         """Not renewed for longer than its lease: its run is gone."""
         return (now - _time(self.renewed)).total_seconds() > max(self.lease_seconds, RENEW_SECONDS * 3)
+
+    def gone_from_here(self) -> bool:
+        """Its holder ran on this very controller and that process no longer exists (a SIGKILL,
+        a crash): no need to wait for the lease to run out."""
+        if not self.machine or self.machine != _machine() or not self.pid_start:
+            return False
+        return _process_start(self.pid) != self.pid_start
 
     def renew(self, now: dt.datetime) -> Lease:
         return attrs.evolve(self, renewed=_text(now))
@@ -213,6 +228,27 @@ class Store:
         return bool(self.repo.conditional_writes)
 
 
+def _machine() -> str:
+    """This controller's id: its machine-id, hashed (the id itself should stay private)."""
+    try:
+        with open("/etc/machine-id", "rb") as fh:
+            raw = fh.read().strip()
+    except OSError:
+        return ""
+    import hashlib
+
+    return hashlib.sha256(b"recipes controller " + raw).hexdigest()[:16] if raw else ""
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or "" when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
 def _read_local(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
@@ -267,18 +303,19 @@ def acquire(
             ) from None
         if held.token == lease.token:
             return lease
-        if not held.stale(clock()):
+        gone = held.gone_from_here()
+        if not gone and not held.stale(clock()):
             raise LockHeld(
                 f"{recipe}@{host} is locked by {held.holder()} ({held.purpose}, renewed {held.renewed}): "
                 f"wait for that run to finish; a lock not renewed for {held.lease_seconds // 60} min "
                 "is taken over"
             )
         log.warning(
-            "taking over the stale lock of %s@%s held by %s (not renewed since %s)",
+            "taking over the stale lock of %s@%s held by %s (%s)",
             recipe,
             host,
             held.holder(),
-            held.renewed,
+            "its process is gone from this controller" if gone else f"not renewed since {held.renewed}",
         )
         again = store.read(path)  # delete only the stale lease we judged, never a fresh one
         if again is not None and again != data:

@@ -80,9 +80,13 @@ def test_stale_lock_is_taken_over_and_released(
     assert not (world.repo / LOCK).exists()
 
 
-def test_sigkill_leaves_a_lock_that_blocks_until_its_lease_runs_out(
-    world: World, svc: tuple[str, Path], registered: None
+def test_a_sigkilled_runs_lock_is_freed_here_at_once_and_elsewhere_by_its_lease(
+    world: World, svc: tuple[str, Path], registered: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """On the controller whose run died, the next run sees the holder's process is gone and
+    takes the lock over at once; a lock held by a run on another controller waits for its lease."""
+    with world.config.open("a") as fh:
+        fh.write("\n[engine]\ndeadman_seconds = 2\n")
     inside, outside = svc
     first = _launch(world, inside)
     _wait_for(lambda: not running(outside))
@@ -90,16 +94,25 @@ def test_sigkill_leaves_a_lock_that_blocks_until_its_lease_runs_out(
     first.communicate(timeout=30)
     left = locks.Lease.loads((world.repo / LOCK).read_bytes())
     assert left.pid == first.pid
-    _start(outside)  # no dead-man's switch in this test: start it ourselves
+    _wait_for(lambda: running(outside))  # the host's guard started it again
+    assert starts(outside) == 1
+    # the same dead run, but recorded by another controller: only its lease can free it
+    elsewhere = attrs.evolve(left, machine="0" * 16)
+    (world.repo / LOCK).write_bytes(elsewhere.dumps())
     blocked = CliRunner().invoke(cli.main, _svc_run(world, inside))
     assert blocked.exit_code == 1 and f"pid {first.pid}" in blocked.output
-    assert starts(outside) == 0
-    # the lease runs out: the lock was last renewed longer ago than its lease time
+    assert starts(outside) == 1  # refused before it touched the service
     expired = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=left.lease_seconds + 5)
-    (world.repo / LOCK).write_bytes(left.renew(expired).dumps())
+    (world.repo / LOCK).write_bytes(elsewhere.renew(expired).dumps())
     after = CliRunner().invoke(cli.main, _svc_run(world, inside))
     assert after.exit_code == 0, after.output
-    assert starts(outside) == 1 and not (world.repo / LOCK).exists()
+    assert starts(outside) == 2 and not (world.repo / LOCK).exists()
+    # here: taken over at once, with a warning naming why
+    (world.repo / LOCK).write_bytes(left.dumps())
+    again = CliRunner().invoke(cli.main, _svc_run(world, inside))
+    assert again.exit_code == 0, again.output
+    assert "its process is gone from this controller" in caplog.text
+    assert starts(outside) == 3 and not (world.repo / LOCK).exists()
 
 
 def test_lock_on_s3_without_conditional_writes(s3_server: servers.S3Server, s3_bucket: str) -> None:

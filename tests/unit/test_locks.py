@@ -118,3 +118,16 @@ def test_unreadable_lock_file_refuses_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as info:
         locks.acquire(repo, "django", "web1")
     assert "unreadable lock file" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_dead_holder_on_this_controller_is_gone_but_not_one_elsewhere_or_alive() -> None:
+    import os
+
+    now = dt.datetime.now(dt.UTC)
+    mine = locks.Lease.new("django", "web1", "run", now)
+    assert not mine.gone_from_here()  # this very process holds it
+    dead = attrs.evolve(mine, pid_start="1")  # the pid now belongs to another process
+    assert dead.gone_from_here()
+    assert not attrs.evolve(dead, machine="0" * 16).gone_from_here()  # another controller's
+    assert not attrs.evolve(dead, pid_start="").gone_from_here()  # an older lease: wait it out
+    assert os.getpid() == mine.pid
