@@ -177,7 +177,7 @@ class Config:
     def chaining(self, identity_override: str | None = None) -> Any:
         """How backups chain: ``full_every``, the state cache and the identity that may read states."""
         from recipes.chain import parse_duration
-        from recipes.engine import Chaining
+        from recipes.parents import Chaining
 
         cache = self.resolve_path(self.repository.cache_dir) if self.repository.cache_dir else None
         return Chaining(

@@ -1,0 +1,172 @@
+"""``backup()``: the lock, full or incremental, the job under the undo list, the manifest last."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from recipes import __version__, chain, signing, stream
+from recipes import manifest as mf
+from recipes.backupjob import Backup
+from recipes.errors import ConfigError
+from recipes.guard import DEADMAN_SECONDS
+from recipes.hosts import Host
+from recipes.interrupts import interrupts_as_exceptions
+from recipes.parents import Chaining, decide, other_machine
+from recipes.plan import Plan
+from recipes.repository import Repository
+from recipes.tarstate import StateCache, default_cache_dir
+from recipes.trust import Trust
+from recipes.undo import Compensation
+
+log = logging.getLogger("recipes")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_recipients(recipients: list[str]) -> None:
+    """Every recipient parses as an age or ssh public key (ConfigError naming the bad one)."""
+    if not recipients:
+        raise ConfigError(
+            "no age recipients configured: run `recipes init` or set [repository] recipients in recipes.toml"
+        )
+    for r in recipients:
+        try:
+            stream._recipient(r)
+        except Exception as exc:
+            raise ConfigError(
+                f"[repository] recipients: {r[:12]}... is not an age or ssh public key ({exc})"
+            ) from exc
+
+
+def backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+    *,
+    full: bool = False,
+    chaining: Chaining | None = None,
+    signer: signing.SigningKey | None = None,
+    trust: Trust | None = None,
+    deadman_seconds: float = DEADMAN_SECONDS,
+) -> mf.Manifest:
+    """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
+    check_recipients(recipients)
+    if signer is None:
+        from recipes.config import DEFAULT_SIGNING_KEY
+
+        signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
+    with repo.lock(plan.recipe, plan.host, "run"):
+        return _backup(
+            plan,
+            host,
+            repo,
+            recipients,
+            full=full,
+            chaining=chaining,
+            signer=signer,
+            trust=trust,
+            deadman_seconds=deadman_seconds,
+        )
+
+
+def _backup(
+    plan: Plan,
+    host: Host,
+    repo: Repository,
+    recipients: list[str],
+    *,
+    full: bool,
+    chaining: Chaining | None,
+    signer: signing.SigningKey,
+    trust: Trust | None,
+    deadman_seconds: float,
+) -> mf.Manifest:
+    """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
+
+    It is an incremental on the latest snapshot of recipe@host when ``chain.choose`` allows, the
+    parent's chain is signed by a key ``trust`` names (default: the signer's own) and the parent's
+    tar state is at hand (cache, or the repository with an identity); else a full. The manifest
+    is signed with ``signer`` (default: the key in ``~/.config/recipes/signing_key``).
+    """
+    if trust is None:
+        trust = Trust((signer.public,))
+    chaining = chaining or Chaining()
+    host.connect_soon()
+    started = _now()
+    cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
+    decision, parent_states = decide(plan, repo, recipients, full, chaining, cache, trust)
+    writer = repo.begin(plan.recipe, plan.host)
+    staging, cached = _staging(cache, plan, writer.snapshot)
+    job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
+    comp = Compensation(host, deadman_seconds)
+    committed = False
+    try:
+        with interrupts_as_exceptions():
+            try:
+                job.prepare()
+                if decision.parent is not None and other_machine(decision.parent, job.versions):
+                    decision = chain.Decision(
+                        0,
+                        None,
+                        f"full: {host.name} is not the machine snapshot {decision.parent.snapshot} "
+                        "was taken from (its /etc/machine-id differs)",
+                    )
+                    job.start_over_as_full()
+                log.info("%s", decision.reason)
+                job.execute(comp)
+            except BaseException as exc:
+                comp.run_all()
+                error = comp.failure(exc)
+                if error is exc or error is None:
+                    raise
+                raise error from exc
+            comp.run_all()  # and, before anything is committed, whether the host's guard fired
+            if (error := comp.failure(None)) is not None:
+                raise error
+            job.collect_states()
+            manifest = mf.Manifest(
+                snapshot=writer.snapshot,
+                recipe=plan.recipe,
+                host=plan.host,
+                started=started,
+                finished=_now(),
+                params=plan.params,
+                objects=tuple(job.objects),
+                steps=tuple(job.records),
+                versions={"recipes": __version__, **job.versions},
+                level=decision.level,
+                parent=decision.parent.snapshot if decision.parent else None,
+                recipients=tuple(recipients),
+            )
+            writer.commit(manifest, lambda data: signer.sign(data, signing.MANIFEST_NAMESPACE))
+            committed = True
+    finally:
+        job.cleanup()
+        if not committed:
+            writer.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+    if cached:
+        try:
+            cache.commit(plan.recipe, plan.host, writer.snapshot)
+        except OSError as exc:
+            log.warning("could not cache tar state in %s (%s): next backup may be a full", cache.root, exc)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _staging(cache: StateCache, plan: Plan, snapshot: str) -> tuple[Path, bool]:
+    """Where this run's tar states go: the cache, or a temp dir when the cache is not writable."""
+    try:
+        return cache.staging(plan.recipe, plan.host, snapshot), True
+    except OSError as exc:
+        log.warning("cannot write the state cache %s (%s): the next backup will be a full", cache.root, exc)
+        return Path(tempfile.mkdtemp(prefix="recipes-state-")), False

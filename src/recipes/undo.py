@@ -1,0 +1,172 @@
+"""One host's undo list: each undo armed on the host's guard before what it compensates runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from recipes.errors import HostError, RecipeError, StepFailed
+from recipes.guard import DEADMAN_SECONDS, GUARD_GONE, TAKEN_BY_GUARD, Entry, Fired, Guard, Undo
+from recipes.hosts import Host, last_line, run
+
+log = logging.getLogger("recipes")
+
+# Undo retries after a lost connection wait 1, 2, 4, 8 s..., all of them within this budget (s).
+UNDO_BUDGET = 60.0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM/SIGHUP during a run, with what could not be started again (empty: all was)."""
+
+    def __init__(self, still_stopped: tuple[str, ...]) -> None:
+        super().__init__("; ".join(still_stopped) or "everything that was stopped was started again")
+        self.still_stopped = still_stopped
+
+
+class Compensation:
+    """One host's undo list: every entry goes to the host's guard (the dead-man's switch) *before*
+    what it compensates runs; the controller runs the list newest first at the end, and the guard
+    runs whatever is left if the controller falls silent for ``deadman`` seconds."""
+
+    def __init__(self, host: Host, deadman: float = DEADMAN_SECONDS) -> None:
+        self.host = host
+        self.deadman = deadman
+        self.guard: Guard | None = None
+        self.pending: list[Entry] = []
+        self.entries: list[Entry] = []
+        self.still_stopped: list[str] = []
+        """One line per undo that did not run: what, where, and what happens next."""
+        self.by_guard: list[str] = []
+        """Undos the host's guard ran itself (the controller was silent): the snapshot is void."""
+        self.interrupted = False
+        self._reported: set[int] = set()
+
+    def register(self, undo: Undo) -> None:
+        """Arm the guard (first time) and hand it ``undo``; raises if it did not take it."""
+        if self.guard is None:
+            self.guard = Guard.arm(self.host, self.deadman)
+            self.guard.on_lost = self.host.close
+        entry = self.guard.push(undo)
+        self.entries.append(entry)
+        self.pending.append(entry)
+
+    @property
+    def lost(self) -> bool:
+        return self.guard is not None and self.guard.lost.is_set()
+
+    def run_all(self) -> None:
+        """Run every pending undo, newest first, then disarm the guard if nothing is left stopped.
+
+        Never raises for an undo that failed: ``still_stopped`` and ``by_guard`` say what happened.
+        A KeyboardInterrupt stops the retries; what did not run is in ``still_stopped``.
+        """
+        if self.guard is not None:
+            self.guard.on_lost = None  # from here on a lost host is the undo's to retry
+        try:
+            while self.pending:
+                entry = self.pending[-1]
+                self._undo(entry)
+                self.pending.pop()
+            if self.guard is not None and not self.still_stopped:
+                self._disarm(self.guard)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.still_stopped += [self._left(e, "interrupted") for e in reversed(self.pending)]
+            self.pending.clear()
+        finally:
+            if self.guard is not None and not self.guard.closed.is_set():
+                self.guard.close()  # the guard stays armed and undoes what is left
+
+    def _left(self, entry: Entry, why: str) -> str:
+        """The line for an undo that did not run: still stopped, where, and who starts it."""
+        undo = entry.undo
+        state = undo.state or f"{undo.what} has not run"
+        if self.guard is not None:
+            then = f"the host's guard ({self.guard.dir}) will {undo.what} within {self.deadman + 2:g}s"
+        else:
+            then = f"run by hand: {undo.command.masked()}"
+        return f"{state} on {self.host.name} ({why}): {then}"
+
+    def _undo(self, entry: Entry) -> None:
+        assert self.guard is not None
+        command = self.guard.claimed(entry)
+        what = entry.undo.what
+        # Once the host hears nothing for ``deadman`` seconds its guard runs the undo itself:
+        # retrying much longer would only delay saying so.
+        budget = min(UNDO_BUDGET, 3 * self.deadman + 10)
+        deadline = time.monotonic() + budget
+        wait = 1.0
+        attempt = 1
+        while True:
+            try:
+                result = run(self.host, command)
+                break
+            except HostError as exc:
+                left = deadline - time.monotonic()
+                if left < wait:
+                    self.still_stopped.append(self._left(entry, f"{exc}; gave up after {attempt} tries"))
+                    log.error("undo %s on %s FAILED: %s", what, self.host.name, exc)
+                    return
+                log.warning(
+                    "undo %s on %s: %s; retry %d in %gs (%.0fs of %gs left)",
+                    what,
+                    self.host.name,
+                    exc,
+                    attempt,
+                    wait,
+                    left,
+                    budget,
+                )
+                time.sleep(wait)
+                wait = min(wait * 2, 8.0)
+                attempt += 1
+        if result.exit_status == 0:
+            log.info("undo %s on %s: done", what, self.host.name)
+        elif result.exit_status == TAKEN_BY_GUARD:
+            when, _, status = result.stdout.decode("utf-8", "replace").strip().partition(" exit=")
+            self._guard_ran(entry, Fired(entry.id, when or "(it is running it now)", status))
+        elif result.exit_status == GUARD_GONE:
+            self.still_stopped.append(
+                f"{what} on {self.host.name}: the host's guard directory {self.guard.dir} is gone "
+                f"(it fired and gave up waiting, or the directory was cleaned): check, and if needed "
+                f"run by hand: {entry.undo.command.masked()}"
+            )
+        else:
+            self.still_stopped.append(
+                f"{what} failed on {self.host.name} (exit {result.exit_status}: "
+                f"{last_line(result.stderr)}): run it by hand: {entry.undo.command.masked()}"
+            )
+
+    def _disarm(self, guard: Guard) -> None:
+        try:
+            fired = guard.disarm()
+        except RecipeError as exc:
+            self.by_guard.append(f"could not disarm the guard on {self.host.name} ({exc})")
+            return
+        entries = {e.id: e for e in self.entries}
+        for f in fired:
+            if f.id not in self._reported and f.id in entries:
+                self._guard_ran(entries[f.id], f)
+        log.info("guard on %s disarmed", self.host.name)
+
+    def _guard_ran(self, entry: Entry, fired: Fired) -> None:
+        self._reported.add(entry.id)
+        status = f" (exit {fired.status})" if fired.status not in ("", "0") else ""
+        self.by_guard.append(
+            f"the host's guard on {self.host.name} already ran {entry.undo.what} at {fired.when}{status}"
+        )
+        log.warning("undo %s on %s: its guard ran it at %s", entry.undo.what, self.host.name, fired.when)
+
+    def failure(self, cause: BaseException | None) -> BaseException | None:
+        """The exception the run ends with, given the undo's outcome and the first ``cause``."""
+        why = f" (first error: {cause})" if isinstance(cause, RecipeError) else ""
+        if self.interrupted or isinstance(cause, KeyboardInterrupt):
+            return Interrupted(tuple(self.still_stopped))
+        if self.still_stopped:
+            return StepFailed("; ".join(self.still_stopped) + why)
+        if self.by_guard:
+            return StepFailed(
+                "; ".join(self.by_guard)
+                + f" (the controller was silent for {self.deadman:g}s): nothing was stored{why}"
+            )
+        return cause
