@@ -14,7 +14,7 @@ import attrs
 from recipes.databases import mysql as mysql_db
 from recipes.databases import postgresql as pg_db
 from recipes.databases import sqlite as sqlite_db
-from recipes.recipe import absolute_path, env_name, param, port_number
+from recipes.recipe import absolute_path, param
 from recipes.steps import Archive, Extract, Step, under
 
 # The seed's /etc/duply/main/exclude, in order.
@@ -44,40 +44,6 @@ SYSTEM_EXCLUDES = ("/bin", "/lib", "/sbin", "/usr")
 
 
 @attrs.frozen
-class Postgres:
-    """PostgreSQL over TCP with a password; ``postgres = true`` uses the local socket instead."""
-
-    host: str | None = param(None, "server address; unset: local socket as the postgres user")
-    port: int | None = param(None, "server port (default 5432)", validator=port_number)
-    user: str = param("postgres", "role to connect as (a superuser, to dump every database)")
-    password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
-    )
-
-    def connection(self) -> pg_db.Connection:
-        return pg_db.Connection(
-            host=self.host, port=self.port, user=self.user, password_env=self.password_env
-        )
-
-
-@attrs.frozen
-class Mysql:
-    """MySQL/MariaDB; ``mysql = true`` uses the local socket as the login user."""
-
-    host: str | None = param(None, "server address; unset: the default local socket")
-    port: int | None = param(None, "server port (default 3306)", validator=port_number)
-    user: str = param("root", "account to connect as")
-    password_env: str | None = param(
-        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
-    )
-
-    def connection(self) -> mysql_db.Connection:
-        return mysql_db.Connection(
-            host=self.host, port=self.port, user=self.user, password_env=self.password_env
-        )
-
-
-@attrs.frozen
 class DjangoParams:
     """Parameters of the ``django`` recipe."""
 
@@ -92,7 +58,7 @@ class DjangoParams:
     )
     extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes", content=True)
     exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr", content=True)
-    postgres: bool | Postgres = param(
+    postgres: bool | pg_db.Params = param(
         False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table"
     )
     sqlite: tuple[str, ...] = param(
@@ -101,7 +67,7 @@ class DjangoParams:
         validator=absolute_path,
         content=True,
     )
-    mysql: bool | Mysql = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
+    mysql: bool | mysql_db.Params = param(False, "dump MySQL/MariaDB: true (local socket) or a table")
 
     def all_excludes(self) -> tuple[str, ...]:
         extra = SYSTEM_EXCLUDES if self.exclude_system else ()

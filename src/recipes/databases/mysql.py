@@ -1,10 +1,12 @@
-"""MySQL/MariaDB: ``mysqldump`` of every database with a 0600 defaults file removed afterwards."""
+"""MySQL/MariaDB: ``mysqldump`` of every database (or one) with a 0600 defaults file removed afterwards."""
 
 from __future__ import annotations
 
 import attrs
 
+from recipes.databases import database_name, omit_unset
 from recipes.model import Command, Secret, sh
+from recipes.recipe import env_name, param, port_number
 from recipes.steps import Dump, Load
 
 ENGINE = "mysql"
@@ -15,6 +17,8 @@ DUMP_OPTIONS = (
     "--events",
     "--flush-privileges",
 )
+# One database: its CREATE DATABASE and USE, without the server's accounts.
+DATABASE_OPTIONS = ("--single-transaction", "--routines", "--events", "--databases")
 
 
 @attrs.frozen
@@ -27,6 +31,8 @@ class Connection:
     user: str = "root"
     password_env: str | None = None
     """Controller environment variable holding the password (sent on stdin, never argv)."""
+    database: str | None = None
+    """One database (``mysqldump --databases``); unset means every database and the accounts."""
 
     def _client(self, program: str, *args: str) -> Command:
         lines = ["[client]"]
@@ -56,6 +62,8 @@ class Connection:
         return Command(script.rstrip(), secrets=secrets)
 
     def dump_command(self) -> Command:
+        if self.database is not None:
+            return self._client("mysqldump", *DATABASE_OPTIONS, self.database)
         return self._client("mysqldump", *DUMP_OPTIONS)
 
     def restore_command(self) -> Command:
@@ -65,14 +73,42 @@ class Connection:
         return self._client("mysql", "--batch", "--execute=SELECT 1")
 
 
-def dump(conn: Connection, name: str = "mysql") -> Dump:
-    """Dump every database with routines, events and grants in one consistent transaction."""
-    return Dump(
-        name=name,
-        engine=ENGINE,
-        command=conn.dump_command(),
-        about="mysqldump --all-databases --single-transaction --routines --events",
+@attrs.frozen
+class Params:
+    """MySQL/MariaDB; ``mysql = true`` uses the local socket as the login user.
+
+    The one parameter table every recipe reuses for a MySQL/MariaDB connection.
+    """
+
+    host: str | None = param(None, "server address; unset: the default local socket")
+    port: int | None = param(None, "server port (default 3306)", validator=port_number)
+    user: str = param("root", "account to connect as")
+    password_env: str | None = param(
+        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
     )
+    database: str | None = param(
+        None, "one database to dump (mysqldump --databases); unset: every database", validator=database_name
+    )
+
+    def connection(self) -> Connection:
+        return Connection(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password_env=self.password_env,
+            database=self.database,
+        )
+
+
+omit_unset(Params, "database")
+
+
+def dump(conn: Connection, name: str = "mysql") -> Dump:
+    """Dump every database (or ``conn.database``) with routines and events in one consistent transaction."""
+    about = "mysqldump --all-databases --single-transaction --routines --events"
+    if conn.database is not None:
+        about = f"mysqldump --single-transaction --routines --events --databases {conn.database}"
+    return Dump(name=name, engine=ENGINE, command=conn.dump_command(), about=about)
 
 
 def load(conn: Connection, name: str = "mysql") -> Load:
@@ -83,5 +119,7 @@ def load(conn: Connection, name: str = "mysql") -> Load:
         command=conn.restore_command(),
         # No check with the same login afterwards: a full restore (--flush-privileges) brings
         # back the source's accounts, so the target's old password may no longer work.
-        about="mysql replays the dump (accounts and passwords become the source's)",
+        about="mysql replays the dump (accounts and passwords become the source's)"
+        if conn.database is None
+        else f"mysql replays the dump of database {conn.database} (its tables are replaced)",
     )

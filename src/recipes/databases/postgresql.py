@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import attrs
 
+from recipes.databases import database_name, omit_unset
 from recipes.model import Command, Secret, sh
+from recipes.recipe import env_name, param, port_number
 from recipes.steps import Dump, Load
 
 ENGINE = "postgresql"
@@ -35,6 +37,8 @@ class Connection:
     """Controller environment variable holding the password (sent on stdin, never argv)."""
     os_user: str = "postgres"
     """OS user that owns the cluster, used with the local socket."""
+    database: str | None = None
+    """One database (``pg_dump --create``); unset means the whole cluster (``pg_dumpall``)."""
 
     def _client(self, program: str, *args: str) -> Command:
         words = [program]
@@ -56,24 +60,58 @@ class Connection:
         return Command(script, secrets=secrets, user=None if self.host else self.os_user)
 
     def dump_command(self) -> Command:
+        if self.database is not None:
+            # --create: the script makes the database and connects to it, like pg_dumpall's.
+            return self._client("pg_dump", "--create", f"--dbname={self.database}")
         return self._client("pg_dumpall")
 
     def restore_command(self) -> Command:
         psql = self._client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname=postgres", "--file=-")
+        if self.database is not None:
+            return psql  # no CREATE ROLE in a pg_dump script: nothing to tolerate
         return attrs.evolve(psql, script=f"{ROLES_FILTER} | {psql.script}")
 
     def check_command(self) -> Command:
-        return self._client("psql", "-X", "-A", "-t", "--dbname=postgres", "--command=SELECT 1")
+        dbname = self.database or "postgres"
+        return self._client("psql", "-X", "-A", "-t", f"--dbname={dbname}", "--command=SELECT 1")
+
+
+@attrs.frozen
+class Params:
+    """PostgreSQL over TCP with a password; ``postgres = true`` uses the local socket instead.
+
+    The one parameter table every recipe reuses for a PostgreSQL connection.
+    """
+
+    host: str | None = param(None, "server address; unset: local socket as the postgres user")
+    port: int | None = param(None, "server port (default 5432)", validator=port_number)
+    user: str = param("postgres", "role to connect as (a superuser, to dump every database)")
+    password_env: str | None = param(
+        None, "controller environment variable holding the password (sent on stdin)", validator=env_name
+    )
+    database: str | None = param(
+        None, "one database to dump (pg_dump --create); unset: the whole cluster", validator=database_name
+    )
+
+    def connection(self) -> Connection:
+        return Connection(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password_env=self.password_env,
+            database=self.database,
+        )
+
+
+omit_unset(Params, "database")
 
 
 def dump(conn: Connection, name: str = "postgresql") -> Dump:
-    """Dump every database, role and tablespace of the cluster."""
-    return Dump(
-        name=name,
-        engine=ENGINE,
-        command=conn.dump_command(),
-        about="pg_dumpall: every database, role and grant of the cluster",
-    )
+    """Dump every database, role and tablespace of the cluster, or the one ``conn.database``."""
+    about = "pg_dumpall: every database, role and grant of the cluster"
+    if conn.database is not None:
+        about = f"pg_dump --create: database {conn.database} (its roles are not included)"
+    return Dump(name=name, engine=ENGINE, command=conn.dump_command(), about=about)
 
 
 def load(conn: Connection, name: str = "postgresql") -> Load:
@@ -84,6 +122,11 @@ def load(conn: Connection, name: str = "postgresql") -> Load:
         command=conn.restore_command(),
         error_pattern=ERROR,
         check=conn.check_command(),
-        about="psql replays the pg_dumpall script into the target cluster, stopping at the first "
-        "error (ON_ERROR_STOP); roles that already exist are kept",
+        about=(
+            "psql replays the pg_dumpall script into the target cluster, stopping at the first "
+            "error (ON_ERROR_STOP); roles that already exist are kept"
+            if conn.database is None
+            else f"psql creates database {conn.database} from the pg_dump script, stopping at the "
+            "first error (ON_ERROR_STOP; an existing database of that name is one)"
+        ),
     )
