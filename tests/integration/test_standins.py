@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -66,9 +67,10 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def src_site(site: tuple[str, Path, Path]) -> Site:
-    """The source host's side of the per-test site dir."""
-    return Site(site[1], site[0])
+def src_site(site: tuple[str, Path, Path]) -> Iterator[Site]:
+    """The source host's side of the per-test site dir; no stand-in left running after the test."""
+    yield Site(site[1], site[0])
+    standins.stop_processes(site[0])
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +303,18 @@ def test_btrfs_snapshot_needs_no_check_device_for_small_incrementals(
     finally:
         btrfs.unmount_on(ssh_source, mnt)
     assert run(ssh_source, f"mountpoint -q {mnt}")[0] != 0
+
+
+def test_stop_processes_ends_servers_a_failed_test_left_running(
+    ssh_source: servers.SshHost, src_site: Site
+) -> None:
+    lk = standins.install_looker(src_site)
+    dss = standins.install_dss(src_site)
+    ok(ssh_source, lk.command("start"))
+    ok(ssh_source, dss.dss("start"))
+    pids = {
+        int((lk.app_dir / ".tmp/looker.pid").read_text()),
+        int((dss.data_path / "run/supervisord.pid").read_text()),
+    }
+    assert sorted(standins.stop_processes(src_site.site_path)) == sorted(pids)
+    assert not any(alive(p) for p in pids)

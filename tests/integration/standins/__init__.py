@@ -10,12 +10,14 @@ with, and what was refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pwd
 import secrets
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -67,6 +69,38 @@ def read_events(path: Path) -> list[Event]:
         t, user, name, detail = [*line.split("\t", 3), "", ""][:4]
         events.append(Event(float(t), user, name, detail))
     return events
+
+
+def stop_processes(site_path: str, timeout: float = 10.0) -> list[int]:
+    """Stop, by pid, every stand-in server started under site_path (on any host); return the pids.
+
+    For test teardown: a test that fails between ``start`` and ``stop`` would leave its server
+    running. The servers' command lines begin ``looker-standin-server <dir>`` or
+    ``dss-standin-server <dir>`` (dirs as the host sees them).
+    """
+    prefixes = tuple(f"{kind}-standin-server {site_path}/" for kind in ("looker", "dss"))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:
+            continue
+        if cmdline.startswith(prefixes):
+            pids.append(int(entry))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def ensure_user(name: str) -> None:
