@@ -845,7 +845,9 @@ class Btrfs:
         )
         if self.device:
             # With the filesystem still mounted somewhere the kernel detaches it on last close.
+            # Forget the device either way: a second stop must not detach a reused one.
             subprocess.run(["losetup", "-d", self.device], capture_output=True)
+            self.device = ""
         if unmounted:
             _rmtree(self.dir)
         else:
@@ -865,6 +867,8 @@ def _ssh_root(host: SshHost, known_dir: str, command: str) -> None:
             "none",
             "-o",
             "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",

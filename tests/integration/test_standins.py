@@ -110,8 +110,11 @@ def test_looker_start_status_stop_is_a_real_process(
 
 def test_looker_needs_home_as_the_real_script_does(ssh_source: servers.SshHost, src_site: Site) -> None:
     lk = standins.install_looker(src_site)
-    rc, _, err = run(ssh_source, f"cd {lk.home}/looker && HOME=/root ./looker start")
-    assert rc == 2 and f"HOME={lk.home}" in err
+    other = src_site.root / "other"
+    (other / "looker").mkdir(parents=True)  # another home with a looker dir: still not ours
+    for home in ("/root", src_site.host_path(other)):
+        rc, _, err = run(ssh_source, f"cd {lk.home}/looker && HOME={home} ./looker start")
+        assert rc == 2 and f"HOME={lk.home}" in err
     assert run(ssh_source, lk.command("status"))[0] == 7
 
 
