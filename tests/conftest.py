@@ -176,3 +176,21 @@ def s3_bucket(s3_server: servers.S3Server) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3_server.make_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def btrfs() -> Iterator[servers.Btrfs]:
+    """A 256 MiB btrfs on a loop device (subvolume ``data``), shared by the session.
+
+    Hosts see it only through ``btrfs.mount_on(host, path)`` (their mount namespaces are private).
+    """
+    if os.geteuid() != 0:
+        pytest.fail("a loop-device btrfs needs root: run ./scripts/test as root")
+    missing = [tool for tool in ("losetup", "mkfs.btrfs", "btrfs", "mount") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"a loop-device btrfs needs {', '.join(missing)}: run ./scripts/install-test-deps")
+    vol = servers.start_btrfs()
+    try:
+        yield vol
+    finally:
+        vol.stop()

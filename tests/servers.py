@@ -795,3 +795,108 @@ def start_s3(timeout: float = 10.0) -> S3Server:
             break
     _rmtree(d)
     raise RuntimeError(f"rclone serve s3 did not become ready; log tail:\n{last_error}")
+
+
+# --------------------------------------------------------------------------- btrfs on a loop device
+
+
+@dataclasses.dataclass
+class Btrfs:
+    """A btrfs on a loop device over a sparse file, mounted (top level) at mount_point.
+
+    ``subvolume`` (``<mount_point>/data``) is a subvolume made at start, for data a test
+    snapshots. ``mount_on(host, path)`` mounts the same filesystem inside a test host's mount
+    namespace (an sshd started before the volume does not see controller mounts).
+    """
+
+    image: str
+    device: str
+    mount_point: str
+    dir: str = ""
+    host_mounts: list[tuple[SshHost, str]] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def subvolume(self) -> str:
+        """The subvolume made at start, on the controller."""
+        return os.path.join(self.mount_point, "data")
+
+    def mount_on(self, host: SshHost, path: str) -> None:
+        """Mount the filesystem's top level at path (made if missing) inside host, over SSH."""
+        _ssh_root(
+            host,
+            self.dir,
+            f"mkdir -p {shlex.quote(path)} && mount -t btrfs {self.device} {shlex.quote(path)}",
+        )
+        self.host_mounts.append((host, path))
+
+    def unmount_on(self, host: SshHost, path: str) -> None:
+        """Undo mount_on (no error if the host already went away)."""
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            _ssh_root(host, self.dir, f"umount {shlex.quote(path)}")
+        with contextlib.suppress(ValueError):
+            self.host_mounts.remove((host, path))
+
+    def stop(self) -> None:
+        """Unmount everywhere, detach the loop device, remove the files; each step tried."""
+        for host, path in list(self.host_mounts):
+            self.unmount_on(host, path)
+        unmounted = not os.path.ismount(self.mount_point) or (
+            subprocess.run(["umount", self.mount_point], capture_output=True).returncode == 0
+        )
+        if self.device:
+            # With the filesystem still mounted somewhere the kernel detaches it on last close.
+            # Forget the device either way: a second stop must not detach a reused one.
+            subprocess.run(["losetup", "-d", self.device], capture_output=True)
+            self.device = ""
+        if unmounted:
+            _rmtree(self.dir)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(self.image)
+
+
+def _ssh_root(host: SshHost, known_dir: str, command: str) -> None:
+    """Run command as root on host with OpenSSH (host key pinned); RuntimeError if it fails."""
+    known = os.path.join(known_dir, f"known_hosts-{host.name}-{host.port}")
+    with open(known, "w") as f:
+        f.write(host.known_hosts_line() + "\n")
+    _run(
+        [
+            "ssh",
+            "-F",
+            "none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-i",
+            host.key_file,
+            "-p",
+            str(host.port),
+            f"{host.user}@{host.address}",
+            command,
+        ]
+    )
+
+
+def start_btrfs(size_mb: int = 256) -> Btrfs:
+    """Make a sparse file, attach it to a free loop device, mkfs.btrfs, mount it, add subvolume data."""
+    d = tempfile.mkdtemp(prefix="btrfs-")
+    image, mnt = os.path.join(d, "image"), os.path.join(d, "mnt")
+    os.mkdir(mnt)
+    with open(image, "wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    vol = Btrfs(image=image, device="", mount_point=mnt, dir=d)
+    try:
+        vol.device = _run(["losetup", "-f", "--show", image]).stdout.strip()
+        _run(["mkfs.btrfs", "-q", vol.device])
+        _run(["mount", "-t", "btrfs", vol.device, mnt])
+        _run(["btrfs", "-q", "subvolume", "create", vol.subvolume])
+        return vol
+    except BaseException:
+        vol.stop()
+        raise
