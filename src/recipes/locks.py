@@ -12,7 +12,9 @@ not wait: the lease names the controller (its machine-id, hashed) and the holder
 Taking the lock must be atomic:
 
 * local folder: the lease is written to a temporary file and hard-linked to its name
-  (``link`` fails when the name exists: an O_EXCL create of a complete file);
+  (``link`` fails when the name exists: an O_EXCL create of a complete file); taking over a
+  stale lock (read, judge, delete, create) happens under an ``flock`` of the locks folder, so
+  two runs judging the same stale lease cannot both delete and take it;
 * S3 that honours ``If-None-Match: *`` (AWS since 2024): a conditional PUT;
 * S3 that ignores it (``rclone serve s3``, probed once per repository): check that no lock
   exists, write ours, wait ``SETTLE_SECONDS``, read it back and keep it only if our token is
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import getpass
 import json
 import logging
@@ -180,6 +183,24 @@ class Store:
             else:
                 self.fs.rm_file(path)
 
+    @contextlib.contextmanager
+    def exclusive(self, path: str) -> Iterator[None]:
+        """On a local folder, hold an ``flock`` of the lock's folder for the block: one run at a
+        time reads, judges, deletes and creates. Elsewhere (S3) nothing: see the module's notes."""
+        if not self.repo.local:
+            yield
+            return
+        folder = os.path.dirname(path)
+        fd = self.fs.call(f"lock {folder}", lambda: _open_folder(folder), retry=False)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:  # a file system without flock: the link alone guards creation
+                log.debug("cannot flock %s: %s", folder, exc)
+            yield
+        finally:
+            os.close(fd)
+
     def create(self, path: str, lease: Lease) -> bool:
         """Write ``lease`` only if no lock exists; True when it is ours afterwards."""
         data = lease.dumps()
@@ -249,6 +270,11 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def _open_folder(folder: str) -> int:
+    os.makedirs(folder, exist_ok=True)
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
 def _read_local(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
@@ -288,6 +314,12 @@ def acquire(
     store = store or Store(repo)
     path = store.path(recipe, host)
     lease = Lease.new(recipe, host, purpose, clock())
+    with store.exclusive(path):
+        return _acquire(store, path, lease, recipe, host, clock)
+
+
+def _acquire(store: Store, path: str, lease: Lease, recipe: str, host: str, clock: Clock) -> Lease:
+    """``acquire`` under the folder lock: create, else judge the holder and take over a stale one."""
     for _ in range(3):  # a lock released or taken over between our steps: look again
         if store.create(path, lease):
             return lease

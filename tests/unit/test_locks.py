@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -131,3 +133,32 @@ def test_a_dead_holder_on_this_controller_is_gone_but_not_one_elsewhere_or_alive
     assert not attrs.evolve(dead, machine="0" * 16).gone_from_here()  # another controller's
     assert not attrs.evolve(dead, pid_start="").gone_from_here()  # an older lease: wait it out
     assert os.getpid() == mine.pid
+
+
+def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(tmp_path: Path) -> None:
+    """Run B judged the lock stale and is about to delete it when run A takes it over: B must not
+    delete A's fresh lease and hold the lock as well (a local folder serializes the takeover)."""
+    repo = Repository(str(tmp_path))
+    ghost = locks.Lease.new("django", "web1", "run", T0 - dt.timedelta(days=3))
+    lock_file(tmp_path).parent.mkdir()
+    lock_file(tmp_path).write_bytes(ghost.dumps())
+    won: list[str] = []
+
+    def run_a() -> None:
+        with contextlib.suppress(locks.LockHeld):
+            won.append(locks.acquire(repo, "django", "web1").token)
+
+    class Interleaving(locks.Store):
+        def delete(self, path: str) -> None:
+            a = threading.Thread(target=run_a)
+            a.start()
+            a.join(timeout=2)  # A completes now unless the takeover is serialized
+            super().delete(path)
+            self.rival = a
+
+    store = Interleaving(repo)
+    won.append(locks.acquire(repo, "django", "web1", store=store).token)
+    store.rival.join(timeout=10)
+    assert not store.rival.is_alive()
+    assert len(won) == 1
+    assert locks.Lease.loads(lock_file(tmp_path).read_bytes()).token == won[0]
