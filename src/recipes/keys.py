@@ -214,16 +214,9 @@ def _insert(cfg: Path, lines: list[str]) -> None:
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically, keeping its mode (0644 for a new file)."""
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from recipes import signing
+
+    signing.write_file(path, text, mode)
 
 
 def _new_identity(identity: Path) -> str:

@@ -328,21 +328,25 @@ def generate_signing_key(path: Path, comment: str) -> SigningKey:
     key = SigningKey(Ed25519PrivateKey.generate(), " ".join(comment.split()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, text, mode in (
-        (path, key.private_text(), 0o600),
-        (Path(f"{path}.pub"), key.public.line + "\n", 0o644),
-    ):
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(text)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    write_file(path, key.private_text(), 0o600)
+    write_file(Path(f"{path}.pub"), key.public.line + "\n", 0o644)
     return key
+
+
+def write_file(path: Path, text: str, mode: int) -> None:
+    """Replace ``path`` atomically with ``text`` and ``mode``: a temporary file beside it (created
+    anew, never through a link left there), then a rename, so a reader sees the old or the new."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed run with the same pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def verify(data: bytes, signature: bytes, signers: Sequence[PublicKey], namespace: str) -> PublicKey:
