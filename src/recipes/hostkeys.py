@@ -194,9 +194,13 @@ class HostKeyCheck:
         else:
             # paramiko holds one key per type for a name: the first line of each type wins
             # (``prefer`` first: the retry when a later line of the same type holds the key).
+            # A @revoked key is never loaded, whatever other line lists it (as OpenSSH): the
+            # policy then refuses it as revoked.
+            known = self.known()
+            revoked = [k.key for k in known if k.revoked]
             first: dict[str, Any] = {}
-            for key in [prefer, *(k.key for k in self.known() if not k.revoked)]:
-                if key is not None:
+            for key in [prefer, *(k.key for k in known if not k.revoked)]:
+                if key is not None and key not in revoked:
                     first.setdefault(key.get_name(), key)
             for type_name, key in first.items():
                 keys.add(self.name, type_name, key)
@@ -206,7 +210,10 @@ class HostKeyCheck:
         """A known (not revoked) line holding exactly the offered key, if one does."""
         if self.pin is not None:
             return None
-        return next((k for k in self.known() if not k.revoked and k.key == offered), None)
+        known = self.known()
+        if any(k.revoked and k.key == offered for k in known):
+            return None
+        return next((k for k in known if not k.revoked and k.key == offered), None)
 
     def changed(self, offered: Any) -> HostKeyError:
         """The one-line refusal for a key that differs from the pinned or known one."""

@@ -9,6 +9,7 @@ import paramiko
 import pytest
 
 from recipes import hostkeys
+from recipes.errors import HostKeyError
 
 ED = (
     "ssh-ed25519 "
@@ -78,3 +79,17 @@ def test_ssh_config_decides_files_and_strictness(tmp_path: Path, monkeypatch: py
     assert default.user_files[0] == f"{tmp_path}/.ssh/known_hosts" and not default.accepts_unknown()
     strict = hostkeys.HostKeyCheck.create("w", "h", 22, {"stricthostkeychecking": "yes"}, accept_new=True)
     assert not strict.accepts_unknown()
+
+
+def test_a_revoked_key_is_never_loaded_even_when_another_line_lists_it(tmp_path: Path) -> None:
+    """OpenSSH refuses a @revoked key whatever other lines say: paramiko must not be handed it,
+    so the policy (which refuses it as REVOKED) decides instead of a silent accept."""
+    known = tmp_path / "known_hosts"
+    known.write_text(f"web1 {ED}\n@revoked * {ED}\n")
+    check = hostkeys.HostKeyCheck("web1", "web1", user_files=(str(known),))
+    client = paramiko.SSHClient()
+    check.prepare(client)
+    assert client.get_host_keys().lookup("web1") is None
+    offered = hostkeys.parse_public_key(ED)
+    with pytest.raises(HostKeyError, match="REVOKED"):
+        client._policy.missing_host_key(client, "web1", offered)
