@@ -346,6 +346,12 @@ class SshProcess:
         self._chan.close()
 
 
+def _authenticated(client: Any) -> bool:
+    """Whether a paramiko SSHClient got as far as authenticating (past its host key check)."""
+    transport = client.get_transport()
+    return bool(transport is not None and transport.is_authenticated())
+
+
 def _transport_factory(sock: Any, **kwargs: Any) -> Any:
     """A paramiko Transport with large windows and AES-GCM preferred."""
     import paramiko
@@ -420,10 +426,14 @@ class SshHost:
             # Replaces Fabric's AutoAddPolicy: known keys go into the client, so paramiko refuses
             # any other key after the key exchange and before sending a credential.
             keys.prepare(conn.client, prefer)
+            jump = self._check_jump(conn)
             try:
                 conn.open()
             except paramiko.BadHostKeyException as exc:
                 conn.client.close()  # Fabric's close() skips a half-open transport
+                if jump is not None and not _authenticated(jump[0].client):
+                    jump[0].client.close()  # the jump host itself offered the wrong key
+                    raise jump[1].changed(exc.key) from None
                 same = keys.matching_known(exc.key)
                 if same is None or attempt:
                     raise keys.changed(exc.key) from None
@@ -431,6 +441,8 @@ class SshHost:
                 continue  # a later known_hosts line of the same type holds the offered key
             except RecipeError:
                 conn.client.close()
+                if jump is not None:
+                    jump[0].client.close()
                 raise
             except (OSError, paramiko.SSHException) as exc:
                 conn.client.close()
@@ -438,6 +450,26 @@ class SshHost:
                 raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
             return conn
         raise AssertionError("unreachable")
+
+    def _check_jump(self, conn: Any) -> tuple[Any, Any] | None:
+        """A ``ProxyJump`` host from ~/.ssh/config is connected by Fabric itself, with its default
+        accept-anything policy: give its client the same known_hosts check as any host."""
+        import fabric
+
+        from recipes.hostkeys import HostKeyCheck
+
+        gateway = conn.gateway
+        if not isinstance(gateway, fabric.Connection):
+            return None
+        keys = HostKeyCheck.create(
+            f"{gateway.host} (ProxyJump of {self.name})",
+            gateway.host,
+            int(gateway.port),
+            gateway.ssh_config,
+            accept_new=self.spec.accept_new_host_keys,
+        )
+        keys.prepare(gateway.client)
+        return gateway, keys
 
     def _transport(self) -> Any:
         if self._early is not None and self._early is not threading.current_thread():

@@ -316,3 +316,41 @@ def test_malformed_pin_is_one_config_error_when_the_file_is_read(
     proc = world.cli("plan", "django", "--host", "web")  # plan reads no host: the load refuses it
     assert proc.returncode == 2, proc.stderr
     assert "hosts.web.host_key" in _error(proc)
+
+
+@pytest.mark.parametrize("jump_key", ["right", "changed", "unknown"])
+def test_a_proxyjump_hosts_key_is_checked_like_any_host(
+    tmp_path: Path,
+    keys: tuple[Path, str, Path],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    jump_key: str,
+) -> None:
+    """``ProxyJump`` in ~/.ssh/config: Fabric connects the jump host itself; its key is checked
+    against known_hosts too (it used to be accepted whatever it was)."""
+    world = _world(tmp_path, keys, ssh_source)
+    ssh_dir = world.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "config").write_text(
+        f"Host viajump\n  HostName 127.0.0.1\n  Port {ssh_source.port}\n  User root\n"
+        f"  IdentityFile {ssh_source.key_file}\n  ProxyJump jumphost\n"
+        f"Host jumphost\n  HostName 127.0.0.1\n  Port {ssh_target.port}\n  User root\n"
+        f"  IdentityFile {ssh_target.key_file}\n"
+    )
+    lines = [ssh_source.known_hosts_line()]
+    if jump_key == "right":
+        lines.append(ssh_target.known_hosts_line())
+    elif jump_key == "changed":
+        lines.append(f"[127.0.0.1]:{ssh_target.port} {_other_key(tmp_path)}")
+    (ssh_dir / "known_hosts").write_text("\n".join(lines) + "\n")
+    proc, _ = _backup(world, ssh_source, target="viajump")
+    if jump_key == "right":
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 3, proc.stderr
+    line = _error(proc)
+    assert "ProxyJump of viajump" in line
+    assert _fingerprint(ssh_target.host_public_key, tmp_path) in line
+    if jump_key == "changed":
+        assert f"{ssh_dir / 'known_hosts'}:2" in line
+    assert not list(world.repo.glob("django/viajump/*/manifest.json"))
