@@ -283,7 +283,10 @@ class SnapshotWriter:
             tmp = f"{self.path}/.{name}.partial"
             with fs.open(tmp, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise RepositoryError(f"cannot write {final}: {exc.strerror or exc}") from exc
         else:
             with fs.open(final, "wb") as fh:  # an S3 PUT is atomic
                 fh.write(data)

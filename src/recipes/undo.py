@@ -159,7 +159,12 @@ class Compensation:
 
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given the undo's outcome and the first ``cause``."""
-        why = f" (first error: {cause})" if isinstance(cause, RecipeError) else ""
+        if isinstance(cause, RecipeError):
+            why = f" (first error: {cause})"
+        elif cause is not None and not isinstance(cause, KeyboardInterrupt):
+            why = f" (first error: {type(cause).__name__}: {cause})"  # a bug: name it, not lose it
+        else:
+            why = ""
         if self.interrupted or isinstance(cause, KeyboardInterrupt):
             return Interrupted(tuple(self.still_stopped))
         if self.still_stopped:
