@@ -92,14 +92,17 @@ class Group(click.Group):
 @click.option("--config", "config_path", metavar="FILE", help="recipes.toml to use.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (for cron).")
 @click.version_option(package_name="recipes")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: int) -> None:
+def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
     """Back up and restore applications the way their own documentation says.
 
     Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 verification failed.
     """
-    level = logging.DEBUG if verbose > 1 else logging.INFO
+    if quiet and verbose:
+        raise click.UsageError("-q and -v contradict each other: give one")
+    level = logging.DEBUG if verbose > 1 else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="recipes: %(message)s", stream=sys.stderr)
     if verbose < 2:
         for noisy in ("paramiko", "fsspec", "s3fs", "botocore", "invoke", "fabric"):
