@@ -1,0 +1,170 @@
+"""``recipes verify``: check snapshots without restoring them.
+
+Without a key: every manifest's signature and place, its chain, and each object's size and
+sha256. With ``deep`` (and the age identity): each object is also decrypted and decompressed,
+archives are listed by GNU tar and dumps are checked at both ends, writing nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from typing import Any
+
+import attrs
+
+from recipes import chain, stream
+from recipes import manifest as mf
+from recipes.errors import RecipeError, VerifyError
+from recipes.repository import Listed, Repository
+from recipes.trust import Trust
+
+# How each engine's dump starts and ends when it is complete (tail: the dumper's last words).
+DUMP_ENDS = {
+    "postgresql": (rb"PostgreSQL database (cluster )?dump", rb"PostgreSQL database (cluster )?dump complete"),
+    "mysql": (rb"(MySQL|MariaDB) dump", rb"-- Dump completed"),
+    "sqlite": (rb"PRAGMA foreign_keys=OFF;|BEGIN TRANSACTION;", rb"COMMIT;\s*$"),
+}
+EDGE = 64 << 10
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a snapshot: which object (None: the manifest) and why."""
+
+    snapshot: str
+    object: str | None
+    reason: str
+
+    def line(self) -> str:
+        where = f"{self.object} of snapshot {self.snapshot}" if self.object else f"snapshot {self.snapshot}"
+        return f"{where}: {self.reason}"
+
+
+@attrs.frozen
+class Report:
+    """What verifying one snapshot found."""
+
+    recipe: str
+    host: str
+    snapshot: str
+    objects: int
+    bytes: int
+    deep: bool
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    repo: Repository, item: Listed, trust: Trust, *, deep: bool = False, identities: list[Any] | None = None
+) -> Report:
+    """Check one snapshot; problems are collected, never raised (except storage failures)."""
+    m = item.manifest
+    problems: list[Problem] = []
+    reason = trust.problem(item)
+    if reason is not None:
+        problems.append(Problem(m.snapshot, None, reason))
+    else:
+        try:
+            chain.resolve(m, trust.lookup(lambda sid: repo.load_listed(m.recipe, m.host, sid)))
+        except (RecipeError, ValueError) as exc:
+            problems.append(Problem(m.snapshot, None, f"its chain: {exc}"))
+    total = 0
+    for obj in m.objects:
+        total += obj.size
+        try:
+            repo.verify_objects(m, [obj])
+        except VerifyError as exc:
+            problems.append(Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1]))
+            continue
+        if deep and reason is None:
+            why = _deep(repo, m, obj, identities or [])
+            if why is not None:
+                problems.append(Problem(m.snapshot, obj.path, why))
+    return Report(m.recipe, m.host, m.snapshot, len(m.objects), total, deep, tuple(problems))
+
+
+def _deep(repo: Repository, m: mf.Manifest, obj: mf.StoredObject, identities: list[Any]) -> str | None:
+    """Decrypt and decompress one object and judge its content; the reason it is bad, or None."""
+    try:
+        if obj.kind == "files":
+            return _list_archive(repo, m, obj, identities)
+        sink = _Edges() if obj.kind == "dump" else _Digest()
+        with repo.open_object(m, obj) as fh:
+            stream.fetch(fh, sink, identities, obj.sha256, obj.size)
+    except RecipeError as exc:
+        return str(exc)
+    if isinstance(sink, _Digest):
+        if obj.content_sha256 and sink.sha.hexdigest() != obj.content_sha256:
+            return "its content does not match the manifest's content_sha256"
+        return None
+    ends = DUMP_ENDS.get(obj.engine or "")
+    if ends is None:
+        return None if sink.size else "the dump is empty"
+    head, tail = ends
+    if not re.search(head, bytes(sink.head)):
+        return f"does not start like a {obj.engine} dump"
+    if not re.search(tail, bytes(sink.tail)):
+        return f"does not end like a complete {obj.engine} dump (truncated when it was made?)"
+    return None
+
+
+def _list_archive(
+    repo: Repository, m: mf.Manifest, obj: mf.StoredObject, identities: list[Any]
+) -> str | None:
+    """GNU tar lists the archive (``tar -t``): a damaged or non-tar stream fails it."""
+    proc = subprocess.Popen(
+        ["tar", "--list", "--file=-", "--numeric-owner"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        with repo.open_object(m, obj) as fh:
+            stream.fetch(fh, proc.stdin, identities, obj.sha256, obj.size)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    err = proc.stderr.read().decode("utf-8", "replace")
+    if proc.wait() != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        return f"GNU tar cannot list it: {lines[0] if lines else 'exit ' + str(proc.returncode)}"
+    return None
+
+
+class _Edges:
+    """Keeps the first and last ``EDGE`` bytes of a stream."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.size += len(data)
+        if len(self.head) < EDGE:
+            self.head += data[: EDGE - len(self.head)]
+        self.tail += data
+        if len(self.tail) > EDGE:
+            del self.tail[: len(self.tail) - EDGE]
+        return len(data)
+
+
+class _Digest:
+    """sha256 of the plain content (tar states carry it in the manifest)."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes, /) -> int:
+        self.sha.update(data)
+        return len(data)
