@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -500,3 +501,45 @@ def verify_cmd(
     if problems:
         more = f" (and {len(problems) - 1} more problems: see above)" if len(problems) > 1 else ""
         raise VerifyError(problems[0] + more)
+
+
+@main.command("copy")
+@click.argument("snapshot", required=False)
+@click.option("--to", "to_url", required=True, metavar="URL", help="Destination repository URL.")
+@click.option("--all", "every", is_flag=True, help="Copy every snapshot.")
+@click.option("--repo", metavar="URL", help="Source repository URL (overrides [repository] url).")
+@pass_state
+def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo: str | None) -> None:
+    """Copy snapshots with the chains they need to another repository (an offline disk): each
+    object verified as it arrives, the signed manifest written last; present ones are skipped."""
+    from recipes import copying
+    from recipes.errors import ConfigError, RepositoryError
+    from recipes.repository import Repository
+
+    if bool(snapshot) == every:
+        raise ConfigError("copy: give one SNAPSHOT (id or unique prefix) or --all")
+    cfg = state.config
+    source = _repo(state, repo)
+    if not to_url.strip():
+        raise ConfigError("copy --to: give the destination repository URL")
+    dest_url = to_url if "://" in to_url else os.path.abspath(os.path.expanduser(to_url))
+    # s3:// destinations take the configured endpoint options; a local folder needs none
+    options = dict(cfg.repository.options) if dest_url.startswith("s3://") else {}
+    dest = Repository(dest_url, options)
+    trust = cfg.trust()
+    _log_config(state)
+    found = source.listed()
+    if snapshot:
+        found = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
+        if len(found) != 1:
+            raise RepositoryError(
+                f"snapshot {snapshot!r} matches {len(found)} snapshots in {source.url}: "
+                "run `recipes snapshots` and give more of its id"
+            )
+    done = [copying.copy(source, dest, item) for item in copying.with_chains(source, found, trust)]
+    data = [
+        {"recipe": c.recipe, "host": c.host, "snapshot": c.snapshot, "outcome": c.outcome, "bytes": c.bytes}
+        for c in done
+    ]
+    lines = [f"{c.outcome:<7} {c.recipe}@{c.host} {c.snapshot} ({c.bytes} B)" for c in done]
+    emit(state, data, "\n".join(lines) if lines else f"no snapshots in {source.url}")

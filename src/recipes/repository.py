@@ -123,6 +123,15 @@ class Repository:
             raise RepositoryError(f"cannot write to repository {self.url}: {exc}") from exc
         return SnapshotWriter(self, path, sid)
 
+    def writer_for(self, m: mf.Manifest) -> SnapshotWriter:
+        """A writer for a copy of snapshot ``m`` under its own id (``recipes copy``)."""
+        path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot)
+        try:
+            self.fs.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write to repository {self.url}: {exc}") from exc
+        return SnapshotWriter(self, path, m.snapshot)
+
     def listed(
         self, recipe: str | None = None, host: str | None = None, damaged: list[str] | None = None
     ) -> list[Listed]:
@@ -273,8 +282,14 @@ class SnapshotWriter:
         """Write the signature, then the manifest, last; on a local folder via rename, so each
         appears whole. ``sign`` turns the manifest's exact bytes into an sshsig signature."""
         text = mf.dumps(manifest).encode()
-        self._put(SIGNATURE, sign(text))
-        self._put(MANIFEST, text)
+        self.commit_raw(text, sign(text))
+
+    def commit_raw(self, manifest: bytes, signature: bytes | None) -> None:
+        """The signature (when there is one), then the manifest's exact bytes, last (a copy keeps
+        them as they were signed)."""
+        if signature is not None:
+            self._put(SIGNATURE, signature)
+        self._put(MANIFEST, manifest)
 
     def _put(self, name: str, data: bytes) -> None:
         final = f"{self.path}/{name}"
