@@ -249,3 +249,30 @@ def test_full_disk_is_one_line_and_the_partial_snapshot_is_removed(
     assert "no space left on the device" in line and str(tiny_disk) in line
     assert list(tiny_disk.glob("django/source/*")) == []  # the partial snapshot is gone
     assert list(tiny_disk.glob("locks/*")) == []  # and the lock released
+
+
+def test_copy_from_s3_to_a_local_folder_and_back(
+    world: World,
+    site: tuple[str, Path, Path],
+    s3_server: servers.S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """Seed 002's offline copy: the S3 repository copied to a local disk, verified there, and
+    copied back into another S3 prefix, verified again (each object checked on arrival)."""
+    root, src, _ = site
+    seed_tree(src)
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    creds = env(s3_server, tmp_path)
+    s3.cli("run", "django", "--host", "source", "--set", f"root={root}", env=creds, check=True)
+    disk = tmp_path / "offline"
+    down = s3.cli("--json", "copy", "--all", "--to", str(disk), env=creds)
+    assert down.returncode == 0, down.stderr
+    assert [c["outcome"] for c in json.loads(down.stdout)] == ["copied"]
+    assert s3.cli("verify", "--all", "--repo", str(disk), env=creds).returncode == 0
+    back = f"s3://{s3_bucket}/restored-copy"
+    up = s3.cli("copy", "--all", "--repo", str(disk), "--to", back, env=creds)
+    assert up.returncode == 0, up.stderr
+    checked = s3.cli("--json", "verify", "--all", "--repo", back, env=creds)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["snapshots"][0]["snapshot"] == json.loads(down.stdout)[0]["snapshot"]
