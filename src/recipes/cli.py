@@ -543,3 +543,87 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     ]
     lines = [f"{c.outcome:<7} {c.recipe}@{c.host} {c.snapshot} ({c.bytes} B)" for c in done]
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {source.url}")
+
+
+def _size(n: float) -> str:
+    """1.2 GiB, for people."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@main.command("estimate")
+@click.argument("recipe")
+@click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
+@set_option
+@click.option("--repo", metavar="URL", help="Repository URL (dump sizes from its latest snapshot).")
+@click.option("--price-gb-month", type=click.FloatRange(min=0), default=0.005, show_default=True)
+@click.option("--price-gb-download", type=click.FloatRange(min=0), default=0.05, show_default=True)
+@click.option("--downloads-per-year", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@pass_state
+def estimate_cmd(
+    state: State,
+    recipe: str,
+    host: str,
+    sets: tuple[str, ...],
+    repo: str | None,
+    price_gb_month: float,
+    price_gb_download: float,
+    downloads_per_year: float,
+) -> None:
+    """What RECIPE on a host would store under the configured retention, and its yearly cost
+    (seed 002's model: storage per GB-month, plus test downloads). Reads the host, writes nothing."""
+    import attrs
+
+    from recipes import estimate, plan
+    from recipes.hosts import open_host
+
+    r, params, spec = _prepare(state, recipe, host, sets)
+    cfg = state.config
+    p = plan.backup_plan(r, params, spec.name, cfg.compression(host))
+    repository = _repo(state, repo)
+    trust = cfg.trust()
+    trusted = [i.manifest for i in repository.listed(recipe, spec.name) if trust.problem(i) is None]
+    kept = estimate.copies(cfg.retention.max_age, cfg.retention.full_every)
+    prices = estimate.Prices(price_gb_month, price_gb_download, downloads_per_year)
+    _log_config(state)
+    live = open_host(spec)
+    try:
+        e = estimate.measure(live, p, trusted[-1] if trusted else None, kept, prices)
+    finally:
+        live.close()
+    gb = e.per_full / estimate.GB
+    data = {
+        "recipe": recipe,
+        "host": spec.name,
+        "files_bytes": e.raw,
+        "zstd_ratio": round(e.ratio, 4),
+        "sample_bytes": e.sampled,
+        "dumps_bytes": e.dumps,
+        "per_full_bytes": e.per_full,
+        "fulls_kept": e.copies,
+        "stored_bytes": e.stored,
+        "cost_per_year": round(e.cost, 2),
+        "prices": attrs.asdict(prices),
+    }
+    dumps = (
+        f"{_size(e.dumps)} (from snapshot {trusted[-1].snapshot})"
+        if trusted
+        else "not measured: no snapshot yet (run a backup once)"
+    )
+    text = "\n".join(
+        [
+            f"estimate {recipe} on {spec.name}",
+            f"  files: {_size(e.raw)} (excludes applied); zstd -1 on a {_size(e.sampled)} sample: "
+            f"{e.ratio:.0%}",
+            f"  dumps: {dumps}",
+            f"  one full: about {_size(e.per_full)}; retention keeps {e.copies} fulls "
+            f"(max_age {cfg.retention.max_age} / full_every {cfg.retention.full_every}): "
+            f"{_size(e.stored)} stored (incrementals not counted)",
+            f"  cost per year: ${e.cost:.2f} = {gb:.3f} GB x {e.copies} x ${prices.gb_month}/GB-month x 12"
+            f" + {prices.downloads_per_year:g} downloads x {gb:.3f} GB x ${prices.gb_download}/GB",
+        ]
+    )
+    emit(state, data, text)

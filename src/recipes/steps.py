@@ -93,11 +93,14 @@ class Archive:
 
     @property
     def command(self) -> Command:
+        return Command(self._tar("--file=-"))
+
+    def _tar(self, *output: str) -> str:
         state = [f"--listed-incremental={self.state}"] if self.incremental else []
-        tar = sh(
+        return sh(
             "tar",
             "--create",
-            "--file=-",
+            *output,
             "--format=gnu",
             *state,
             "--numeric-owner",
@@ -107,7 +110,19 @@ class Archive:
             *tar_excludes(self.excludes),
             ".",
         )
-        return Command(tar)
+
+    def measure_command(self, sample: int) -> Command:
+        """Prints ``raw=`` the bytes a full archive would be (GNU tar writing to /dev/null reads
+        no file data) and ``sample=``/``zstd=`` the first ``sample`` bytes of the archive and
+        their zstd -1 size, for ``recipes estimate``."""
+        full = attrs.evolve(self, incremental=False)
+        totals = full._tar("--file=/dev/null", "--totals")
+        head = f"{full._tar('--file=-')} 2>/dev/null | head -c {sample}"
+        return Command(
+            f"echo raw=$({totals} 2>&1 >/dev/null | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p'); "
+            f"echo sample=$({head} | wc -c); "
+            f"if command -v zstd >/dev/null; then echo zstd=$({head} | zstd -1 -q -c | wc -c); fi"
+        )
 
     def commands(self) -> Iterator[Command]:
         yield self.command
