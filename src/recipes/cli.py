@@ -113,7 +113,26 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: in
     ctx.obj = State(config_path, as_json, verbose)
 
 
-pass_state = click.make_pass_decorator(State)
+_pass_state = click.make_pass_decorator(State)
+
+
+def _json_here(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(State).json = True  # type: ignore[union-attr]
+
+
+def pass_state(f: Any) -> Any:
+    """Hands the command its State, and accepts ``--json`` after the command name too
+    (``recipes snapshots --json`` as well as ``recipes --json snapshots``)."""
+    f = click.option(
+        "--json",
+        "json_here",
+        is_flag=True,
+        expose_value=False,
+        callback=_json_here,
+        help="Machine-readable output (same as the global --json).",
+    )(f)
+    return _pass_state(f)
 set_option = click.option(
     "--set",
     "sets",

@@ -39,3 +39,11 @@ def test_quiet_and_verbose_together_is_one_usage_line(tmp_path: Path) -> None:
     assert both.returncode == 2
     assert both.stderr.strip().splitlines() == [both.stderr.strip()]
     assert "contradict" in both.stderr
+
+
+def test_json_is_accepted_after_the_command_name_too(tmp_path: Path) -> None:
+    before = _cli(tmp_path, "--json", "snapshots", "--repo", str(tmp_path / "repo"))
+    after = _cli(tmp_path, "snapshots", "--repo", str(tmp_path / "repo"), "--json")
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert before.stdout == after.stdout == "[]\n"
+    assert _cli(tmp_path, "list", "--json").stdout.lstrip().startswith("[")
