@@ -1,0 +1,138 @@
+"""``recipes schedule``: seed 002's ``/etc/cron.daily/duply`` made safe, as a systemd service and
+timer pair or a cron file: prune, then the backup, quiet unless something is wrong (``-q``),
+a non-zero exit on failure (systemd marks the unit failed; cron mails the error line), and
+optionally a weekly ``verify --all``. Each run holds its recipe@host lock, so an overlong run is
+never joined by the next one."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+
+import attrs
+
+from recipes.errors import ConfigError
+
+FORMATS = ("systemd", "cron")
+# cron has no calendar expressions: the few names it can say, plus HH:MM every day
+_CRON = {"hourly": "7 * * * *", "daily": "17 3 * * *", "weekly": "47 4 * * 0"}
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+@attrs.frozen
+class Files:
+    """Generated files: name -> content (unit files, or one cron file)."""
+
+    format: str
+    files: dict[str, str]
+
+
+def unit_name(recipe: str, host: str) -> str:
+    """``recipes-django-web1``: only characters systemd and cron file names accept."""
+    return "recipes-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{recipe}-{host}").strip("-")
+
+
+def commands(recipe: str, host: str, config: str | None, verify: bool) -> tuple[list[str], list[str]]:
+    """The nightly command lines (prune, then run) and the weekly one (verify), absolute paths."""
+    base = [sys.executable, "-m", "recipes", *(["--config", config] if config else []), "-q"]
+    nightly = [
+        shlex.join([*base, "prune", recipe, "--host", host]),
+        shlex.join([*base, "run", recipe, "--host", host]),
+    ]
+    weekly = [shlex.join([*base, "verify", "--all"])] if verify else []
+    return nightly, weekly
+
+
+def generate(
+    recipe: str, host: str, *, config: str | None, at: str, fmt: str, verify: bool, env_file: str
+) -> Files:
+    """The files for ``fmt``; ``at`` is ``daily`` (default), ``hourly``, ``weekly``, ``HH:MM`` or,
+    for systemd, any ``OnCalendar`` expression (checked by ``systemd-analyze calendar``)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"schedule --format {fmt!r}: use one of {', '.join(FORMATS)}")
+    name = unit_name(recipe, host)
+    nightly, weekly = commands(recipe, host, config, verify)
+    if fmt == "cron":
+        when = _cron_time(at)
+        lines = [
+            f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",
+            "# Quiet (-q): cron mails only when something fails (a warning or an error line).",
+            "SHELL=/bin/sh",
+            f"{when} root set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
+            + " && ".join(nightly),
+        ]
+        if weekly:
+            lines.append(f"{_CRON['weekly']} root {weekly[0]} >/dev/null")
+        return Files("cron", {name: "\n".join(lines) + "\n"})
+    calendar = "*-*-* " + at if _HHMM.match(at) else at
+    service = "\n".join(
+        [
+            "[Unit]",
+            f"Description=recipes: prune, then back up {recipe} on {host}",
+            "Wants=network-online.target",
+            "After=network-online.target",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            f"EnvironmentFile=-{env_file}",
+            *(f"ExecStart={line}" for line in nightly),
+            "",
+        ]
+    )
+    timer = "\n".join(
+        [
+            "[Unit]",
+            f"Description=recipes: nightly backup of {recipe} on {host}",
+            "",
+            "[Timer]",
+            f"OnCalendar={calendar}",
+            "Persistent=true",
+            "RandomizedDelaySec=10min",
+            "",
+            "[Install]",
+            "WantedBy=timers.target",
+            "",
+        ]
+    )
+    files = {f"{name}.service": service, f"{name}.timer": timer}
+    if weekly:
+        files[f"{name}-verify.service"] = "\n".join(
+            [
+                "[Unit]",
+                "Description=recipes: verify every snapshot (signatures, sha256)",
+                "",
+                "[Service]",
+                "Type=oneshot",
+                f"EnvironmentFile=-{env_file}",
+                f"ExecStart={weekly[0]}",
+                "",
+            ]
+        )
+        files[f"{name}-verify.timer"] = "\n".join(
+            [
+                "[Unit]",
+                "Description=recipes: weekly verify",
+                "",
+                "[Timer]",
+                "OnCalendar=weekly",
+                "Persistent=true",
+                "",
+                "[Install]",
+                "WantedBy=timers.target",
+                "",
+            ]
+        )
+    return Files("systemd", files)
+
+
+def _cron_time(at: str) -> str:
+    if at in _CRON:
+        return _CRON[at]
+    match = _HHMM.match(at)
+    if match is None:
+        raise ConfigError(
+            f"schedule --at {at!r}: cron takes hourly, daily, weekly or HH:MM "
+            "(systemd calendar expressions need --format systemd)"
+        )
+    return f"{int(match.group(2))} {int(match.group(1))} * * *"

@@ -1,0 +1,70 @@
+"""``recipes schedule``: the generated systemd units pass ``systemd-analyze verify`` and the cron
+file has the right shape; both prune, then back up, quietly, and stop at the first failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipes import cli
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
+    config = tmp_path / "recipes.toml"
+    config.write_text('[hosts.web1]\naddress = "203.0.113.5"\n')
+    result = CliRunner().invoke(
+        cli.main, ["--config", str(config), "schedule", "django", "--host", "web1", *args]
+    )
+    return result.exit_code, result.output
+
+
+def test_systemd_units_verify_and_run_prune_then_backup_quietly(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, "-o", str(tmp_path / "units"))
+    assert code == 0, out
+    units = sorted(p.name for p in (tmp_path / "units").iterdir())
+    assert units == [
+        "recipes-django-web1-verify.service",
+        "recipes-django-web1-verify.timer",
+        "recipes-django-web1.service",
+        "recipes-django-web1.timer",
+    ]
+    service = (tmp_path / "units/recipes-django-web1.service").read_text()
+    starts = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+    assert [s.split(" -q ")[1].split()[0] for s in starts] == ["prune", "run"]  # in this order
+    assert all(s.startswith(f"ExecStart={sys.executable} -m recipes --config ") for s in starts)
+    assert "OnCalendar=daily" in (tmp_path / "units/recipes-django-web1.timer").read_text()
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "err"}
+    check = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, sorted((tmp_path / "units").iterdir()))],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_cron_file_stops_at_the_first_failure_and_reads_the_env_file(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, "--format", "cron", "--at", "02:30", "--no-verify")
+    assert code == 0, out
+    (line,) = [x for x in out.splitlines() if x and not x.startswith("#") and "=" not in x.split()[0]]
+    fields = line.split(None, 6)
+    assert fields[:6] == ["30", "2", "*", "*", "*", "root"]
+    assert "set -a; [ ! -r /etc/recipes/env ] || . /etc/recipes/env; set +a;" in fields[6]
+    assert " -q prune django --host web1 && " in fields[6] and fields[6].endswith("-q run django --host web1")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "cron", "--at", "Mon *-*-* 03:00"], "cron takes hourly, daily, weekly or HH:MM"),
+        (["--at", "not a calendar"], "not a systemd calendar expression"),
+    ],
+)
+def test_bad_schedules_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    code, out = _run(tmp_path, *args)
+    assert code == 2 and message in out and len(out.strip().splitlines()) == 1, out
