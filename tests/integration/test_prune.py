@@ -79,11 +79,12 @@ def test_prune_removes_what_retention_lets_go_and_never_a_kept_chain(
     # first is debris.
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).strftime("%Y%m%dT%H%M%SZ")
     young = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y%m%dT%H%M%SZ")
-    killed, running = here / f"{old}-dead01", here / f"{young}-live01"
+    killed, running = here / f"{old}-dead01", here / f"{young}-a11ce1"
     shutil.copytree(here / c1, killed)
     (killed / "manifest.json").unlink()
     shutil.copytree(here / c1, running)
     (running / "manifest.json").unlink()
+    (here / "notes").mkdir()  # not a snapshot id: nothing of ours, never touched
     # A copy of a snapshot under another id: its manifest names another place, so it is
     # untrusted, and prune must leave it alone whatever the rules say.
     moved = f"{old}-f0f0f0"
@@ -116,7 +117,7 @@ def test_prune_removes_what_retention_lets_go_and_never_a_kept_chain(
     reasons = {s["snapshot"]: s["reason"] for s in done[0]["snapshots"]}
     assert reasons[c] == f"needed by kept snapshot {c1} (its chain)"
     assert sorted(listed(world)) == sorted([c, c1, moved])
-    assert sorted(p.name for p in here.iterdir()) == sorted([c, c1, moved, running.name])
+    assert sorted(p.name for p in here.iterdir()) == sorted([c, c1, moved, running.name, "notes"])
 
     # The latest still restores, over its whole chain.
     world.cli(
