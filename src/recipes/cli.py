@@ -351,10 +351,8 @@ def prune_cmd(state: State, recipe: str | None, host: str | None, repo: str | No
             f"  {verb} {e.snapshot}  {'full' if not e.level else 'incr ' + str(e.level):<7} {e.reason}"
             for e in gone
         ]
-        lines += [
-            f"  kept {e.snapshot}  {e.reason}" for e in rep.entries if e.reason.startswith("left alone")
-        ]
-        lines += [f"  kept {d}" for d in rep.damaged]
+        lines += [f"  {e.snapshot}  {e.reason}" for e in rep.entries if e.reason.startswith("left alone")]
+        lines += [f"  {d}" for d in rep.damaged]
         lines += [f"  {verb} debris {d} (no manifest, older than a day: a killed run)" for d in rep.debris]
     text = "\n".join(lines) if lines else f"no snapshots in {repository.url}"
     emit(state, [rep.to_dict() for rep in reports], text)

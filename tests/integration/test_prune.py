@@ -39,7 +39,7 @@ def listed(world: World) -> list[str]:
     out = json.loads(world.cli("--json", "snapshots", "django", check=True).stdout)
     here = world.repo / "django" / "source"
     dirs = sorted(p.name for p in here.iterdir() if (p / "manifest.json").exists())
-    assert len(out) == len(dirs)
+    assert len(out) == len(dirs)  # damaged ones are listed as such
     return dirs
 
 
@@ -85,6 +85,9 @@ def test_prune_removes_what_retention_lets_go_and_never_a_kept_chain(
     shutil.copytree(here / c1, running)
     (running / "manifest.json").unlink()
     (here / "notes").mkdir()  # not a snapshot id: nothing of ours, never touched
+    damaged = here / f"{old}-bad0bad"  # a manifest that cannot be read: never deleted
+    shutil.copytree(here / a1, damaged)
+    (damaged / "manifest.json").write_text("{not json")
     # A copy of a snapshot under another id: its manifest names another place, so it is
     # untrusted, and prune must leave it alone whatever the rules say.
     moved = f"{old}-f0f0f0"
@@ -101,12 +104,13 @@ def test_prune_removes_what_retention_lets_go_and_never_a_kept_chain(
     reasons = {s["snapshot"]: s["reason"] for s in report["snapshots"]}
     assert reasons[a1].startswith(f"max_fulls_with_incrs 2: an incremental of full {a}")
     assert reasons[moved].startswith("left alone: untrusted")
+    assert report["damaged"][0].startswith(f"{damaged.name}: left alone: its manifest cannot be read")
     text = world.cli("prune", "--dry-run", check=True).stdout
     assert f"would remove {a1}" in text and "would remove debris" in text
 
     done = prune(world)
     assert gone(done) == gone(dry)  # exactly what the dry run listed
-    assert sorted(listed(world)) == sorted([a, b, b1, c, c1, moved])
+    assert sorted(listed(world)) == sorted([a, b, b1, c, c1, moved, damaged.name])
     assert not (here / a1).exists() and not killed.exists()
     assert running.exists()  # too young to be debris
 
@@ -116,8 +120,10 @@ def test_prune_removes_what_retention_lets_go_and_never_a_kept_chain(
     assert gone(done) == {a, b, b1}
     reasons = {s["snapshot"]: s["reason"] for s in done[0]["snapshots"]}
     assert reasons[c] == f"needed by kept snapshot {c1} (its chain)"
-    assert sorted(listed(world)) == sorted([c, c1, moved])
-    assert sorted(p.name for p in here.iterdir()) == sorted([c, c1, moved, running.name, "notes"])
+    assert sorted(listed(world)) == sorted([c, c1, moved, damaged.name])
+    assert sorted(p.name for p in here.iterdir()) == sorted(
+        [c, c1, moved, running.name, "notes", damaged.name]
+    )
 
     # The latest still restores, over its whole chain.
     world.cli(
