@@ -345,6 +345,45 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
 
 
+@main.command("prune")
+@click.argument("recipe", required=False)
+@click.option("--host", help="Only this host's snapshots.")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed and why; change nothing.")
+@pass_state
+def prune_cmd(state: State, recipe: str | None, host: str | None, repo: str | None, dry_run: bool) -> None:
+    """Apply [retention] to every recipe@host (or RECIPE, --host): remove the snapshots no rule
+    keeps (never a parent of a kept one, never an unreadable or untrusted one) and the debris
+    of killed runs, each recipe@host under its lock."""
+    from recipes import apps
+    from recipes import prune as pr
+    from recipes.retention import Policy
+
+    if recipe is not None:
+        apps.get(recipe)  # an unknown recipe is a usage error listing the known ones
+    source = state.config.host(host).name if host is not None else None
+    repository = _repo(state, repo)
+    policy = Policy.from_config(state.config.retention)
+    reports = pr.prune(repository, state.config.trust(), policy, recipe=recipe, host=source, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    lines: list[str] = []
+    for rep in reports:
+        gone = rep.removed
+        lines.append(
+            f"{rep.recipe}@{rep.host} ({rep.policy}): {verb} {len(gone)} of {len(rep.entries)} "
+            f"snapshots, {len(rep.debris)} debris"
+        )
+        lines += [
+            f"  {verb} {e.snapshot}  {'full' if not e.level else 'incr ' + str(e.level):<7} {e.reason}"
+            for e in gone
+        ]
+        lines += [f"  {e.snapshot}  {e.reason}" for e in rep.entries if e.reason.startswith("left alone")]
+        lines += [f"  {d}" for d in rep.damaged]
+        lines += [f"  {verb} debris {d} (no manifest, older than a day: a killed run)" for d in rep.debris]
+    text = "\n".join(lines) if lines else f"no snapshots in {repository.url}"
+    emit(state, [rep.to_dict() for rep in reports], text)
+
+
 @main.command("restore")
 @click.argument("recipe")
 @click.option("--host", required=True, help="The host to restore onto.")
