@@ -251,6 +251,34 @@ def _repo(state: State, url: str | None) -> Any:
     return Repository(cfg.repository_url(url), dict(cfg.repository.options))
 
 
+def _identities(state: State, identity: str | None, what: str) -> list[Any]:
+    """The age identities from --identity or the config; one line naming ``what`` needs them."""
+    from recipes import stream
+    from recipes.errors import ConfigError
+
+    path = state.config.identity_path(identity)
+    if path is None:
+        raise ConfigError(
+            f"{what} needs the age identity: pass --identity FILE or set [repository] identity_file "
+            "in recipes.toml"
+        )
+    identities: list[Any] = stream.load_identities(path)
+    return identities
+
+
+def _one_snapshot(found: list[Any], snapshot: str, url: str) -> list[Any]:
+    """The one listed snapshot whose id starts with ``snapshot`` (any recipe, any host)."""
+    from recipes.errors import RepositoryError
+
+    matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
+    if len(matches) != 1:
+        raise RepositoryError(
+            f"snapshot {snapshot!r} matches {len(matches)} snapshots in {url}: "
+            "run `recipes snapshots` and give more of its id"
+        )
+    return matches
+
+
 @main.command("run")
 @click.argument("recipe")
 @click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
@@ -428,8 +456,7 @@ def restore_cmd(
     What the snapshot holds (paths, excludes, dumped files) comes from its signed manifest;
     where it goes (root, database connections) from the target's config and --set.
     """
-    from recipes import apps, config, engine, plan, stream
-    from recipes.errors import ConfigError
+    from recipes import apps, config, engine, plan
     from recipes.hosts import open_host
     from recipes.recipe import make_params, restore_values
 
@@ -440,12 +467,7 @@ def restore_cmd(
     make_params(r, target, f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set")  # bad input first
     identities: list[Any] = []
     if not plan_only:  # a bad key file fails before any lookup
-        identity_path = cfg.identity_path(identity)
-        if identity_path is None:
-            raise ConfigError(
-                "no age identity: pass --identity FILE or set [repository] identity_file in recipes.toml"
-            )
-        identities = stream.load_identities(identity_path)
+        identities = _identities(state, identity, "restore")
     repository = _repo(state, repo)
     trust = cfg.trust(allow_unsigned)
     if snapshot != "latest" and not from_host:
@@ -508,32 +530,22 @@ def verify_cmd(
 
     Exit 3 naming the snapshot and object when anything does not match.
     """
-    from recipes import stream, verify
-    from recipes.errors import ConfigError, RepositoryError, VerifyError
+    from recipes import verify
+    from recipes.errors import ConfigError, VerifyError
 
     if bool(snapshot) == every:
         raise ConfigError("verify: give one SNAPSHOT (id or unique prefix) or --all")
     cfg = state.config
     identities: list[Any] = []
     if deep:
-        path = cfg.identity_path(identity)
-        if path is None:
-            raise ConfigError(
-                "verify --deep needs the age identity: pass --identity FILE or set identity_file"
-            )
-        identities = stream.load_identities(path)
+        identities = _identities(state, identity, "verify --deep")
     repository = _repo(state, repo)
     trust = cfg.trust(allow_unsigned)
     _log_config(state)
     damaged: list[str] = []
     found = repository.listed(None, None, damaged)
     if snapshot:
-        found = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
-        if len(found) != 1:
-            raise RepositoryError(
-                f"snapshot {snapshot!r} matches {len(found)} snapshots in {repository.url}: "
-                "run `recipes snapshots` and give more of its id"
-            )
+        found = _one_snapshot(found, snapshot, repository.url)
         damaged = []
     reports = [verify.verify(repository, item, trust, deep=deep, identities=identities) for item in found]
     problems = [p.line() for r in reports for p in r.problems] + [f"{d} (damaged manifest)" for d in damaged]
@@ -574,7 +586,7 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     """Copy snapshots with the chains they need to another repository (an offline disk): each
     object verified as it arrives, the signed manifest written last; present ones are skipped."""
     from recipes import copying
-    from recipes.errors import ConfigError, RepositoryError
+    from recipes.errors import ConfigError
     from recipes.repository import Repository
 
     if bool(snapshot) == every:
@@ -591,12 +603,7 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     _log_config(state)
     found = source.listed()
     if snapshot:
-        found = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
-        if len(found) != 1:
-            raise RepositoryError(
-                f"snapshot {snapshot!r} matches {len(found)} snapshots in {source.url}: "
-                "run `recipes snapshots` and give more of its id"
-            )
+        found = _one_snapshot(found, snapshot, source.url)
     done = [copying.copy(source, dest, item) for item in copying.with_chains(source, found, trust)]
     data = [
         {"recipe": c.recipe, "host": c.host, "snapshot": c.snapshot, "outcome": c.outcome, "bytes": c.bytes}

@@ -27,19 +27,23 @@ LAUNCH = (
 )
 
 
-@pytest.fixture
-def svc(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
-    """A running 'service' on host source: (its dir inside the host, the same dir from outside)."""
+def running_service(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
+    """A running 'service' on host source: (its dir inside the host, the same dir from outside);
+    stopped and removed afterwards. The body of every service fixture."""
     name = f"svc-{uuid.uuid4().hex[:8]}"
     outside = Path(ssh_source.binds["/srv/site"]) / name
     outside.mkdir()
-    inside = f"/srv/site/{name}"
     _start(outside)
-    yield inside, outside
-    pid = _pid(outside)
-    if pid:
+    yield f"/srv/site/{name}", outside
+    if pid := _pid(outside):
         subprocess.run(["kill", str(pid)], check=False)
     subprocess.run(["rm", "-rf", str(outside)], check=False)
+
+
+@pytest.fixture
+def svc(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
+    """A running 'service' on host source."""
+    yield from running_service(ssh_source)
 
 
 def _start(outside: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,15 @@ from recipes import cli, locks
 from recipes.repository import Repository
 from tests import servers
 from tests.integration import test_compensation as comp
-from tests.integration.test_compensation import _launch, _pid, _start, _svc_run, _wait_for, running, starts
+from tests.integration.test_compensation import (
+    _launch,
+    _pid,
+    _svc_run,
+    _wait_for,
+    running,
+    running_service,
+    starts,
+)
 from tests.integration.world import World
 
 svc = comp.svc  # fixtures: a running fake service on host source; the test recipe registered
@@ -30,14 +36,7 @@ LOCK = Path("locks/svc-test@source")
 @pytest.fixture
 def other_svc(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
     """A second running fake service on host source (same recipe@host, another dir)."""
-    name = f"svc-{uuid.uuid4().hex[:8]}"
-    outside = Path(ssh_source.binds["/srv/site"]) / name
-    outside.mkdir()
-    _start(outside)
-    yield f"/srv/site/{name}", outside
-    if pid := _pid(outside):
-        subprocess.run(["kill", str(pid)], check=False)
-    subprocess.run(["rm", "-rf", str(outside)], check=False)
+    yield from running_service(ssh_source)
 
 
 def test_second_run_is_refused_naming_the_holder_and_never_touches_the_service(

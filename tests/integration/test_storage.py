@@ -25,7 +25,7 @@ from recipes.steps import Dump, Quiesce, Step
 from tests import servers
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.fakes import Svc, SvcParams, service_commands
-from tests.integration.test_compensation import _pid, _start, running, starts
+from tests.integration.test_compensation import _pid, running, running_service, starts
 from tests.integration.world import World
 
 READ_TIMEOUT = 2  # seconds; the tests' S3 client gives up on a silent server this fast
@@ -90,14 +90,7 @@ def one_line_error(stderr: str) -> str:
 @pytest.fixture
 def svc_dir(ssh_source: servers.SshHost) -> Iterator[tuple[str, Path]]:
     """A running fake service on host source: (its dir inside the host, the same dir outside)."""
-    name = f"svc-{uuid.uuid4().hex[:8]}"
-    outside = Path(ssh_source.binds["/srv/site"]) / name
-    outside.mkdir()
-    _start(outside)
-    yield f"/srv/site/{name}", outside
-    if pid := _pid(outside):
-        subprocess.run(["kill", str(pid)], check=False)
-    subprocess.run(["rm", "-rf", str(outside)], check=False)
+    yield from running_service(ssh_source)
 
 
 def test_django_backup_and_restore_through_s3(
