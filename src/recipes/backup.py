@@ -21,7 +21,6 @@ from recipes.plan import Plan
 from recipes.repository import Repository
 from recipes.tarstate import StateCache, default_cache_dir
 from recipes.trust import Trust
-from recipes.undo import Compensation
 
 log = logging.getLogger("recipes")
 
@@ -56,6 +55,7 @@ def backup(
     signer: signing.SigningKey | None = None,
     trust: Trust | None = None,
     deadman_seconds: float = DEADMAN_SECONDS,
+    roles: dict[str, list[Host]] | None = None,
 ) -> mf.Manifest:
     """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
     check_recipients(recipients)
@@ -74,6 +74,7 @@ def backup(
             signer=signer,
             trust=trust,
             deadman_seconds=deadman_seconds,
+            roles=roles,
         )
 
 
@@ -88,6 +89,7 @@ def _backup(
     signer: signing.SigningKey,
     trust: Trust | None,
     deadman_seconds: float,
+    roles: dict[str, list[Host]] | None = None,
 ) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
 
@@ -106,7 +108,7 @@ def _backup(
     writer = repo.begin(plan.recipe, plan.host)
     staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
-    comp = Compensation(host, deadman_seconds)
+    interp = job.interpreter(roles or {}, deadman_seconds, writer.snapshot)
     committed = False
     try:
         with interrupts_as_exceptions():
@@ -121,15 +123,15 @@ def _backup(
                     )
                     job.start_over_as_full()
                 log.info("%s", decision.reason)
-                job.execute(comp)
+                job.execute()
             except BaseException as exc:
-                comp.run_all()
-                error = comp.failure(exc)
+                interp.finish(succeeded=False)
+                error = interp.failure(exc)
                 if error is exc or error is None:
                     raise
                 raise error from exc
-            comp.run_all()  # and, before anything is committed, whether the host's guard fired
-            if (error := comp.failure(None)) is not None:
+            interp.finish(succeeded=True)  # and, before anything is committed, whether a guard fired
+            if (error := interp.failure(None)) is not None:
                 raise error
             job.collect_states()
             manifest = mf.Manifest(
@@ -141,6 +143,9 @@ def _backup(
                 params=plan.params,
                 objects=tuple(job.objects),
                 steps=tuple(job.records),
+                facts=dict(interp.facts),
+                external=tuple(job.external),
+                downtime=interp.downtime(),
                 versions={"recipes": __version__, **job.versions},
                 level=decision.level,
                 parent=decision.parent.snapshot if decision.parent else None,

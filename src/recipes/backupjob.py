@@ -8,24 +8,25 @@ import logging
 import time
 from pathlib import Path
 
+from recipes import keystore, stream
 from recipes import manifest as mf
-from recipes import stream
 from recipes.compression import Compression
 from recipes.errors import StepFailed
-from recipes.guard import Tracked, Undo
-from recipes.hosts import FAILED_WAIT, Host, check, last_line, run
+from recipes.execute import Interpreter
+from recipes.hosts import FAILED_WAIT, Host, last_line
 from recipes.interrupts import signalled
+from recipes.model import Command
+from recipes.ops import HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
-from recipes.plan import Plan, kind
+from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
-from recipes.steps import Archive, Dump, Quiesce, Run, Step
+from recipes.steps import STATE_PLACEHOLDER, TAR_WARNING_EXIT
 from recipes.tarstate import RemoteState, sha256_file
-from recipes.undo import Compensation
 
 log = logging.getLogger("recipes")
+STATE_FLAG = f"--listed-incremental={STATE_PLACEHOLDER}"
 
-# GNU tar exits 1 when a file changed while it was read: a warning on a live system.
-TAR_WARNING_EXIT = 1
+__all__ = ["TAR_WARNING_EXIT", "Backup"]
 
 
 class Backup:
@@ -53,7 +54,9 @@ class Backup:
         self.remote: RemoteState | None = None
         self.states: list[str] = []
         self.objects: list[mf.StoredObject] = []
+        self.external: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
+        self.interp: Interpreter
 
     def prepare(self) -> None:
         """Open the control session before any step: version facts, whether the host has zstd, and
@@ -104,51 +107,77 @@ class Backup:
         if self.remote is not None:
             self.remote.close()
 
-    def execute(self, comp: Compensation) -> None:
-        for step in self.plan.steps:
-            started = time.monotonic()
-            log.info("step %s %s", kind(step), step.name)
-            outcome = self._step(step, comp)
-            self.records.append(
-                mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), outcome)
+    def interpreter(self, roles: dict[str, list[Host]], deadman: float, run_id: str) -> Interpreter:
+        """The interpreter for this run: ``main`` is the backed-up host, other roles as bound."""
+        self.interp = Interpreter(
+            {**roles, "main": [self.host]},
+            {
+                (HostCommand, SnapshotObject): self._store,
+                (HostCommand, KeyStore): self._to_key_store,
+            },
+            run_id=run_id,
+            deadman=deadman,
+        )
+        return self.interp
+
+    def execute(self) -> None:
+        self.interp.run_steps(self.plan.steps)
+        self.records = self.interp.records
+
+    def _store(self, host: Host, op: Transfer) -> str:
+        """A host command's stdout into a snapshot object (tar's state in the private temp dir)."""
+        src, dst = op.src, op.dst
+        assert isinstance(src, HostCommand) and isinstance(dst, SnapshotObject)
+        command = src.command
+        if src.state is not None and self.remote is not None:
+            command = Command(
+                command.script.replace(
+                    f"--listed-incremental={STATE_PLACEHOLDER}",
+                    f"--listed-incremental={self.remote.path(src.state)}",
+                ),
+                command.secrets,
+                command.user,
             )
+            self.states.append(src.state)
+        self._stream(host, command, dst.name, dst.kind, dst.engine, op.what, src.warn_exits)
+        return "ok"
 
-    def _step(self, step: Step, comp: Compensation) -> str:
-        if isinstance(step, Quiesce):
-            if run(self.host, step.check).exit_status != 0:
-                log.info("%s was not running: left alone", step.name)
-                return "not running"
-            comp.register(Undo(f"start {step.name}", step.start, f"{step.name} is still stopped"))
-            if comp.guard is not None and not isinstance(self.host, Tracked):
-                self.host = Tracked(self.host, comp.guard)  # the guard kills what we leave running
-            check(self.host, step.stop, f"stop {step.name}")
-            return "stopped"
-        if isinstance(step, Run):
-            check(self.host, step.command, step.name)
-            return "ok"
-        if isinstance(step, Archive):
-            self._archive(step)
-            return "ok"
-        if isinstance(step, Dump):
-            self._store(step, step.object, "dump", step.engine, warn_exit=None)
-            return "ok"
-        raise StepFailed(f"a backup cannot run a {kind(step)} step ({step.name})")
+    def _to_key_store(self, host: Host, op: Transfer) -> str:
+        """A key file from the host, age-encrypted, into a store apart from the repository."""
+        src, dst = op.src, op.dst
+        assert isinstance(src, HostCommand) and isinstance(dst, KeyStore)
+        url = dst.location(self.plan.recipe, self.plan.host, self.writer.snapshot)
+        proc = host.start(src.command)
+        try:
+            proc.close_stdin()
+            stored = keystore.put(url, proc, self.recipients)
+        except BaseException:
+            proc.kill()
+            raise
+        status = proc.wait()
+        if status != 0:
+            keystore.remove(url)
+            raise StepFailed(f"{op.what} failed on {host.name} (exit {status}): {last_line(proc.stderr())}")
+        log.info("stored %s in the key store: %d bytes", dst.name, stored.size)
+        self.external.append(
+            mf.StoredObject(name=dst.name, kind="key", path=url, size=stored.size, sha256=stored.sha256)
+        )
+        return "stored in the key store"
 
-    def _archive(self, step: Archive) -> None:
-        """tar, with its listed-incremental state in the host's private temp dir when it has one."""
-        state = step.state_object
-        if state is not None and self.remote is not None:
-            step = step.with_state(self.remote.path(state))
-            self.states.append(state)
-        self._store(step, step.object, "files", None, warn_exit=TAR_WARNING_EXIT)
-
-    def _store(
-        self, step: Archive | Dump, name: str, what: str, engine: str | None, warn_exit: int | None
+    def _stream(
+        self,
+        host: Host,
+        command: Command,
+        name: str,
+        what: str,
+        engine: str | None,
+        step_name: str,
+        warn_exits: tuple[int, ...],
     ) -> None:
         started = time.monotonic()
         path = f"{name}.zst.age"
-        on_host = self.zstd_on_host
-        proc = self.host.start(self.compression.on_host(step.command) if on_host else step.command)
+        on_host = self.zstd_on_host and host.name == self.host.name
+        proc = host.start(self.compression.on_host(command) if on_host else command)
         try:
             proc.close_stdin()
             with self.writer.open(path) as fh:
@@ -161,7 +190,7 @@ class Backup:
                 raise KeyboardInterrupt("interrupted while storing") from None
             status = proc.wait(timeout=FAILED_WAIT)
             raise StepFailed(
-                f"{what} {step.name} failed on {self.host.name} (exit {status}): "
+                f"{step_name} failed on {host.name} (exit {status}): "
                 f"{last_line(proc.stderr()) if status else exc}"
             ) from exc
         except BaseException:
@@ -170,19 +199,17 @@ class Backup:
         status = proc.wait()
         warnings: tuple[str, ...] = ()
         if status != 0:
-            if warn_exit is not None and status == warn_exit:
+            if status in warn_exits:
                 warnings = tuple(line for line in proc.stderr().splitlines() if line.strip())[:50]
                 log.warning(
-                    "%s %s: %d warning(s), e.g. %s",
-                    what,
-                    step.name,
+                    "%s: %d warning(s), e.g. %s",
+                    step_name,
                     len(warnings),
                     warnings[0] if warnings else "",
                 )
             else:
                 raise StepFailed(
-                    f"{what} {step.name} failed on {self.host.name} (exit {status}): "
-                    f"{last_line(proc.stderr())}"
+                    f"{step_name} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
                 )
         seconds = round(time.monotonic() - started, 3)
         log.info("stored %s: %d bytes in %.1fs", path, stored.size, seconds)

@@ -69,6 +69,12 @@ class Manifest:
     recipients: tuple[str, ...] = ()
     """Public keys the objects are encrypted to (public: safe to store)."""
     format: int = FORMAT
+    facts: dict[str, str] = attrs.Factory(dict)
+    """What the recipe read at backup time (application version...): guards and drills compare."""
+    external: tuple[StoredObject, ...] = ()
+    """Objects stored apart from the repository (a key file in a key store): ``path`` is its URL."""
+    downtime: dict[str, float] = attrs.Factory(dict)
+    """Seconds each stopped application was down, per ``<step>@<host>``."""
 
     def object(self, name: str) -> StoredObject | None:
         return next((o for o in self.objects if o.name == name), None)

@@ -11,9 +11,9 @@ import attrs
 from recipes import chain, stream
 from recipes import manifest as mf
 from recipes.errors import RecipeError
+from recipes.ops import HostCommand, Transfer
 from recipes.plan import Plan
 from recipes.repository import Repository
-from recipes.steps import Archive
 from recipes.tarstate import StateCache
 from recipes.trust import Trust
 
@@ -52,7 +52,11 @@ def decide(
     Only a chain whose every manifest ``trust`` believes can carry an incremental: an unsigned
     or badly signed parent means a full, said in the log.
     """
-    states = [s.state_object for s in plan.steps if isinstance(s, Archive) and s.state_object]
+    states = [
+        op.src.state
+        for op in plan.ops()
+        if isinstance(op, Transfer) and isinstance(op.src, HostCommand) and op.src.state
+    ]
     listed = [] if full or not states else repo.listed(plan.recipe, plan.host)
     previous = [item.manifest for item in listed]
     if listed and (problem := trust.problem(listed[-1])) is not None:

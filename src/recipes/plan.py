@@ -6,9 +6,11 @@ from typing import Any
 
 import attrs
 
+from recipes import ops, render
 from recipes.compression import DEFAULT_COMPRESSION, Compression
 from recipes.recipe import Recipe, chain_of, params_dict
-from recipes.steps import Archive, Dump, Extract, Load, Quiesce, Run, Step
+from recipes.render import kind
+from recipes.steps import Run, Step
 
 
 @attrs.frozen
@@ -25,23 +27,17 @@ class Plan:
     """The parameters whose change starts a new incremental chain (see ``chain.choose``)."""
 
     def lines(self) -> list[str]:
-        """Numbered steps with every command, masked, for ``recipes plan`` and logs."""
+        """Numbered steps with every op, masked, for ``recipes plan`` and logs."""
         out = [f"{self.action} {self.recipe} on {self.host}"]
         for i, step in enumerate(self.steps, 1):
             out.append(f"{i}. {kind(step)} {step.name}: {step.about}".rstrip(": "))
-            target = stored_object(step)
-            if target:
-                arrow = "->" if self.action == "backup" else "<-"
-                out.append(f"   {arrow} {target}.zst.age ({self.compression.describe(self.action)})")
-            out += [f"   {note}" for note in chain_notes(step)]
-            for command in step.commands():
-                out.append(f"   $ {command.masked()}")
-            if isinstance(step, Quiesce):
-                out.append(f"   undo (always, if it was running): $ {step.start.masked()}")
+            for op in step.ops():
+                out += [f"   {line}" for line in render.op_lines(op, self.compression, self.action)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": PLAN_FORMAT,
             "recipe": self.recipe,
             "host": self.host,
             "action": self.action,
@@ -51,47 +47,50 @@ class Plan:
                 "level": self.compression.level,
                 "where": self.compression.describe(self.action),
             },
-            "steps": [
-                {
-                    "kind": kind(step),
-                    "name": step.name,
-                    "about": step.about,
-                    "object": stored_object(step),
-                    "commands": [c.masked() for c in step.commands()],
-                    **({"chain": chain_notes(step)} if chain_notes(step) else {}),
-                    **({"undo": step.start.masked()} if isinstance(step, Quiesce) else {}),
-                }
-                for step in self.steps
-            ],
+            "steps": [_step_data(step) for step in self.steps],
         }
 
-
-def chain_notes(step: Step) -> list[str]:
-    """How an archive takes part in incremental chains, for plans and runbooks."""
-    if isinstance(step, Archive) and step.state_object:
-        return [
-            f"-> {step.state_object}.zst.age (tar's listed-incremental state, for the next backup)",
-            "incremental on the latest snapshot unless --full, there is none, its parameters or keys "
-            "differ, or its chain's full is older than [retention] full_every; $STATE is in a private "
-            "temp dir on the host holding the parent's state (none for a full), removed however the "
-            "backup ends",
-        ]
-    if isinstance(step, Extract):
-        return [
-            "applied for every snapshot of the chain, its full first; each incremental is extracted "
-            "with --listed-incremental=/dev/null, which also deletes what was deleted before it was made",
-        ]
-    return []
+    def ops(self) -> list[ops.Op]:
+        return [op for step in self.steps for op in step.ops()]
 
 
-def kind(step: Step) -> str:
-    return type(step).__name__.lower()
+# 2: every step also lists its ops (``ops``); the older keys keep their meaning.
+PLAN_FORMAT = 2
+
+
+def _step_data(step: Step) -> dict[str, Any]:
+    step_ops = step.ops()
+    chain = [line for op in step_ops if isinstance(op, ops.Transfer) for line in _chain(op)]
+    undo = [op for op in step_ops if isinstance(op, ops.Undo)]
+    return {
+        "kind": kind(step),
+        "name": step.name,
+        "about": step.about,
+        "object": stored_object(step),
+        "commands": render.commands(step_ops),
+        **({"chain": chain} if chain else {}),
+        **({"undo": undo[0].command.masked()} if undo else {}),
+        "ops": [render.op_data(op) for op in step_ops],
+    }
+
+
+def _chain(op: ops.Transfer) -> list[str]:
+    out = []
+    for end in (op.src, op.dst):
+        if isinstance(end, ops.HostCommand) and end.state is not None:
+            out += [render.STATE_LINE.format(end.state), render.ARCHIVE_CHAIN]
+        if isinstance(end, ops.SnapshotObject) and end.chain:
+            out.append(render.EXTRACT_CHAIN)
+    return out
 
 
 def stored_object(step: Step) -> str | None:
     """The repository object a step writes or reads, if any."""
-    if isinstance(step, (Archive, Dump, Extract, Load)):
-        return step.object
+    for op in step.ops():
+        if isinstance(op, ops.Transfer):
+            for end in (op.src, op.dst):
+                if isinstance(end, ops.SnapshotObject):
+                    return end.name
     return None
 
 
@@ -103,10 +102,26 @@ def backup_plan(
     return Plan(recipe.name, host, "backup", values, steps, compression, chain_of(recipe, values))
 
 
+def options_of(recipe: Recipe) -> type[Any] | None:
+    """The recipe's ``RestoreOptions`` class (options that exist only at restore), if any."""
+    attribute = "RestoreOptions"
+    found: type[Any] | None = getattr(type(recipe), attribute, None)
+    return found
+
+
 def restore_plan(
-    recipe: Recipe, params: Any, host: str, compression: Compression = DEFAULT_COMPRESSION
+    recipe: Recipe,
+    params: Any,
+    host: str,
+    compression: Compression = DEFAULT_COMPRESSION,
+    options: Any = None,
 ) -> Plan:
-    steps = tuple(recipe.restore_steps(params))
+    """The restore steps; ``options`` are the recipe's ``RestoreOptions`` (None: its defaults)."""
+    options_class = options_of(recipe)
+    if options is None and options_class is not None:
+        options = options_class()
+    made = recipe.restore_steps(params) if options is None else recipe.restore_steps(params, options)
+    steps = tuple(made)
     return Plan(recipe.name, host, "restore", params_dict(params), steps, compression)
 
 

@@ -39,7 +39,9 @@ class Recipe(Protocol):
     Params: ClassVar[type[Any]]
 
     def backup_steps(self, params: Any) -> list[Step]: ...
-    def restore_steps(self, params: Any) -> list[Step]: ...
+    def restore_steps(self, params: Any, options: Any = None) -> list[Step]:
+        """``options``: an instance of the recipe's ``RestoreOptions`` class when it has one."""
+        ...
 
 
 def strict_converter(*, forbid_extra_keys: bool = True) -> cattrs.Converter:

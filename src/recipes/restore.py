@@ -1,25 +1,33 @@
-"""Restore one snapshot: checks before the host is touched, then its chain streamed into the host."""
+"""Restore one snapshot: checks before the host is touched, then its ops run by the interpreter
+(snapshot objects streamed into host commands, key files fetched from their store)."""
 
 from __future__ import annotations
 
 import logging
-import time
+import secrets
 from typing import Any
 
-from recipes import chain, stream
+from recipes import chain, keystore, stream
 from recipes import manifest as mf
-from recipes.compression import ZSTD_FACT, Compression
+from recipes.compression import Compression
 from recipes.errors import ConfigError, RepositoryError, StepFailed
-from recipes.hosts import FAILED_WAIT, Host, Process, check, key_values, last_line, run
+from recipes.execute import Interpreter
+from recipes.guard import DEADMAN_SECONDS
+from recipes.hosts import FAILED_WAIT, Host, Process, check, last_line
 from recipes.interrupts import interrupts_as_exceptions
-from recipes.model import Command
+from recipes.ops import HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
-from recipes.plan import Plan, kind
+from recipes.plan import Plan
+from recipes.render import kind
 from recipes.repository import Repository
-from recipes.steps import Extract, Load, Run, Step
 from recipes.trust import Trust
 
 log = logging.getLogger("recipes")
+
+
+def _reads(plan: Plan) -> list[SnapshotObject]:
+    """Every snapshot object the plan's ops read."""
+    return [op.src for op in plan.ops() if isinstance(op, Transfer) and isinstance(op.src, SnapshotObject)]
 
 
 def restore(
@@ -30,14 +38,16 @@ def restore(
     identities: list[Any],
     force: bool = False,
     trust: Trust | None = None,
+    roles: dict[str, list[Host]] | None = None,
+    deadman_seconds: float = DEADMAN_SECONDS,
 ) -> list[mf.StepRecord]:
     """Restore one snapshot: archives from its chain's full up to it, dumps from it alone.
 
     Before any command runs on the host: every manifest of the chain must be one ``trust``
     believes (signed by a trusted key, lying where it says) and every dump the snapshot holds
-    must have a load step. Then a read-only probe refuses a non-empty target unless forced, and
-    before anything is written every object the plan reads must have the sha256 its manifest
-    records.
+    must have a load step. Then the guards' read-only probes (is the target empty, is its
+    version new enough, has it zstd) run, and before anything is written every object the plan
+    reads must have the sha256 its manifest records.
     """
     trust = trust or Trust()
 
@@ -50,11 +60,8 @@ def restore(
     manifest = trust.check(item)
     snapshots = chain.resolve(manifest, trust.lookup(fetch))
     needed: list[tuple[mf.Manifest, str]] = []
-    for step in plan.steps:
-        if isinstance(step, Extract):
-            needed += [(m, step.object) for m in snapshots]
-        elif isinstance(step, Load):
-            needed.append((manifest, step.object))
+    for src in _reads(plan):
+        needed += [(m, src.name) for m in snapshots] if src.chain else [(manifest, src.name)]
     missing = sorted({f"{name} (in {m.snapshot})" for m, name in needed if m.object(name) is None})
     if missing:
         raise RepositoryError(
@@ -76,49 +83,45 @@ def restore(
             "no age identity: pass --identity FILE or set [repository] "
             "identity_file (the secret key from `recipes init`)"
         )
+    job = _Restore(plan, host, repo, manifest, snapshots, identities)
+    interp = Interpreter(
+        {**(roles or {}), "main": [host]},
+        {(SnapshotObject, HostCommand): job.feed, (KeyStore, HostCommand): job.fetch_key},
+        run_id=f"{manifest.snapshot}-{secrets.token_hex(3)}",
+        deadman=deadman_seconds,
+        force=force,
+        snapshot_facts=manifest.facts,
+    )
     with interrupts_as_exceptions():
-        # The probe only reads (is the target empty, has it zstd): a refusal costs no hashing.
-        host_zstd = _restore_checks(host, plan, force)
+        # The probes only read (is the target empty, has it zstd): a refusal costs no hashing.
+        zstd = interp.preflight(plan.steps, probe_zstd=True)
+        job.host_zstd = resolve_zstd(host, plan.compression, zstd.get(host.name, False))
         for m in snapshots:
             objects = [obj for n, name in needed if n is m and (obj := m.object(name)) is not None]
             log.info("verify %d objects of %s", len(objects), m.snapshot)
             repo.verify_objects(m, objects)
-        records: list[mf.StepRecord] = []
-        for step in plan.steps:
-            started = time.monotonic()
-            log.info("step %s %s", kind(step), step.name)
-            outcome = "ok"
-            try:
-                if isinstance(step, Extract):
-                    for m in snapshots:
-                        command = step.command if m.level == 0 else step.incremental_command
-                        obj = m.object(step.object)
-                        assert obj is not None
-                        log.info("extract %s of %s (level %d)", step.object, m.snapshot, m.level)
-                        _feed(step, command, host, repo, m, obj, identities, host_zstd)
-                    if len(snapshots) > 1:
-                        outcome = f"ok (a full and {len(snapshots) - 1} incrementals)"
-                elif isinstance(step, Load):
-                    obj = manifest.object(step.object)
-                    assert obj is not None
-                    _feed(step, step.command, host, repo, manifest, obj, identities, host_zstd)
-                elif isinstance(step, Run):
-                    check(host, step.command, step.name)
-                else:
-                    raise StepFailed(f"a restore cannot run a {kind(step)} step ({step.name})")
-            except StepFailed as exc:
-                if records:
-                    raise StepFailed(f"{exc}; {_partial_state(plan, records, step)}") from exc
+        try:
+            interp.run_steps(plan.steps)
+        except BaseException as exc:
+            interp.finish(succeeded=False)
+            error = interp.failure(exc)
+            if isinstance(error, StepFailed) and interp.records:
+                raise StepFailed(
+                    f"{error}; {_partial_state(plan, interp.records, len(interp.records))}"
+                ) from exc
+            if error is exc or error is None:
                 raise
-            seconds = round(time.monotonic() - started, 3)
-            records.append(mf.StepRecord(step.name, kind(step), seconds, outcome))
-        return records
+            raise error from exc
+        interp.finish(succeeded=True)
+        if (error := interp.failure(None)) is not None:
+            raise error
+        return interp.records
 
 
-def _partial_state(plan: Plan, done: list[mf.StepRecord], failed: Step) -> str:
+def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int) -> str:
     """What a restore that failed part way left on the target, for its error line."""
-    names = [s.name for s in plan.steps]
-    rest = names[names.index(failed.name) + 1 :]
+    failed = plan.steps[failed_at] if failed_at < len(plan.steps) else plan.steps[-1]
+    rest = [s.name for s in plan.steps[failed_at + 1 :]]
     return (
         f"the target is PARTLY restored: done {', '.join(f'{r.kind} {r.name}' for r in done)}; "
         f"failed {kind(failed)} {failed.name}"
@@ -127,66 +130,99 @@ def _partial_state(plan: Plan, done: list[mf.StepRecord], failed: Step) -> str:
     )
 
 
-def _restore_checks(host: Host, plan: Plan, force: bool) -> bool:
-    """One command before a restore writes anything: is every target empty (unless forced), and
-    does the host have zstd. Returns whether zstd runs on the host."""
-    targets = [] if force else [s for s in plan.steps if isinstance(s, Extract)]
-    script = "; ".join(
-        [ZSTD_FACT]
-        + [
-            f"if {s.empty_check.script}; then echo empty{i}=yes; else echo empty{i}=no; fi"
-            for i, s in enumerate(targets)
-        ]
-    )
-    result = run(host, Command(script))
-    facts = key_values(result.stdout)
-    if result.exit_status != 0 or "zstd" not in facts:
-        raise StepFailed(
-            f"could not check {host.name} before restoring (exit {result.exit_status}): "
-            f"{last_line(result.stderr)}"
-        )
-    for i, step in enumerate(targets):
-        if facts.get(f"empty{i}") != "yes":
-            raise ConfigError(
-                f"target {step.root} on {host.name} is not empty: pass --force to restore over it"
-            )
-    return resolve_zstd(host, plan.compression, facts["zstd"] == "yes")
+class _Restore:
+    """The restore's transfer executors: snapshot objects and key files into host commands."""
 
+    def __init__(
+        self,
+        plan: Plan,
+        host: Host,
+        repo: Repository,
+        manifest: mf.Manifest,
+        snapshots: list[mf.Manifest],
+        identities: list[Any],
+    ) -> None:
+        self.plan = plan
+        self.host = host
+        self.repo = repo
+        self.manifest = manifest
+        self.snapshots = snapshots
+        self.identities = identities
+        self.host_zstd = False
 
-def _feed(
-    step: Extract | Load,
-    command: Command,
-    host: Host,
-    repo: Repository,
-    manifest: mf.Manifest,
-    obj: mf.StoredObject,
-    identities: list[Any],
-    host_zstd: bool,
-) -> None:
-    """Stream one stored object into ``command`` and judge its exit and stderr.
+    def feed(self, host: Host, op: Transfer) -> str:
+        src, dst = op.src, op.dst
+        assert isinstance(src, SnapshotObject) and isinstance(dst, HostCommand)
+        if not src.chain:
+            obj = self.manifest.object(src.name)
+            assert obj is not None
+            self._feed(op.what, dst, dst.command, host, self.manifest, obj)
+            return "ok"
+        for m in self.snapshots:
+            command = dst.command if m.level == 0 or dst.incremental is None else dst.incremental
+            obj = m.object(src.name)
+            assert obj is not None
+            log.info("extract %s of %s (level %d)", src.name, m.snapshot, m.level)
+            self._feed(op.what, dst, command, host, m, obj)
+        if len(self.snapshots) > 1:
+            return f"ok (a full and {len(self.snapshots) - 1} incrementals)"
+        return "ok"
 
-    When the host has zstd the compressed bytes cross the wire and the host decompresses
-    them (several times fewer bytes through SSH); otherwise the controller decompresses.
-    """
-    if host_zstd:
-        command = Compression.decompress_on_host(command)
-    proc: Process = host.start(command)
-    try:
-        with repo.open_object(manifest, obj) as fh:
-            stream.fetch(fh, proc, identities, obj.sha256, obj.size, decompress=not host_zstd)
-    except StepFailed:
-        status = proc.wait(timeout=FAILED_WAIT)
-        raise StepFailed(
-            f"{kind(step)} {step.name} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
-        ) from None
-    except BaseException:
-        proc.kill()
-        raise
-    status = proc.wait()
-    errors = step.errors(proc.stderr()) if isinstance(step, Load) else []
-    if status != 0 or errors:
-        detail = errors[0] if errors else last_line(proc.stderr())
-        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        raise StepFailed(f"{kind(step)} {step.name} failed on {host.name} (exit {status}): {detail}{more}")
-    if isinstance(step, Load) and step.check is not None:
-        check(host, step.check, f"check after loading {step.name}")
+    def _feed(
+        self,
+        what: str,
+        dst: HostCommand,
+        command: Any,
+        host: Host,
+        manifest: mf.Manifest,
+        obj: mf.StoredObject,
+    ) -> None:
+        """Stream one stored object into ``command`` and judge its exit and stderr.
+
+        When the host has zstd the compressed bytes cross the wire and the host decompresses
+        them (several times fewer bytes through SSH); otherwise the controller decompresses.
+        """
+        on_host = self.host_zstd and host.name == self.host.name
+        if on_host:
+            command = Compression.decompress_on_host(command)
+        proc: Process = host.start(command)
+        try:
+            with self.repo.open_object(manifest, obj) as fh:
+                stream.fetch(fh, proc, self.identities, obj.sha256, obj.size, decompress=not on_host)
+        except StepFailed:
+            status = proc.wait(timeout=FAILED_WAIT)
+            raise StepFailed(
+                f"{what} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
+            ) from None
+        except BaseException:
+            proc.kill()
+            raise
+        status = proc.wait()
+        errors = dst.errors(proc.stderr())
+        if status != 0 or errors:
+            detail = errors[0] if errors else last_line(proc.stderr())
+            more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+            raise StepFailed(f"{what} failed on {host.name} (exit {status}): {detail}{more}")
+        if dst.check is not None:
+            check(host, dst.check, f"check after {what}")
+
+    def fetch_key(self, host: Host, op: Transfer) -> str:
+        """A key file from its store, checked against the manifest, then onto the host."""
+        src, dst = op.src, op.dst
+        assert isinstance(src, KeyStore) and isinstance(dst, HostCommand)
+        rec = next((o for o in self.manifest.external if o.name == src.name), None)
+        if rec is None:
+            raise StepFailed(f"snapshot {self.manifest.snapshot} records no {src.name} in a key store")
+        url = src.location(self.manifest.recipe, self.manifest.host, self.manifest.snapshot)
+        data = keystore.get(url, rec.sha256, rec.size, self.identities)
+        proc = host.start(dst.command)
+        try:
+            proc.write(data)
+            proc.close_stdin()
+        except BaseException:
+            proc.kill()
+            raise
+        status = proc.wait()
+        if status != 0:
+            raise StepFailed(f"{op.what} failed on {host.name} (exit {status}): {last_line(proc.stderr())}")
+        return "ok"

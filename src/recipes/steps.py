@@ -1,14 +1,30 @@
-"""Step kinds: data that yields commands. The engine executes them; plan and runbook render them."""
+"""Step kinds: data that compiles to ops (``ops.py``). The interpreter runs the ops; plan and
+runbook render the same ops."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from typing import TypeAlias
 
 import attrs
 
 from recipes.model import Command, sh
+from recipes.ops import (
+    RUN_ID,
+    Exec,
+    Guard,
+    HostCommand,
+    KeyStore,
+    Manual,
+    MustBeEmpty,
+    NotOlder,
+    Op,
+    SnapshotObject,
+    Transfer,
+    Undo,
+)
+
+# GNU tar exits 1 when a file changed while it was read: a warning on a live system, not a failure.
+TAR_WARNING_EXIT = 1
 
 
 def tar_excludes(excludes: tuple[str, ...]) -> list[str]:
@@ -33,9 +49,10 @@ class Run:
     name: str
     command: Command
     about: str = ""
+    role: str = "main"
 
-    def commands(self) -> Iterator[Command]:
-        yield self.command
+    def ops(self) -> list[Op]:
+        return [Exec(self.command, self.name, self.role)]
 
 
 @attrs.frozen
@@ -51,10 +68,29 @@ class Quiesce:
     stop: Command
     start: Command
     about: str = ""
+    role: str = "main"
+    """Every host bound to this role is stopped (``nodes``: every node of a cluster)."""
 
-    def commands(self) -> Iterator[Command]:
-        yield self.check
-        yield self.stop
+    def ops(self) -> list[Op]:
+        running = f"running {self.name}"
+        return [
+            Exec(self.check, f"is {self.name} running", self.role, ok_exits=None, sets=running, done=""),
+            Undo(
+                self.start,
+                f"start {self.name}",
+                f"{self.name} is still stopped",
+                self.role,
+                when=running,
+            ),
+            Exec(
+                self.stop,
+                f"stop {self.name}",
+                self.role,
+                when=running,
+                done="stopped",
+                skipped="not running",
+            ),
+        ]
 
 
 # What plans show for the state file; the engine puts a private temp path in its place.
@@ -76,10 +112,11 @@ class Archive:
     about: str = ""
     incremental: bool = True
     state: str = STATE_PLACEHOLDER
-
-    @property
-    def name(self) -> str:
-        return "files"
+    name: str = "files"
+    members: str | None = None
+    """A shell fragment printing the paths (relative to ``root``) to archive, one per line;
+    None archives all of ``root``. Paths it prints that do not exist are skipped."""
+    role: str = "main"
 
     @property
     def state_object(self) -> str | None:
@@ -93,7 +130,7 @@ class Archive:
 
     @property
     def command(self) -> Command:
-        return Command(self._tar("--file=-"))
+        return Command(self._members_prefix(self._tar("--file=-")))
 
     def _tar(self, *output: str) -> str:
         state = [f"--listed-incremental={self.state}"] if self.incremental else []
@@ -108,7 +145,8 @@ class Archive:
             "--xattrs",
             f"--directory={self.root}",
             *tar_excludes(self.excludes),
-            ".",
+            *(() if self.members is None else ("--ignore-failed-read", "--files-from=-")),
+            *(() if self.members is not None else (".",)),
         )
 
     def measure_command(self, sample: int) -> Command:
@@ -124,8 +162,24 @@ class Archive:
             f"if command -v zstd >/dev/null; then echo zstd=$({head} | zstd -1 -q -c | wc -c); fi"
         )
 
-    def commands(self) -> Iterator[Command]:
-        yield self.command
+    def _members_prefix(self, tar: str) -> str:
+        if self.members is None:
+            return tar
+        return f"{{ {self.members} ; }} | {tar}"
+
+    def ops(self) -> list[Op]:
+        return [
+            Transfer(
+                HostCommand(
+                    self.command,
+                    self.role,
+                    warn_exits=(TAR_WARNING_EXIT,),
+                    state=self.state_object,
+                ),
+                SnapshotObject(self.object, "files"),
+                f"archive {self.name}",
+            )
+        ]
 
 
 @attrs.frozen
@@ -141,8 +195,14 @@ class Dump:
     def object(self) -> str:
         return f"dumps/{self.name}.sql"
 
-    def commands(self) -> Iterator[Command]:
-        yield self.command
+    def ops(self) -> list[Op]:
+        return [
+            Transfer(
+                HostCommand(self.command),
+                SnapshotObject(self.object, "dump", self.engine),
+                f"dump {self.name}",
+            )
+        ]
 
 
 @attrs.frozen
@@ -152,10 +212,10 @@ class Extract:
     root: str
     object: str = "files.tar"
     about: str = ""
-
-    @property
-    def name(self) -> str:
-        return "files"
+    name: str = "files"
+    must_be_empty: bool = True
+    """Refuse a non-empty ``root`` unless ``--force`` (off for shared places such as /etc)."""
+    role: str = "main"
 
     @property
     def empty_check(self) -> Command:
@@ -189,10 +249,18 @@ class Extract:
         """Extracts an incremental on top: also deletes what was gone when it was made."""
         return self._tar("--listed-incremental=/dev/null")
 
-    def commands(self) -> Iterator[Command]:
-        yield self.empty_check
-        yield self.command
-        yield self.incremental_command
+    def ops(self) -> list[Op]:
+        ops: list[Op] = []
+        if self.must_be_empty:
+            ops.append(Guard(self.empty_check, MustBeEmpty(self.root), self.role))
+        ops.append(
+            Transfer(
+                SnapshotObject(self.object, "files", chain=True),
+                HostCommand(self.command, self.role, incremental=self.incremental_command),
+                f"extract {self.name}",
+            )
+        )
+        return ops
 
 
 @attrs.frozen
@@ -217,18 +285,162 @@ class Load:
 
     def errors(self, stderr: str) -> list[str]:
         """The stderr lines that are real errors."""
-        if not self.error_pattern:
-            return []
-        found = []
-        for line in stderr.splitlines():
-            if re.search(self.error_pattern, line) and not any(re.search(b, line) for b in self.benign):
-                found.append(line.strip())
-        return found
+        return self._sink().errors(stderr)
 
-    def commands(self) -> Iterator[Command]:
-        yield self.command
-        if self.check is not None:
-            yield self.check
+    def _sink(self) -> HostCommand:
+        return HostCommand(
+            self.command, error_pattern=self.error_pattern, benign=self.benign, check=self.check
+        )
+
+    def ops(self) -> list[Op]:
+        return [Transfer(SnapshotObject(self.object, "dump", self.engine), self._sink(), f"load {self.name}")]
 
 
-Step: TypeAlias = Run | Quiesce | Archive | Dump | Extract | Load
+@attrs.frozen
+class Fact:
+    """Read a fact at backup time (an application version): stdout, stripped, goes into the
+    manifest's ``facts`` under ``name``; guards and drills compare against it."""
+
+    name: str
+    command: Command
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        return [Exec(self.command, f"read {self.name}", self.role, capture=self.name, fact=True)]
+
+
+@attrs.frozen
+class ManualStep:
+    """What a person must do (never run): shown in plans and runbooks, in order."""
+
+    name: str
+    text: str
+    shell: str | None = None
+    about: str = ""
+
+    def ops(self) -> list[Op]:
+        return [Manual(self.text, self.shell)]
+
+
+@attrs.frozen
+class RefuseOlder:
+    """Before a restore writes anything: refuse a target whose version (``probe``'s stdout) is
+    older than the snapshot's fact ``fact`` (one line, exit 2)."""
+
+    name: str
+    probe: Command
+    fact: str
+    what: str
+    hint: str = ""
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        return [Guard(self.probe, NotOlder(self.fact, self.what, self.hint), self.role)]
+
+
+@attrs.frozen
+class MoveAside:
+    """Move ``path`` aside (never delete it) before a restore writes there; if the restore fails,
+    the undo puts it back. The aside copy is kept after a successful restore, for the operator."""
+
+    name: str
+    path: str
+    about: str = ""
+    role: str = "main"
+
+    @property
+    def aside(self) -> str:
+        return f"{self.path.rstrip('/')}.before-restore-{RUN_ID}"
+
+    def ops(self) -> list[Op]:
+        p, a = sh(self.path), sh(self.aside)
+        back = Command(f"if [ -e {a} ]; then rm -rf -- {p} && mv -T -- {a} {p}; fi")
+        move = Command(
+            f"if [ -e {p} ]; then mv -T -- {p} {a} && mkdir -- {p} && "
+            f"chown --reference={a} -- {p} && chmod --reference={a} -- {p}; fi"
+        )
+        return [
+            Undo(
+                back,
+                f"move {self.path} back",
+                f"{self.path} is moved aside to {self.aside}",
+                self.role,
+                "failure",
+            ),
+            Exec(move, f"move {self.path} aside to {self.aside}", self.role),
+        ]
+
+
+KEY_DIR = f"/tmp/recipes-key-{RUN_ID}"
+
+
+@attrs.frozen
+class KeyFile:
+    """A key file ``generate`` writes on the host (at ``path``) goes, age-encrypted, to a store
+    apart from the repository; it is removed from the host on every exit path."""
+
+    name: str
+    generate: tuple[Command, ...]
+    store: str
+    owner: str | None = None
+    about: str = ""
+    role: str = "main"
+
+    @staticmethod
+    def path_for(name: str) -> str:
+        """Where ``generate`` must write the file (a private directory made for the run)."""
+        return f"{KEY_DIR}/{name}"
+
+    def ops(self) -> list[Op]:
+        d = sh(KEY_DIR)
+        own = f" && chown -- {sh(self.owner)} {d}" if self.owner else ""
+        return [
+            Undo(
+                Command(f"rm -rf -- {d}"), f"remove {KEY_DIR}", f"{KEY_DIR} is still on the host", self.role
+            ),
+            Exec(Command(f"mkdir -m 700 -- {d}{own}"), f"make {KEY_DIR}", self.role),
+            *(Exec(c, f"write {self.name}", self.role) for c in self.generate),
+            Transfer(
+                HostCommand(Command(sh("cat", "--", self.path_for(self.name))), self.role),
+                KeyStore(self.store, self.name),
+                f"store {self.name}",
+            ),
+        ]
+
+
+@attrs.frozen
+class FetchKeyFile:
+    """Restore: the key file from its store onto the host at ``dest`` (mode 0600)."""
+
+    name: str
+    store: str
+    dest: str
+    owner: str | None = None
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        d = sh(self.dest)
+        own = f" && chown -- {sh(self.owner)} {d}" if self.owner else ""
+        write = Command(f"umask 077 && cat > {d}{own}")
+        return [
+            Transfer(KeyStore(self.store, self.name), HostCommand(write, self.role), f"fetch {self.name}")
+        ]
+
+
+Step: TypeAlias = (
+    Run
+    | Quiesce
+    | Archive
+    | Dump
+    | Extract
+    | Load
+    | Fact
+    | ManualStep
+    | RefuseOlder
+    | MoveAside
+    | KeyFile
+    | FetchKeyFile
+)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+import attrs
+
 from recipes.errors import HostError, RecipeError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, GUARD_GONE, TAKEN_BY_GUARD, Entry, Fired, Guard, Undo
 from recipes.hosts import Host, last_line, run
+from recipes.model import Command
 
 log = logging.getLogger("recipes")
 
@@ -39,22 +42,43 @@ class Compensation:
         self.by_guard: list[str] = []
         """Undos the host's guard ran itself (the controller was silent): the snapshot is void."""
         self.interrupted = False
+        self.failure_only: set[int] = set()
+        self.finished: dict[int, float] = {}
+        """time.monotonic() when each undo that ran finished (for downtime)."""
         self._reported: set[int] = set()
 
-    def register(self, undo: Undo) -> None:
-        """Arm the guard (first time) and hand it ``undo``; raises if it did not take it."""
+    def register(self, undo: Undo, on: str = "always") -> Entry:
+        """Arm the guard (first time) and hand it ``undo``; raises if it did not take it.
+
+        ``on="failure"``: the undo runs only when the run fails (a moved-aside directory moved
+        back); after a success it is withdrawn from the guard without running."""
         if self.guard is None:
             self.guard = Guard.arm(self.host, self.deadman)
             self.guard.on_lost = self.host.close
         entry = self.guard.push(undo)
+        if on == "failure":
+            self.failure_only.add(entry.id)
         self.entries.append(entry)
         self.pending.append(entry)
+        return entry
+
+    def run_now(self, what: str) -> bool:
+        """Run the newest pending undo called ``what`` now (an application started again as soon
+        as its filesystem snapshot exists); False when there is none."""
+        for entry in reversed(self.pending):
+            if entry.undo.what == what:
+                self.pending.remove(entry)
+                self._undo(entry)
+                if self.still_stopped or self.by_guard:
+                    raise StepFailed("; ".join(self.still_stopped + self.by_guard))
+                return True
+        return False
 
     @property
     def lost(self) -> bool:
         return self.guard is not None and self.guard.lost.is_set()
 
-    def run_all(self) -> None:
+    def run_all(self, succeeded: bool = False) -> None:
         """Run every pending undo, newest first, then disarm the guard if nothing is left stopped.
 
         Never raises for an undo that failed: ``still_stopped`` and ``by_guard`` say what happened.
@@ -65,6 +89,10 @@ class Compensation:
         try:
             while self.pending:
                 entry = self.pending[-1]
+                if succeeded and entry.id in self.failure_only:
+                    # Withdrawn: claimed from the guard so it never runs, and nothing else done.
+                    entry = Entry(entry.id, attrs.evolve(entry.undo, command=Command("true")))
+                    log.info("%s: not needed (the run succeeded)", entry.undo.what)
                 self._undo(entry)
                 self.pending.pop()
             if self.guard is not None and not self.still_stopped:
@@ -120,6 +148,7 @@ class Compensation:
                 time.sleep(wait)
                 wait = min(wait * 2, 8.0)
                 attempt += 1
+        self.finished[entry.id] = time.monotonic()
         if result.exit_status == 0:
             log.info("undo %s on %s: done", what, self.host.name)
         elif result.exit_status == TAKEN_BY_GUARD:

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from recipes import apps, docgen, plan
-from recipes.plan import stored_object
+from recipes import apps, docgen, ops, plan
+from recipes.model import Command
 from recipes.recipe import make_params
-from recipes.steps import Archive, Dump, Extract, Load
 
 SENTINEL = "pw-SENTINEL-4242"
 # Parameters that switch every database on, with passwords, per recipe.
@@ -40,10 +39,39 @@ def test_plans_are_non_empty_and_every_backup_object_is_restored(recipe_name: st
     backup = plan.backup_plan(r, params, "h")
     restore = plan.restore_plan(r, params, "h")
     assert backup.steps and restore.steps
-    written = {stored_object(s) for s in backup.steps if isinstance(s, (Archive, Dump))}
-    read = {stored_object(s) for s in restore.steps if isinstance(s, (Extract, Load))}
-    assert written == read
-    assert all(list(s.commands()) for s in backup.steps + restore.steps)
+    assert all(s.ops() for s in backup.steps + restore.steps)
+    written = {end.name for op in backup.ops() for end in _ends(op) if end is _dst(op)}
+    read = {end.name for op in restore.ops() for end in _ends(op) if end is _src(op)}
+    assert written and written == read
+
+
+def _ends(op: ops.Op) -> list[ops.SnapshotObject]:
+    if not isinstance(op, ops.Transfer):
+        return []
+    return [e for e in (op.src, op.dst) if isinstance(e, ops.SnapshotObject)]
+
+
+def _src(op: ops.Op) -> object:
+    return op.src if isinstance(op, ops.Transfer) else None
+
+
+def _dst(op: ops.Op) -> object:
+    return op.dst if isinstance(op, ops.Transfer) else None
+
+
+def _commands(p: plan.Plan) -> list[Command]:
+    """Every command the plan's ops would send to a host (undo and guard commands included)."""
+    out: list[Command] = []
+    for op in p.ops():
+        if isinstance(op, (ops.Exec, ops.Undo)):
+            out.append(op.command)
+        elif isinstance(op, ops.Guard):
+            out.append(op.probe)
+        elif isinstance(op, ops.Transfer):
+            for end in (op.src, op.dst):
+                if isinstance(end, ops.HostCommand):
+                    out += [c for c in (end.command, end.incremental, end.check) if c is not None]
+    return out
 
 
 def test_no_secret_in_plans_docs_or_argv(recipe_name: str) -> None:
@@ -52,12 +80,11 @@ def test_no_secret_in_plans_docs_or_argv(recipe_name: str) -> None:
     for p in (plan.backup_plan(r, params, "h"), plan.restore_plan(r, params, "h")):
         assert SENTINEL not in "\n".join(p.lines())
         assert SENTINEL not in json.dumps(p.to_dict())
-        for step in p.steps:
-            for command in step.commands():
-                line, stdin = command.wire()
-                assert SENTINEL not in line
-                if command.secrets:
-                    assert SENTINEL.encode() in stdin
+        for command in _commands(p):
+            line, stdin = command.wire()
+            assert SENTINEL not in line
+            if command.secrets:
+                assert SENTINEL.encode() in stdin
     assert SENTINEL not in docgen.page(recipe_name)
 
 

@@ -108,7 +108,7 @@ class Django:
         )
         return steps
 
-    def restore_steps(self, p: DjangoParams) -> list[Step]:
+    def restore_steps(self, p: DjangoParams, options: Any = None) -> list[Step]:
         steps: list[Step] = [Extract(root=p.root, about=f"put the files back under {p.root}")]
         if (pg := p.pg()) is not None:
             steps.append(pg_db.load(pg))
