@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from recipes.errors import RecipeError
+from recipes.errors import ConfigError, RecipeError
 
 log = logging.getLogger("recipes")
 
@@ -210,13 +210,35 @@ def show_cmd(state: State, recipe: str) -> None:
 def _prepare(state: State, recipe: str, host: str, sets: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """Recipe, parameters and host, all checked."""
     from recipes import apps, config
-    from recipes.recipe import make_params
+    from recipes.recipe import make_params, reject_options
 
     cfg = state.config
     r = apps.get(recipe)
     values = config.recipe_values(cfg, recipe, sets)
+    reject_options(r, values)
     where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set"
     return r, make_params(r, values, where), cfg.host(host)
+
+
+def _open_roles(state: State, recipe: Any, params: Any, main_name: str) -> dict[str, list[Any]]:
+    """Hosts of the recipe's other roles (``nodes``...), each checked like ``--host`` and opened."""
+    from recipes.hosts import open_host
+    from recipes.recipe import roles_of
+
+    bound: dict[str, list[Any]] = {}
+    for role, names in roles_of(recipe, params).items():
+        specs = [state.config.host(n) for n in names]
+        for spec in specs:
+            if spec.name == main_name:
+                raise ConfigError(f"{role}: {spec.name} is the --host itself; list only the other hosts")
+        bound[role] = [open_host(spec) for spec in specs]
+    return bound
+
+
+def _close_roles(bound: dict[str, list[Any]]) -> None:
+    for hosts in bound.values():
+        for h in hosts:
+            h.close()
 
 
 def _log_config(state: State) -> None:
@@ -300,6 +322,7 @@ def run_cmd(
     engine.check_recipients(recipients)
     signer = state.config.signer()
     _log_config(state)
+    roles = _open_roles(state, r, params, spec.name)
     live = open_host(spec)
     try:
         manifest = engine.backup(
@@ -312,9 +335,11 @@ def run_cmd(
             signer=signer,
             trust=state.config.trust(),
             deadman_seconds=state.config.engine.deadman_seconds,
+            roles=roles,
         )
     finally:
         live.close()
+        _close_roles(roles)
     from recipes.manifest import _converter
 
     kind = f"incremental level {manifest.level} on {manifest.parent}" if manifest.level else "full"
@@ -458,13 +483,14 @@ def restore_cmd(
     """
     from recipes import apps, config, engine, plan
     from recipes.hosts import open_host
-    from recipes.recipe import make_params, restore_values
+    from recipes.recipe import make_params, restore_values, split_options
 
     cfg = state.config
     r = apps.get(recipe)
     spec = cfg.host(host)
-    target = config.recipe_values(cfg, recipe, sets)
-    make_params(r, target, f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set")  # bad input first
+    given = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set"
+    target, options = split_options(r, config.recipe_values(cfg, recipe, sets), given)
+    make_params(r, target, given)  # bad input first
     identities: list[Any] = []
     if not plan_only:  # a bad key file fails before any lookup
         identities = _identities(state, identity, "restore")
@@ -485,16 +511,28 @@ def restore_cmd(
         )
     where = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set + snapshot {manifest.snapshot}"
     params = make_params(r, values, where)
-    p = plan.restore_plan(r, params, spec.name, cfg.compression(host))
+    p = plan.restore_plan(r, params, spec.name, cfg.compression(host), options)
     _log_config(state)
     if plan_only:
         emit(state, {**p.to_dict(), "snapshot": manifest.snapshot}, "\n".join(p.lines()))
         return
+    roles = _open_roles(state, r, params, spec.name)
     live = open_host(spec)
     try:
-        records = engine.restore(p, live, repository, manifest, identities, force, trust=trust)
+        records = engine.restore(
+            p,
+            live,
+            repository,
+            manifest,
+            identities,
+            force,
+            trust=trust,
+            roles=roles,
+            deadman_seconds=cfg.engine.deadman_seconds,
+        )
     finally:
         live.close()
+        _close_roles(roles)
     data = {
         "snapshot": manifest.snapshot,
         "host": spec.name,

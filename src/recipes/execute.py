@@ -192,7 +192,10 @@ class Interpreter:
             mine = self.values.setdefault(host.name, {})
             if op.sets:
                 mine[op.sets] = "yes" if result.exit_status == 0 else "no"
-            if op.capture:
+            if op.capture and op.keys:
+                for key, val in key_values(result.stdout).items():
+                    mine[f"{op.capture}_{key.strip()}"] = val.strip()
+            elif op.capture:
                 value = result.stdout.decode("utf-8", "replace").strip()
                 mine[op.capture] = value
                 if op.fact:

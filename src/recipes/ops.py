@@ -45,6 +45,8 @@ class Exec:
     ok_exits: tuple[int, ...] | None = (0,)
     sets: str | None = None
     capture: str | None = None
+    keys: bool = False
+    """With ``capture``: stdout is ``key=value`` lines, kept as ``<capture>_<key>``."""
     fact: bool = False
     when: str | None = None
     """Run only on hosts where the value of this name is ``yes`` (set by an earlier probe)."""

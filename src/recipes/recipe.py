@@ -44,6 +44,46 @@ class Recipe(Protocol):
         ...
 
 
+def roles_of(recipe: Recipe, params: Any) -> dict[str, tuple[str, ...]]:
+    """Hosts (names as ``--host`` takes them) bound to the recipe's roles besides ``main``
+    (which ``--host`` binds), from its ``roles(params)`` method when it has one."""
+    method = getattr(recipe, "roles", None)
+    if method is None:
+        return {}
+    found: dict[str, tuple[str, ...]] = method(params)
+    return found
+
+
+def split_options(recipe: Recipe, values: dict[str, Any], where: str) -> tuple[dict[str, Any], Any]:
+    """Split a restore's values into parameters and the recipe's ``RestoreOptions`` (checked)."""
+    attribute = "RestoreOptions"
+    options_class: type[Any] | None = getattr(type(recipe), attribute, None)
+    if options_class is None:
+        return values, None
+    names = {f.name for f in attrs.fields(options_class)}
+    given = {k: values[k] for k in list(values) if k in names}
+    rest = {k: v for k, v in values.items() if k not in names}
+    try:
+        options = converter.structure(given, options_class)
+    except Exception as exc:
+        raise ConfigError(error_lines(exc, f"{where} (restore options)")) from exc
+    return rest, options
+
+
+def reject_options(recipe: Recipe, values: dict[str, Any]) -> None:
+    """A restore option given to a backup or plan: one line saying where it belongs."""
+    attribute = "RestoreOptions"
+    options_class: type[Any] | None = getattr(type(recipe), attribute, None)
+    if options_class is None:
+        return
+    for field in attrs.fields(options_class):
+        if field.name in values:
+            raise ConfigError(
+                f"{field.name} is a restore option of {recipe.name}: give it to `recipes restore "
+                f"{recipe.name} --set {field.name}=...` (see `recipes show {recipe.name}`)"
+            )
+
+
 def strict_converter(*, forbid_extra_keys: bool = True) -> cattrs.Converter:
     """A converter that takes TOML/JSON values only as they are: ``"false"`` is no bool, ``"22"``
     no int, ``1.5`` no int; unknown keys fail unless ``forbid_extra_keys`` is off."""

@@ -18,6 +18,7 @@ from recipes.ops import (
     MustBeEmpty,
     NotOlder,
     Op,
+    Release,
     SnapshotObject,
     Transfer,
     Undo,
@@ -117,6 +118,9 @@ class Archive:
     """A shell fragment printing the paths (relative to ``root``) to archive, one per line;
     None archives all of ``root``. Paths it prints that do not exist are skipped."""
     role: str = "main"
+    from_snapshot: bool = False
+    """``root`` is inside a filesystem snapshot: each snapshot has a new device number, so GNU
+    tar must not compare devices (``--no-check-device``) or every incremental is a full."""
 
     @property
     def state_object(self) -> str | None:
@@ -134,6 +138,8 @@ class Archive:
 
     def _tar(self, *output: str) -> str:
         state = [f"--listed-incremental={self.state}"] if self.incremental else []
+        if self.incremental and self.from_snapshot:
+            state.append("--no-check-device")
         return sh(
             "tar",
             "--create",
@@ -373,6 +379,44 @@ class MoveAside:
         ]
 
 
+SNAPSHOT_ROOT = "{{snapshot_root}}"
+
+
+@attrs.frozen
+class FsSnapshot:
+    """A read-only filesystem snapshot (btrfs, LVM) of ``path`` while the application is
+    stopped; then the application starts again at once (``release``: the undo to run now) and
+    archives read ``SNAPSHOT_ROOT``. Removing the snapshot is an undo (also on the guard)."""
+
+    name: str
+    path: str
+    kind: str
+    release: str | None = None
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        from recipes import fssnap
+
+        made = Exec(
+            fssnap.create(self.kind, self.path, RUN_ID),  # type: ignore[arg-type]
+            f"{self.kind} snapshot of {self.path}",
+            self.role,
+            capture="snapshot",
+            keys=True,
+        )
+        remove = Undo(
+            fssnap.remove("{{snapshot_handle}}"),
+            f"remove the snapshot of {self.path}",
+            f"a snapshot of {self.path} is left on the host",
+            self.role,
+        )
+        out: list[Op] = [made, remove]
+        if self.release:
+            out.append(Release(self.release, self.role))
+        return out
+
+
 KEY_DIR = f"/tmp/recipes-key-{RUN_ID}"
 
 
@@ -443,4 +487,5 @@ Step: TypeAlias = (
     | MoveAside
     | KeyFile
     | FetchKeyFile
+    | FsSnapshot
 )

@@ -263,8 +263,8 @@ def test_a_snapshot_is_not_committed_when_the_guard_fired(
     monkeypatch.setattr(guard.Guard, "send_beat", lambda self: None)
     execute = engine.Backup.execute
 
-    def slow(self: engine.Backup, comp: engine.Compensation) -> None:
-        execute(self, comp)
+    def slow(self: engine.Backup) -> None:
+        execute(self)
         wait_for(lambda: running(outside), DEADMAN + SLACK, "the guard started the service again")
 
     monkeypatch.setattr(engine.Backup, "execute", slow)
