@@ -18,6 +18,10 @@ LOADED = {
         "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW"},
         "sqlite": ["/var/opt/p/p.db"],
     },
+    "dss": {
+        "govern_postgres": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "govern"},
+        "jobs_check": "bin/dsscli running-jobs",
+    },
 }
 
 

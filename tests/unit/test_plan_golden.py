@@ -72,3 +72,50 @@ def test_default_excludes_are_the_seeds_list_in_order() -> None:
         assert [line for line in seed.read_text().splitlines() if line.startswith("- /")] == [
             line for line in vendored.read_text().splitlines() if line.startswith("- /")
         ]
+
+
+DSS_VARIANTS: dict[str, dict[str, object]] = {
+    "defaults": {},
+    "all-categories": {"exclude": ["temporary", "logs", "ignorable", "data"]},
+    "govern-jobs": {
+        "data_dir": "/data/dss",
+        "jobs_check": "bin/dsscli running-jobs",
+        "govern_postgres": {
+            "host": "pg.internal",
+            "port": 5433,
+            "password_env": "GOVERN_PW",
+            "database": "govern",
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("action", ["backup", "restore"])
+@pytest.mark.parametrize("variant", list(DSS_VARIANTS))
+def test_dss_plan_matches_golden(variant: str, action: str) -> None:
+    recipe = apps.get("dss")
+    params = make_params(recipe, json.loads(json.dumps(DSS_VARIANTS[variant])), "test")
+    build = plan.backup_plan if action == "backup" else plan.restore_plan
+    p = build(recipe, params, "dss1")
+    _check(f"dss-{variant}-{action}.txt", "\n".join(p.lines()) + "\n")
+    _check(f"dss-{variant}-{action}.json", json.dumps(p.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def test_dss_categories_are_the_seeds_lists() -> None:
+    """The exclude categories name the seed's folders, section by section, in its order."""
+    from recipes.apps.dss import CATEGORIES
+
+    assert {name: cat.folders for name, cat in CATEGORIES.items()} == {
+        "temporary": ("tmp", "caches", "data-catalog"),
+        "logs": ("run", "jobs", "scenarios", "diagnosis"),
+        "ignorable": ("exports", "prepared_bundles", "apinode-packages"),
+        "data": ("managed_datasets", "analysis_data", "saved_models"),
+    }
+    seed = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "001_700252c58385ca0c.txt"
+    if seed.exists():  # where the seed is at hand, every folder is one of its bullet items
+        bullets = {
+            line[2:].replace("\\", "").split(" (")[0]
+            for line in seed.read_text().splitlines()
+            if line.startswith("* ")
+        }
+        assert {f for cat in CATEGORIES.values() for f in cat.folders} <= bullets

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from recipes.apps.django import Django
+from recipes.apps.dss import Dss
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django,)
+RECIPES: tuple[type[Recipe], ...] = (Django, Dss)
 
 
 def names() -> list[str]:

@@ -1,0 +1,296 @@
+"""Dataiku DSS (seed 001): the data directory (DATA_DIR) with DSS stopped, plus Govern's PostgreSQL.
+
+The seed's full backup is "Make sure you don't have any job running, then stop DSS:
+``DATA_DIR/bin/dss stop``", ``tar`` of DATA_DIR, then ``DATA_DIR/bin/dss start``. Its "What Can
+Be Excluded From The Backup" lists are the ``exclude`` categories below, and its warning "For
+Govern nodes ... Each time you make a Govern backup, you should also ensure that you have a
+matching PostgreSQL backup" is the Govern dump, taken while DSS is stopped.
+
+Every DSS command runs as ``user`` through ``run_as`` (see ``RUN_AS``): directly when the SSH
+login is that user, through ``sudo -n -u`` otherwise (root, or an admin allowed to).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import attrs
+
+from recipes.databases import postgresql as pg_db
+from recipes.model import Command, sh
+from recipes.recipe import FieldError, absolute_path, param
+from recipes.steps import Archive, Extract, Quiesce, Run, Step
+
+
+@attrs.frozen
+class Category:
+    """One of the seed's "What Can Be Excluded From The Backup" lists: folders of DATA_DIR."""
+
+    folders: tuple[str, ...]
+    reason: str
+    """The seed's words on why the folders can be left out."""
+
+
+# The seed, "What Can Be Excluded From The Backup", section by section, folders in its order.
+TEMPORARY = Category(
+    ("tmp", "caches", "data-catalog"),
+    "they only contain temporary data which can be rebuilt",
+)
+LOGS = Category(
+    ("run", "jobs", "scenarios", "diagnosis"),
+    "they only contain log data, which you might want to exclude from backup",
+)
+IGNORABLE = Category(
+    ("exports", "prepared_bundles", "apinode-packages"),
+    "data exports made by users, automation bundles already exported, apinode packages already exported",
+)
+DATA = Category(
+    ("managed_datasets", "analysis_data", "saved_models"),
+    "data built by DSS: it can generally be rebuilt, but caution should be exercised",
+)
+CATEGORIES: dict[str, Category] = {
+    "temporary": TEMPORARY,
+    "logs": LOGS,
+    "ignorable": IGNORABLE,
+    "data": DATA,
+}
+"""``exclude`` category -> the folders of DATA_DIR it leaves out."""
+
+SNAPSHOT_KINDS = ("none", "btrfs", "lvm", "auto")
+
+JOBS_INSTRUCTION = "Make sure you don't have any job running, then stop DSS"
+"""The seed's words before ``DATA_DIR/bin/dss stop``."""
+GOVERN_WARNING = (
+    "Each time you make a Govern backup, you should also ensure that you have a matching PostgreSQL backup"
+)
+
+
+def categories(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    """attrs validator: every ``exclude`` item is one of the seed's categories."""
+    for item in value:
+        if item not in CATEGORIES:
+            raise FieldError(
+                attribute,
+                f"unknown category {item!r}: valid categories are {', '.join(CATEGORIES)}",
+            )
+
+
+def snapshot_kind(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator: how the quiesce may snapshot the filesystem."""
+    if value not in SNAPSHOT_KINDS:
+        raise FieldError(attribute, f"must be one of {', '.join(SNAPSHOT_KINDS)}, got {value!r}")
+
+
+def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator: a plain OS user name (it becomes a sudo argument on the host)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
+        raise FieldError(attribute, f"must be a user name such as dataiku, got {value!r}")
+
+
+def one_line(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """attrs validator: a non-empty one-line command (it is quoted in one-line messages)."""
+    if value is not None and (not value.strip() or "\n" in value or "\0" in value):
+        raise FieldError(attribute, f"must be a non-empty command on one line, got {value!r}")
+
+
+@attrs.frozen
+class DssParams:
+    """Parameters of the ``dss`` recipe."""
+
+    data_dir: str = param(
+        "/home/dataiku/dss_data",
+        "the DSS data directory (DATA_DIR) backed up; it must exist",
+        validator=absolute_path,
+        chain=True,
+    )
+    install_dir: str | None = param(
+        None,
+        "the DSS installation directory (INSTALL_DIR); needed only to restore elsewhere",
+        validator=absolute_path,
+    )
+    user: str = param("dataiku", "the account DSS runs as; every DSS command runs as it", validator=user_name)
+    snapshot: str = param(
+        "none",
+        "filesystem snapshot while DSS is stopped: none, btrfs, lvm or auto",
+        validator=snapshot_kind,
+    )
+    jobs_check: str | None = param(
+        None,
+        "command run as user before the stop, exiting non-zero while jobs run (e.g. a dsscli "
+        "or API query); unset: check by hand that no job runs",
+        validator=one_line,
+    )
+    exclude: tuple[str, ...] = param(
+        ("temporary",),
+        "folders left out, by the seed's categories: temporary, logs, ignorable, data",
+        validator=categories,
+        content=True,
+    )
+    govern_postgres: bool | pg_db.Params = param(
+        False,
+        "Govern node: dump its PostgreSQL database too: a table (or true: local socket, whole cluster)",
+    )
+    include_config: bool = param(
+        True,
+        "also /etc/dataiku/<installid>/ and /etc/dataiku-security/<installid>/ when they exist",
+        content=True,
+    )
+
+    def excluded(self) -> tuple[str, ...]:
+        """The folders of DATA_DIR left out, category by category in the seed's order."""
+        return tuple(f for name, cat in CATEGORIES.items() if name in self.exclude for f in cat.folders)
+
+    def govern(self) -> pg_db.Connection | None:
+        if self.govern_postgres is False:
+            return None
+        if self.govern_postgres is True:
+            return pg_db.Connection()
+        return self.govern_postgres.connection()
+
+
+def run_as(user: str) -> str:
+    """A shell function ``run_as ARGV...`` running ARGV as ``user``: directly when the login is
+    that user (sudo would ask it for a password), else ``sudo -n -u`` from ``/`` (the login's
+    home may be closed to the user)."""
+    u = sh(user)
+    return f'run_as() {{ if [ "$(id -un)" = {u} ]; then "$@"; else (cd / && sudo -n -u {u} -- "$@"); fi; }}; '
+
+
+def fail(message: str) -> str:
+    """Shell: print one line to stderr and exit 1 (the Run step's error line quotes it)."""
+    return f"{{ echo {sh(message)} >&2; exit 1; }}"
+
+
+class Dss:
+    """Seed 001: stop DSS, tar DATA_DIR minus the chosen categories, dump Govern, start DSS."""
+
+    name: ClassVar[str] = "dss"
+    summary: ClassVar[str] = "Dataiku DSS: DATA_DIR with DSS stopped, plus the Govern PostgreSQL database"
+    seed: ClassVar[str] = "001_700252c58385ca0c.txt"
+    Params: ClassVar[type[Any]] = DssParams
+
+    def dss(self, p: DssParams, verb: str) -> str:
+        """``DATA_DIR/bin/dss VERB`` as the DSS user."""
+        return f"{run_as(p.user)}run_as {sh(p.data_dir + '/bin/dss', verb)}"
+
+    def preflight(self, p: DssParams) -> Run:
+        """Before anything is stopped: DATA_DIR is a DSS data directory, and we can act as user."""
+        d, u = p.data_dir, p.user
+        where = "set data_dir to the DATA_DIR on this host (--set data_dir=PATH or [recipes.dss] data_dir)"
+        script = (
+            f"test -d {sh(d)} || {fail(f'DSS data directory {d} does not exist: {where}')}; "
+            f"test -f {sh(d + '/install.ini')} || "
+            f"{fail(f'{d} is not a DSS data directory (no install.ini): {where}')}; "
+            f"id -u {sh(u)} >/dev/null 2>&1 || "
+            f"{fail(f'user {u} does not exist on this host: set user to the account DSS runs as')}; "
+            f"{run_as(u)}run_as true 2>/dev/null || "
+            f"{fail(f'cannot run commands as {u}: log in as root or {u}, or allow sudo -n -u {u}')}"
+        )
+        return Run(
+            name="check-data-dir",
+            command=Command(script),
+            about=f"DATA_DIR {d} must be a DSS data directory and {u} able to run its bin/dss; "
+            "checked before anything is stopped (exit 1 with one line if not)",
+        )
+
+    def jobs(self, p: DssParams, check: str) -> Run:
+        """``jobs_check`` as user while DSS runs; a non-zero exit refuses the backup, one line."""
+        d = p.data_dir
+        message = (
+            f"jobs_check %s exited %s (%s): jobs are running or the check failed, so DSS was not "
+            f"stopped and nothing was backed up; let the jobs finish (the seed: {JOBS_INSTRUCTION}) "
+            "or fix jobs_check\\n"
+        )
+        script = (
+            f"{run_as(p.user)}"
+            f"if run_as {sh(d + '/bin/dss', 'status')} >/dev/null 2>&1; then "
+            f"out=$(run_as bash -c {sh(f'cd {sh(d)} && {check}')} 2>&1 </dev/null); rc=$?; "
+            'if [ "$rc" -ne 0 ]; then '
+            "last=$(printf '%s\\n' \"$out\" | tr -d '\\r' | grep -v '^[[:space:]]*$' | tail -n 1); "
+            f'printf {sh(message)} {sh(check)} "$rc" "${{last:-no output}}" >&2; exit 1; '
+            "fi; fi"
+        )
+        return Run(
+            name="no-running-jobs",
+            command=Command(script),
+            about=f"the seed: {JOBS_INSTRUCTION!r}: jobs_check runs as {p.user} in DATA_DIR while DSS "
+            "runs (a stopped DSS runs no job); a non-zero exit refuses the backup before anything "
+            "is stopped",
+        )
+
+    def backup_steps(self, p: DssParams) -> list[Step]:
+        steps: list[Step] = [self.preflight(p)]
+        if p.jobs_check is not None:
+            steps.append(self.jobs(p, p.jobs_check))
+            before = "no job runs (jobs_check), then stop DSS"
+        else:
+            before = (
+                f"the seed: {JOBS_INSTRUCTION!r}: no jobs_check is set, so check by hand in DSS "
+                "that no job runs before this backup (stopping DSS aborts running jobs)"
+            )
+        steps.append(
+            Quiesce(
+                name="dss",
+                check=Command(self.dss(p, "status")),
+                stop=Command(self.dss(p, "stop")),
+                start=Command(self.dss(p, "start")),
+                about=f"{before}: `DATA_DIR/bin/dss stop` as {p.user} if it runs; "
+                "`DATA_DIR/bin/dss start` again however the backup ends",
+            )
+        )
+        if (conn := p.govern()) is not None:
+            dump = pg_db.dump(conn, "govern")
+            steps.append(
+                attrs.evolve(
+                    dump,
+                    about=f"Govern database, while DSS is stopped (the seed: {GOVERN_WARNING!r}): "
+                    + dump.about,
+                )
+            )
+        steps.append(
+            Archive(
+                root=p.data_dir,
+                excludes=p.excluded(),
+                about=self.archive_about(p),
+            )
+        )
+        return steps
+
+    def archive_about(self, p: DssParams) -> str:
+        left_out = "; ".join(
+            f"{name} ({', '.join(cat.folders)}: {cat.reason})"
+            for name, cat in CATEGORIES.items()
+            if name in p.exclude
+        )
+        return f"the seed: 'Compress your data directory': tar of DATA_DIR {p.data_dir}" + (
+            f", leaving out {left_out}" if left_out else ", nothing left out"
+        )
+
+    def restore_steps(self, p: DssParams) -> list[Step]:
+        d = p.data_dir
+        dss = sh(d + "/bin/dss")
+        steps: list[Step] = [
+            Run(
+                name="stop-dss",
+                command=Command(
+                    f"{run_as(p.user)}if [ -x {dss} ] && run_as {dss} status >/dev/null 2>&1; "
+                    f"then run_as {dss} stop; fi"
+                ),
+                about="the seed: 'If applicable, stop the currently running DSS'",
+            ),
+            Extract(root=d, about=f"the seed: 'Restore the backup': the files back into DATA_DIR {d}"),
+        ]
+        if (conn := p.govern()) is not None:
+            load = pg_db.load(conn, "govern")
+            steps.append(
+                attrs.evolve(load, about=f"Govern database, the matching PostgreSQL backup: {load.about}")
+            )
+        steps.append(
+            Run(
+                name="start-dss",
+                command=Command(self.dss(p, "start")),
+                about=f"the seed: 'Restart DSS': `DATA_DIR/bin/dss start` as {p.user}",
+            )
+        )
+        return steps
