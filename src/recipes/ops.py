@@ -123,12 +123,16 @@ class NotOlder:
     fact: str
     what: str
     hint: str = ""
+    missing_ok: bool = False
+    """An empty probe output (nothing installed there yet) lets the restore go on."""
 
     def judge(self, output: str, status: int, facts: dict[str, str], force: bool) -> str | None:
         wanted = facts.get(self.fact, "")
         found = output.strip()
         if not wanted or not _version(wanted):
             return None  # the snapshot recorded no version: nothing to compare
+        if self.missing_ok and status == 0 and not found:
+            return None
         if status != 0 or not _version(found):
             return f"cannot read the {self.what} version on the target (exit {status}): {self.hint}".rstrip(
                 ": "

@@ -222,6 +222,8 @@ class Extract:
     must_be_empty: bool = True
     """Refuse a non-empty ``root`` unless ``--force`` (off for shared places such as /etc)."""
     role: str = "main"
+    incremental: bool = True
+    """False for an archive made whole in every snapshot: only the restored snapshot's is read."""
 
     @property
     def empty_check(self) -> Command:
@@ -259,10 +261,11 @@ class Extract:
         ops: list[Op] = []
         if self.must_be_empty:
             ops.append(Guard(self.empty_check, MustBeEmpty(self.root), self.role))
+        inc = self.incremental_command if self.incremental else None
         ops.append(
             Transfer(
-                SnapshotObject(self.object, "files", chain=True),
-                HostCommand(self.command, self.role, incremental=self.incremental_command),
+                SnapshotObject(self.object, "files", chain=self.incremental),
+                HostCommand(self.command, self.role, incremental=inc),
                 f"extract {self.name}",
             )
         )
@@ -341,9 +344,10 @@ class RefuseOlder:
     hint: str = ""
     about: str = ""
     role: str = "main"
+    missing_ok: bool = False
 
     def ops(self) -> list[Op]:
-        return [Guard(self.probe, NotOlder(self.fact, self.what, self.hint), self.role)]
+        return [Guard(self.probe, NotOlder(self.fact, self.what, self.hint, self.missing_ok), self.role)]
 
 
 @attrs.frozen
@@ -399,7 +403,7 @@ class FsSnapshot:
         from recipes import fssnap
 
         made = Exec(
-            fssnap.create(self.kind, self.path, RUN_ID),  # type: ignore[arg-type]
+            fssnap.create(self.kind, self.path, RUN_ID),
             f"{self.kind} snapshot of {self.path}",
             self.role,
             capture="snapshot",

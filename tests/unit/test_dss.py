@@ -11,7 +11,7 @@ from recipes import apps, plan
 from recipes.apps.dss import CATEGORIES
 from recipes.errors import ConfigError
 from recipes.recipe import content_names, make_params
-from recipes.steps import Archive, Quiesce, Run
+from recipes.steps import Archive, Fact, ManualStep, Quiesce, Run
 
 
 def params(**values: Any) -> Any:
@@ -59,10 +59,11 @@ def test_every_category_leaves_out_its_folders_relative_to_data_dir() -> None:
 def test_without_jobs_check_the_plan_says_the_seeds_instruction() -> None:
     recipe = apps.get("dss")
     steps = recipe.backup_steps(params())
-    assert [type(s) for s in steps] == [Run, Quiesce, Archive]
-    assert "Make sure you don't have any job running" in steps[1].about
-    assert "no jobs_check is set, so check by hand" in steps[1].about
+    assert [type(s) for s in steps] == [Run, Fact, ManualStep, Quiesce, Archive, Archive]
+    assert "Make sure you don't have any job running" in steps[2].text
+    assert "no jobs_check is set, so check in DSS" in steps[2].text
     with_check = recipe.backup_steps(params(jobs_check="bin/dsscli running-jobs"))
-    assert [s.name for s in with_check[:3]] == ["check-data-dir", "no-running-jobs", "dss"]
+    assert [s.name for s in with_check[:4]] == ["check-data-dir", "dss_version", "no-running-jobs", "dss"]
+    assert not any(isinstance(s, ManualStep) for s in with_check)
     lines = "\n".join(plan.backup_plan(recipe, params(), "dss1").lines())
     assert "DATA_DIR/bin/dss stop" in lines and "DATA_DIR/bin/dss start" in lines

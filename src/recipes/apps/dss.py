@@ -20,7 +20,19 @@ import attrs
 from recipes.databases import postgresql as pg_db
 from recipes.model import Command, sh
 from recipes.recipe import FieldError, absolute_path, param
-from recipes.steps import Archive, Extract, Quiesce, Run, Step
+from recipes.steps import (
+    SNAPSHOT_ROOT,
+    Archive,
+    Extract,
+    Fact,
+    FsSnapshot,
+    ManualStep,
+    MoveAside,
+    Quiesce,
+    RefuseOlder,
+    Run,
+    Step,
+)
 
 
 @attrs.frozen
@@ -136,6 +148,11 @@ class DssParams:
         "also /etc/dataiku/<installid>/ and /etc/dataiku-security/<installid>/ when they exist",
         content=True,
     )
+    etc_dir: str = param(
+        "/etc",
+        "where the dataiku and dataiku-security configuration folders live (include_config)",
+        validator=absolute_path,
+    )
 
     def excluded(self) -> tuple[str, ...]:
         """The folders of DATA_DIR left out, category by category in the seed's order."""
@@ -147,6 +164,40 @@ class DssParams:
         if self.govern_postgres is True:
             return pg_db.Connection()
         return self.govern_postgres.connection()
+
+
+MODES = ("pristine", "elsewhere")
+
+
+def restore_mode(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator: the seed's two kinds of restore."""
+    if value not in MODES:
+        raise FieldError(attribute, f"must be one of {', '.join(MODES)}, got {value!r}")
+
+
+@attrs.frozen
+class DssRestoreOptions:
+    """Options of a ``dss`` restore (``recipes restore dss --set mode=elsewhere``)."""
+
+    mode: str = param(
+        "pristine",
+        "pristine: same machine, location and version; stop DSS, move the current DATA_DIR "
+        "content aside (kept), extract, start. elsewhere: another machine, location or newer "
+        "version; extract into an empty DATA_DIR, replay INSTALL_DIR/installer.sh -d DATA_DIR -u",
+        validator=restore_mode,
+    )
+
+
+# The seed's steps after the installer, for a data dir on another machine or location.
+INTEGRATIONS = (
+    "rebuild the Python environment (the seed: 'If you installed the data dir on a different machine "
+    "or in a different location, you need to rebuild the Python environment'; see DSS's "
+    "'Migrating the data directory' documentation)",
+    "replay the R integration setup script, if this DSS used R",
+    "replay the Hadoop integration setup script, if this DSS used Hadoop",
+    "replay the Spark integration setup script, if this DSS used Spark",
+)
+VERSION_SED = r"""sed -n 's/.*"product_version"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p'"""
 
 
 def run_as(user: str) -> str:
@@ -169,6 +220,7 @@ class Dss:
     summary: ClassVar[str] = "Dataiku DSS: DATA_DIR with DSS stopped, plus the Govern PostgreSQL database"
     seed: ClassVar[str] = "001_700252c58385ca0c.txt"
     Params: ClassVar[type[Any]] = DssParams
+    RestoreOptions: ClassVar[type[Any]] = DssRestoreOptions
 
     def dss(self, p: DssParams, verb: str) -> str:
         """``DATA_DIR/bin/dss VERB`` as the DSS user."""
@@ -219,8 +271,36 @@ class Dss:
             "is stopped",
         )
 
+    def version(self, p: DssParams) -> Fact:
+        path = sh(p.data_dir + "/dss-version.json")
+        return Fact(
+            "dss_version",
+            Command(f"{VERSION_SED} {path} | head -n 1"),
+            about="product_version from DATA_DIR/dss-version.json: a restore refuses an older DSS",
+        )
+
+    def config_members(self, p: DssParams) -> str:
+        """Shell printing ``dataiku/<installid>`` and ``dataiku-security/<installid>`` (relative to
+        etc_dir) when they exist; installid is ``[general] installid`` of DATA_DIR/install.ini."""
+        ini = sh(p.data_dir + "/install.ini")
+        etc = sh(p.etc_dir)
+        return (
+            f"id=$(sed -n 's/^[[:space:]]*installid[[:space:]]*=[[:space:]]*//p' {ini} "
+            "| head -n 1 | tr -d '\\r'); "
+            f'for d in dataiku dataiku-security; do if [ -n "$id" ] && [ -d {etc}/"$d/$id" ]; then '
+            f'echo "$d/$id"; fi; done'
+        )
+
     def backup_steps(self, p: DssParams) -> list[Step]:
-        steps: list[Step] = [self.preflight(p)]
+        steps: list[Step] = [self.preflight(p), self.version(p)]
+        if p.jobs_check is None:
+            steps.append(
+                ManualStep(
+                    "no-running-jobs",
+                    f"the seed: {JOBS_INSTRUCTION!r}: DSS has no instance-wide list of running jobs "
+                    "and no jobs_check is set, so check in DSS that no job runs (stopping DSS aborts them)",
+                )
+            )
         if p.jobs_check is not None:
             steps.append(self.jobs(p, p.jobs_check))
             before = "no job runs (jobs_check), then stop DSS"
@@ -248,13 +328,39 @@ class Dss:
                     + dump.about,
                 )
             )
+        root = p.data_dir
+        if p.snapshot != "none":
+            steps.append(
+                FsSnapshot(
+                    "data-dir",
+                    p.data_dir,
+                    p.snapshot,
+                    release="start dss",
+                    about=f"{p.snapshot} snapshot of DATA_DIR while DSS is stopped; DSS starts again "
+                    "at once and the archive reads the read-only snapshot",
+                )
+            )
+            root = SNAPSHOT_ROOT
         steps.append(
             Archive(
-                root=p.data_dir,
+                root=root,
                 excludes=p.excluded(),
                 about=self.archive_about(p),
+                from_snapshot=p.snapshot != "none",
             )
         )
+        if p.include_config:
+            steps.append(
+                Archive(
+                    root=p.etc_dir,
+                    name="config",
+                    object="config.tar",
+                    incremental=False,
+                    members=self.config_members(p),
+                    about=f"configuration outside DATA_DIR: {p.etc_dir}/dataiku/<installid>/ and "
+                    f"{p.etc_dir}/dataiku-security/<installid>/ when they exist (many installs have neither)",
+                )
+            )
         return steps
 
     def archive_about(self, p: DssParams) -> str:
@@ -267,30 +373,106 @@ class Dss:
             f", leaving out {left_out}" if left_out else ", nothing left out"
         )
 
-    def restore_steps(self, p: DssParams) -> list[Step]:
+    def restore_steps(self, p: DssParams, options: DssRestoreOptions | None = None) -> list[Step]:
+        o = options or DssRestoreOptions()
         d = p.data_dir
         dss = sh(d + "/bin/dss")
+        if o.mode == "elsewhere" and not p.install_dir:
+            from recipes.errors import ConfigError
+
+            raise ConfigError(
+                "dss restore --set mode=elsewhere needs install_dir (the DSS installation on the target "
+                "whose installer.sh reattaches DATA_DIR): --set install_dir=PATH or [recipes.dss] install_dir"
+            )
+        pristine = o.mode == "pristine"
+        version_file = sh(
+            d + "/dss-version.json" if pristine else (p.install_dir or "") + "/dss-version.json"
+        )
+        probe = f"if [ -e {version_file} ]; then {VERSION_SED} {version_file} | head -n 1; fi"
         steps: list[Step] = [
-            Run(
-                name="stop-dss",
-                command=Command(
-                    f"{run_as(p.user)}if [ -x {dss} ] && run_as {dss} status >/dev/null 2>&1; "
-                    f"then run_as {dss} stop; fi"
-                ),
-                about="the seed: 'If applicable, stop the currently running DSS'",
-            ),
-            Extract(root=d, about=f"the seed: 'Restore the backup': the files back into DATA_DIR {d}"),
+            RefuseOlder(
+                "dss-version",
+                Command(probe),
+                "dss_version",
+                "DSS",
+                hint="the seed: 'You can only restore a backup on a newer DSS version, not on an older one'",
+                about="the target's DSS (DATA_DIR's dss-version.json for pristine, INSTALL_DIR's for "
+                "elsewhere) must be the snapshot's version or newer",
+                missing_ok=pristine,
+            )
         ]
+        if o.mode == "pristine":
+            steps += [
+                Quiesce(
+                    name="dss",
+                    check=Command(f"{run_as(p.user)}[ -x {dss} ] && run_as {dss} status >/dev/null 2>&1"),
+                    stop=Command(f"{run_as(p.user)}run_as {dss} stop"),
+                    start=Command(
+                        f"{run_as(p.user)}run_as {dss} status >/dev/null 2>&1 || run_as {dss} start"
+                    ),
+                    about="the seed: 'If applicable, stop the currently running DSS'",
+                ),
+                MoveAside(
+                    "data-dir",
+                    d,
+                    about="the seed: '... and move away the current content of the DATA_DIR' (kept "
+                    "beside it; moved back if the restore fails)",
+                ),
+                Extract(
+                    root=d,
+                    must_be_empty=False,
+                    about=f"the seed: 'Restore the backup': the files back into DATA_DIR {d}",
+                ),
+            ]
+        else:
+            steps.append(
+                Extract(
+                    root=d,
+                    about=f"the seed: 'Restore the backup files' into an empty DATA_DIR {d}",
+                )
+            )
+        steps += self._config_and_govern(p)
+        if o.mode == "elsewhere":
+            installer = sh((p.install_dir or "") + "/installer.sh")
+            steps.append(
+                Run(
+                    "installer-upgrade",
+                    Command(f"{run_as(p.user)}run_as {installer} -d {sh(d)} -u"),
+                    about='the seed: \'Replay the installer in "upgrade" mode: this will "reattach" '
+                    "the restored datadir to the installation directory'",
+                )
+            )
+        steps.append(
+            Run(
+                name="start-dss",
+                command=Command(self.start_unless_running(p)),
+                about=f"the seed: 'Restart DSS': `DATA_DIR/bin/dss start` as {p.user}",
+            )
+        )
+        if o.mode == "elsewhere":
+            steps += [ManualStep(f"integration-{i}", text) for i, text in enumerate(INTEGRATIONS, 1)]
+        return steps
+
+    def start_unless_running(self, p: DssParams) -> str:
+        dss = sh(p.data_dir + "/bin/dss")
+        return f"{run_as(p.user)}run_as {dss} status >/dev/null 2>&1 || run_as {dss} start"
+
+    def _config_and_govern(self, p: DssParams) -> list[Step]:
+        steps: list[Step] = []
+        if p.include_config:
+            steps.append(
+                Extract(
+                    root=p.etc_dir,
+                    name="config",
+                    object="config.tar",
+                    must_be_empty=False,
+                    incremental=False,
+                    about=f"the configuration folders back under {p.etc_dir}",
+                )
+            )
         if (conn := p.govern()) is not None:
             load = pg_db.load(conn, "govern")
             steps.append(
                 attrs.evolve(load, about=f"Govern database, the matching PostgreSQL backup: {load.about}")
             )
-        steps.append(
-            Run(
-                name="start-dss",
-                command=Command(self.dss(p, "start")),
-                about=f"the seed: 'Restart DSS': `DATA_DIR/bin/dss start` as {p.user}",
-            )
-        )
         return steps
