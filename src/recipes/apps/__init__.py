@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from recipes.apps.django import Django
+from recipes.apps.looker import Looker
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django,)
+RECIPES: tuple[type[Recipe], ...] = (Django, Looker)
 
 
 def names() -> list[str]:
