@@ -19,6 +19,10 @@ LOADED = {
         "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW"},
         "sqlite": ["/var/opt/p/p.db"],
     },
+    "looker": {
+        "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "looker"},
+        "include_logs": True,
+    },
 }
 
 

@@ -318,3 +318,22 @@ def test_the_commands_work_when_the_login_is_the_looker_user(
         (looker_user, "started"),
         (looker_user, "stopped"),
     ]
+
+
+def test_a_stop_that_leaves_looker_running_fails_the_backup_before_the_home_is_read(
+    world: World, sites: tuple[Site, Site], ssh_source: servers.SshHost, looker_user: str
+) -> None:
+    """``./looker stop`` exits 0 but the server still runs: the backup must not copy a live home."""
+    src_site, _ = sites
+    lk = standins.install_looker(src_site, user=looker_user)
+    ok(ssh_source, lk.command("start"))
+    script = lk.app_dir / "looker"
+    script.write_text(
+        script.read_text().replace("  stop)\n", '  stop)\n    echo "Looker stopped"; exit 0\n', 1)
+    )
+    bad = world.cli("run", "looker", "--host", "source", *looker_args(lk))
+    assert bad.returncode == 1, bad.stderr
+    line = bad.stderr.strip().splitlines()[-1]
+    assert line.startswith("recipes: error: ") and "still running after ./looker stop" in line
+    assert snapshots(world) == []
+    assert status(ssh_source, lk) == 0

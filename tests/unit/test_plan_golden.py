@@ -72,3 +72,25 @@ def test_default_excludes_are_the_seeds_list_in_order() -> None:
         assert [line for line in seed.read_text().splitlines() if line.startswith("- /")] == [
             line for line in vendored.read_text().splitlines() if line.startswith("- /")
         ]
+
+
+LOOKER_VARIANTS: dict[str, dict[str, object]] = {
+    "defaults": {},
+    "logs-no-ssl": {"include_logs": True, "include_ssl": False},
+    "cluster": {
+        "mysql": {"host": "db.internal", "port": 3306, "user": "looker", "password_env": "LOOKER_DB_PW"},
+        "nodes": ["looker2", "looker3"],
+        "extra_paths": ["/etc/init.d/looker", "/etc/ssl/looker"],
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(LOOKER_VARIANTS))
+@pytest.mark.parametrize("action", ["backup", "restore"])
+def test_looker_plan_matches_golden(action: str, variant: str) -> None:
+    recipe = apps.get("looker")
+    params = make_params(recipe, json.loads(json.dumps(LOOKER_VARIANTS[variant])), "test")
+    build = plan.backup_plan if action == "backup" else plan.restore_plan
+    p = build(recipe, params, "looker1")
+    _check(f"looker-{variant}-{action}.txt", "\n".join(p.lines()) + "\n")
+    _check(f"looker-{variant}-{action}.json", json.dumps(p.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -240,7 +240,13 @@ class Looker:
                     stop=in_app(p, looker(p, "stop")),
                     start=in_app(p, looker(p, "start")),
                     about=f'the seed: "Stop Looker: cd looker; ./looker stop", as {p.user} in {p.app} '
-                    "(only if ./looker status says it runs; started again however the backup ends)",
+                    "(only if ./looker status says it runs; started again however the backup ends)"
+                    + (
+                        '; "If Looker is clustered, make sure to stop every node": nodes '
+                        f"{', '.join(p.nodes)} are NOT stopped by these steps yet"
+                        if p.nodes
+                        else ""
+                    ),
                 ),
                 Run(
                     name="looker-stopped",
