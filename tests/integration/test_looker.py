@@ -159,6 +159,17 @@ def test_a_stopped_looker_stays_stopped_and_options_change_what_is_kept(
     assert not dst_site.local_path(lk.initd).with_name("other-service").exists()
     assert status(ssh_target, lk) == 0  # restore starts it and the health check passed
 
+    # Again over the running copy (--force): stopped first, then a failing health check fails it.
+    pid = int((dst_home / "looker/.tmp/looker.pid").read_text())
+    failing = world.cli(
+        "restore", "looker", "--host", "target", "--from", "source", *args, "--force",
+        "--set", "health_check=./looker status && test -e no-such-file",
+    )  # fmt: skip
+    assert failing.returncode == 1, failing.stderr
+    line = failing.stderr.strip().splitlines()[-1]
+    assert line.startswith("recipes: error: health-check failed on target")
+    assert not alive(pid) and status(ssh_target, lk) == 0  # stopped before the files, started after
+
 
 def test_deploying_marker_is_never_copied_and_a_running_looker_is_not_stopped_for_it(
     world: World,
