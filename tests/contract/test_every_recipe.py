@@ -22,6 +22,10 @@ LOADED = {
         "govern_postgres": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "govern"},
         "jobs_check": "bin/dsscli running-jobs",
     },
+    "looker": {
+        "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "looker"},
+        "include_logs": True,
+    },
 }
 
 

@@ -90,6 +90,17 @@ DSS_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+LOOKER_VARIANTS: dict[str, dict[str, object]] = {
+    "defaults": {},
+    "logs-no-ssl": {"include_logs": True, "include_ssl": False},
+    "cluster": {
+        "mysql": {"host": "db.internal", "port": 3306, "user": "looker", "password_env": "LOOKER_DB_PW"},
+        "nodes": ["looker2", "looker3"],
+        "extra_paths": ["/etc/init.d/looker", "/etc/ssl/looker"],
+    },
+}
+
+
 @pytest.mark.parametrize("action", ["backup", "restore"])
 @pytest.mark.parametrize("variant", list(DSS_VARIANTS))
 def test_dss_plan_matches_golden(variant: str, action: str) -> None:
@@ -119,3 +130,14 @@ def test_dss_categories_are_the_seeds_lists() -> None:
             if line.startswith("* ")
         }
         assert {f for cat in CATEGORIES.values() for f in cat.folders} <= bullets
+
+
+@pytest.mark.parametrize("variant", sorted(LOOKER_VARIANTS))
+@pytest.mark.parametrize("action", ["backup", "restore"])
+def test_looker_plan_matches_golden(action: str, variant: str) -> None:
+    recipe = apps.get("looker")
+    params = make_params(recipe, json.loads(json.dumps(LOOKER_VARIANTS[variant])), "test")
+    build = plan.backup_plan if action == "backup" else plan.restore_plan
+    p = build(recipe, params, "looker1")
+    _check(f"looker-{variant}-{action}.txt", "\n".join(p.lines()) + "\n")
+    _check(f"looker-{variant}-{action}.json", json.dumps(p.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from recipes.apps.django import Django
 from recipes.apps.dss import Dss
+from recipes.apps.looker import Looker
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django, Dss)
+RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss)
 
 
 def names() -> list[str]:

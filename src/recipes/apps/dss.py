@@ -373,8 +373,8 @@ class Dss:
             f", leaving out {left_out}" if left_out else ", nothing left out"
         )
 
-    def restore_steps(self, p: DssParams, options: DssRestoreOptions | None = None) -> list[Step]:
-        o = options or DssRestoreOptions()
+    def restore_steps(self, p: DssParams, options: Any = None) -> list[Step]:
+        o: DssRestoreOptions = options or DssRestoreOptions()
         d = p.data_dir
         dss = sh(d + "/bin/dss")
         if o.mode == "elsewhere" and not p.install_dir:

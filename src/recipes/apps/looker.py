@@ -1,0 +1,360 @@
+"""Looker, customer-hosted (seed 000): the Looker user's home with its hidden directories, by the
+seed's table, the files outside it, and the external MySQL database of a clustered Looker.
+
+The seed: "you can create a backup of a basic Looker installation simply by making a copy of the
+Looker user's home directory (including all normal and hidden subdirectories)"; "restoring a basic
+Looker installation just requires restoring the files and starting up Looker". Looker is stopped
+for the copy (step 1 of the keystore-independent procedure: ``cd looker; ./looker stop``) so its
+internal database in ``looker/.db`` is read at rest, and started again afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, ClassVar
+
+import attrs
+
+from recipes.databases import mysql as mysql_db
+from recipes.model import Command, sh
+from recipes.recipe import FieldError, absolute_path, param
+from recipes.steps import Archive, Extract, Quiesce, Run, Step
+
+# The seed's "Directory structure" table: what is never needed ("Backup Required: No").
+ALWAYS_EXCLUDED = (
+    "looker/.cache",  # "Temporary cache files"
+    "looker/.tmp",  # "Temporary files"
+    "looker/.snapshots",  # "A backup copy of the Looker jar and .db directory ... during updates"
+    "looker/models",  # "Production models, copied from the source repository (usually GitHub)"
+    "looker/.db/looker.lck",  # "some customers have reported issues if they include ... looker.lck"
+    # Looker's startup script refuses to start while this marker exists: a restored copy
+    # carrying it would never come up.
+    "looker/.deploying",
+)
+LOG_DIR = "looker/log"  # "Maybe": "only needed if required by your retention policies"
+SSL_DIR = "looker/.ssl"  # "Maybe": "if you store ... SSL certificates signed by a certificate authority"
+DEPLOYING = ".deploying"
+
+QUIESCE_MODES = ("stop", "none")
+SNAPSHOT_MODES = ("none", "btrfs", "lvm", "auto")
+# Characters an extra path may not hold: they would be glob syntax in tar's exclude patterns.
+_GLOB = re.compile(r"[*?\[\]\\]")
+
+
+def one_of(*choices: str) -> Any:
+    """attrs validator: the value is one of ``choices``."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise FieldError(attribute, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator: a POSIX user name (it becomes a sudo argument on the host)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
+        raise FieldError(attribute, f"must be a user name such as looker, got {value!r}")
+
+
+def extra_path(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    """attrs validator: absolute paths below / without glob characters, no two with one object name."""
+    absolute_path(_, attribute, value)
+    seen: dict[str, str] = {}
+    for item in value:
+        if item.strip("/") == "":
+            raise FieldError(attribute, "must name files or directories below /, got '/'")
+        if _GLOB.search(item):
+            raise FieldError(attribute, f"must not contain * ? [ ] or \\, got {item!r}")
+        name = extra_object(item)
+        if name in seen and seen[name] != item:
+            raise FieldError(attribute, f"{seen[name]!r} and {item!r} would share the object {name}")
+        seen[name] = item
+
+
+def nonempty(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """attrs validator: a string that is not blank (None allowed: unset)."""
+    if value is not None and not value.strip():
+        raise FieldError(attribute, "must not be empty")
+
+
+def host_names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    """attrs validator: host names or aliases without blanks."""
+    for item in value:
+        if not item or any(c.isspace() for c in item):
+            raise FieldError(attribute, f"must be host names without blanks, got {item!r}")
+
+
+def extra_object(path: str) -> str:
+    """The object holding one extra path: ``/etc/init.d/looker`` is ``extra/etc-init.d-looker.tar``."""
+    return "extra/" + path.strip("/").replace("/", "-") + ".tar"
+
+
+def only_member(name: str) -> tuple[str, ...]:
+    """Exclude patterns that keep only ``name`` (and what is below it) of a directory's entries.
+
+    The Archive step tars ``.`` of its root; to take one file of ``/etc/init.d`` and not its
+    neighbours, every other first path component is excluded: names whose first differing
+    character is another one (``[!l]*``, ``l[!o]*`` ...), longer names (``looker[!/]*``) and the
+    shorter prefixes (``l``, ``lo`` ...). GNU tar matches exclusion wildcards across ``/``.
+    """
+    out = [f"{name[:i]}[!{name[i]}]*" for i in range(len(name))]
+    out.append(f"{name}[!/]*")
+    out += [name[:i] for i in range(1, len(name))]
+    return tuple(out)
+
+
+@attrs.frozen
+class LookerParams:
+    """Parameters of the ``looker`` recipe."""
+
+    home: str = param(
+        "/home/looker",
+        "the Looker user's home directory (the seed: usually /home/looker); the app is in {home}/looker",
+        validator=absolute_path,
+        chain=True,
+    )
+    user: str = param("looker", "the OS user Looker runs as; ./looker runs as this user", validator=user_name)
+    quiesce: str = param(
+        "stop",
+        "stop: ./looker stop before the copy and start after (only if it was running); none: copy it live",
+        validator=one_of(*QUIESCE_MODES),
+    )
+    snapshot: str = param(
+        "none",
+        "filesystem snapshot while stopped, so Looker starts again at once: none, btrfs, lvm or auto",
+        validator=one_of(*SNAPSHOT_MODES),
+    )
+    include_logs: bool = param(
+        False, "also back up looker/log (the seed: only if your retention policies require it)", content=True
+    )
+    include_ssl: bool = param(
+        True,
+        "back up looker/.ssl (the seed: needed when it holds more than the self-signed certificate)",
+        content=True,
+    )
+    extra_paths: tuple[str, ...] = param(
+        ("/etc/init.d/looker",),
+        "files outside the home backed up too: the startup script, CA-signed SSL certificates",
+        validator=extra_path,
+        content=True,
+    )
+    nodes: tuple[str, ...] = param(
+        (),
+        "the other hosts of a Looker cluster: stopped before the copy, started after",
+        validator=host_names,
+    )
+    health_check: str = param(
+        "./looker status",
+        "command run as user in {home}/looker after a restore; exit 0 means Looker is up",
+        validator=nonempty,
+    )
+    mysql: bool | mysql_db.Params = param(
+        False, "the external MySQL database of a clustered Looker: a table (host, port, user, ...)"
+    )
+    keystore_independent: bool = param(
+        False,
+        "make a keystore-independent backup (seed steps 1-5): needs master_key_file and key_store",
+        content=True,
+    )
+    master_key_file: str | None = param(
+        None,
+        "path on the host of the CMK file (given to Looker as LKR_MASTER_KEY_FILE)",
+        validator=absolute_path,
+    )
+    key_store: str | None = param(
+        None,
+        "fsspec URL where the generated backup key file is stored, apart from the repository",
+        validator=nonempty,
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.keystore_independent and (self.master_key_file is None or self.key_store is None):
+            missing = " and ".join(n for n in ("master_key_file", "key_store") if getattr(self, n) is None)
+            raise ValueError(
+                f"keystore_independent = true needs {missing}: set the CMK file's path on the host "
+                "and an fsspec URL apart from the repository for the backup key file"
+            )
+
+    @property
+    def app(self) -> str:
+        """``{home}/looker``, where ``./looker`` runs."""
+        return f"{self.home.rstrip('/')}/looker"
+
+    def excludes(self) -> tuple[str, ...]:
+        """The seed's "No" rows, plus the "Maybe" rows the parameters leave out."""
+        out = list(ALWAYS_EXCLUDED)
+        if not self.include_logs:
+            out.append(LOG_DIR)
+        if not self.include_ssl:
+            out.append(SSL_DIR)
+        return tuple(out)
+
+    def my(self) -> mysql_db.Connection | None:
+        if self.mysql is False:
+            return None
+        return mysql_db.Connection() if self.mysql is True else self.mysql.connection()
+
+
+def in_app(p: LookerParams, body: str) -> Command:
+    """``body`` run in ``{home}/looker`` where ``$as`` runs a command as ``user`` with HOME={home}.
+
+    Looker's script works in ``$HOME/looker``, so HOME must be the Looker home whoever logs in:
+    logged in as the user it runs directly, as anyone else (root) through ``sudo -n -u user``.
+    """
+    u = shlex.quote(p.user)
+    return Command(
+        f"cd {sh(p.app)} && "
+        f'if [ "$(id -un)" = {u} ]; then as=(env); else as=(sudo -n -u {u} -- env); fi && {body}'
+    )
+
+
+def looker(p: LookerParams, *args: str) -> str:
+    """The shell words running ``./looker ARGS`` inside ``in_app``."""
+    return f'"${{as[@]}}" HOME={sh(p.home)} {sh("./looker", *args)}'
+
+
+def still_running(p: LookerParams, why: str) -> str:
+    """Shell: fail with ``why`` when ./looker status says Looker runs."""
+    return f"if {looker(p, 'status')} >/dev/null; then echo {sh('looker: ' + why)} >&2; exit 1; fi"
+
+
+class Looker:
+    """Seed 000: the Looker home and its hidden directories by the seed's table, stopped, plus MySQL."""
+
+    name: ClassVar[str] = "looker"
+    summary: ClassVar[str] = (
+        "Looker (customer-hosted): the Looker user's home by the seed's table, stopped, plus cluster MySQL"
+    )
+    seed: ClassVar[str] = "000_2684c6cf9cff883a.txt"
+    Params: ClassVar[type[Any]] = LookerParams
+
+    def backup_steps(self, p: LookerParams) -> list[Step]:
+        steps: list[Step] = [self._deploying(p)]
+        if p.quiesce == "stop":
+            steps += [
+                Quiesce(
+                    name="looker",
+                    check=in_app(p, looker(p, "status") + " >/dev/null"),
+                    stop=in_app(p, looker(p, "stop")),
+                    start=in_app(p, looker(p, "start")),
+                    about=f'the seed: "Stop Looker: cd looker; ./looker stop", as {p.user} in {p.app} '
+                    "(only if ./looker status says it runs; started again however the backup ends)"
+                    + (
+                        '; "If Looker is clustered, make sure to stop every node": nodes '
+                        f"{', '.join(p.nodes)} are NOT stopped by these steps yet"
+                        if p.nodes
+                        else ""
+                    ),
+                ),
+                Run(
+                    name="looker-stopped",
+                    command=in_app(
+                        p, still_running(p, "still running after ./looker stop: not reading a live home")
+                    ),
+                    about="./looker status must say stopped before the home is read",
+                ),
+            ]
+        # keystore_independent: the lead's key-file steps go here (seed steps 2-4, Looker stopped).
+        if (my := p.my()) is not None:
+            dump = mysql_db.dump(my)
+            steps.append(
+                attrs.evolve(
+                    dump,
+                    about='the seed: "Clustered Lookers store their application configuration, user '
+                    "accounts, and other data in an external MySQL database ... creating a backup of "
+                    f'this database at the same time as the Looker application": {dump.about}',
+                )
+            )
+        steps.append(
+            Archive(
+                root=p.home,
+                excludes=p.excludes(),
+                about="the seed: \"a copy of the Looker user's home directory (including all normal "
+                'and hidden subdirectories)", without the rows its table marks "No"'
+                + ("" if p.include_logs else " and looker/log")
+                + ("" if p.include_ssl else " and looker/.ssl")
+                + " (and never looker/.deploying)",
+            )
+        )
+        steps += [self._extra_archive(path) for path in p.extra_paths]
+        return steps
+
+    def restore_steps(self, p: LookerParams, options: Any = None) -> list[Step]:
+        stop = f"if {looker(p, 'status')} >/dev/null; then {looker(p, 'stop')}; fi && " + still_running(
+            p, "still running after ./looker stop: not restoring over a live home"
+        )
+        steps: list[Step] = [
+            Run(
+                name="stop-looker",
+                command=Command(f"test ! -e {sh(p.app + '/looker')} || {{ {in_app(p, stop).script}; }}"),
+                about=f"stop Looker here if it runs (./looker stop as {p.user}); no Looker yet is fine",
+            ),
+            Extract(
+                root=p.home,
+                about=f'the seed: "restoring a basic Looker installation just requires restoring the '
+                f'files": the home {p.home}',
+            ),
+        ]
+        for path in p.extra_paths:
+            parent, _, _ = path.rstrip("/").rpartition("/")
+            steps.append(Extract(root=parent or "/", object=extra_object(path), about=f"put {path} back"))
+        if (my := p.my()) is not None:
+            steps.append(mysql_db.load(my))
+        steps += [
+            Run(
+                name="start-looker",
+                command=in_app(p, looker(p, "start")),
+                about=f'the seed: "and starting up Looker": ./looker start as {p.user} in {p.app}',
+            ),
+            Run(
+                name="health-check",
+                command=in_app(p, f'"${{as[@]}}" HOME={sh(p.home)} bash -c {sh(p.health_check)}'),
+                about=f"health_check as {p.user} in {p.app} proves Looker came up",
+            ),
+        ]
+        return steps
+
+    @staticmethod
+    def _deploying(p: LookerParams) -> Run:
+        """Refuse to stop a running Looker that its own script would not start again; else warn."""
+        marker = sh(f"{p.app}/{DEPLOYING}")
+        if p.quiesce == "stop":
+            body = (
+                f"if test -e {marker}; then "
+                + still_running(
+                    p,
+                    f"{p.app}/{DEPLOYING} exists and Looker runs: its startup script would refuse "
+                    "to start it again after the backup; back up after the deploy or remove the stale marker",
+                )
+                + f"; echo {sh(f'warning: {p.app}/{DEPLOYING} exists: left out of the snapshot')} >&2; fi"
+            )
+            about = (
+                "a looker/.deploying marker makes Looker's startup script refuse to start: "
+                "refuse to stop a running Looker while it exists (it would stay down); never copied"
+            )
+        else:
+            body = (
+                f"if test -e {marker}; then "
+                f"echo {sh(f'warning: {p.app}/{DEPLOYING} exists: left out of the snapshot')} >&2; fi"
+            )
+            about = "a looker/.deploying marker is never copied (Looker would not start from the copy)"
+        return Run(
+            name="deploying",
+            command=Command(f"test ! -e {sh(p.app)} || {{ {in_app(p, body).script}; }}"),
+            about=about,
+        )
+
+    @staticmethod
+    def _extra_archive(path: str) -> Archive:
+        """One file or directory outside the home, as its own object (a full copy each time)."""
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return Archive(
+            root=parent or "/",
+            excludes=only_member(name),
+            object=extra_object(path),
+            incremental=False,
+            about=f'the seed: "Files outside of the Looker home directory, which should be added to '
+            f'your backup": {path} (only it: the excludes leave out every other entry of {parent or "/"})',
+        )
