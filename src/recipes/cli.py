@@ -199,10 +199,22 @@ def show_cmd(state: State, recipe: str) -> None:
         "backup": backup.to_dict()["steps"],
         "restore": restore.to_dict()["steps"],
     }
+    options_class = plan.options_of(r)
+    options = []
+    if options_class is not None:
+        import attrs
+
+        for f in attrs.fields(options_class):
+            options.append({"name": f.name, "doc": str(f.metadata.get("doc", "")), "default": f.default})
+        data["restore_options"] = options
     lines = [f"{r.name}: {r.summary}", f"seed: {r.seed}", "", "parameters:"]
     for p in params:
         lines.append(f"  {p['name']} = {json.dumps(p['default'])}")
         lines.append(f"      {p['doc']}")
+    if options:
+        lines += ["", "restore options (recipes restore --set NAME=VALUE):"]
+        for o in options:
+            lines += [f"  {o['name']} = {json.dumps(o['default'])}", f"      {o['doc']}"]
     lines += ["", "with the defaults:", *backup.lines(), *restore.lines()]
     emit(state, data, "\n".join(lines))
 

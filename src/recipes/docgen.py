@@ -34,10 +34,30 @@ def page(name: str) -> str:
     ]
     for pname, doc, _ in describe_params(r):
         lines.append(f"| `{pname}` | `{json.dumps(values[pname])}` | {doc} |")
-    for title, p in (
+    options_class = plan.options_of(r)
+    shown = [
         ("Backup", plan.backup_plan(r, defaults, "HOST")),
         ("Restore", plan.restore_plan(r, defaults, "HOST")),
-    ):
+    ]
+    if options_class is not None:
+        import attrs
+
+        lines += ["", "## Restore options (`recipes restore --set NAME=VALUE`)", ""]
+        lines += ["| name | default | meaning |", "| --- | --- | --- |"]
+        for f in attrs.fields(options_class):
+            lines.append(f"| `{f.name}` | `{json.dumps(f.default)}` | {f.metadata.get('doc', '')} |")
+        mode = next((f for f in attrs.fields(options_class) if f.name == "mode"), None)
+        if mode is not None:
+            from recipes.recipe import converter
+
+            for value in getattr(r, "MODES", ()) or ():
+                if value != mode.default:
+                    opts = converter.structure({"mode": value}, options_class)
+                    extra = (getattr(r, "MODE_EXAMPLES", {}) or {}).get(value, {})
+                    with_extra = make_params(r, extra, name)
+                    title = f"Restore with mode={value}" + "".join(f", {k}={v}" for k, v in extra.items())
+                    shown.append((title, plan.restore_plan(r, with_extra, "HOST", options=opts)))
+    for title, p in shown:
         lines += ["", f"## {title} steps (defaults)", "", "```", *p.lines(), "```"]
     return "\n".join(lines) + "\n"
 

@@ -221,6 +221,8 @@ class Dss:
     seed: ClassVar[str] = "001_700252c58385ca0c.txt"
     Params: ClassVar[type[Any]] = DssParams
     RestoreOptions: ClassVar[type[Any]] = DssRestoreOptions
+    MODES: ClassVar[tuple[str, ...]] = MODES
+    MODE_EXAMPLES: ClassVar[dict[str, dict[str, Any]]] = {"elsewhere": {"install_dir": "/opt/dataiku-dss"}}
 
     def dss(self, p: DssParams, verb: str) -> str:
         """``DATA_DIR/bin/dss VERB`` as the DSS user."""
