@@ -330,7 +330,7 @@ _IN = {
     "mysql": re.compile(rb"(?:[^'()]+|'[^'\\]*(?:\\.[^'\\]*)*')*", re.S),
     "sqlite": re.compile(rb"(?:[^'()]+|'[^']*')*"),
 }
-_STR = {"mysql": re.compile(rb"[^'\\]*"), "sqlite": re.compile(rb"[^']*")}
+_STR = {"mysql": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*", re.S), "sqlite": re.compile(rb"[^']*")}
 _COPY_END = b"\n\\.\n"
 
 _LINE, _COPYDATA, _VALUES, _SKIPLINE, _DONE = range(5)
@@ -468,7 +468,7 @@ class RowCounter:
             self._in_delimiter = buf[start:end].split()[1:2] != [b";"]
             return self._rest_of_line(complete, end)
         m = _INSERT.match(buf, start, end)
-        if m is not None and m.end() < end:  # the first byte after VALUES is here
+        if m is not None:  # MariaDB puts each tuple on a line of its own: go on across lines
             self._key = self._qualified(_table(m.group(1)))
             self._rows.setdefault(self._key, 0)
             self._mode = _VALUES
