@@ -325,12 +325,15 @@ _WATCH = {
     "sqlite": (b"INSERT ", b"CREATE TABLE ", b"CREATE TRIGGER "),
 }
 # Inside a VALUES list: between tuples, inside a tuple (whole strings at once), inside a string.
-_OUT = re.compile(rb"[^(;']*")
-_IN = {
-    "mysql": re.compile(rb"(?:[^'()]+|'[^'\\]*(?:\\.[^'\\]*)*')*", re.S),
-    "sqlite": re.compile(rb"(?:[^'()]+|'[^']*')*"),
-}
-_STR = {"mysql": re.compile(rb"[^'\\]*(?:\\.[^'\\]*)*", re.S), "sqlite": re.compile(rb"[^']*")}
+# Possessive quantifiers: a tuple cut by the chunk's end must fail fast, not backtrack.
+_STRING = {"mysql": rb"'[^'\\]*+(?:\\.[^'\\]*+)*+'", "sqlite": rb"'[^']*+'"}
+_BODY = {e: rb"(?:[^'()]++|" + q + rb")*+" for e, q in _STRING.items()}
+_OUT = re.compile(rb"[^(;']*+")
+_IN = {e: re.compile(b, re.S) for e, b in _BODY.items()}
+_STR = {"mysql": re.compile(rb"[^'\\]*+(?:\\.[^'\\]*+)*+", re.S), "sqlite": re.compile(rb"[^']*+")}
+# A run of whole tuples without nested parentheses, and one such tuple: counted in C.
+_RUN = {e: re.compile(rb"(?:[\s,]*+\(" + b + rb"\))*+", re.S) for e, b in _BODY.items()}
+_TUPLE = {e: re.compile(rb"\(" + b + rb"\)", re.S) for e, b in _BODY.items()}
 _COPY_END = b"\n\\.\n"
 
 _LINE, _COPYDATA, _VALUES, _SKIPLINE, _DONE = range(5)
@@ -398,6 +401,8 @@ class RowCounter:
         if engine in _IN:
             self._in_re = _IN[engine]
             self._str_re = _STR[engine]
+            self._run_re = _RUN[engine]
+            self._tuple_re = _TUPLE[engine]
 
     def feed(self, chunk: bytes) -> None:
         pos = 0
@@ -563,6 +568,10 @@ class RowCounter:
                     self._in_str = False
                     pos += 1
             elif self._depth == 0:
+                run = self._run_re.match(chunk, pos).end()  # type: ignore[union-attr]
+                if run > pos:  # whole tuples: count them without a Python step each
+                    rows[key] += len(self._tuple_re.findall(chunk, pos, run))
+                    pos = run
                 pos = _OUT.match(chunk, pos).end()  # type: ignore[union-attr]
                 if pos >= n:
                     break
