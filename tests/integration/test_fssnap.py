@@ -270,18 +270,25 @@ def test_auto_picks_btrfs_on_btrfs_and_fails_clearly_on_ext4_and_tmpfs(
 def test_a_failure_after_the_snapshot_removes_it(host: hosts.Host, mnt: str, vol: str) -> None:
     # A btrfs that makes snapshots but says they are writable: create must give up and clean up.
     fake, real = f"{vol}/fakebin", ok(host, "command -v btrfs").strip()
-    ok(
-        host,
-        f"mkdir {fake} && printf '%s\\n' '#!/bin/sh' "
-        '\'[ "$1 $2" = "property get" ] && {{ echo ro=false; exit 0; }}\' '
-        f"'exec {shlex.quote(real)} \"$@\"' > {fake}/btrfs && chmod +x {fake}/btrfs",
+    wrapper = (
+        "#!/bin/sh\n"
+        'echo "$*" >> "${0%/*}/log"\n'
+        'if [ "$1 $2" = "property get" ]; then echo ro=false; exit 0; fi\n'
+        f'exec {shlex.quote(real)} "$@"\n'
     )
+    r = hosts.run(
+        host, Command(f"mkdir {fake} && cat > {fake}/btrfs && chmod +x {fake}/btrfs"), wrapper.encode()
+    )
+    assert r.exit_status == 0, r.stderr
     t = tag()
+    snap = f"{mnt}/.recipes-snap-{t}"
     create = fssnap.create("btrfs", f"{vol}/app", t)
     line = one_line_failure(run(host, Command(f"PATH={fake}:$PATH\n" + create.script)))
-    snap = f"{mnt}/.recipes-snap-{t}"
     assert line == f"fssnap: snapshot=btrfs: {snap} is not read-only after snapshot -r: check btrfs-progs"
-    assert snapshots(host, mnt) == []
+    calls = ok(host, f"cat {fake}/log").splitlines()
+    made = calls.index(f"subvolume snapshot -r -- {vol} {snap}")  # it was really made ...
+    assert calls[made + 1 :] == [f"property get -ts {snap} ro", f"subvolume delete -- {snap}"]
+    assert snapshots(host, mnt) == []  # ... and is gone
 
 
 def test_create_never_removes_a_snapshot_it_did_not_make(host: hosts.Host, mnt: str, vol: str) -> None:
