@@ -110,6 +110,9 @@ _PRELUDE = r"""
 fail() { printf 'fssnap: %s\n' "$*" >&2; exit 1; }
 oneline() { printf '%s' "$1" | tr '\n' ' ' | sed 's/  */ /g; s/^ //; s/ $//' | cut -c1-300; }
 fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n1 | grep . || stat -f -c %T -- "$1" 2>/dev/null || echo unknown; }
+need_root() {
+  [ "$(id -u)" = 0 ] || fail "snapshot: must run as root (not $(id -un 2>/dev/null || id -u)): log in as root or set sudo for the host"
+}
 resolve() {
   [ -e "$path" ] || fail "snapshot: $path does not exist: check the path parameter"
   path=$(realpath -e -- "$path") || fail "snapshot: cannot resolve $path: check the path parameter"
@@ -137,7 +140,8 @@ btrfs_locate() {
 }
 btrfs_nested() {
   # A snapshot leaves nested subvolumes empty: refuse rather than archive an empty directory.
-  top=$(btrfs subvolume show -- "$sub" 2>/dev/null | head -n1)
+  top=$(btrfs subvolume show -- "$sub" 2>&1 | head -n1)
+  case $top in ""|ERROR*|*" "*) fail "snapshot=btrfs: btrfs subvolume show $sub printed no path: $(oneline "$top")" ;; esac
   kids=$(btrfs subvolume list -o -- "$sub" 2>&1) || fail "snapshot=btrfs: cannot list subvolumes under $sub: $(oneline "$kids")"
   while IFS= read -r line; do
     case $line in *" path "*) ;; *) continue ;; esac
@@ -261,7 +265,7 @@ def create(
     flag, size = _size(lvm_size)
     head = _vars(path=_path(path), tag=_tag(tag), size_flag=flag, size=size, mount_base=_path(mount_base))
     main = {"btrfs": "btrfs_create", "lvm": "lvm_create", "auto": "auto_create"}[check_kind(kind)]
-    body = _PRELUDE + _BTRFS + _LVM + _AUTO + _CLEANUP + f"resolve\n{main}\n"
+    body = _PRELUDE + _BTRFS + _LVM + _AUTO + _CLEANUP + f"need_root\nresolve\n{main}\n"
     return Command(head + body)
 
 
@@ -280,7 +284,7 @@ def cleanup(kind: Kind, path: str, tag: str, *, mount_base: str = DEFAULT_MOUNT_
         "auto": 'if is_btrfs; then btrfs_locate; btrfs_drop "$snap"; '
         'elif is_lv; then lvm_locate; lvm_drop "$vg/$lvsnap" "$mnt"; fi',
     }[check_kind(kind)]
-    gone = '[ -e "$path" ] || exit 0\npath=$(realpath -e -- "$path")\n'
+    gone = 'need_root\n[ -e "$path" ] || exit 0\npath=$(realpath -e -- "$path")\n'
     if kind != "auto":
         probe_ok = "is_btrfs" if kind == "btrfs" else "is_lv"
         gone += f"{probe_ok} || exit 0\n"
@@ -297,12 +301,12 @@ def remove(handle: str) -> Command:
         snap = _path(handle[len("btrfs:") :])
         if not posixpath.basename(snap).startswith(BTRFS_PREFIX):
             raise ConfigError(f"not a snapshot handle of recipes: {handle!r}")
-        return Command(_PRELUDE + _BTRFS + f"btrfs_drop {sh(snap)}\n")
+        return Command(_PRELUDE + _BTRFS + f"need_root\nbtrfs_drop {sh(snap)}\n")
     m = _LVM_HANDLE.fullmatch(handle)
     if m is None:
         raise ConfigError(f"not a snapshot handle of recipes: {handle!r}")
     volume, mnt = f"{m[1]}/{m[2]}", _path(m[3])
-    return Command(_PRELUDE + _LVM + f"lvm_drop {sh(volume)} {sh(mnt)}\n")
+    return Command(_PRELUDE + _LVM + f"need_root\nlvm_drop {sh(volume)} {sh(mnt)}\n")
 
 
 _PROBE = r"""
@@ -317,7 +321,10 @@ fi
 
 
 def probe(path: str) -> Command:
-    """A root command printing ``fs=<type>``, ``snapshot=btrfs|lvm|none`` and maybe ``reason=``."""
+    """A command printing ``fs=<type>``, ``snapshot=btrfs|lvm|none`` and maybe ``reason=``.
+
+    Run it as root like the others: ``lvs`` sees no volumes for other users.
+    """
     return Command(_vars(path=_path(path)) + _PRELUDE + _PROBE)
 
 
@@ -339,7 +346,9 @@ def parse_probe(output: bytes) -> Probe:
     return Probe(kv.get("fs", "unknown"), kind, kv.get("reason", ""))
 
 
-def describe(kind: Kind, path: str, *, lvm_size: str = DEFAULT_LVM_SIZE) -> list[str]:
+def describe(
+    kind: Kind, path: str, *, lvm_size: str = DEFAULT_LVM_SIZE, mount_base: str = DEFAULT_MOUNT_BASE
+) -> list[str]:
     """Lines for plans and runbooks: what the snapshot is, what reads it, what removes it."""
     kind, path = check_kind(kind), _path(path)
     if kind == "none":
@@ -352,7 +361,7 @@ def describe(kind: Kind, path: str, *, lvm_size: str = DEFAULT_LVM_SIZE) -> list
     lvm = (
         f"lvm: snapshot volume VG/{PREFIX}<tag> of the logical volume holding {path} "
         f"(lvcreate -s {' '.join(_size(lvm_size))}), mounted read-only on "
-        f"{DEFAULT_MOUNT_BASE}/{PREFIX}<tag>"
+        f"{_path(mount_base).rstrip('/')}/{PREFIX}<tag>"
     )
     first = {
         "btrfs": [btrfs],

@@ -71,6 +71,9 @@ echo "$7" >> "$STATE/mounts"
     "umount": r"""
 grep -vxF -- "$2" "$STATE/mounts" > "$STATE/mounts.new"; mv "$STATE/mounts.new" "$STATE/mounts"
 """,
+    "id": r"""
+if [ "$1" = -un ]; then echo "${FAKE_USER:-root}"; else echo "${FAKE_UID:-0}"; fi
+""",
     "mountpoint": r"""
 grep -qxF -- "$3" "$STATE/mounts" 2>/dev/null
 """,
@@ -230,6 +233,19 @@ def test_missing_lvm_tools_are_named(fake: Fake) -> None:
     (fake.dir / "stubs" / "lvcreate").unlink()
     line = one_line(fake.run(create(fake)))
     assert "LVM tools (lvs, lvcreate) are missing on this host: install lvm2" in line
+
+
+def test_every_changing_script_needs_root(fake: Fake) -> None:
+    path = f"{fake.dir}/srv/app"
+    for command in (
+        create(fake),
+        fssnap.remove("lvm:vg0/recipes-snap-T1:/run/recipes-snap-T1"),
+        fssnap.remove("btrfs:/srv/.recipes-snap-T1"),
+        fssnap.cleanup("auto", path, "T1"),
+    ):
+        line = one_line(fake.run(command, FAKE_UID="1000", FAKE_USER="app"))
+        assert line == "fssnap: snapshot: must run as root (not app): log in as root or set sudo for the host"
+    assert [t for t in fake.tools() if t != "id"] == []
 
 
 def test_create_never_removes_a_volume_it_did_not_make(fake: Fake) -> None:
