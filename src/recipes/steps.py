@@ -138,8 +138,13 @@ class Archive:
 
     def _tar(self, *output: str) -> str:
         state = [f"--listed-incremental={self.state}"] if self.incremental else []
-        if self.incremental and self.from_snapshot:
-            state.append("--no-check-device")
+        excludes = self.excludes
+        if self.from_snapshot:
+            from recipes import fssnap
+
+            if self.incremental:
+                state += fssnap.TAR_SNAPSHOT_FLAGS
+            excludes = (*excludes, fssnap.SNAPSHOT_EXCLUDE)
         return sh(
             "tar",
             "--create",
@@ -150,7 +155,7 @@ class Archive:
             "--acls",
             "--xattrs",
             f"--directory={self.root}",
-            *tar_excludes(self.excludes),
+            *tar_excludes(excludes),
             *(() if self.members is None else ("--ignore-failed-read", "--files-from=-")),
             *(() if self.members is not None else (".",)),
         )
@@ -402,23 +407,35 @@ class FsSnapshot:
     def ops(self) -> list[Op]:
         from recipes import fssnap
 
+        kind = fssnap.check_kind(self.kind)
+        tag = f"{_TAG_TOKEN}-{self.name}"  # one tag per run and path: the run's id fills it in
         made = Exec(
-            fssnap.create(self.kind, self.path, RUN_ID),
+            _with_run(fssnap.create(kind, self.path, tag)),
             f"{self.kind} snapshot of {self.path}",
             self.role,
             capture="snapshot",
             keys=True,
         )
+        # Registered before the snapshot exists: it finds the snapshot from its inputs alone, so
+        # a lost answer or a dead controller cannot leave one behind.
         remove = Undo(
-            fssnap.remove("{{snapshot_handle}}"),
+            _with_run(fssnap.cleanup(kind, self.path, tag)),
             f"remove the snapshot of {self.path}",
             f"a snapshot of {self.path} is left on the host",
             self.role,
         )
-        out: list[Op] = [made, remove]
+        out: list[Op] = [remove, made]
         if self.release:
             out.append(Release(self.release, self.role))
         return out
+
+
+# fssnap checks tags strictly; the run's id is only known when the run starts.
+_TAG_TOKEN = "Zq9RUNTAGq9Z"
+
+
+def _with_run(command: Command) -> Command:
+    return attrs.evolve(command, script=command.script.replace(_TAG_TOKEN, RUN_ID))
 
 
 KEY_DIR = f"/tmp/recipes-key-{RUN_ID}"
