@@ -7,10 +7,16 @@ different directories, so the restore lands where the source's files were, on an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pwd
+import re
 import shlex
+import socket
 import stat
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +24,8 @@ import pytest
 
 from tests import servers
 from tests.integration import standins
-from tests.integration.standins import LookerInstall, Site
+from tests.integration.standins import LookerInstall, Site, keyfile_matches
+from tests.integration.test_deadman import wait_for
 from tests.integration.test_standins import alive, ok, run
 from tests.integration.world import World, fingerprint
 
@@ -348,3 +355,234 @@ def test_a_stop_that_leaves_looker_running_fails_the_backup_before_the_home_is_r
     assert line.startswith("recipes: error: ") and "still running after ./looker stop" in line
     assert snapshots(world) == []
     assert status(ssh_source, lk) == 0
+
+
+# ---- cluster nodes, keystore-independent, dead-man's switch ----------------------------------
+
+
+def config_with(world: World, text: str) -> Path:
+    """The world's recipes.toml with ``text`` appended (another host alias, an [engine] table)."""
+    path = world.config.with_name(f"looker-{uuid.uuid4().hex[:6]}.toml")
+    path.write_text(world.config.read_text() + "\n" + text + "\n")
+    return path
+
+
+def two_nodes(sites: tuple[Site, Site], user: str) -> tuple[LookerInstall, LookerInstall]:
+    """A running Looker on each host at the same in-host home: (main on source, node on target)."""
+    src_site, dst_site = sites
+    main = standins.install_looker(src_site, user=user)
+    node = standins.install_looker(dst_site, user=user, home=main.home)
+    return main, node
+
+
+def test_cluster_every_node_is_stopped_before_the_copy_and_started_after_and_rows_restore(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    looker_user: str,
+    mariadb_source: servers.MariaDB,
+    mariadb_target: servers.MariaDB,
+    fresh_mariadb_db: str,
+) -> None:
+    db = fresh_mariadb_db
+    seed_mysql(mariadb_source, db)
+    main, node = two_nodes(sites, looker_user)
+    ok(ssh_source, main.command("start"))
+    ok(ssh_target, node.command("start"))
+    src = looker_args(main, "--set", 'nodes=["target"]', *mysql_set(mariadb_source, db, "SRC_MYSQL_PW"))
+    backup = world.cli(
+        "-vv", "run", "looker", "--host", "source", *src, env={"SRC_MYSQL_PW": mariadb_source.root_password}
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert events(main) == ["started", "stopped", "started"]
+    assert events(node) == ["started", "stopped", "started"]
+    # "make sure to stop every node before proceeding": the node went down before main did, and
+    # both were down while the home was read (the stand-in's events carry their times)
+    ev_main, ev_node = standins.read_events(main.events), standins.read_events(node.events)
+    assert ev_node[1].time < ev_main[1].time < ev_main[2].time
+    assert ev_main[1].time < ev_node[2].time
+    assert status(ssh_source, main) == 0 and status(ssh_target, node) == 0
+
+    dst = looker_args(main, *mysql_set(mariadb_target, db, "TGT_MYSQL_PW"))
+    mariadb_target.sql(f"DROP DATABASE IF EXISTS `{db}`")
+    try:
+        restore = world.cli(
+            "restore", "looker", "--host", "target", "--from", "source", *dst, "--force",
+            env={"TGT_MYSQL_PW": mariadb_target.root_password},
+        )  # fmt: skip
+        assert restore.returncode == 0, restore.stderr
+        assert mysql_rows(mariadb_target, db) == mysql_rows(mariadb_source, db)
+        assert "a@example.com" in mysql_rows(mariadb_target, db)
+        # the running node was stopped before its home was written, and runs again (the final
+        # start: the restored script logs its events to the source's events file path)
+        assert events(node)[3:] == ["stopped"] and status(ssh_target, node) == 0
+    finally:
+        mariadb_target.sql(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+def test_cluster_a_dump_failing_after_the_stop_starts_every_node_again_and_lists_nothing(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    looker_user: str,
+    mariadb_source: servers.MariaDB,
+    fresh_mariadb_db: str,
+) -> None:
+    main, node = two_nodes(sites, looker_user)
+    ok(ssh_source, main.command("start"))
+    ok(ssh_target, node.command("start"))
+    args = looker_args(main, "--set", 'nodes=["target"]', *mysql_set(mariadb_source, fresh_mariadb_db, "PW"))
+    bad = world.cli("run", "looker", "--host", "source", *args, env={"PW": "wrong-" + fresh_mariadb_db})
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("recipes: error: dump mysql failed")
+    assert "Traceback" not in bad.stderr
+    assert events(main) == ["started", "stopped", "started"]
+    assert events(node) == ["started", "stopped", "started"]
+    assert status(ssh_source, main) == 0 and status(ssh_target, node) == 0
+    assert snapshots(world) == []
+
+
+def test_an_unreachable_node_fails_in_one_line_before_main_is_stopped(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    looker_user: str,
+) -> None:
+    main, _ = two_nodes(sites, looker_user)
+    ok(ssh_source, main.command("start"))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]  # bound, never listening: connections are refused
+    try:
+        block = re.search(r"\[hosts\.target\][^\[]*", world.config.read_text())
+        assert block
+        dead = re.sub(r"port = \d+", f"port = {port}", block.group(0)).replace(
+            "[hosts.target]", "[hosts.node2]"
+        )
+        config = config_with(world, dead)
+        args = looker_args(main, "--set", 'nodes=["node2"]')
+        bad = world.cli("--config", str(config), "run", "looker", "--host", "source", *args)
+    finally:
+        closed.close()
+    assert bad.returncode != 0, bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if "error" in line or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("recipes: error: cannot connect to node2"), bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == errors[0]
+    assert events(main) == ["started"] and status(ssh_source, main) == 0  # never stopped
+    assert snapshots(world) == []
+
+
+def key_dirs(host: servers.SshHost) -> str:
+    """The key directories of runs left on host (none after any run)."""
+    return run(host, "ls -d /tmp/recipes-key-* 2>/dev/null")[1].strip()
+
+
+def ki_args(lk: LookerInstall, key_store: Path, *more: str) -> list[str]:
+    return looker_args(
+        lk,
+        "--set", "keystore_independent=true",
+        "--set", f"master_key_file={json.dumps(lk.cmk_file)}",
+        "--set", f"key_store={json.dumps('file://' + str(key_store))}",
+        *more,
+    )  # fmt: skip
+
+
+def test_keystore_independent_key_file_lands_in_the_key_store_only_and_is_fetched_on_restore(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    looker_user: str,
+    tmp_path: Path,
+) -> None:
+    src_site, dst_site = sites
+    cmk = "cmk-" + uuid.uuid4().hex
+    lk = standins.install_looker(src_site, user=looker_user, cmk=cmk)
+    ok(ssh_source, lk.command("start"))
+    store = tmp_path / "key-store"
+    args = ki_args(lk, store)
+    backup = world.cli("-vv", "--json", "run", "looker", "--host", "source", *args)
+    assert backup.returncode == 0, backup.stderr
+    assert events(lk) == ["started", "stopped", "keyfile-generated", "recrypted", "started"]
+    assert status(ssh_source, lk) == 0
+
+    (stored,) = [p for p in store.rglob("*") if p.is_file()]
+    assert stored.name == "looker-backup.key.zst.age"
+    key = subprocess.run(
+        ["age", "-d", "-i", str(world.identity), str(stored)], check=True, capture_output=True
+    ).stdout
+    if not key.startswith(b"{"):
+        key = subprocess.run(["zstd", "-d", "-c"], input=key, check=True, capture_output=True).stdout
+    assert set(json.loads(key)) == {"dbmk", "backup_uid"}
+    assert keyfile_matches(lk.recrypt_entries(), key)
+    dbmk = json.loads(key)["dbmk"].rstrip("\n")
+
+    (manifest_path,) = world.repo.glob("looker/source/*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    (ext,) = manifest["external"]
+    assert ext["name"] == "looker-backup.key" and ext["path"].startswith(f"file://{store}/")
+    assert ext["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert not any("key" in o["name"] for o in manifest["objects"])
+    assert not list(world.repo.rglob("*looker-backup.key*"))
+    assert not any(m.endswith("looker-backup.key") for m in archive_members(world, "files.tar"))
+    assert key_dirs(ssh_source) == ""
+    # no secret anywhere it could be read: output, -vv logs, manifest
+    for secret in (cmk, dbmk, json.loads(key)["backup_uid"]):
+        assert secret not in backup.stdout + backup.stderr
+        assert secret not in manifest_path.read_text()
+
+    restore = world.cli("-vv", "restore", "looker", "--host", "target", "--from", "source", *args)
+    assert restore.returncode == 0, restore.stderr
+    for secret in (cmk, dbmk):
+        assert secret not in restore.stdout + restore.stderr
+    assert "you will need the new key file created earlier" in restore.stderr  # the manual step
+    fetched = dst_site.local_path(lk.home) / "looker/looker-backup.key"
+    assert fetched.read_bytes() == key
+    st = fetched.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == pwd.getpwnam(looker_user).pw_uid
+    assert status(ssh_target, lk) == 0 and key_dirs(ssh_target) == ""
+
+
+DEADMAN = 4
+SLACK = 6
+
+
+def test_sigkill_after_the_stop_the_guard_starts_looker_again_and_removes_the_key_dir(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    looker_user: str,
+    tmp_path: Path,
+) -> None:
+    src_site, _ = sites
+    lk = standins.install_looker(src_site, user=looker_user)
+    script = lk.app_dir / "looker"
+    hang = "  keystore_independent_recrypt)\n"
+    assert hang in script.read_text()
+    script.write_text(script.read_text().replace(hang, hang + "    ev hanging; sleep 60\n", 1))
+    ok(ssh_source, lk.command("start"))
+    config = config_with(world, f"[engine]\ndeadman_seconds = {DEADMAN}")
+    args = ki_args(lk, tmp_path / "key-store")
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recipes", "--config", str(config), "run", "looker", "--host", "source",
+             *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=world.env(),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "hanging" in events(lk), 60, "stopped, recrypt hanging")
+        assert status(ssh_source, lk) == 7 and key_dirs(ssh_source) != ""
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: status(ssh_source, lk) == 0, DEADMAN + SLACK, "the guard started Looker again")
+        wait_for(lambda: key_dirs(ssh_source) == "", DEADMAN + SLACK, "the guard removed the key dir")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert events(lk)[:3] == ["started", "stopped", "keyfile-generated"] and events(lk)[-1] == "started"
+    assert not list(world.repo.glob("looker/source/*/manifest.json"))

@@ -98,6 +98,11 @@ LOOKER_VARIANTS: dict[str, dict[str, object]] = {
         "nodes": ["looker2", "looker3"],
         "extra_paths": ["/etc/init.d/looker", "/etc/ssl/looker"],
     },
+    "keystore-independent": {
+        "keystore_independent": True,
+        "master_key_file": "/etc/looker/cmk",
+        "key_store": "s3://looker-keys/backups",
+    },
 }
 
 

@@ -19,7 +19,7 @@ import attrs
 from recipes.databases import mysql as mysql_db
 from recipes.model import Command, sh
 from recipes.recipe import FieldError, absolute_path, param
-from recipes.steps import Archive, Extract, Quiesce, Run, Step
+from recipes.steps import Archive, Extract, FetchKeyFile, KeyFile, ManualStep, Quiesce, Run, Step
 
 # The seed's "Directory structure" table: what is never needed ("Backup Required: No").
 ALWAYS_EXCLUDED = (
@@ -31,10 +31,14 @@ ALWAYS_EXCLUDED = (
     # Looker's startup script refuses to start while this marker exists: a restored copy
     # carrying it would never come up.
     "looker/.deploying",
+    # A restored keystore-independent copy's key file (KEY_NAME): a secret, never in a snapshot.
+    "looker/looker-backup.key",
 )
 LOG_DIR = "looker/log"  # "Maybe": "only needed if required by your retention policies"
 SSL_DIR = "looker/.ssl"  # "Maybe": "if you store ... SSL certificates signed by a certificate authority"
 DEPLOYING = ".deploying"
+# The key file generate_keyfile_for_backup writes (seed step 3), and where a restore puts it.
+KEY_NAME = "looker-backup.key"
 
 QUIESCE_MODES = ("stop", "none")
 SNAPSHOT_MODES = ("none", "btrfs", "lvm", "auto")
@@ -170,12 +174,22 @@ class LookerParams:
     )
 
     def __attrs_post_init__(self) -> None:
+        if self.keystore_independent and self.quiesce != "stop":
+            raise ValueError(
+                'keystore_independent = true needs quiesce = "stop": the seed\'s step 1 stops Looker '
+                "before the key file is made"
+            )
         if self.keystore_independent and (self.master_key_file is None or self.key_store is None):
             missing = " and ".join(n for n in ("master_key_file", "key_store") if getattr(self, n) is None)
             raise ValueError(
                 f"keystore_independent = true needs {missing}: set the CMK file's path on the host "
                 "and an fsspec URL apart from the repository for the backup key file"
             )
+
+    @property
+    def key_dest(self) -> str:
+        """Where a restore of a keystore-independent snapshot puts the key file (0600, user's)."""
+        return f"{self.app}/{KEY_NAME}"
 
     @property
     def app(self) -> str:
@@ -230,33 +244,21 @@ class Looker:
     seed: ClassVar[str] = "000_2684c6cf9cff883a.txt"
     Params: ClassVar[type[Any]] = LookerParams
 
+    def roles(self, p: LookerParams) -> dict[str, tuple[str, ...]]:
+        """``nodes``: the other hosts of a cluster, as ``--host`` takes them."""
+        return {"nodes": p.nodes}
+
     def backup_steps(self, p: LookerParams) -> list[Step]:
         steps: list[Step] = [self._deploying(p)]
+        if p.nodes:
+            steps.append(self._deploying(p, "nodes"))
         if p.quiesce == "stop":
-            steps += [
-                Quiesce(
-                    name="looker",
-                    check=in_app(p, looker(p, "status") + " >/dev/null"),
-                    stop=in_app(p, looker(p, "stop")),
-                    start=in_app(p, looker(p, "start")),
-                    about=f'the seed: "Stop Looker: cd looker; ./looker stop", as {p.user} in {p.app} '
-                    "(only if ./looker status says it runs; started again however the backup ends)"
-                    + (
-                        '; "If Looker is clustered, make sure to stop every node": nodes '
-                        f"{', '.join(p.nodes)} are NOT stopped by these steps yet"
-                        if p.nodes
-                        else ""
-                    ),
-                ),
-                Run(
-                    name="looker-stopped",
-                    command=in_app(
-                        p, still_running(p, "still running after ./looker stop: not reading a live home")
-                    ),
-                    about="./looker status must say stopped before the home is read",
-                ),
-            ]
-        # keystore_independent: the lead's key-file steps go here (seed steps 2-4, Looker stopped).
+            if p.nodes:
+                # "make sure to stop every node before proceeding": the nodes first, then main.
+                steps += self._stop(p, "nodes", "looker-nodes")
+            steps += self._stop(p, "main", "looker")
+        if p.keystore_independent:
+            steps.append(self._key_file(p))
         if (my := p.my()) is not None:
             dump = mysql_db.dump(my)
             steps.append(
@@ -282,14 +284,27 @@ class Looker:
         return steps
 
     def restore_steps(self, p: LookerParams, options: Any = None) -> list[Step]:
-        stop = f"if {looker(p, 'status')} >/dev/null; then {looker(p, 'stop')}; fi && " + still_running(
-            p, "still running after ./looker stop: not restoring over a live home"
-        )
+        installed = f"test -e {sh(p.app + '/looker')} && "
         steps: list[Step] = [
+            Quiesce(
+                name="looker",
+                check=Command(installed + in_app(p, looker(p, "status") + " >/dev/null").script),
+                stop=in_app(p, looker(p, "stop")),
+                start=in_app(p, f"{{ {looker(p, 'status')} >/dev/null || {looker(p, 'start')}; }}"),
+                about=f"stop Looker here if it runs (./looker stop as {p.user}); no Looker yet is fine; "
+                "started again however the restore ends",
+            ),
             Run(
-                name="stop-looker",
-                command=Command(f"test ! -e {sh(p.app + '/looker')} || {{ {in_app(p, stop).script}; }}"),
-                about=f"stop Looker here if it runs (./looker stop as {p.user}); no Looker yet is fine",
+                name="looker-stopped",
+                command=Command(
+                    f"test ! -e {sh(p.app + '/looker')} || {{ "
+                    + in_app(
+                        p,
+                        still_running(p, "still running after ./looker stop: not restoring over a live home"),
+                    ).script
+                    + "; }"
+                ),
+                about="./looker status must say stopped before the home is written",
             ),
             Extract(
                 root=p.home,
@@ -302,6 +317,8 @@ class Looker:
             steps.append(Extract(root=parent or "/", object=extra_object(path), about=f"put {path} back"))
         if (my := p.my()) is not None:
             steps.append(mysql_db.load(my))
+        if p.keystore_independent:
+            steps += self._fetch_key_file(p)
         steps += [
             Run(
                 name="start-looker",
@@ -317,7 +334,85 @@ class Looker:
         return steps
 
     @staticmethod
-    def _deploying(p: LookerParams) -> Run:
+    def _stop(p: LookerParams, role: str, name: str) -> list[Step]:
+        """Stop Looker on every host of ``role`` (only where it runs; started again however the
+        backup ends, on the host it ran on), then check it is really down there."""
+        where = "on every node of the cluster (nodes: " + ", ".join(p.nodes) + ")" if role == "nodes" else "here"
+        seed = (
+            '"If Looker is clustered, make sure to stop every node before proceeding"'
+            if role == "nodes"
+            else '"Stop Looker: cd looker; ./looker stop"'
+        )
+        return [
+            Quiesce(
+                name=name,
+                check=in_app(p, looker(p, "status") + " >/dev/null"),
+                stop=in_app(p, looker(p, "stop")),
+                start=in_app(p, f"{{ {looker(p, 'status')} >/dev/null || {looker(p, 'start')}; }}"),
+                about=f"the seed: {seed}: ./looker stop as {p.user} in {p.app} {where} "
+                "(only if ./looker status says it runs; started again however the backup ends)",
+                role=role,
+            ),
+            Run(
+                name=f"{name}-stopped",
+                command=in_app(
+                    p, still_running(p, "still running after ./looker stop: not reading a live home")
+                ),
+                about=f"./looker status must say stopped {where} before the home is read",
+                role=role,
+            ),
+        ]
+
+    @staticmethod
+    def _key_file(p: LookerParams) -> KeyFile:
+        """Seed steps 2-4 with Looker stopped: the CMK through LKR_MASTER_KEY_FILE (its path, never
+        the key), a new key file, the KEK re-encrypted with it in .db; then the file goes to the
+        key store and off the host."""
+        assert p.master_key_file is not None and p.key_store is not None
+        path = KeyFile.path_for(KEY_NAME)
+
+        def lk(*args: str) -> Command:
+            return in_app(
+                p,
+                f'"${{as[@]}}" HOME={sh(p.home)} LKR_MASTER_KEY_FILE={sh(p.master_key_file or "")} '
+                + sh("./looker", *args),
+            )
+
+        return KeyFile(
+            name=KEY_NAME,
+            generate=(lk("generate_keyfile_for_backup", path), lk("keystore_independent_recrypt", path)),
+            store=p.key_store,
+            owner=p.user,
+            about='the seed\'s "keystore-independent backup", Looker stopped: LKR_MASTER_KEY_FILE names '
+            f"the CMK file {p.master_key_file}; ./looker generate_keyfile_for_backup, then "
+            "./looker keystore_independent_recrypt re-encrypts the KEK in .db with the new key (before "
+            "the copy); the key file goes encrypted to the key store, never into the repository",
+        )
+
+    @staticmethod
+    def _fetch_key_file(p: LookerParams) -> list[Step]:
+        """The key file of a keystore-independent snapshot onto the target, and what it is for."""
+        assert p.key_store is not None
+        return [
+            FetchKeyFile(
+                name=KEY_NAME,
+                store=p.key_store,
+                dest=p.key_dest,
+                owner=p.user,
+                about=f"the key file this snapshot's KEK was re-encrypted with, to {p.key_dest} (0600)",
+            ),
+            ManualStep(
+                name="use-key-file",
+                text='the seed: "To restore this keystore-independent backup, you will need the new key '
+                f"file created earlier\": it is at {p.key_dest} (mode 0600, owner {p.user}). This copy's "
+                "KEK is also encrypted with it, so Looker here does not need the original CMK: give this "
+                "key file to Looker as the seed's Restoring backups page says (or to Looker when moving "
+                "to a Looker-hosted instance), keep it secret, and remove it once Looker runs",
+            ),
+        ]
+
+    @staticmethod
+    def _deploying(p: LookerParams, role: str = "main") -> Run:
         """Refuse to stop a running Looker that its own script would not start again; else warn."""
         marker = sh(f"{p.app}/{DEPLOYING}")
         if p.quiesce == "stop":
@@ -341,9 +436,10 @@ class Looker:
             )
             about = "a looker/.deploying marker is never copied (Looker would not start from the copy)"
         return Run(
-            name="deploying",
+            name="deploying" if role == "main" else "deploying-nodes",
             command=Command(f"test ! -e {sh(p.app)} || {{ {in_app(p, body).script}; }}"),
-            about=about,
+            about=about + (" (on every node)" if role == "nodes" else ""),
+            role=role,
         )
 
     @staticmethod
