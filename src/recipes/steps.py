@@ -176,7 +176,9 @@ class Archive:
     def _members_prefix(self, tar: str) -> str:
         if self.members is None:
             return tar
-        return f"{{ {self.members} ; }} | {tar}"
+        # A missing root holds none of the members: an empty archive, not tar's "Cannot open".
+        empty = sh("tar", "--create", "--file=-", "--format=gnu", "--files-from=/dev/null")
+        return f"if [ -d {sh(self.root)} ]; then {{ {self.members} ; }} | {tar}; else {empty}; fi"
 
     def ops(self) -> list[Op]:
         return [

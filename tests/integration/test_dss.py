@@ -45,8 +45,9 @@ def sites(site: tuple[str, Path, Path]) -> Iterator[tuple[Site, Site]]:
 
 
 def dss_sets(dss: DssInstall, *more: str) -> list[str]:
-    """``--set`` arguments for this install, plus ``more`` (each a ``key=value``)."""
-    items = [f"data_dir={dss.data_dir}", f"user={USER}", *more]
+    """``--set`` arguments for this install, plus ``more`` (each a ``key=value``); etc_dir is the
+    site's own ``etc`` (include_config reads and restores there, never the host's /etc)."""
+    items = [f"data_dir={dss.data_dir}", f"user={USER}", f"etc_dir={dss.site.site_path}/etc", *more]
     return [word for item in items for word in ("--set", item)]
 
 
@@ -104,7 +105,7 @@ def test_backup_then_restore_on_second_host_for_each_exclude_category(
     assert backup.returncode == 0, backup.stderr
     manifest = json.loads(backup.stdout)
     assert manifest["params"]["exclude"] == [category]
-    assert {o["name"] for o in manifest["objects"]} == {"files.tar", "files.snar"}
+    assert {o["name"] for o in manifest["objects"]} == {"files.tar", "files.snar", "config.tar"}
     # stopped for the archive, running again after it
     assert running(ssh_source, dss) and pid_of(dss) != before and not alive(before)
     names = event_names(dss)
@@ -250,7 +251,7 @@ def test_govern_database_is_dumped_while_stopped_and_restored(
     )
     assert backup.returncode == 0, backup.stderr
     manifest = json.loads(backup.stdout)
-    assert {o["name"] for o in manifest["objects"]} == {"files.tar", "files.snar", "dumps/govern.sql"}
+    assert {o["name"] for o in manifest["objects"]} == {"files.tar", "files.snar", "config.tar", "dumps/govern.sql"}
     steps = [(s["kind"], s["name"]) for s in manifest["steps"]]
     assert steps.index(("quiesce", "dss")) < steps.index(("dump", "govern"))  # dumped while stopped
     assert running(ssh_source, dss)
