@@ -56,7 +56,7 @@ def test_excludes_follow_the_seed_table_and_the_maybe_rows_follow_the_parameters
         "looker/models",
         "looker/.db/looker.lck",
         "looker/.deploying",
-        "looker/looker-backup.key",  # a key file a restore fetched: never carried into a snapshot
+        "looker/looker-backup.key",  # a restored keystore-independent copy's key file: a secret
     }
     assert set(params().excludes()) == never | {"looker/log"}
     assert set(params(include_logs=True, include_ssl=False).excludes()) == never | {"looker/.ssl"}

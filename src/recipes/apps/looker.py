@@ -337,9 +337,8 @@ class Looker:
     def _stop(p: LookerParams, role: str, name: str) -> list[Step]:
         """Stop Looker on every host of ``role`` (only where it runs; started again however the
         backup ends, on the host it ran on), then check it is really down there."""
-        where = (
-            "on every node of the cluster (nodes: " + ", ".join(p.nodes) + ")" if role == "nodes" else "here"
-        )
+        nodes = ", ".join(p.nodes)
+        where = f"on every node of the cluster (nodes: {nodes})" if role == "nodes" else "here"
         seed = (
             '"If Looker is clustered, make sure to stop every node before proceeding"'
             if role == "nodes"
