@@ -251,7 +251,12 @@ def test_govern_database_is_dumped_while_stopped_and_restored(
     )
     assert backup.returncode == 0, backup.stderr
     manifest = json.loads(backup.stdout)
-    assert {o["name"] for o in manifest["objects"]} == {"files.tar", "files.snar", "config.tar", "dumps/govern.sql"}
+    assert {o["name"] for o in manifest["objects"]} == {
+        "files.tar",
+        "files.snar",
+        "config.tar",
+        "dumps/govern.sql",
+    }
     steps = [(s["kind"], s["name"]) for s in manifest["steps"]]
     assert steps.index(("quiesce", "dss")) < steps.index(("dump", "govern"))  # dumped while stopped
     assert running(ssh_source, dss)
