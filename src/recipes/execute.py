@@ -163,6 +163,15 @@ class Interpreter:
         for comp in reversed(list(self.comps.values())):
             comp.run_all(succeeded=succeeded)
 
+    def undone(self) -> list[str]:
+        """The failure-only undos that ran (``move DATA_DIR back``): what a failed run took back."""
+        return [
+            f"{e.undo.what} on {name}"
+            for name, comp in self.comps.items()
+            for e in comp.entries
+            if e.id in comp.failure_only and e.id in comp.finished
+        ]
+
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given every host's undo outcome."""
         error = cause

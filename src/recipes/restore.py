@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from recipes import chain, keystore, stream
@@ -107,7 +108,7 @@ def restore(
             error = interp.failure(exc)
             if isinstance(error, StepFailed) and interp.records:
                 raise StepFailed(
-                    f"{error}; {_partial_state(plan, interp.records, len(interp.records))}"
+                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), interp.undone())}"
                 ) from exc
             if error is exc or error is None:
                 raise
@@ -118,14 +119,17 @@ def restore(
         return interp.records
 
 
-def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int) -> str:
-    """What a restore that failed part way left on the target, for its error line."""
+def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int, undone: Sequence[str] = ()) -> str:
+    """What a restore that failed part way left on the target, for its error line; ``undone``:
+    what was taken back after the failure (a moved-aside DATA_DIR moved back over what was
+    extracted into it)."""
     failed = plan.steps[failed_at] if failed_at < len(plan.steps) else plan.steps[-1]
     rest = [s.name for s in plan.steps[failed_at + 1 :]]
     return (
         f"the target is PARTLY restored: done {', '.join(f'{r.kind} {r.name}' for r in done)}; "
         f"failed {kind(failed)} {failed.name}"
         + (f"; not run {', '.join(rest)}" if rest else "")
+        + (f"; taken back after the failure: {', '.join(undone)}" if undone else "")
         + " (fix the cause and restore again with --force)"
     )
 
