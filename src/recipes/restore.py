@@ -130,7 +130,11 @@ def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int, undone
         f"failed {kind(failed)} {failed.name}"
         + (f"; not run {', '.join(rest)}" if rest else "")
         + (f"; taken back after the failure: {', '.join(undone)}" if undone else "")
-        + " (fix the cause and restore again with --force)"
+        + (
+            " (what was there before is back; fix the cause and restore again)"
+            if undone
+            else " (fix the cause and restore again with --force)"
+        )
     )
 
 
