@@ -7,8 +7,9 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from recipes import keystore, stream
+from recipes import facts, keystore, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import StepFailed
@@ -177,12 +178,18 @@ class Backup:
         started = time.monotonic()
         path = f"{name}.zst.age"
         on_host = self.zstd_on_host and host.name == self.host.name
+        taps = facts.taps_for(what, engine)
         proc = host.start(self.compression.on_host(command) if on_host else command)
         try:
             proc.close_stdin()
             with self.writer.open(path) as fh:
                 stored = stream.store(
-                    proc, fh, self.recipients, compressed=on_host, level=self.compression.level
+                    proc,
+                    fh,
+                    self.recipients,
+                    compressed=on_host,
+                    level=self.compression.level,
+                    taps=taps,
                 )
         except StepFailed as exc:
             if signalled.is_set():  # Ctrl-C inside age's callbacks: act now, do not drain the stream
@@ -224,5 +231,14 @@ class Backup:
                 compressed_on="host" if on_host else "controller",
                 seconds=seconds,
                 warnings=warnings,
+                facts=_merged(taps),
             )
         )
+
+
+def _merged(taps: list[facts.Tap]) -> dict[str, Any]:
+    """The taps' results as one JSON-safe dict (a tap's own ``error`` is kept, never raised)."""
+    out: dict[str, Any] = {}
+    for tap in taps:
+        out.update(tap.result())
+    return out

@@ -55,6 +55,59 @@ class _NonEmpty:
         return data
 
 
+class _Tapped:
+    """Feeds the plain bytes of a passing stream to fact taps (``facts.py``): as they are, or
+    decompressed when the host compressed them. The work runs in a thread of its own behind a
+    bounded queue (constant memory), so it overlaps with encryption instead of adding to it;
+    a tap's failure never fails the stream (its facts are then left out)."""
+
+    DEPTH = 16
+
+    def __init__(self, source: Readable, taps: list[Any], compressed: bool) -> None:
+        import queue
+        import threading
+
+        self._source = source
+        self._taps = taps
+        self._compressed = compressed
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._thread = threading.Thread(target=self._work, name="facts", daemon=True)
+        self._thread.start()
+        self._ended = False
+
+    def _work(self) -> None:
+        import zstandard
+
+        inflate = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        broken = False
+        while (data := self._queue.get()) is not None:
+            if broken:
+                continue
+            try:
+                plain = inflate.decompress(data) if self._compressed else data
+                for tap in self._taps:
+                    tap.feed(plain)
+            except Exception:  # a corrupt stream is reported by the store; facts are dropped
+                broken = True
+                self._taps = []
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
+        if data:
+            self._queue.put(data)
+        elif not self._ended:
+            self._ended = True
+            self._queue.put(None)
+        return data
+
+    def close(self) -> None:
+        """Wait for the taps to have seen everything (after the stream ended)."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+        self._thread.join()
+
+
 class _Compressing:
     """Compresses a raw stream with zstd on the controller (for hosts without zstd)."""
 
@@ -146,7 +199,13 @@ class _Hashing:
 
 
 def store(
-    source: Readable, sink: Writable, recipients: list[str], *, compressed: bool, level: int = 1
+    source: Readable,
+    sink: Writable,
+    recipients: list[str],
+    *,
+    compressed: bool,
+    level: int = 1,
+    taps: list[Any] | None = None,
 ) -> Stored:
     """Encrypt a stream to age recipients into ``sink``, zstd-compressing it here unless ``compressed``.
 
@@ -154,12 +213,31 @@ def store(
     nothing is guessed from the bytes). Raises ``StepFailed`` when the stream decodes to
     nothing: an empty dump is a failed dump.
     """
-    import pyrage
 
     parsed = [_recipient(r) for r in recipients]
+    tapped = _Tapped(source, taps, compressed) if taps else None
+    if tapped is not None:
+        source = tapped
     counted = _Counting(source)  # bytes from the host, before any compression here
     probe = _NonEmpty(counted) if compressed else None
     upstream: Readable = probe if probe is not None else _Compressing(counted, level)
+    try:
+        return _encrypt(upstream, sink, parsed, probe, counted, compressed)
+    finally:
+        if tapped is not None:
+            tapped.close()
+
+
+def _encrypt(
+    upstream: Readable,
+    sink: Writable,
+    parsed: list[Any],
+    probe: _NonEmpty | None,
+    counted: _Counting,
+    compressed: bool,
+) -> Stored:
+    import pyrage
+
     hashing = _Hashing(sink)
     guard = _Guard()
     try:

@@ -6,10 +6,12 @@ MariaDB clusters and their own /srv/site (see tests/conftest.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -60,6 +62,7 @@ def test_backup_over_ssh_and_restore_on_second_host(
     assert where.pop("files.snar") == "controller"  # read back after tar, compressed here
     assert set(where.values()) == {"host"}  # auto, and the host has zstd
     assert (manifest["level"], manifest["parent"]) == (0, None)
+    _facts_match_the_source(manifest, src, fresh_pg_db)
 
     listed = json.loads(world.cli("--json", "snapshots", "django", "--host", "source", check=True).stdout)
     assert [s["snapshot"] for s in listed] == [manifest["snapshot"]]
@@ -87,6 +90,28 @@ def test_backup_over_ssh_and_restore_on_second_host(
         pg_target.psql(f"ALTER ROLE postgres PASSWORD '{pg_target.password}';")
 
 
+def _facts_match_the_source(manifest: dict[str, Any], src: Path, pg_db: str | None) -> None:
+    """Facts counted from the streams as they passed equal the source counted directly."""
+    got = {o["name"]: o["facts"] for o in manifest["objects"]}
+    files = got["files.tar"]
+    kept = [
+        p
+        for p in src.rglob("*")
+        if not any(p.relative_to(src).as_posix().startswith(x.strip("/")) for x in DEFAULT_EXCLUDES)
+    ]
+    regular = [p for p in kept if p.is_file() and not p.is_symlink()]
+    assert files["files"] == len(regular)
+    assert files["bytes"] == sum(p.stat().st_size for p in regular)
+    assert files["sample"]
+    for path, digest in files["sample"].items():
+        assert hashlib.sha256((src / path).read_bytes()).hexdigest() == digest, path
+    sqlite = got["dumps/sqlite-var-opt-mysite-mysite.db.sql"]["rows"]
+    assert sqlite["polls_question"] == len(sqlite_rows(src / SQLITE_DB.lstrip("/")))
+    if pg_db is not None:
+        rows = got["dumps/postgresql.sql"]["rows"]
+        assert rows[f"{pg_db}.public.polls_choice"] == 2000
+
+
 def test_compression_on_the_controller_at_another_level_round_trips(
     world: World, site: tuple[str, Path, Path]
 ) -> None:
@@ -103,6 +128,7 @@ def test_compression_on_the_controller_at_another_level_round_trips(
 
     manifest = json.loads(world.cli("--json", "run", "django", "--host", "source", *sets, check=True).stdout)
     assert {o["compressed_on"] for o in manifest["objects"]} == {"controller"}
+    _facts_match_the_source(manifest, src, None)
     world.cli("restore", "django", "--host", "target", "--from", "source", *sets, check=True)
     assert comparable(dst) == comparable(src)
     assert sqlite_rows(dst / SQLITE_DB.lstrip("/")) == sqlite_rows(src / SQLITE_DB.lstrip("/"))
