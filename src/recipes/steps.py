@@ -405,6 +405,8 @@ class FsSnapshot:
     release: str | None = None
     about: str = ""
     role: str = "main"
+    also_release: tuple[tuple[str, str], ...] = ()
+    """More undos to run at once, as (what, role): the other nodes of a cluster."""
 
     def ops(self) -> list[Op]:
         from recipes import fssnap
@@ -429,6 +431,7 @@ class FsSnapshot:
         out: list[Op] = [remove, made]
         if self.release:
             out.append(Release(self.release, self.role))
+        out += [Release(what, role) for what, role in self.also_release]
         return out
 
 

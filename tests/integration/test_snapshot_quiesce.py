@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,46 @@ def test_dss_on_btrfs_starts_again_once_the_snapshot_exists(
     assert restore.returncode == 0, restore.stderr
     skip = ("tmp", "caches", "data-catalog", "run")
     assert fingerprint(dst_site.local_path(laid.data_dir), skip) == fingerprint(laid.data_path, skip)
+
+
+def test_looker_on_btrfs_with_mysql_starts_again_once_the_snapshot_exists(
+    world: World,
+    on_btrfs: tuple[str, Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+) -> None:
+    standins.ensure_user("looker")
+    vol, src_site, dst_site = on_btrfs
+    laid = standins.install_looker(src_site, user="looker")
+    home = f"{vol}/home-looker"
+    ok(ssh_source, f"cp -a {shlex.quote(laid.home)} {shlex.quote(home)}")
+    lk = attrs.evolve(laid, home=home)
+    ok(ssh_source, lk.command("start"))
+    sets = ["--set", f"home={home}", "--set", f'extra_paths=["{lk.initd}"]', "--set", "snapshot=btrfs"]
+
+    backup = world.cli("--json", "run", "looker", "--host", "source", *sets)
+    assert backup.returncode == 0, backup.stderr
+    manifest = json.loads(backup.stdout)
+    steps = [(s["kind"], s["name"]) for s in manifest["steps"]]
+    assert steps.index(("fssnapshot", "home")) < steps.index(("archive", "files"))
+    assert "looker@source" in manifest["downtime"]
+    assert [e.name for e in standins.read_events(lk.events)][-2:] == ["stopped", "started"]
+    assert ok(ssh_source, lk.command("status")) is not None  # running again (exit 0)
+    assert _snapshots(ssh_source, vol) == []
+    members = world.cli("plan", "looker", "--host", "source", *sets, check=True).stdout
+    assert "--no-check-device" in members and "{{snapshot_root}}" in members
+
+    ok(ssh_source, lk.command("stop"))
+    restore = world.cli(
+        "restore", "looker", "--host", "target", "--from", "source",
+        "--set", f"home={laid.home}", "--set", f'extra_paths=["{laid.initd}"]',
+    )  # fmt: skip
+    assert restore.returncode == 0, restore.stderr
+    ok(ssh_target, laid.command("stop"))
+    skip = (*standins.LOOKER_EXCLUDED, "looker/log", "looker/.deploying", "looker/.tmp", "looker/.db")
+    restored = fingerprint(dst_site.local_path(laid.home), skip)
+    source = fingerprint(laid.home_dir, skip)  # directory mtimes moved with the stop and start
+    assert {k: v for k, v in restored.items() if not stat.S_ISDIR(int(str(v[0])))} == {
+        k: v for k, v in source.items() if not stat.S_ISDIR(int(str(v[0])))
+    }
+    assert restored.keys() == source.keys()

@@ -19,7 +19,18 @@ import attrs
 from recipes.databases import mysql as mysql_db
 from recipes.model import Command, sh
 from recipes.recipe import FieldError, absolute_path, param
-from recipes.steps import Archive, Extract, FetchKeyFile, KeyFile, ManualStep, Quiesce, Run, Step
+from recipes.steps import (
+    SNAPSHOT_ROOT,
+    Archive,
+    Extract,
+    FetchKeyFile,
+    FsSnapshot,
+    KeyFile,
+    ManualStep,
+    Quiesce,
+    Run,
+    Step,
+)
 
 # The seed's "Directory structure" table: what is never needed ("Backup Required: No").
 ALWAYS_EXCLUDED = (
@@ -269,9 +280,32 @@ class Looker:
                     f'this database at the same time as the Looker application": {dump.about}',
                 )
             )
+        root = p.home
+        if p.snapshot != "none":
+            if p.quiesce != "stop":
+                from recipes.errors import ConfigError
+
+                raise ConfigError(
+                    f"looker: snapshot={p.snapshot} needs quiesce=stop (the snapshot is taken while "
+                    "Looker is stopped, which is what makes it consistent)"
+                )
+            steps.append(
+                FsSnapshot(
+                    "home",
+                    p.home,
+                    p.snapshot,
+                    release="start looker",
+                    also_release=(("start looker-nodes", "nodes"),) if p.nodes else (),
+                    about=f"{p.snapshot} snapshot of {p.home} while Looker is stopped"
+                    + (" and its MySQL dump is taken" if p.my() is not None else "")
+                    + "; Looker starts again at once (every node) and the archive reads the snapshot",
+                )
+            )
+            root = SNAPSHOT_ROOT
         steps.append(
             Archive(
-                root=p.home,
+                root=root,
+                from_snapshot=p.snapshot != "none",
                 excludes=p.excludes(),
                 about="the seed: \"a copy of the Looker user's home directory (including all normal "
                 'and hidden subdirectories)", without the rows its table marks "No"'
