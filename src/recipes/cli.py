@@ -376,7 +376,7 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
         apps.get(recipe)  # an unknown recipe is a usage error listing the known ones, not "none"
     source = state.config.host(host).name if host is not None else None
     repository = _repo(state, repo)
-    trust = state.config.trust()
+    trust = state.config.trust(remember_for=repository.url)
     damaged: list[str] = []
     found = repository.listed(recipe, source, damaged)
     data = [
@@ -429,7 +429,14 @@ def prune_cmd(state: State, recipe: str | None, host: str | None, repo: str | No
     source = state.config.host(host).name if host is not None else None
     repository = _repo(state, repo)
     policy = Policy.from_config(state.config.retention)
-    reports = pr.prune(repository, state.config.trust(), policy, recipe=recipe, host=source, dry_run=dry_run)
+    reports = pr.prune(
+        repository,
+        state.config.trust(remember_for=repository.url),
+        policy,
+        recipe=recipe,
+        host=source,
+        dry_run=dry_run,
+    )
     verb = "would remove" if dry_run else "removed"
     lines: list[str] = []
     for rep in reports:

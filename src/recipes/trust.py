@@ -17,6 +17,7 @@ from recipes import manifest as mf
 from recipes import signing
 from recipes.errors import VerifyError
 from recipes.repository import Listed, safe_name
+from recipes.verified import VerifiedManifests
 
 log = logging.getLogger("recipes")
 
@@ -28,6 +29,12 @@ class Trust:
 
     signers: tuple[signing.PublicKey, ...] = ()
     allow_unsigned: bool = False
+    verified: VerifiedManifests | None = attrs.field(default=None, eq=False, repr=False)
+    """Signatures that already verified on this controller (speed only: see ``recipes.verified``)."""
+
+    def remembering(self, verified: VerifiedManifests) -> Trust:
+        """The same trust, skipping the signature check of exact bytes that passed it before."""
+        return attrs.evolve(self, verified=verified)
 
     def problem(self, item: Listed) -> str | None:
         """Why ``item`` must not be believed, or None when it is signed by a trusted key and lies
@@ -48,10 +55,18 @@ class Trust:
             return "it is not signed (made before signatures, or forged): pass --allow-unsigned to trust it"
         if not self.signers:
             return "no signers are configured to check it: set [repository] signers in recipes.toml"
+        entry = None
+        if self.verified is not None:
+            where = f"{item.recipe_dir}/{item.host_dir}/{item.snapshot_dir}"
+            entry = self.verified.digest(where, item.raw, item.signature, self.signers)
+            if entry is not None and entry in self.verified:
+                return None
         try:
             signing.verify(item.raw, item.signature, self.signers, signing.MANIFEST_NAMESPACE)
         except VerifyError as exc:
             return f"its signature does not verify: {exc}"
+        if entry is not None and self.verified is not None:
+            self.verified.add(entry)  # only what passed, keyed by its exact bytes
         return None
 
     def check(self, item: Listed) -> mf.Manifest:
