@@ -53,6 +53,17 @@ class StepRecord:
     outcome: str
 
 
+def _utc_stamp(value: str) -> None:
+    """``started``/``finished`` are ``YYYY-MM-DDTHH:MM:SSZ`` (what retention and chains compute
+    with): anything else makes the manifest damaged, never a crash later."""
+    import datetime as dt
+
+    try:
+        dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        raise ValueError(f"time {value!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
+
+
 @attrs.frozen
 class Manifest:
     """Everything a restore and a verify need to know about a snapshot."""
@@ -60,8 +71,8 @@ class Manifest:
     snapshot: str
     recipe: str
     host: str
-    started: str
-    finished: str
+    started: str = attrs.field(validator=lambda _i, _a, v: _utc_stamp(v))
+    finished: str = attrs.field(validator=lambda _i, _a, v: _utc_stamp(v))
     params: dict[str, Any]
     objects: tuple[StoredObject, ...]
     steps: tuple[StepRecord, ...] = ()

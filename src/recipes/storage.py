@@ -14,7 +14,9 @@ Retries are bounded and happen in exactly two places:
   on the other transient failures: connection refused, HTTP 5xx, throttling; at most
   ``ATTEMPTS`` tries within ``RETRY_SECONDS``.
 
-botocore's own retries are off, so nothing multiplies. With the default timeouts
+botocore's own retries are off. A connection reset is the one failure both places retry, so it
+costs at most ``ATTEMPTS`` x ``S3FS_TRIES`` (6) requests; every other failure at most ``ATTEMPTS``.
+With the default timeouts
 (``CONNECT_TIMEOUT`` 10 s, ``READ_TIMEOUT`` 20 s) a hanging endpoint fails a call after about
 40 s (two tries); a refused connection after three tries, about 2 s; a connect timeout after at
 most 30 s. A request whose body the server stops reading (read timeouts do not apply while

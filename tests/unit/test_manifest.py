@@ -40,3 +40,15 @@ def test_round_trip() -> None:
 def test_malformed(text: str) -> None:
     with pytest.raises(ValueError, match="malformed manifest"):
         mf.loads(text)
+
+
+@pytest.mark.parametrize("stamp", ["2026-11-22T10:15:00+00:00", "2026-11-22 10:15:00", "yesterday"])
+def test_a_time_in_another_format_is_a_malformed_manifest_not_a_later_crash(stamp: str) -> None:
+    """Retention and chains compute with started/finished: a signed manifest whose time is in
+    another format is damaged at load (listed as DAMAGED), never a traceback in prune."""
+    good = mf.Manifest(
+        "20261122T101500Z-abcdef", "django", "web1", "2026-11-22T10:15:00Z", "2026-11-22T10:16:00Z", {}, ()
+    )
+    text = mf.dumps(good).replace('"started": "2026-11-22T10:15:00Z"', f'"started": "{stamp}"')
+    with pytest.raises(ValueError, match="malformed manifest.*YYYY-MM-DDTHH:MM:SSZ"):
+        mf.loads(text)

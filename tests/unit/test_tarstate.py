@@ -14,6 +14,8 @@ from recipes import manifest as mf
 from recipes.hosts import LocalHost
 from recipes.tarstate import KEEP, RemoteState, StateCache
 
+T0 = "2026-11-22T10:15:00Z"
+
 
 def manifest(sid: str, content: bytes) -> mf.Manifest:
     state = mf.StoredObject(
@@ -24,7 +26,7 @@ def manifest(sid: str, content: bytes) -> mf.Manifest:
         "00" * 32,
         content_sha256=hashlib.sha256(content).hexdigest(),
     )
-    return mf.Manifest(sid, "django", "web1", "t", "t", {}, (state,))
+    return mf.Manifest(sid, "django", "web1", T0, T0, {}, (state,))
 
 
 def stage(cache: StateCache, sid: str, content: bytes) -> mf.Manifest:
