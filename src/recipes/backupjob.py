@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import StepFailed
 from recipes.execute import Interpreter
-from recipes.hosts import FAILED_WAIT, Host, last_line
+from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.interrupts import signalled
 from recipes.model import Command
 from recipes.ops import HostCommand, KeyStore, SnapshotObject, Transfer
@@ -58,6 +59,7 @@ class Backup:
         self.external: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
         self.interp: Interpreter
+        self.background: list[tuple[threading.Thread, list[BaseException], Process]] = []
 
     def prepare(self) -> None:
         """Open the control session before any step: version facts, whether the host has zstd, and
@@ -122,7 +124,12 @@ class Backup:
         return self.interp
 
     def execute(self) -> None:
-        self.interp.run_steps(self.plan.steps)
+        try:
+            self.interp.run_steps(self.plan.steps)
+        except BaseException:
+            self.join_background(failed=True)
+            raise
+        self.join_background()
         self.records = self.interp.records
 
     def _store(self, host: Host, op: Transfer) -> str:
@@ -140,8 +147,54 @@ class Backup:
                 command.user,
             )
             self.states.append(src.state)
+        if op.background:
+            return self._start_background(host, command, dst, op, src.warn_exits)
         self._stream(host, command, dst.name, dst.kind, dst.engine, op.what, src.warn_exits)
         return "ok"
+
+    def _start_background(
+        self, host: Host, command: Command, dst: SnapshotObject, op: Transfer, warn_exits: tuple[int, ...]
+    ) -> str:
+        """Start the command and wait for its first byte (a pg_dump has taken its snapshot by
+        then), then store the rest in a thread: the run goes on (a filesystem snapshot, the
+        application started again) and waits for it before anything is committed."""
+        on_host = self.zstd_on_host and host.name == self.host.name
+        proc = host.start(self.compression.on_host(command) if on_host else command)
+        try:
+            proc.close_stdin()
+            first = proc.read(stream.CHUNK)
+        except BaseException:
+            proc.kill()
+            raise
+        box: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._stream(
+                    host, command, dst.name, dst.kind, dst.engine, op.what, warn_exits, (proc, first)
+                )
+            except BaseException as exc:
+                box.append(exc)
+
+        thread = threading.Thread(target=work, name=f"store-{dst.name}", daemon=True)
+        thread.start()
+        self.background.append((thread, box, proc))
+        log.info("%s: begun, stored in the background", op.what)
+        return "begun (stored while the run went on)"
+
+    def join_background(self, failed: bool = False) -> None:
+        """Wait for every background transfer; after a failure kill them first. Raises the first
+        error a background transfer had."""
+        for _, _, proc in self.background:
+            if failed:
+                proc.kill()
+        errors: list[BaseException] = []
+        for thread, box, _ in self.background:
+            thread.join()
+            errors += box
+        self.background.clear()
+        if errors and not failed:
+            raise errors[0]
 
     def _to_key_store(self, host: Host, op: Transfer) -> str:
         """A key file from the host, age-encrypted, into a store apart from the repository."""
@@ -174,17 +227,24 @@ class Backup:
         engine: str | None,
         step_name: str,
         warn_exits: tuple[int, ...],
+        begun: tuple[Process, bytes] | None = None,
     ) -> None:
+        """Store one command's stdout; ``begun``: the command already runs and sent these bytes."""
         started = time.monotonic()
         path = f"{name}.zst.age"
         on_host = self.zstd_on_host and host.name == self.host.name
         taps = facts.taps_for(what, engine)
-        proc = host.start(self.compression.on_host(command) if on_host else command)
+        if begun is None:
+            proc = host.start(self.compression.on_host(command) if on_host else command)
+            source: stream.Readable = proc
+        else:
+            proc, first = begun
+            source = _Prefixed(first, proc)
         try:
             proc.close_stdin()
             with self.writer.open(path) as fh:
                 stored = stream.store(
-                    proc,
+                    source,
                     fh,
                     self.recipients,
                     compressed=on_host,
@@ -242,3 +302,17 @@ def _merged(taps: list[facts.Tap]) -> dict[str, Any]:
     for tap in taps:
         out.update(tap.result())
     return out
+
+
+class _Prefixed:
+    """A process's stdout with the bytes already read from it put back in front."""
+
+    def __init__(self, first: bytes, proc: Process) -> None:
+        self._first = first
+        self._proc = proc
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._first:
+            out, self._first = self._first, b""
+            return out
+        return self._proc.read(n)

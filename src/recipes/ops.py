@@ -242,6 +242,9 @@ class Transfer:
     src: Endpoint
     dst: Endpoint
     what: str
+    background: bool = False
+    """Go on once the first byte arrived (the source is consistent from then on); the run
+    waits for the rest before it ends."""
 
 
 Op: TypeAlias = Exec | Undo | Release | Manual | Guard | Transfer

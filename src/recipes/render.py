@@ -88,6 +88,11 @@ def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> 
     for end in (src, dst):
         if isinstance(end, ops.HostCommand):
             out += [f"$ {c.masked()}{_on(end.role)}" for c in _host_commands(end)]
+    if op.background:
+        out.append(
+            "the next step starts once its first byte arrived (consistent from then on); "
+            "the run waits for the rest before it ends"
+        )
     return out
 
 

@@ -204,6 +204,10 @@ class Dump:
     command: Command
     about: str = ""
 
+    consistent_from_first_byte: bool = False
+    """The dump's program has taken its consistent snapshot before it writes anything (pg_dump):
+    the run goes on (an application may start again) once the first byte arrived."""
+
     @property
     def object(self) -> str:
         return f"dumps/{self.name}.sql"
@@ -214,6 +218,7 @@ class Dump:
                 HostCommand(self.command),
                 SnapshotObject(self.object, "dump", self.engine),
                 f"dump {self.name}",
+                background=self.consistent_from_first_byte,
             )
         ]
 

@@ -50,5 +50,5 @@ def test_a_time_in_another_format_is_a_malformed_manifest_not_a_later_crash(stam
         "20261122T101500Z-abcdef", "django", "web1", "2026-11-22T10:15:00Z", "2026-11-22T10:16:00Z", {}, ()
     )
     text = mf.dumps(good).replace('"started": "2026-11-22T10:15:00Z"', f'"started": "{stamp}"')
-    with pytest.raises(ValueError, match="malformed manifest.*YYYY-MM-DDTHH:MM:SSZ"):
+    with pytest.raises(ValueError, match=r"malformed manifest.*YYYY-MM-DDTHH:MM:SSZ"):
         mf.loads(text)

@@ -111,7 +111,16 @@ def dump(conn: Connection, name: str = "postgresql") -> Dump:
     about = "pg_dumpall: every database, role and grant of the cluster"
     if conn.database is not None:
         about = f"pg_dump --create: database {conn.database} (its roles are not included)"
-    return Dump(name=name, engine=ENGINE, command=conn.dump_command(), about=about)
+    # pg_dump writes a plain script only once it holds its snapshot and has read the catalog, so
+    # its first byte means the dump is consistent from then on. pg_dumpall takes one snapshot per
+    # database as it goes: it is waited for.
+    return Dump(
+        name=name,
+        engine=ENGINE,
+        command=conn.dump_command(),
+        about=about,
+        consistent_from_first_byte=conn.database is not None,
+    )
 
 
 def load(conn: Connection, name: str = "postgresql") -> Load:
