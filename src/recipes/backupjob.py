@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from recipes import keystore, stream
+from recipes import keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import StepFailed
@@ -56,6 +56,8 @@ class Backup:
         self.objects: list[mf.StoredObject] = []
         self.external: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
+        self.sizes: dict[str, int] = {}
+        """Expected stored size per object name (from the parent snapshot), for progress."""
         self.interp: Interpreter
 
     def prepare(self) -> None:
@@ -177,12 +179,19 @@ class Backup:
         started = time.monotonic()
         path = f"{name}.zst.age"
         on_host = self.zstd_on_host and host.name == self.host.name
+        watch = self.interp.progress
+        meter = watch.meter(name, self.sizes.get(name))
         proc = host.start(self.compression.on_host(command) if on_host else command)
         try:
             proc.close_stdin()
+            source = proc if on_host else progress.CountingReader(proc, watch.raw(name))
             with self.writer.open(path) as fh:
                 stored = stream.store(
-                    proc, fh, self.recipients, compressed=on_host, level=self.compression.level
+                    source,
+                    progress.CountingWriter(fh, meter),
+                    self.recipients,
+                    compressed=on_host,
+                    level=self.compression.level,
                 )
         except StepFailed as exc:
             if signalled.is_set():  # Ctrl-C inside age's callbacks: act now, do not drain the stream
