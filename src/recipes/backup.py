@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from recipes import __version__, chain, signing, stream
+from recipes import __version__, chain, progress, signing, stream
 from recipes import manifest as mf
 from recipes.backupjob import Backup
 from recipes.errors import ConfigError
@@ -111,6 +111,8 @@ def _backup(
     writer = repo.begin(plan.recipe, plan.host)
     staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
+    if decision.parent is not None:
+        job.sizes = progress.expected_sizes(decision.parent)
     interp = job.interpreter(roles or {}, deadman_seconds, writer.snapshot)
     committed = False
     try:

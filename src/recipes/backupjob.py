@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recipes import facts, keystore, stream
+from recipes import facts, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import StepFailed
@@ -58,6 +58,8 @@ class Backup:
         self.objects: list[mf.StoredObject] = []
         self.external: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
+        self.sizes: dict[str, int] = {}
+        """Expected stored size per object name (from the parent snapshot), for progress."""
         self.interp: Interpreter
         self.background: list[tuple[threading.Thread, list[BaseException], Process]] = []
 
@@ -234,18 +236,21 @@ class Backup:
         path = f"{name}.zst.age"
         on_host = self.zstd_on_host and host.name == self.host.name
         taps = facts.taps_for(what, engine)
+        watch = self.interp.progress
+        meter = watch.meter(name, self.sizes.get(name))
         if begun is None:
             proc = host.start(self.compression.on_host(command) if on_host else command)
-            source: stream.Readable = proc
+            raw: stream.Readable = proc
         else:
             proc, first = begun
-            source = _Prefixed(first, proc)
+            raw = _Prefixed(first, proc)
         try:
             proc.close_stdin()
+            source = raw if on_host else progress.CountingReader(raw, watch.raw(name))
             with self.writer.open(path) as fh:
                 stored = stream.store(
                     source,
-                    fh,
+                    progress.CountingWriter(fh, meter),
                     self.recipients,
                     compressed=on_host,
                     level=self.compression.level,

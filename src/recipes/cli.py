@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from recipes.errors import ConfigError, RecipeError
+from recipes.output import Output, human_size
 
 log = logging.getLogger("recipes")
 
@@ -19,10 +20,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_VERIFY = 0, 1, 2, 3
 
 
 class State:
-    def __init__(self, config: str | None, as_json: bool, verbose: int) -> None:
+    def __init__(self, config: str | None, as_json: bool, verbose: int, out: Output | None = None) -> None:
         self.config_path = config
         self.json = as_json
         self.verbose = verbose
+        self.out = out or Output(verbose, False)
         self._config: Any = None
 
     @property
@@ -34,8 +36,13 @@ class State:
         return self._config
 
 
-def emit(state: State, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True) if state.json else text)
+def emit(state: State, data: Any, text: str, report: bool = False) -> None:
+    """``data`` as JSON with --json, else ``text``. A ``report`` of what a command did (run,
+    restore, prune, copy) is left out with -q: cron then mails only warnings and errors."""
+    if state.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif not (report and state.out.quiet):
+        click.echo(text)
 
 
 def one_line(text: str) -> str:
@@ -104,14 +111,9 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: in
     """
     if quiet and verbose:
         raise click.UsageError("-q and -v contradict each other: give one")
-    level = logging.DEBUG if verbose > 1 else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="recipes: %(message)s", stream=sys.stderr)
-    if verbose < 2:
-        for noisy in ("paramiko", "fsspec", "s3fs", "botocore", "invoke", "fabric"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        # paramiko logs a traceback for a host that does not answer; our HostError says it in one line
-        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
-    ctx.obj = State(config_path, as_json, verbose)
+    out = Output(verbose, quiet)
+    out.setup_logging()
+    ctx.obj = State(config_path, as_json, verbose, out)
 
 
 _pass_state = click.make_pass_decorator(State)
@@ -337,29 +339,34 @@ def run_cmd(
     roles = _open_roles(state, r, params, spec.name)
     live = open_host(spec)
     try:
-        manifest = engine.backup(
-            p,
-            live,
-            repository,
-            recipients,
-            full=full,
-            chaining=state.config.chaining(),
-            signer=signer,
-            trust=state.config.trust(),
-            deadman_seconds=state.config.engine.deadman_seconds,
-            roles=roles,
-        )
+        with state.out.watching() as watcher:
+            manifest = engine.backup(
+                p,
+                live,
+                repository,
+                recipients,
+                full=full,
+                chaining=state.config.chaining(),
+                signer=signer,
+                trust=state.config.trust(),
+                deadman_seconds=state.config.engine.deadman_seconds,
+                roles=roles,
+            )
     finally:
         live.close()
         _close_roles(roles)
+    from recipes import output
     from recipes.manifest import _converter
 
+    if not state.json:
+        raw = watcher.raw_sizes() if isinstance(watcher, output.Bars) else {}
+        state.out.print(output.run_table(manifest, raw, state.out.collected.warnings))
     kind = f"incremental level {manifest.level} on {manifest.parent}" if manifest.level else "full"
     text = (
         f"snapshot {manifest.snapshot} of {recipe}@{spec.name} ({kind}): {len(manifest.objects)} "
-        f"objects, {manifest.size} bytes stored in {repository.url}"
+        f"objects, {human_size(manifest.size)} ({manifest.size} bytes) stored in {repository.url}"
     )
-    emit(state, _converter.unstructure(manifest), text)
+    emit(state, _converter.unstructure(manifest), text, report=True)
 
 
 @main.command("snapshots")
@@ -398,7 +405,7 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
     lines = [
         f"{d['snapshot']}  {d['recipe']:<10} {d['host']:<20} {d['finished']}  "
         f"{'full' if not d['level'] else 'incr ' + str(d['level']):<7} "
-        f"{d['size']:>12} B  {len(d['objects'])} objects"
+        f"{human_size(d['size']):>10}  {len(d['objects'])} objects"
         + (f"  UNTRUSTED: {d['problem']}" if d["problem"] else "")
         for d in data
     ]
@@ -453,7 +460,7 @@ def prune_cmd(state: State, recipe: str | None, host: str | None, repo: str | No
         lines += [f"  {d}" for d in rep.damaged]
         lines += [f"  {verb} debris {d} (no manifest, older than a day: a killed run)" for d in rep.debris]
     text = "\n".join(lines) if lines else f"no snapshots in {repository.url}"
-    emit(state, [rep.to_dict() for rep in reports], text)
+    emit(state, [rep.to_dict() for rep in reports], text, report=True)
 
 
 @main.command("restore")
@@ -538,20 +545,26 @@ def restore_cmd(
     roles = _open_roles(state, r, params, spec.name)
     live = open_host(spec)
     try:
-        records = engine.restore(
-            p,
-            live,
-            repository,
-            manifest,
-            identities,
-            force,
-            trust=trust,
-            roles=roles,
-            deadman_seconds=cfg.engine.deadman_seconds,
-        )
+        with state.out.watching():
+            records = engine.restore(
+                p,
+                live,
+                repository,
+                manifest,
+                identities,
+                force,
+                trust=trust,
+                roles=roles,
+                deadman_seconds=cfg.engine.deadman_seconds,
+            )
     finally:
         live.close()
         _close_roles(roles)
+    if not state.json:
+        from recipes import output
+
+        warned = state.out.collected.warnings
+        state.out.print(output.restore_table(manifest.snapshot, spec.name, records, warned))
     data = {
         "snapshot": manifest.snapshot,
         "host": spec.name,
@@ -562,6 +575,7 @@ def restore_cmd(
         data,
         f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
         f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s",
+        report=True,
     )
 
 
@@ -623,8 +637,8 @@ def verify_cmd(
         "damaged": damaged,
     }
     lines = [
-        f"{'ok    ' if r.ok else 'FAILED'} {r.recipe}@{r.host} {r.snapshot}: {r.objects} objects, {r.bytes} B"
-        + ("" if r.ok else "; " + "; ".join(p.line() for p in r.problems))
+        f"{'ok    ' if r.ok else 'FAILED'} {r.recipe}@{r.host} {r.snapshot}: {r.objects} objects, "
+        f"{human_size(r.bytes)}" + ("" if r.ok else "; " + "; ".join(p.line() for p in r.problems))
         for r in reports
     ] + [f"FAILED {d} (damaged manifest)" for d in damaged]
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {repository.url}")
@@ -666,17 +680,8 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
         {"recipe": c.recipe, "host": c.host, "snapshot": c.snapshot, "outcome": c.outcome, "bytes": c.bytes}
         for c in done
     ]
-    lines = [f"{c.outcome:<7} {c.recipe}@{c.host} {c.snapshot} ({c.bytes} B)" for c in done]
-    emit(state, data, "\n".join(lines) if lines else f"no snapshots in {source.url}")
-
-
-def _size(n: float) -> str:
-    """1.2 GiB, for people."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    lines = [f"{c.outcome:<7} {c.recipe}@{c.host} {c.snapshot} ({human_size(c.bytes)})" for c in done]
+    emit(state, data, "\n".join(lines) if lines else f"no snapshots in {source.url}", report=True)
 
 
 @main.command("estimate")
@@ -734,19 +739,19 @@ def estimate_cmd(
         "prices": attrs.asdict(prices),
     }
     dumps = (
-        f"{_size(e.dumps)} (from snapshot {trusted[-1].snapshot})"
+        f"{human_size(e.dumps)} (from snapshot {trusted[-1].snapshot})"
         if trusted
         else "not measured: no snapshot yet (run a backup once)"
     )
     text = "\n".join(
         [
             f"estimate {recipe} on {spec.name}",
-            f"  files: {_size(e.raw)} (excludes applied); zstd -1 on a {_size(e.sampled)} sample: "
+            f"  files: {human_size(e.raw)} (excludes applied); zstd -1 on a {human_size(e.sampled)} sample: "
             f"{e.ratio:.0%}",
             f"  dumps: {dumps}",
-            f"  one full: about {_size(e.per_full)}; retention keeps {e.copies} fulls "
+            f"  one full: about {human_size(e.per_full)}; retention keeps {e.copies} fulls "
             f"(max_age {cfg.retention.max_age} / full_every {cfg.retention.full_every}): "
-            f"{_size(e.stored)} stored (incrementals not counted)",
+            f"{human_size(e.stored)} stored (incrementals not counted)",
             f"  cost per year: ${e.cost:.2f} = {gb:.3f} GB x {e.copies} x ${prices.gb_month}/GB-month x 12"
             f" + {prices.downloads_per_year:g} downloads x {gb:.3f} GB x ${prices.gb_download}/GB",
         ]

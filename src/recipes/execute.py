@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import attrs
 
 from recipes import manifest as mf
-from recipes import ops
+from recipes import ops, progress
 from recipes.compression import ZSTD_FACT
 from recipes.errors import ConfigError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, Tracked
@@ -61,6 +61,8 @@ class Interpreter:
         self.deadman = deadman
         self.force = force
         self.snapshot_facts = snapshot_facts or {}
+        self.progress = progress.current()
+        """Who watches this run (the CLI's progress bars): transfers hand it byte counters."""
         self.globals = {"run": run_id}
         self.values: dict[str, dict[str, str]] = {}
         self.facts: dict[str, str] = {}
@@ -149,14 +151,15 @@ class Interpreter:
         for step in steps:
             started = time.monotonic()
             log.info("step %s %s", kind(step), step.name)
+            self.progress.step(kind(step), step.name)
             outcome = "ok"
             for op in step.ops():
                 said = self.table[type(op)](op)
                 if said:
                     outcome = said
-            self.records.append(
-                mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), outcome)
-            )
+            record = mf.StepRecord(step.name, kind(step), round(time.monotonic() - started, 3), outcome)
+            self.records.append(record)
+            self.progress.step_done(record)
 
     def finish(self, succeeded: bool) -> None:
         """Run every host's undo list, newest host first; never raises (see ``failure``)."""

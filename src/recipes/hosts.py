@@ -19,6 +19,15 @@ from recipes.errors import HostError, RecipeError, StepFailed
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
+# Every command started on a host, masked: shown with -v (the CLI sets this logger's level).
+commands = logging.getLogger("recipes.commands")
+
+
+def said(host: str, command: Command) -> None:
+    """Log a command about to run (masked), when -v asked for commands."""
+    if commands.isEnabledFor(logging.INFO):
+        commands.info("run on %s: %s", host, command.masked())
+
 
 # Measured on loopback: aes128-gcm with a large window roughly doubles paramiko's throughput.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
@@ -280,6 +289,7 @@ class LocalHost:
 
     def start(self, command: Command) -> Process:
         line, prefix = command.wire(sudo=self.spec.sudo)
+        said(self.name, command)
         return LocalProcess(line, prefix)
 
     def connect_soon(self) -> None:
@@ -489,6 +499,7 @@ class SshHost:
 
     def start(self, command: Command) -> Process:
         line, prefix = command.wire(sudo=self.spec.sudo)
+        said(self.name, command)
         transport = self._transport()
         try:
             channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO, cast
 
-from recipes import chain, keystore, stream
+from recipes import chain, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import ConfigError, RepositoryError, StepFailed
@@ -193,10 +193,12 @@ class _Restore:
         on_host = self.host_zstd and host.name == self.host.name
         if on_host:
             command = Compression.decompress_on_host(command)
+        meter = progress.current().meter(obj.name, obj.size)
         proc: Process = host.start(command)
         try:
             with self.repo.open_object(manifest, obj) as fh:
-                stream.fetch(fh, proc, self.identities, obj.sha256, obj.size, decompress=not on_host)
+                counted = cast(BinaryIO, progress.CountingReader(fh, meter))
+                stream.fetch(counted, proc, self.identities, obj.sha256, obj.size, decompress=not on_host)
         except StepFailed:
             status = proc.wait(timeout=FAILED_WAIT)
             raise StepFailed(

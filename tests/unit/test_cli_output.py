@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,3 +48,181 @@ def test_json_is_accepted_after_the_command_name_too(tmp_path: Path) -> None:
     assert before.returncode == after.returncode == 0, after.stderr
     assert before.stdout == after.stdout == "[]\n"
     assert _cli(tmp_path, "list", "--json").stdout.lstrip().startswith("[")
+
+
+# ---- formatting (recipes.output) and counting (recipes.progress)
+
+
+def test_human_sizes_and_durations() -> None:
+    from recipes.output import human_seconds, human_size, ratio
+
+    assert [human_size(n) for n in (0, 1023, 1024, 1536, 1.2 * 2**30, 3 * 2**40, 2**50)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "1.2 GiB",
+        "3.0 TiB",
+        "1.0 PiB",
+    ]
+    assert [human_seconds(s) for s in (0.04, 59.94, 185, 7290)] == ["0.0s", "59.9s", "3m05s", "2h01m"]
+    assert (ratio(300, 100), ratio(None, 100), ratio(0, 100), ratio(5, 0)) == ("3.0x", "-", "-", "-")
+
+
+def test_timestamped_lines_are_utc_and_stamp_every_line() -> None:
+    import logging
+
+    from recipes.output import Timestamped
+
+    record = logging.LogRecord("recipes", logging.INFO, __file__, 1, "step %s %s", ("archive", "files"), None)
+    record.created = 1795471001.0  # 2026-11-23T21:56:41Z
+    fmt = Timestamped("%(message)s")
+    assert fmt.format(record) == "2026-11-23T21:56:41Z recipes: step archive files"
+    record.msg, record.args = "two\nlines", ()
+    assert fmt.format(record).splitlines() == [
+        "2026-11-23T21:56:41Z recipes: two",
+        "2026-11-23T21:56:41Z recipes: lines",
+    ]
+
+
+def _manifest() -> Any:
+    from recipes import manifest as mf
+
+    objects = (
+        mf.StoredObject("files.tar", "files", "files.tar.zst.age", int(1.2 * 2**30), "0" * 64, seconds=93.25),
+        mf.StoredObject(
+            "dumps/mysql.sql",
+            "dump",
+            "dumps/mysql.sql.zst.age",
+            2048,
+            "1" * 64,
+            seconds=1.5,
+            warnings=("tar: ./x: file changed as we read it",),
+        ),
+    )
+    return mf.Manifest(
+        snapshot="20261123T215001Z-abcdef",
+        recipe="looker",
+        host="web1",
+        started="2026-11-23T21:50:01Z",
+        finished="2026-11-23T21:51:40Z",
+        params={},
+        objects=objects,
+        downtime={"looker@web1": 4.25},
+    )
+
+
+def _render(renderable: Any) -> str:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=120, color_system=None, force_terminal=False).print(renderable)
+    return buf.getvalue()
+
+
+def test_run_summary_table_per_object_with_downtime_and_warnings() -> None:
+    from recipes import output
+
+    m = _manifest()
+    text = _render(output.run_table(m, {"dumps/mysql.sql": 8192}, ["manual step (not run, yours to do): x"]))
+    files = next(line for line in text.splitlines() if "files.tar" in line)
+    assert "1.2 GiB" in files and "1m33s" in files and " - " in files  # ratio unknown: zstd ran on the host
+    dump = next(line for line in text.splitlines() if "dumps/mysql.sql" in line)
+    assert "2.0 KiB" in dump and "4.0x" in dump and "1.5s" in dump and dump.rstrip(" │").endswith("1")
+    assert "downtime: looker@web1 4.2s" in text
+    assert "warning: dumps/mysql.sql: 1 warning(s), e.g. tar: ./x: file changed as we read it" in text
+    assert "warning: manual step (not run, yours to do): x" in text
+    assert "20261123T215001Z-abcdef (full): 1.2 GiB stored" in text
+
+
+def test_restore_summary_table_per_step() -> None:
+    from recipes import manifest as mf
+    from recipes import output
+
+    records = [
+        mf.StepRecord("files", "extract", 12.5, "ok (a full and 2 incrementals)"),
+        mf.StepRecord("db", "load", 61, "ok"),
+    ]
+    text = _render(output.restore_table("20261123T215001Z-abcdef", "target", records, []))
+    assert "20261123T215001Z-abcdef onto target" in text
+    extract = next(line for line in text.splitlines() if "extract" in line)
+    assert "files" in extract and "12.5s" in extract and "ok (a full and 2 incrementals)" in extract
+    assert "1m01s" in next(line for line in text.splitlines() if "load" in line)
+    assert "2 steps in 1m14s" in text
+
+
+def test_bars_read_the_counters_on_their_own_clock() -> None:
+    import io
+
+    from rich.console import Console
+
+    from recipes import manifest as mf
+    from recipes import output
+
+    bars = output.Bars(Console(file=io.StringIO(), width=120, force_terminal=True))
+    bars.step("archive", "files")
+    meter = bars.meter("files.tar", total=4 << 20)
+    meter(1 << 20)  # what a transfer does per chunk: add to a counter, nothing more
+    assert bars.bars.tasks[0].completed == 0  # not drawn yet
+    list(bars.bars.get_renderables())
+    task = bars.bars.tasks[0]
+    assert task.completed == 1 << 20 and task.total == 4 << 20
+    assert task.description == "archive files: files.tar"
+    assert task.fields["info"].startswith("1.0 MiB / 4.0 MiB")
+    meter(8 << 20)  # more than the parent's size: the total is no longer a promise
+    list(bars.bars.get_renderables())
+    assert bars.bars.tasks[0].total is None
+    bars.raw("files.tar")(3 << 20)
+    bars.step_done(mf.StepRecord("files", "archive", 2.5, "ok"))
+    assert bars.bars.tasks[0].finished and bars.bars.tasks[0].fields["info"] == "9.0 MiB  2.5s"
+    assert bars.raw_sizes() == {"files.tar": 3 << 20}
+
+
+def test_numbers_show_rate_and_eta_when_the_size_is_known() -> None:
+    from types import SimpleNamespace
+
+    from recipes.output import numbers
+
+    moving = SimpleNamespace(
+        fields={"moved": True, "seconds": None}, completed=1 << 30, total=2 << 30, speed=100 << 20, elapsed=10
+    )
+    assert numbers(moving) == "1.0 GiB / 2.0 GiB  100.0 MiB/s  ETA 10.2s"
+    moving.total = None
+    assert numbers(moving) == "1.0 GiB  100.0 MiB/s"
+    waiting = SimpleNamespace(
+        fields={"moved": False, "seconds": None}, completed=0, total=None, speed=None, elapsed=3
+    )
+    assert numbers(waiting) == "3.0s"
+
+
+def test_counting_wrappers_only_add_lengths() -> None:
+    import io
+
+    from recipes import progress
+
+    meter = progress.Meter("x")
+    reader = progress.CountingReader(io.BytesIO(b"a" * 10), meter)
+    assert reader.read(4) == b"aaaa" and reader.read() == b"a" * 6 and reader.read() == b""
+    sink = io.BytesIO()
+    progress.CountingWriter(sink, meter).write(b"bcd")
+    assert meter.done == 13 and sink.getvalue() == b"bcd"
+    assert isinstance(progress.current(), progress.Progress)  # the default watcher: counts, draws nothing
+
+
+def test_a_command_is_logged_masked_for_verbose(caplog: Any, monkeypatch: Any) -> None:
+    import logging
+
+    from recipes.hosts import LocalHost
+    from recipes.model import Command, Secret
+
+    monkeypatch.setenv("OUT_TEST_PASSWORD", "hunter2")
+    command = Command('PGPASSWORD="$PGPASSWORD" true', (("PGPASSWORD", Secret("OUT_TEST_PASSWORD")),))
+    with caplog.at_level(logging.INFO, logger="recipes.commands"):
+        proc = LocalHost().start(command)
+        proc.close_stdin()
+        assert proc.wait() == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "recipes.commands"]
+    assert lines == ["run on local: PGPASSWORD=*** true"]
+    assert "hunter2" not in caplog.text
