@@ -151,6 +151,7 @@ def _backup(
                 facts=dict(interp.facts),
                 external=tuple(job.external),
                 downtime=interp.downtime(),
+                warnings=tuple(interp.warnings),
                 versions={"recipes": __version__, **job.versions},
                 level=decision.level,
                 parent=decision.parent.snapshot if decision.parent else None,

@@ -68,6 +68,8 @@ class Interpreter:
         self.facts: dict[str, str] = {}
         self.comps: dict[str, Compensation] = {}
         self.records: list[mf.StepRecord] = []
+        self.warnings: list[str] = []
+        """``warning:`` lines commands printed on stderr (a .deploying marker left out...)."""
         self.judged: dict[ops.Guard, list[str]] = {}
         self._stopped: dict[tuple[str, str], float] = {}
         self._down: dict[tuple[str, int], str] = {}
@@ -201,6 +203,10 @@ class Interpreter:
                 raise StepFailed(
                     f"{op.what} failed on {host.name} (exit {result.exit_status}): {last_line(result.stderr)}"
                 )
+            for line in result.stderr.splitlines():
+                if line.strip().lower().startswith("warning:"):
+                    log.warning("%s on %s: %s", op.what, host.name, line.strip())
+                    self.warnings.append(f"{op.what} on {host.name}: {line.strip()}")
             mine = self.values.setdefault(host.name, {})
             if op.sets:
                 mine[op.sets] = "yes" if result.exit_status == 0 else "no"

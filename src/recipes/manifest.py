@@ -88,6 +88,8 @@ class Manifest:
     """What the recipe read at backup time (application version...): guards and drills compare."""
     external: tuple[StoredObject, ...] = ()
     """Objects stored apart from the repository (a key file in a key store): ``path`` is its URL."""
+    warnings: tuple[str, ...] = ()
+    """``warning:`` lines the recipe's commands printed (a .deploying marker left out...)."""
     downtime: dict[str, float] = attrs.Factory(dict)
     """Seconds each stopped application was down, per ``<step>@<host>``."""
 

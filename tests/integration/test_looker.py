@@ -190,6 +190,11 @@ def test_deploying_marker_is_never_copied_and_a_running_looker_is_not_stopped_fo
     backup = world.cli("-v", "run", "looker", "--host", "source", *looker_args(lk))
     assert backup.returncode == 0, backup.stderr
     (snap,) = world.repo.glob("looker/source/*/manifest.json")
+    # the marker is said, as a warning, on the terminal and in the manifest
+    assert "WARNING" in backup.stderr or "warning:" in backup.stderr
+    assert ".deploying exists: left out of the snapshot" in backup.stderr
+    recorded = json.loads(snap.read_text())["warnings"]
+    assert len(recorded) == 1 and ".deploying exists: left out of the snapshot" in recorded[0]
     world.cli("restore", "looker", "--host", "target", "--from", "source", *looker_args(lk), check=True)
     dst_home = dst_site.local_path(lk.home)
     assert not (dst_home / "looker/.deploying").exists()
