@@ -127,6 +127,7 @@ class Backup:
 
     def execute(self) -> None:
         try:
+            self.interp.reach()
             self.interp.run_steps(self.plan.steps)
         except BaseException:
             self.join_background(failed=True)

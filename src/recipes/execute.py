@@ -148,6 +148,22 @@ class Interpreter:
                 self.judged.setdefault(g, []).append(name)
         return zstd
 
+    def reach(self) -> None:
+        """Before the first op: every host of the other roles answers (a node that cannot be
+        reached fails the run here, before anything anywhere is stopped)."""
+        seen = {h.name for h in self.roles.get("main", [])}
+        for role, hosts in self.roles.items():
+            for h in hosts:
+                if h.name in seen:
+                    continue
+                seen.add(h.name)
+                result = run(h, Command("true"))
+                if result.exit_status != 0:
+                    raise StepFailed(
+                        f"{role} host {h.name} does not run commands (exit {result.exit_status}): "
+                        f"{last_line(result.stderr)}; nothing was stopped"
+                    )
+
     def run_steps(self, steps: Iterable[HasOps]) -> None:
         """Every op of every step, in order; one record per step."""
         for step in steps:

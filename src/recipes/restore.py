@@ -95,6 +95,7 @@ def restore(
     )
     with interrupts_as_exceptions():
         # The probes only read (is the target empty, has it zstd): a refusal costs no hashing.
+        interp.reach()
         zstd = interp.preflight(plan.steps, probe_zstd=True)
         job.host_zstd = resolve_zstd(host, plan.compression, zstd.get(host.name, False))
         for m in snapshots:
