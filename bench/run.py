@@ -928,7 +928,7 @@ class Bench:
     def recipes_help(self) -> None:
         rounds = 3 if self.args.quick else self.args.help_rounds
         subprocess.run([self.recipes, "--help"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
-        runner = Runner(self.dir, None)
+        runner = Runner(self.dir, None, self.args.settle_timeout)
         for _ in range(rounds):
             sample, _out = runner.run([self.recipes, "--help"], what="recipes --help")
             self.add("recipes_help", sample)
