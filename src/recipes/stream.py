@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import attrs
 
@@ -61,7 +61,7 @@ class _Tapped:
     bounded queue (constant memory), so it overlaps with encryption instead of adding to it;
     a tap's failure never fails the stream (its facts are then left out)."""
 
-    DEPTH = 16
+    DEPTH = 4
 
     def __init__(self, source: Readable, taps: list[Any], compressed: bool) -> None:
         import queue
@@ -78,18 +78,33 @@ class _Tapped:
     def _work(self) -> None:
         import zstandard
 
-        inflate = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        taps = self._taps
+
+        class Feed:
+            def write(self, plain: bytes) -> int:
+                for tap in taps:
+                    tap.feed(plain)
+                return len(plain)
+
+        # A stream writer hands the plain bytes over in 128 KiB pieces: memory stays bounded
+        # however well a chunk compresses.
+        sink = (
+            zstandard.ZstdDecompressor().stream_writer(cast(Any, Feed()), write_size=1 << 17)
+            if self._compressed
+            else None
+        )
         broken = False
         while (data := self._queue.get()) is not None:
             if broken:
                 continue
             try:
-                plain = inflate.decompress(data) if self._compressed else data
-                for tap in self._taps:
-                    tap.feed(plain)
+                if sink is not None:
+                    sink.write(data)
+                else:
+                    Feed().write(data)
             except Exception:  # a corrupt stream is reported by the store; facts are dropped
                 broken = True
-                self._taps = []
+                taps.clear()
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._source.read(n)
