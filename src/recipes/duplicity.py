@@ -45,8 +45,16 @@ DUMP_NAME = re.compile(
 )
 _PREFER = {"daily": 2, "weekly": 1, "monthly": 0}
 """At the same timestamp the daily dump is taken (the weekly/monthly one is the same data)."""
+MAX_GNUPGHOME = 80
+"""Longer GNUPGHOME paths cannot hold gpg-agent's sockets (108 bytes with the socket name)."""
+SHORT_TMP = "/tmp"
+GNUPG_PREFIX = "recipes-gnupg-"
 USE_LINE = re.compile(rb"^USE `((?:[^`]|``)+)`;", re.MULTILINE)
 PEEK = 64 * 1024
+
+
+class BeforeHost(StepFailed):
+    """A failure on the controller before anything was sent to the host (exit 1)."""
 
 
 def _plain(value: str) -> str:
@@ -176,13 +184,13 @@ def choose(members: list[str], databases: tuple[str, ...] = ()) -> list[DumpFile
         missing = [d for d in databases if d not in newest]
         if missing:
             found = ", ".join(sorted(newest)) or "none"
-            raise StepFailed(
+            raise BeforeHost(
                 f"no dump of {', '.join(missing)} in latest/ of the restored backup (databases found: "
                 f"{found}): fix the databases parameter"
             )
         newest = {d: newest[d] for d in databases}
     if not newest:
-        raise StepFailed(
+        raise BeforeHost(
             "the restored backup has no latest/<daily|weekly|monthly>_<db>_<date>_<time>.sql.bz2: "
             "is file_to_restore automysqlbackup's latest.tbz2?"
         )
@@ -219,11 +227,18 @@ class Workspace:
         self.env = _environment(src)  # secrets checked before anything is made
         self.dir = tempfile.mkdtemp(prefix="recipes-duplicity-")
         self.gnupg = os.path.join(self.dir, "gnupg")
+        self.own_gnupg = len(self.gnupg) > MAX_GNUPGHOME
         try:
-            for sub in ("gnupg", "cache", "tmp"):
+            if self.own_gnupg:
+                # gpg-agent's sockets live in GNUPGHOME (no /run/user/<uid>): a long path cannot
+                # hold a socket, and the secret key import fails.
+                self.gnupg = tempfile.mkdtemp(prefix=GNUPG_PREFIX, dir=SHORT_TMP)
+            else:
+                os.mkdir(self.gnupg, 0o700)
+            for sub in ("cache", "tmp"):
                 os.mkdir(os.path.join(self.dir, sub), 0o700)
         except BaseException:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._remove()
             raise
         self.env["GNUPGHOME"] = self.gnupg
 
@@ -237,13 +252,19 @@ class Workspace:
         """Stop the gpg-agent of the temporary GNUPGHOME and remove everything; never raises."""
         env = {**os.environ, "GNUPGHOME": self.gnupg}
         for argv in (["gpgconf", "--kill", "all"], ["gpgconf", "--remove-socketdir"]):
+            if not os.path.isdir(self.gnupg):
+                break
             try:
                 subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
             except (OSError, subprocess.SubprocessError) as exc:
                 log.warning("%s for %s: %s", " ".join(argv), self.gnupg, exc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if os.path.exists(self.dir):
-            log.warning("could not remove %s on the controller: remove it by hand", self.dir)
+        self._remove()
+
+    def _remove(self) -> None:
+        for d in (self.gnupg, self.dir) if self.own_gnupg else (self.dir,):
+            shutil.rmtree(d, ignore_errors=True)
+            if os.path.exists(d):
+                log.warning("could not remove %s on the controller: remove it by hand", d)
 
     def run(self, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
         log.info("$ %s (on the controller)", " ".join(argv))
@@ -362,9 +383,12 @@ class Restorer:
                 src.url,
             )
         with Workspace(src) as work:
-            work.import_key()
-            work.status()
-            restored = work.restore()
+            try:
+                work.import_key()
+                work.status()
+                restored = work.restore()
+            except StepFailed as exc:
+                raise BeforeHost(str(exc)) from None
             if src.unpack == "automysqlbackup":
                 return _load_dumps(host, dst, restored, src.databases, op.what)
             return _stream_tree(host, dst, restored, op.what)

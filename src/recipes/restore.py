@@ -155,9 +155,13 @@ def restore_external(
         except BaseException as exc:
             interp.finish(succeeded=False)
             error = interp.failure(exc)
+            undone = interp.undone()
+            if isinstance(error, duplicity.BeforeHost):
+                back = f"; taken back after the failure: {', '.join(undone)}" if undone else ""
+                raise StepFailed(f"{error}{back}") from exc
             if isinstance(error, StepFailed) and interp.records:
                 raise StepFailed(
-                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), interp.undone())}"
+                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), undone)}"
                 ) from exc
             if error is exc or error is None:
                 raise
