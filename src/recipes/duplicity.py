@@ -37,6 +37,8 @@ BAD_PASSPHRASE_EXIT = 31
 CHUNK = 1 << 20
 ARCHIVE_NAME = "recipes"
 RESTORED = "restored"
+UNPACK_DUMPS = "automysqlbackup"
+UNPACK_TREE = "tree"
 
 # automysqlbackup: ``<period>_<db>_<YYYY-MM-DD>_<HHhMMm>[_<weekday>].sql[.bz2]``.
 DUMP_NAME = re.compile(
@@ -118,7 +120,7 @@ def plan_lines(src: DuplicityCollection) -> list[str]:
             "warning: the collection is encrypted but not signed (GOV.UK's job never signed it): "
             "its origin is not checked, as with --allow-unsigned; set sign_key to require a signature"
         )
-    if src.unpack == "automysqlbackup":
+    if src.unpack == UNPACK_DUMPS:
         which = ", ".join(src.databases) if src.databases else "every database found"
         out += [
             f"extract latest/ of $TMP/{RESTORED} (bzip2 tar) on the controller; for {which}: the newest "
@@ -222,9 +224,11 @@ class Workspace:
     """The private temporary directory on the controller (0700): GNUPGHOME, duplicity's
     archive and temp dirs, what it restored. ``close`` kills its gpg-agent and removes it."""
 
-    def __init__(self, src: DuplicityCollection) -> None:
+    def __init__(self, src: DuplicityCollection, sign: bool = False) -> None:
         self.src = src
         self.env = _environment(src)  # secrets checked before anything is made
+        if sign:
+            self.env["SIGN_PASSPHRASE"] = self.env["PASSPHRASE"]
         self.dir = tempfile.mkdtemp(prefix="recipes-duplicity-")
         self.gnupg = os.path.join(self.dir, "gnupg")
         self.own_gnupg = len(self.gnupg) > MAX_GNUPGHOME
@@ -306,19 +310,18 @@ class Workspace:
             )
         return target
 
-    def _why(self, what: str, done: subprocess.CompletedProcess[bytes]) -> str:
+    def _why(self, what: str, done: subprocess.CompletedProcess[bytes], restore: bool = True) -> str:
+        tail = "; nothing was changed on the host" if restore else ""
         text = (done.stderr + b"\n" + done.stdout).decode("utf-8", "replace")
-        if done.returncode == BAD_PASSPHRASE_EXIT or "Bad passphrase" in text or "No secret key" in text:
+        if "Bad passphrase" in text or "No secret key" in text:
             cause = "bad passphrase" if "Bad passphrase" in text else "no matching secret key"
             return (
                 f"{what} could not decrypt {self.src.url} (exit {done.returncode}, {cause}): check "
-                f"${self.src.passphrase_env} and gpg_key_file {self.src.gpg_key_file}; nothing was "
-                "changed on the host"
+                f"${self.src.passphrase_env} and gpg_key_file {self.src.gpg_key_file}{tail}"
             )
-        return (
-            f"{what} failed on the controller (exit {done.returncode}): {_last(done)}; "
-            "nothing was changed on the host"
-        )
+        gpg = [ln.strip() for ln in text.splitlines() if ln.startswith("gpg: ")]
+        detail = gpg[-1] if done.returncode == BAD_PASSPHRASE_EXIT and gpg else _last(done)
+        return f"{what} failed on the controller (exit {done.returncode}): {detail}{tail}"
 
 
 def _last(done: subprocess.CompletedProcess[bytes]) -> str:
@@ -389,7 +392,7 @@ class Restorer:
                 restored = work.restore()
             except StepFailed as exc:
                 raise BeforeHost(str(exc)) from None
-            if src.unpack == "automysqlbackup":
+            if src.unpack == UNPACK_DUMPS:
                 return _load_dumps(host, dst, restored, src.databases, op.what)
             return _stream_tree(host, dst, restored, op.what)
 
@@ -487,3 +490,123 @@ def _stream_tree(host: Host, dst: HostCommand, path: str, what: str) -> str:
         raise
     _judge(host, dst, proc, what)
     return f"ok ({count} top-level entries)"
+
+
+# ---- the backup side: a host command's stdout into the collection ----------------------------
+
+
+def backup_argv(src: DuplicityCollection, encrypt_key: str, tree: str, work: str = "$TMP") -> list[str]:
+    """``duplicity`` (full if the collection has no chain yet, else incremental), encrypted to
+    ``encrypt_key`` and, with ``sign_key``, signed: GOV.UK's job never signed its sets."""
+    return [
+        "duplicity",
+        "--encrypt-key",
+        encrypt_key,
+        "--allow-source-mismatch",
+        # The temporary keyring holds only the key the operator named: no web of trust to ask.
+        "--gpg-options=--trust-model=always",
+        *options(src, work),
+        tree,
+        src.url,
+    ]
+
+
+def backup_plan_lines(src: DuplicityCollection) -> list[str]:
+    """What the backup executor does on the controller (no secret values)."""
+    env = " ".join([*env_words(src), *([f"SIGN_PASSPHRASE={MASK}"] if src.sign_key else [])])
+    where = f"$TMP/tree/{_plain(src.file_to_restore)}"
+    how = "as a directory (tar stream unpacked)" if src.unpack == UNPACK_TREE else "as a file"
+    argv = backup_argv(src, src.encrypt_key or "<encrypt_key>", "$TMP/tree")
+    return [
+        "on the controller, in TMP=$(mktemp -d) (mode 0700; your ~/.gnupg is never used):",
+        f"$ GNUPGHOME=$TMP/gnupg gpg --batch --import {src.gpg_key_file}",
+        f"the command's stdout -> {where} {how}",
+        f"$ {env} {' '.join(argv)}",
+        "always, however it ends: GNUPGHOME=$TMP/gnupg gpgconf --kill all; rm -rf $TMP",
+    ]
+
+
+class Backer:
+    """Transfer executor: a host command's stdout into a DuplicityCollection (backup side).
+
+    ``facts`` is the run's facts (the interpreter's): the collection, the file and, for a
+    ``latest.tbz2``, the dump files it holds, so the manifest points at what was written.
+    """
+
+    def __init__(self) -> None:
+        self.facts: dict[str, str] = {}
+
+    def push(self, host: Host, op: Transfer) -> str:
+        src, dst = op.src, op.dst
+        assert isinstance(src, HostCommand) and isinstance(dst, DuplicityCollection)
+        if not dst.encrypt_key:
+            raise ConfigError(
+                "set encrypt_key (the GnuPG key id the collection is encrypted to) to back up into a "
+                "duplicity collection"
+            )
+        precheck(dst)
+        with Workspace(dst, sign=bool(dst.sign_key)) as work:
+            work.import_key()
+            tree = os.path.join(work.dir, "tree")
+            target = os.path.join(tree, _plain(dst.file_to_restore))
+            os.makedirs(os.path.dirname(target) if dst.unpack != UNPACK_TREE else target, mode=0o700)
+            size = _pull(host, src, target, dst.unpack == UNPACK_TREE, op.what)
+            if dst.unpack == UNPACK_DUMPS:
+                with tarfile.open(target, "r:*") as tar:
+                    dumps = [d.file for d in choose_all([i.name for i in _members(tar)])]
+                self.facts["dumps"] = " ".join(dumps)
+            done = work.run(backup_argv(dst, dst.encrypt_key, tree, work.dir), "backup")
+            if done.returncode != 0:
+                raise StepFailed(work._why("duplicity backup", done, restore=False))
+            for line in done.stdout.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.info("duplicity: %s", line.rstrip())
+        self.facts["collection"] = dst.url
+        self.facts["collection_file"] = _plain(dst.file_to_restore)
+        self.facts["signed"] = "yes" if dst.sign_key else "no"
+        return f"ok ({size} bytes into {dst.url})"
+
+
+def choose_all(members: list[str]) -> list[DumpFile]:
+    """Every automysqlbackup dump among ``members`` (sorted by file name)."""
+    return sorted((d for m in members if (d := parse(m)) is not None), key=lambda d: d.file)
+
+
+def _pull(host: Host, src: HostCommand, target: str, tree: bool, what: str) -> int:
+    """The host command's stdout to ``target`` (a file, or unpacked as a tar into a directory)."""
+    proc: Process = host.start(src.command)
+    reader = _FromProcess(proc)
+    try:
+        proc.close_stdin()
+        if tree:
+            with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
+                tar.extractall(target, numeric_owner=True, filter="tar")
+        else:
+            with open(target, "wb") as out:
+                while chunk := reader.read(CHUNK):
+                    out.write(chunk)
+    except (tarfile.TarError, OSError) as exc:
+        status = proc.wait(timeout=FAILED_WAIT)
+        raise StepFailed(
+            f"{what} failed on {host.name} (exit {status}): {last_line(proc.stderr()) or exc}"
+        ) from None
+    except BaseException:
+        proc.kill()
+        raise
+    status = proc.wait()
+    if status != 0:
+        raise StepFailed(f"{what} failed on {host.name} (exit {status}): {last_line(proc.stderr())}")
+    return reader.count
+
+
+class _FromProcess:
+    """A read-only file object on a process's stdout, counting bytes."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.count = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self.proc.read(n)
+        self.count += len(data)
+        return data

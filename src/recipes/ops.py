@@ -255,6 +255,8 @@ class DuplicityCollection:
     aws_key_env: str | None = None
     aws_secret_env: str | None = None
     sign_key: str | None = None
+    encrypt_key: str | None = None
+    """Backup side: the GnuPG key id duplicity encrypts to."""
     time: str | None = None
     """duplicity's ``--time`` (``--snapshot TIME``); None: the newest backup set."""
 

@@ -82,7 +82,9 @@ def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> 
 
         out += [f"<- {src.describe()}", *duplicity.plan_lines(src)]
     elif isinstance(dst, ops.DuplicityCollection):
-        out.append(f"-> {dst.describe()}")
+        from recipes import duplicity
+
+        out += [f"-> duplicity {dst.url} {dst.file_to_restore}", *duplicity.backup_plan_lines(dst)]
     for end in (src, dst):
         if isinstance(end, ops.HostCommand) and end.state is not None:
             out += [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from recipes.duplicity import GNUPG_PREFIX, SHORT_TMP
 from tests import servers
 from tests.integration.world import World, fingerprint
 
@@ -226,14 +228,20 @@ def _keyring(world: World) -> Path:
     return gnupg
 
 
-def _agents(tmp: Path) -> list[str]:
+def _agents(where: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "gpg-agent" in line and str(tmp) in line]
+    return [line for line in out.splitlines() if "gpg-agent" in line and where in line]
+
+
+def _short_homes() -> set[str]:
+    """Temporary GNUPGHOMEs made on a short path (TMPDIR here is too deep for agent sockets)."""
+    return {str(p) for p in Path(SHORT_TMP).glob(f"{GNUPG_PREFIX}*")}
 
 
 def _clean(world: World, tmp: Path, keyring: Path, before: dict[str, tuple[object, ...]]) -> None:
     assert list(tmp.iterdir()) == []  # no temporary keyring, key or restored file left
-    assert _agents(tmp) == []
+    assert _agents(str(tmp)) == [] and _agents(GNUPG_PREFIX) == []
+    assert _short_homes() == set()
     assert fingerprint(keyring) == before
 
 
@@ -408,4 +416,113 @@ def test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target(
     assert not (dst / "whitehall" / "local.txt").exists()
     assert (dst / "whitehall" / "sub" / "b.txt").read_text() == "attachment\n"
     assert (dst / "whitehall" / "sub" / "b.txt").stat().st_uid == 1500
+    _clean(world, tmp, keyring, before)
+
+
+def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
+    world: World,
+    offsite: Offsite,
+    mariadb_source: servers.MariaDB,
+    empty_target: servers.MariaDB,
+    site: tuple[str, Path, Path],
+    tmp_path: Path,
+) -> None:
+    """Runs last: it grows the module's collection by one incremental."""
+    path, src_dir, _dst = site
+    keyring = _keyring(world)
+    before = fingerprint(keyring)
+    tmp = tmp_path / "controller-tmp"
+    mariadb_source.sql("DROP DATABASE IF EXISTS gv_blog; CREATE DATABASE gv_blog")
+    mariadb_source.sql("CREATE TABLE gv_blog.posts (id INT PRIMARY KEY, title TEXT)")
+    mariadb_source.sql("INSERT INTO gv_blog.posts VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'run')")
+    sets = [
+        *offsite.sets("govuk-datastores"),
+        "--set",
+        f'file_to_restore="{TBZ2}"',
+        "--set",
+        'databases=["gv_blog"]',
+        "--set",
+        f'backup_dir="{path}/automysqlbackup"',
+        "--set",
+        f'encrypt_key="{offsite.fingerprint}"',
+        "--set",
+        f'sign_key="{offsite.fingerprint}"',
+    ]
+    try:
+        run = world.cli("--json", "run", "govuk-datastore", "--host", "source", *sets, env=offsite.env(tmp))
+    finally:
+        mariadb_source.sql("DROP DATABASE IF EXISTS gv_blog")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads(run.stdout)
+    assert manifest["facts"]["collection"] == f"boto3+s3://{offsite.bucket}/govuk-datastores/"
+    assert manifest["facts"]["dumps"].startswith("daily_gv_blog_")
+    assert manifest["facts"]["signed"] == "yes"
+    assert (src_dir / "automysqlbackup" / "latest.tbz2").is_file()
+    _no_secret(offsite, run.stdout, run.stderr)
+    _clean(world, tmp, keyring, before)
+    listed = world.cli("snapshots", "govuk-datastore")
+    assert listed.returncode == 0 and manifest["snapshot"] in listed.stdout
+
+    # plain duplicity (the operator's way, own GNUPGHOME) restores the new set
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home), **offsite.s3.env(), "PASSPHRASE": PASSPHRASE}
+    subprocess.run(
+        ["gpg", "--batch", "--import", str(offsite.key_file)], env=env, check=True, capture_output=True
+    )
+    out = tmp_path / "plain" / "latest.tbz2"
+    out.parent.mkdir()
+    status = subprocess.run(
+        [
+            "duplicity",
+            "collection-status",
+            "--archive-dir",
+            str(tmp_path / "c"),
+            "--s3-endpoint-url",
+            offsite.s3.endpoint,
+            f"boto3+s3://{offsite.bucket}/govuk-datastores",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0 and "Incremental" in status.stdout, status.stderr
+    plain = subprocess.run(
+        [
+            "duplicity",
+            "restore",
+            "--file-to-restore",
+            TBZ2,
+            "--archive-dir",
+            str(tmp_path / "c"),
+            "--s3-endpoint-url",
+            offsite.s3.endpoint,
+            f"boto3+s3://{offsite.bucket}/govuk-datastores",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    assert plain.returncode == 0, plain.stderr
+    with tarfile.open(out, "r:bz2") as tar:
+        names = tar.getnames()
+    assert [n for n in names if n.startswith("latest/daily_gv_blog_")] and not any(
+        "2026-11-17" in n for n in names
+    )
+
+    # and recipes restores it: five rows
+    done = world.cli(
+        "restore",
+        "govuk-datastore",
+        "--host",
+        "target",
+        *offsite.sets("govuk-datastores"),
+        "--set",
+        f'file_to_restore="{TBZ2}"',
+        env=offsite.env(tmp),
+    )
+    assert done.returncode == 0, done.stderr
+    assert _rows(empty_target, "SELECT COUNT(*) FROM gv_blog.posts") == ["5"]
     _clean(world, tmp, keyring, before)

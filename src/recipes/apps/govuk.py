@@ -110,8 +110,13 @@ def _common() -> dict[str, Any]:
         ),
         "sign_key": param(
             None,
-            "GnuPG key id every file of the collection must be signed with (duplicity --sign-key); "
-            "unset: GOV.UK's unsigned collections are read with a warning",
+            "GnuPG key id: restore requires every file signed by it, backup signs with it "
+            "(duplicity --sign-key); unset: GOV.UK's unsigned collections, read with a warning",
+            validator=key_id,
+        ),
+        "encrypt_key": param(
+            None,
+            "backup (recipes run): the GnuPG key id the collection is encrypted to (duplicity --encrypt-key)",
             validator=key_id,
         ),
     }
@@ -128,6 +133,7 @@ class DatastoreParams:
     gpg_key_file: str = _common()["gpg_key_file"]
     passphrase_env: str = _common()["passphrase_env"]
     sign_key: str | None = _common()["sign_key"]
+    encrypt_key: str | None = _common()["encrypt_key"]
     file_to_restore: str = param(
         "data/backups/whitehall-mysql-backup-1.backend.publishing.service.gov.uk/var/lib/automysqlbackup/latest.tbz2",
         "automysqlbackup's latest.tbz2 inside the collection",
@@ -136,7 +142,14 @@ class DatastoreParams:
     mysql: mysql_db.Params = param(
         mysql_db.Params(), "the target MySQL/MariaDB (host, port, user, password_env); unset: local socket"
     )
-    databases: tuple[str, ...] = param((), "databases whose dumps are loaded (default: every one in latest/)")
+    databases: tuple[str, ...] = param(
+        (), "databases whose dumps are loaded (restore) or made (backup); default: every one"
+    )
+    backup_dir: str = param(
+        "/var/lib/automysqlbackup",
+        "backup (recipes run): where the host keeps automysqlbackup's latest/ and latest.tbz2",
+        validator=absolute_path,
+    )
 
 
 @attrs.frozen
@@ -154,6 +167,7 @@ class AssetsParams:
     gpg_key_file: str = _common()["gpg_key_file"]
     passphrase_env: str = _common()["passphrase_env"]
     sign_key: str | None = _common()["sign_key"]
+    encrypt_key: str | None = _common()["encrypt_key"]
     file_to_restore: str = param(
         "mnt/uploads/whitehall/", "the directory inside the collection", validator=relative_path
     )
@@ -190,8 +204,38 @@ def collection(
         aws_key_env=p.aws_key_env,
         aws_secret_env=p.aws_secret_env,
         sign_key=p.sign_key,
+        encrypt_key=p.encrypt_key,
         time=o.time if o else None,
     )
+
+
+SYSTEM_DATABASES = ("information_schema", "performance_schema", "mysql", "sys")
+
+
+def automysqlbackup(p: DatastoreParams) -> Command:
+    """One dump per database into ``latest/`` (replaced whole), then ``latest.tbz2`` of it; the
+    MySQL password reaches mysql/mysqldump through the connection's 0600 defaults file."""
+    d = sh(p.backup_dir)
+    skip = "|".join(SYSTEM_DATABASES)
+    listing = (
+        f"printf '%s\\n' {sh(*p.databases)}"
+        if p.databases
+        else 'mysql "$1" --batch --skip-column-names --execute="SHOW DATABASES"'
+    )
+    function = (
+        "automysqlbackup_run() { "
+        f"d={d}; stamp=$(date +%Y-%m-%d_%Hh%Mm); "
+        'rm -rf -- "$d/latest.new" && mkdir -p -- "$d/latest.new" || return 1; '
+        f"dbs=$({listing}) || return 1; "
+        'for db in $dbs; do case "$db" in ' + skip + ") continue;; esac; "
+        'mysqldump "$1" --single-transaction --routines --events --databases "$db" '
+        '| bzip2 > "$d/latest.new/daily_${db}_${stamp}.sql.bz2" || return 1; done; '
+        'rm -rf -- "$d/latest" && mv -- "$d/latest.new" "$d/latest" && '
+        'tar --create --bzip2 --file="$d/latest.tbz2.new" --directory="$d" latest && '
+        'mv -- "$d/latest.tbz2.new" "$d/latest.tbz2"; }; '
+    )
+    client = p.mysql.connection()._client("automysqlbackup_run")
+    return Command(function + client.script, secrets=client.secrets)
 
 
 REVERT = (
@@ -225,12 +269,22 @@ class GovukDatastore:
     """Restores read a duplicity collection, not a snapshot of our repository."""
 
     def backup_steps(self, p: DatastoreParams) -> list[Step]:
-        from recipes.errors import ConfigError
-
-        raise ConfigError(
-            "recipes run govuk-datastore is not implemented yet: GOV.UK's offsite job writes the "
-            "collection; recipes restores from it (recipes restore govuk-datastore)"
-        )
+        return [
+            Run(
+                "automysqlbackup",
+                automysqlbackup(p),
+                about="on the host, automysqlbackup's layout: latest/daily_<db>_<date>_<time>.sql.bz2 per "
+                "database (mysqldump --single-transaction --routines --events --databases), then latest.tbz2",
+            ),
+            Duplicity(
+                "latest.tbz2",
+                collection(p, UNPACK_DUMPS, None),
+                Command(f"cat -- {sh(p.backup_dir + '/latest.tbz2')}"),
+                restore=False,
+                about="pulled to the controller (as GOV.UK's backup server pulled it), then duplicity "
+                "full/incremental into the collection, encrypted to encrypt_key and signed with sign_key",
+            ),
+        ]
 
     def restore_steps(self, p: DatastoreParams, options: Any = None) -> list[Step]:
         conn = p.mysql.connection()
@@ -265,12 +319,17 @@ class GovukAssets:
     external_restore: ClassVar[bool] = True
 
     def backup_steps(self, p: AssetsParams) -> list[Step]:
-        from recipes.errors import ConfigError
-
-        raise ConfigError(
-            "recipes run govuk-assets is not implemented yet: GOV.UK's offsite job writes the "
-            "collection; recipes restores from it (recipes restore govuk-assets)"
-        )
+        tar = sh("tar", "--create", "--file=-", "--numeric-owner", f"--directory={p.target}", ".")
+        return [
+            Duplicity(
+                "assets",
+                collection(p, UNPACK_TREE, None),
+                Command(tar),
+                restore=False,
+                about="the target directory as a tar stream to the controller, unpacked there at "
+                "file_to_restore, then duplicity full/incremental into the collection (encrypted, signed)",
+            )
+        ]
 
     def restore_steps(self, p: AssetsParams, options: Any = None) -> list[Step]:
         t = sh(p.target)
