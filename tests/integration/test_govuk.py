@@ -319,6 +319,7 @@ def test_wrong_passphrase_is_one_line_and_changes_nothing(
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("recipes: error: duplicity")
     assert "bad passphrase" in errors[0] and "$OFFSITE_PASSPHRASE" in errors[0]
+    assert "nothing was changed on the host" in errors[0] and "PARTLY" not in errors[0]
     assert "Traceback" not in done.stderr and "wrong-pass-SENTINEL" not in done.stderr
     assert _rows(empty_target, "SELECT id FROM gv_blog.posts") == ["99"]
     _clean(world, tmp, keyring, before)
@@ -395,6 +396,7 @@ def test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target(
         "restore", "govuk-assets", "--host", "target", "--force", *sets, env=offsite.env(tmp, "nope")
     )
     assert bad.returncode == 1 and "bad passphrase" in bad.stderr
+    assert "PARTLY" not in bad.stderr and "taken back after the failure: move" in bad.stderr
     assert (dst / "whitehall" / "local.txt").read_text() == "kept"
     assert not list(dst.glob("whitehall.before-restore-*"))
     _clean(world, tmp, keyring, before)
