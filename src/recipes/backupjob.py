@@ -18,7 +18,7 @@ from recipes.execute import Interpreter
 from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.interrupts import signalled
 from recipes.model import Command
-from recipes.ops import HostCommand, KeyStore, SnapshotObject, Transfer
+from recipes.ops import DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
@@ -114,15 +114,20 @@ class Backup:
 
     def interpreter(self, roles: dict[str, list[Host]], deadman: float, run_id: str) -> Interpreter:
         """The interpreter for this run: ``main`` is the backed-up host, other roles as bound."""
+        from recipes import duplicity
+
+        offsite = duplicity.Backer()
         self.interp = Interpreter(
             {**roles, "main": [self.host]},
             {
                 (HostCommand, SnapshotObject): self._store,
                 (HostCommand, KeyStore): self._to_key_store,
+                (HostCommand, DuplicityCollection): offsite.push,
             },
             run_id=run_id,
             deadman=deadman,
         )
+        offsite.facts = self.interp.facts  # the manifest points at what went into the collection
         return self.interp
 
     def execute(self) -> None:

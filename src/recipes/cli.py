@@ -514,6 +514,14 @@ def restore_cmd(
     cfg = state.config
     r = apps.get(recipe)
     spec = cfg.host(host)
+    if getattr(r, "external_restore", False):
+        if from_host or repo or identity or allow_unsigned:
+            raise ConfigError(
+                f"{recipe} restores from its duplicity collection (parameter source), not from the "
+                "repository: --from, --repo, --identity and --allow-unsigned do not apply"
+            )
+        _restore_external(state, r, spec, host, snapshot, sets, force, plan_only)
+        return
     given = f"{cfg.path or 'defaults'} [recipes.{recipe}] + --set"
     target, options = split_options(r, config.recipe_values(cfg, recipe, sets), given)
     make_params(r, target, given)  # bad input first
@@ -574,6 +582,71 @@ def restore_cmd(
         state,
         data,
         f"restored snapshot {manifest.snapshot} ({manifest.host}) onto {spec.name}: "
+        f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s",
+        report=True,
+    )
+
+
+def _restore_external(
+    state: State,
+    r: Any,
+    spec: Any,
+    host: str,
+    snapshot: str,
+    sets: tuple[str, ...],
+    force: bool,
+    plan_only: bool,
+) -> None:
+    """Restore a recipe whose source is not our repository (GOV.UK's duplicity collections):
+    parameters from the config and --set only (no manifest); ``--snapshot TIME`` is the
+    source's own time (duplicity --time), ``latest`` its newest backup set."""
+    import attrs
+
+    from recipes import config, plan
+    from recipes import restore as restoring
+    from recipes.hosts import open_host
+    from recipes.recipe import make_params, split_options
+
+    cfg = state.config
+    given = f"{cfg.path or 'defaults'} [recipes.{r.name}] + --set"
+    target, options = split_options(r, config.recipe_values(cfg, r.name, sets), given)
+    if options is None:
+        options = plan.options_of(r)()  # type: ignore[misc]
+    if snapshot != "latest":
+        options = attrs.evolve(options, time=snapshot)
+    params = make_params(r, target, given)
+    p = plan.restore_plan(r, params, spec.name, cfg.compression(host), options)
+    _log_config(state)
+    if plan_only:
+        emit(state, {**p.to_dict(), "snapshot": snapshot}, "\n".join(p.lines()))
+        return
+    roles = _open_roles(state, r, params, spec.name)
+    live = open_host(spec)
+    try:
+        with state.out.watching():
+            records = restoring.restore_external(
+                p, live, force, roles=roles, deadman_seconds=cfg.engine.deadman_seconds
+            )
+    finally:
+        live.close()
+        _close_roles(roles)
+    label = f"{params.source} ({snapshot})"
+    if not state.json:
+        from recipes import output
+
+        state.out.print(output.restore_table(label, spec.name, records, state.out.collected.warnings))
+    data = {
+        "source": params.source,
+        "snapshot": snapshot,
+        "host": spec.name,
+        "steps": [
+            {"name": s.name, "kind": s.kind, "seconds": s.seconds, "outcome": s.outcome} for s in records
+        ],
+    }
+    emit(
+        state,
+        data,
+        f"restored {r.name} from {label} onto {spec.name}: "
         f"{len(records)} steps in {sum(s.seconds for s in records):.1f}s",
         report=True,
     )

@@ -232,7 +232,45 @@ class KeyStore:
         return f'age -d -i "$IDENTITY" "$KEY_STORE/{self.name}.zst.age" | zstd -d'
 
 
-Endpoint: TypeAlias = HostCommand | SnapshotObject | KeyStore
+@attrs.frozen
+class DuplicityCollection:
+    """A duplicity + GnuPG collection (``file://``, ``boto3+s3://``...) read ON THE CONTROLLER:
+    a restore source that is not our repository (GOV.UK's offsite backups).
+
+    duplicity runs on the controller with a temporary ``GNUPGHOME`` holding ``gpg_key_file``;
+    the passphrase and AWS credentials are read from the named controller environment
+    variables into duplicity's environment only. ``unpack`` says what reaches the host's
+    command: ``automysqlbackup`` (the newest dump per database of the restored ``latest.tbz2``'s
+    ``latest/``, each fed to the command) or ``tree`` (the restored directory as a tar stream).
+    The executor is ``recipes.duplicity``.
+    """
+
+    url: str
+    file_to_restore: str
+    gpg_key_file: str
+    passphrase_env: str
+    unpack: str = "tree"
+    databases: tuple[str, ...] = ()
+    s3_endpoint_url: str | None = None
+    aws_key_env: str | None = None
+    aws_secret_env: str | None = None
+    sign_key: str | None = None
+    encrypt_key: str | None = None
+    """Backup side: the GnuPG key id duplicity encrypts to."""
+    time: str | None = None
+    """duplicity's ``--time`` (``--snapshot TIME``); None: the newest backup set."""
+
+    def describe(self) -> str:
+        at = f"as of --time {self.time}" if self.time else "its newest backup set"
+        return f"duplicity {self.url} {self.file_to_restore} ({at}; duplicity + GnuPG on the controller)"
+
+    def shell(self) -> str:
+        from recipes import duplicity
+
+        return " ".join(duplicity.restore_argv(self, "$TMP/restored", masked=True))
+
+
+Endpoint: TypeAlias = HostCommand | SnapshotObject | KeyStore | DuplicityCollection
 
 
 @attrs.frozen

@@ -77,6 +77,14 @@ def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> 
         out.append(f"-> {dst.describe()}")
     elif isinstance(src, ops.KeyStore):
         out.append(f"<- {src.describe()}")
+    elif isinstance(src, ops.DuplicityCollection):
+        from recipes import duplicity
+
+        out += [f"<- {src.describe()}", *duplicity.plan_lines(src)]
+    elif isinstance(dst, ops.DuplicityCollection):
+        from recipes import duplicity
+
+        out += [f"-> duplicity {dst.url} {dst.file_to_restore}", *duplicity.backup_plan_lines(dst)]
     for end in (src, dst):
         if isinstance(end, ops.HostCommand) and end.state is not None:
             out += [
@@ -142,4 +150,11 @@ def _end(end: ops.Endpoint) -> dict[str, Any]:
         return {"host_command": end.command.masked(), "role": end.role}
     if isinstance(end, ops.SnapshotObject):
         return {"snapshot_object": end.name, "kind": end.kind, "chain": end.chain}
+    if isinstance(end, ops.DuplicityCollection):
+        return {
+            "duplicity": end.url,
+            "file_to_restore": end.file_to_restore,
+            "time": end.time,
+            "unpack": end.unpack,
+        }
     return {"key_store": end.describe()}

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
-from recipes import chain, keystore, progress, stream
+from recipes import chain, duplicity, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import ConfigError, RepositoryError, StepFailed
@@ -16,7 +16,7 @@ from recipes.execute import Interpreter
 from recipes.guard import DEADMAN_SECONDS
 from recipes.hosts import FAILED_WAIT, Host, Process, check, last_line
 from recipes.interrupts import interrupts_as_exceptions
-from recipes.ops import HostCommand, KeyStore, SnapshotObject, Transfer
+from recipes.ops import DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.render import kind
@@ -87,7 +87,11 @@ def restore(
     job = _Restore(plan, host, repo, manifest, snapshots, identities)
     interp = Interpreter(
         {**(roles or {}), "main": [host]},
-        {(SnapshotObject, HostCommand): job.feed, (KeyStore, HostCommand): job.fetch_key},
+        {
+            (SnapshotObject, HostCommand): job.feed,
+            (KeyStore, HostCommand): job.fetch_key,
+            (DuplicityCollection, HostCommand): duplicity.Restorer().feed,
+        },
         run_id=f"{manifest.snapshot}-{secrets.token_hex(3)}",
         deadman=deadman_seconds,
         force=force,
@@ -110,6 +114,54 @@ def restore(
             if isinstance(error, StepFailed) and interp.records:
                 raise StepFailed(
                     f"{error}; {_partial_state(plan, interp.records, len(interp.records), interp.undone())}"
+                ) from exc
+            if error is exc or error is None:
+                raise
+            raise error from exc
+        interp.finish(succeeded=True)
+        if (error := interp.failure(None)) is not None:
+            raise error
+        return interp.records
+
+
+def restore_external(
+    plan: Plan,
+    host: Host,
+    force: bool = False,
+    roles: dict[str, list[Host]] | None = None,
+    deadman_seconds: float = DEADMAN_SECONDS,
+) -> list[mf.StepRecord]:
+    """Restore from a source that is not our repository (a duplicity collection, seed 004):
+    no manifest to trust or verify; duplicity + GnuPG on the controller check what they read.
+
+    Before any command runs on the host: the controller has duplicity and gpg, the key file
+    exists and the secrets' variables are set; then the guards' read-only probes run.
+    """
+    for op in plan.ops():
+        if isinstance(op, Transfer) and isinstance(op.src, DuplicityCollection):
+            duplicity.precheck(op.src)
+    interp = Interpreter(
+        {**(roles or {}), "main": [host]},
+        {(DuplicityCollection, HostCommand): duplicity.Restorer().feed},
+        run_id=f"offsite-{secrets.token_hex(4)}",
+        deadman=deadman_seconds,
+        force=force,
+    )
+    with interrupts_as_exceptions():
+        interp.reach()
+        interp.preflight(plan.steps)
+        try:
+            interp.run_steps(plan.steps)
+        except BaseException as exc:
+            interp.finish(succeeded=False)
+            error = interp.failure(exc)
+            undone = interp.undone()
+            if isinstance(error, duplicity.BeforeHost):
+                back = f"; taken back after the failure: {', '.join(undone)}" if undone else ""
+                raise StepFailed(f"{error}{back}") from exc
+            if isinstance(error, StepFailed) and interp.records:
+                raise StepFailed(
+                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), undone)}"
                 ) from exc
             if error is exc or error is None:
                 raise

@@ -10,6 +10,7 @@ import attrs
 from recipes.model import Command, sh
 from recipes.ops import (
     RUN_ID,
+    DuplicityCollection,
     Exec,
     Guard,
     HostCommand,
@@ -371,6 +372,8 @@ class MoveAside:
     path: str
     about: str = ""
     role: str = "main"
+    non_empty_only: bool = False
+    """Leave a missing or empty ``path`` where it is (nothing to keep aside)."""
 
     @property
     def aside(self) -> str:
@@ -379,8 +382,9 @@ class MoveAside:
     def ops(self) -> list[Op]:
         p, a = sh(self.path), sh(self.aside)
         back = Command(f"if [ -e {a} ]; then rm -rf -- {p} && mv -T -- {a} {p}; fi")
+        test = f'[ -e {p} ] && [ -n "$(ls -A {p} 2>/dev/null)" ]' if self.non_empty_only else f"[ -e {p} ]"
         move = Command(
-            f"if [ -e {p} ]; then mv -T -- {p} {a} && mkdir -- {p} && "
+            f"if {test}; then mv -T -- {p} {a} && mkdir -- {p} && "
             f"chown --reference={a} -- {p} && chmod --reference={a} -- {p}; fi"
         )
         return [
@@ -505,6 +509,38 @@ class FetchKeyFile:
         ]
 
 
+@attrs.frozen
+class Duplicity:
+    """Bytes between a host command and a duplicity collection read or written on the
+    controller (``recipes.duplicity``): a restore source that is not our repository.
+
+    ``restore`` (default): what duplicity restores is streamed into ``command`` on the host;
+    otherwise ``command``'s stdout is backed up into the collection. ``error_pattern`` /
+    ``benign``: stderr lines that fail a load even at exit 0."""
+
+    name: str
+    collection: DuplicityCollection
+    command: Command
+    restore: bool = True
+    error_pattern: str = ""
+    benign: tuple[str, ...] = ()
+    must_be_empty: str | None = None
+    """Refuse (before anything runs) unless this directory is missing or empty, or --force."""
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        end = HostCommand(self.command, self.role, error_pattern=self.error_pattern, benign=self.benign)
+        if self.restore:
+            guard: list[Op] = []
+            if self.must_be_empty:
+                p = sh(self.must_be_empty)
+                probe = Command(f'test ! -e {p} || test -z "$(ls -A {p} 2>/dev/null)"')
+                guard.append(Guard(probe, MustBeEmpty(self.must_be_empty), self.role))
+            return [*guard, Transfer(self.collection, end, f"restore {self.name}")]
+        return [Transfer(end, self.collection, f"back up {self.name}")]
+
+
 Step: TypeAlias = (
     Run
     | Quiesce
@@ -519,4 +555,5 @@ Step: TypeAlias = (
     | KeyFile
     | FetchKeyFile
     | FsSnapshot
+    | Duplicity
 )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from recipes.apps.django import Django
 from recipes.apps.dss import Dss
+from recipes.apps.govuk import GovukAssets, GovukDatastore
 from recipes.apps.looker import Looker
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss)
+RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss, GovukDatastore, GovukAssets)
 
 
 def names() -> list[str]:
