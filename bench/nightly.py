@@ -4,7 +4,9 @@
 Run with the project's interpreter::
 
     .venv/bin/python bench/nightly.py [--snapshots 10000] [--s3-snapshots 1000]
-                                      [--verify-mib 256] [--work DIR] [--out FILE.json]
+                                      [--verify-mib 256] [--backup-scale 0.25] [--backup-rounds 2]
+                                      [--only listing,s3,backup] [--data DIR] [--work DIR]
+                                      [--out FILE.json]
 
 What it measures, each with the real ``recipes`` CLI in a subprocess:
 
@@ -14,8 +16,14 @@ What it measures, each with the real ``recipes`` CLI in a subprocess:
 * ``prune`` (for real) of a recipe@host with 1,000 snapshots in S3 (``rclone serve s3``, as the
   test fixture starts it), and its dry run: reported, no goal.
 * ``verify --all`` (no key) against ``sha256sum`` over the same objects: a ratio (goal <= 1.25).
+* A full backup (``recipes run django`` over a private sshd) into S3 against ``ssh tar | zstd -1
+  | age -r | rclone rcat`` to the same server, at 1x and 4x of bench/run.py's reference dataset
+  (1x = ``--backup-scale``), ABBA-ordered, with peak RSS under GNU time (goals <= 1.0, 100 MB);
+  then ``verify --deep`` against ``rclone cat | age -d | zstd -d | tar t`` over the objects the
+  last full stored (goal <= 1.2), and against the same pipeline over the stored files.
 
-Only the standard library and the project (its test helpers start rclone) are used.
+Only the standard library, standard tools (age, zstd, tar, GNU time, sshd) and the project
+(its test helpers start rclone; bench/run.py's dataset, sshd and runner) are used.
 """
 
 from __future__ import annotations
