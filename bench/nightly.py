@@ -4,7 +4,9 @@
 Run with the project's interpreter::
 
     .venv/bin/python bench/nightly.py [--snapshots 10000] [--s3-snapshots 1000]
-                                      [--verify-mib 256] [--work DIR] [--out FILE.json]
+                                      [--verify-mib 256] [--backup-scale 0.25] [--backup-rounds 2]
+                                      [--only listing,s3,backup] [--data DIR] [--work DIR]
+                                      [--out FILE.json]
 
 What it measures, each with the real ``recipes`` CLI in a subprocess:
 
@@ -14,8 +16,14 @@ What it measures, each with the real ``recipes`` CLI in a subprocess:
 * ``prune`` (for real) of a recipe@host with 1,000 snapshots in S3 (``rclone serve s3``, as the
   test fixture starts it), and its dry run: reported, no goal.
 * ``verify --all`` (no key) against ``sha256sum`` over the same objects: a ratio (goal <= 1.25).
+* A full backup (``recipes run django`` over a private sshd) into S3 against ``ssh tar | zstd -1
+  | age -r | rclone rcat`` to the same server, at 1x and 4x of bench/run.py's reference dataset
+  (1x = ``--backup-scale``), ABBA-ordered, with peak RSS under GNU time (goals <= 1.0, 100 MB);
+  then ``verify --deep`` against ``rclone cat | age -d | zstd -d | tar t`` over the objects the
+  last full stored (goal <= 1.2), and against the same pipeline over the stored files.
 
-Only the standard library and the project (its test helpers start rclone) are used.
+Only the standard library, standard tools (age, zstd, tar, GNU time, sshd) and the project
+(its test helpers start rclone; bench/run.py's dataset, sshd and runner) are used.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,22 +235,205 @@ def verify_ratio(
     return out
 
 
+# --------------------------------------------------------------------------- full backup into S3
+
+
+def _rclone_env(server: Any, remote: str) -> dict[str, str]:
+    """An rclone remote named ``remote`` for the S3 server, from the environment (no config file)."""
+    up = f"RCLONE_CONFIG_{remote.upper()}_"
+    return {
+        up + "TYPE": "s3",
+        up + "PROVIDER": "Other",
+        up + "ACCESS_KEY_ID": server.key,
+        up + "SECRET_ACCESS_KEY": server.secret,
+        up + "ENDPOINT": server.endpoint,
+        up + "ENV_AUTH": "false",
+    }
+
+
+def _backup_config(
+    path: Path, url: str, server: Any, sshd: Any, recipient: str, identity: Path, signing_key: Path
+) -> Path:
+    """A ``recipes.toml``: the S3 repository with its endpoint in ``options``, keys in the env."""
+    signer = signing_key.with_suffix(".pub").read_text().strip()
+    host_key = " ".join((sshd.dir / "host_key.pub").read_text().split()[:2])
+    path.write_text(
+        "\n".join(
+            [
+                "[repository]",
+                f'url = "{url}"',
+                f'options = {{ endpoint_url = "{server.endpoint}" }}',
+                f'recipients = ["{recipient}"]',
+                f'identity_file = "{identity}"',
+                f'cache_dir = "{path.parent / "recipes-cache"}"',
+                f'signing_key = "{signing_key}"',
+                f'signers = ["{signer}"]',
+                "",
+                "[hosts.bench]",
+                'address = "127.0.0.1"',
+                'user = "root"',
+                f"port = {sshd.port}",
+                f'key_file = "{sshd.key}"',
+                f'host_key = "{host_key}"',
+                "",
+            ]
+        )
+    )
+    return path
+
+
+def backup_s3(work: Path, data_work: Path, scale: float, rounds: int, settle: float) -> dict[str, Any]:
+    """Full backup into S3 vs ``ssh tar | zstd -1 | age | rclone rcat`` to the same server, at 1x
+    and 4x of the reference dataset at ``scale``; then ``verify --deep`` vs ``age -d | zstd -d |
+    tar t`` over the objects the last full stored. Wall time and peak RSS under GNU time."""
+    from tests import servers
+
+    from bench import run as br
+
+    remote = "benchs3"
+    server = servers.start_s3()
+    sshd = br.Sshd(work)
+    out: dict[str, Any] = {"scale_1x": scale, "rounds": rounds}
+    try:
+        sshd.start()
+        server.make_bucket("backup")
+        bucket = Path(server.data_dir) / "backup"
+        identity = work / "identity.txt"
+        res = subprocess.run(["age-keygen", "-o", str(identity)], capture_output=True, text=True, check=True)
+        recipient = next(w for w in (res.stderr + res.stdout).split() if w.startswith("age1"))
+        signing_key = work / "signing_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(signing_key)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+        subprocess.run([*sshd.ssh_words(), "true"], check=True, stdin=subprocess.DEVNULL)
+        scratch = work / "scratch"
+        scratch.mkdir()
+        runner = br.Runner(scratch, sshd, settle)
+        env = {**server.env(), "AWS_EC2_METADATA_DISABLED": "true", **_rclone_env(server, remote)}
+        rclone = servers.rclone_binary()
+        for label, factor in (("1x", 1), ("4x", 4)):
+            ds = br.ensure_dataset(data_work / f"scale-{scale * factor:g}", br.DatasetSpec.at(scale * factor))
+            case: dict[str, Any] = {"bytes": ds.total_bytes, "files": len(ds.files), "dataset": str(ds.root)}
+            walls: dict[str, list[float]] = {"recipes": [], "limit": []}
+            rss: dict[str, list[int]] = {"recipes": [], "limit": []}
+            last = ""
+            for n in range(rounds):
+                order = ("limit", "recipes") if n % 2 == 0 else ("recipes", "limit")
+                for who in order:
+                    prefix = f"{label}-r{n}-{who}"
+                    if who == "limit":
+                        tar = f"tar cf - -C {shlex.quote(str(ds.root))} . | zstd -q -1 -T0"
+                        script = (
+                            f"set -o pipefail; {shlex.join(sshd.ssh_words())} {shlex.quote(tar)}"
+                            f" | age -r {recipient} | {rclone} rcat"
+                            f" {remote}:backup/{prefix}/files.tar.zst.age"
+                        )
+                        sample, _ = runner.run(["bash", "-c", script], env=env, what=prefix, warm=ds.root)
+                    else:
+                        cfg = _backup_config(
+                            work / f"{prefix}.toml",
+                            f"s3://backup/{prefix}",
+                            server,
+                            sshd,
+                            recipient,
+                            identity,
+                            signing_key,
+                        )
+                        cmd = [sys.executable, "-m", "recipes", "--config", str(cfg), "--json", "run", RECIPE]
+                        cmd += ["--host", "bench", "--set", f"root={ds.root}"]
+                        sample, stdout = runner.run(cmd, env=env, what=prefix, warm=ds.root)
+                        if json.loads(stdout).get("level") != 0:
+                            raise SystemExit(f"{prefix}: not a full snapshot")
+                        last = prefix
+                    stored = br.tree_bytes(bucket / prefix)
+                    walls[who].append(sample.wall)
+                    rss[who].append(sample.max_rss_kb)
+                    br.log(
+                        f"backup {prefix}: {sample.wall:.2f}s, peak RSS {sample.max_rss_kb / 1024:.0f} MB, "
+                        f"stored {stored / MIB:.0f} MiB"
+                    )
+                    if who == "limit" or n < rounds - 1:
+                        shutil.rmtree(bucket / prefix)
+            for who in walls:
+                case[f"{who}_wall_s"] = walls[who]
+                case[f"{who}_peak_rss_mb"] = round(max(rss[who]) / 1024, 1)
+            case["ratio_recipes_vs_rcat"] = round(
+                statistics.median(r / lim for r, lim in zip(walls["recipes"], walls["limit"], strict=True)), 2
+            )
+            case["verify_deep"] = deep_ratio(
+                runner, work / f"{last}.toml", bucket / last, identity, env, remote
+            )
+            shutil.rmtree(bucket / last)
+            out[label] = case
+        return out
+    finally:
+        sshd.stop()
+        server.stop()
+
+
+def deep_ratio(
+    runner: Any, cfg: Path, stored: Path, identity: Path, env: dict[str, str], remote: str
+) -> dict[str, Any]:
+    """``verify --deep`` (over S3) vs ``rclone cat | age -d | zstd -d | tar t`` per object (over the
+    same S3 server) and ``age -d FILE | zstd -d | tar t`` (the objects' files in rclone's folder)."""
+    from tests import servers
+
+    snap = next(stored.glob(f"{RECIPE}/*/*/manifest.json")).parent
+    manifest = json.loads((snap / "manifest.json").read_text())
+    rel = snap.relative_to(stored.parent)
+    listing = " | tar tf - >/dev/null"
+    s3_parts, local_parts = [], []
+    for obj in manifest["objects"]:
+        tail = " | zstd -q -d" + (listing if obj["path"].endswith(".tar.zst.age") else " >/dev/null")
+        age = f"age -d -i {shlex.quote(str(identity))}"
+        s3_parts.append(f"{servers.rclone_binary()} cat {remote}:backup/{rel}/{obj['path']} | {age}{tail}")
+        local_parts.append(f"{age} {shlex.quote(str(snap / obj['path']))}{tail}")
+    cases = {
+        "verify_deep": [sys.executable, "-m", "recipes", "--config", str(cfg), "verify", "--deep", "--all"],
+        "pipeline_s3": ["bash", "-c", "set -o pipefail; " + " && ".join(s3_parts)],
+        "pipeline_local": ["bash", "-c", "set -o pipefail; " + " && ".join(local_parts)],
+    }
+    out: dict[str, Any] = {"objects": [o["path"] for o in manifest["objects"]]}
+    best: dict[str, float] = {}
+    for name, cmd in cases.items():
+        samples = [runner.run(cmd, env=env, what=name)[0] for _ in range(3)]
+        best[name] = min(s.wall for s in samples)
+        out[f"{name}_s"] = round(best[name], 3)
+        out[f"{name}_peak_rss_mb"] = round(max(s.max_rss_kb for s in samples) / 1024, 1)
+    out["ratio_vs_pipeline_s3"] = round(best["verify_deep"] / best["pipeline_s3"], 2)
+    out["ratio_vs_pipeline_local"] = round(best["verify_deep"] / best["pipeline_local"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--snapshots", type=int, default=10_000)
     ap.add_argument("--s3-snapshots", type=int, default=1_000)
     ap.add_argument("--verify-mib", type=int, default=256)
+    ap.add_argument("--backup-scale", type=float, default=0.25, help="dataset scale of the 1x backup")
+    ap.add_argument("--backup-rounds", type=int, default=2)
+    ap.add_argument("--settle-timeout", type=float, default=30.0)
+    ap.add_argument("--data", type=Path, default=Path("/var/tmp/recipes-nightly"), help="cached datasets")
+    ap.add_argument("--only", default="listing,s3,backup", help="comma-separated: listing,s3,backup")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="recipes-nightly-", dir=args.work))
+    result: dict[str, Any] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     try:
         key = signing.generate_signing_key(work / "signing", "bench")
-        result = {
-            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "listing": listing(work, args.snapshots, key),
-            "s3": s3_prune(work, args.s3_snapshots, key, args.verify_mib),
-        }
+        if "listing" in only:
+            result["listing"] = listing(work, args.snapshots, key)
+        if "s3" in only:
+            result["s3"] = s3_prune(work, args.s3_snapshots, key, args.verify_mib)
+        if "backup" in only:
+            args.data.mkdir(parents=True, exist_ok=True)
+            result["backup"] = backup_s3(
+                work, args.data, args.backup_scale, args.backup_rounds, args.settle_timeout
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -9,6 +10,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -276,6 +278,82 @@ class Repository:
             yield fh
 
 
+PART_SIZE = 8 << 20
+"""s3fs's write buffer: one part of a multipart upload (10,000 parts at most: 78 GiB an object)."""
+
+
+class _Behind:
+    """Writes into ``fh`` from a thread, at most ``limit`` bytes behind the caller.
+
+    s3fs uploads each part synchronously inside ``write``: without this, reading, encrypting
+    and hashing stop for every part's round trip. Errors of the thread are raised to the caller
+    at its next ``write`` or at ``finish``; memory stays bounded by ``limit``.
+    """
+
+    def __init__(self, fh: Any, limit: int) -> None:
+        self._fh = fh
+        self._limit = limit
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._closing = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="upload", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes, /) -> int:
+        piece = bytes(data)  # the caller may reuse its buffer
+        with self._cond:
+            while self._bytes >= self._limit and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            self._pending.append(piece)
+            self._bytes += len(piece)
+            self._cond.notify_all()
+        return len(piece)
+
+    def flush(self) -> None:
+        pass
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                piece = self._pending.popleft()
+            try:
+                self._fh.write(piece)
+            except BaseException as exc:
+                with self._cond:
+                    self._error = exc
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._bytes -= len(piece)
+                self._cond.notify_all()
+
+    def finish(self) -> None:
+        """Wait until everything is written into ``fh``; raise the thread's error, if any."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Drop what is not written yet and wait for the thread (the object is discarded)."""
+        with self._cond:
+            self._pending.clear()
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
 class SnapshotWriter:
     """Writes the objects of one snapshot, then its manifest; ``abort`` removes the leftovers."""
 
@@ -291,8 +369,17 @@ class SnapshotWriter:
         full = f"{self.path}/{relpath}"
         parent = full.rsplit("/", 1)[0]
         self.repo.fs.makedirs(parent, exist_ok=True)
-        with self.repo.fs.open(full, "wb", block_size=8 << 20) as fh:
-            yield fh
+        with self.repo.fs.open(full, "wb", block_size=PART_SIZE) as fh:
+            if self.repo.local:
+                yield fh
+                return
+            behind = _Behind(fh, PART_SIZE)
+            try:
+                yield behind  # type: ignore[misc]
+            except BaseException:
+                behind.abandon()
+                raise
+            behind.finish()
 
     def commit(self, manifest: mf.Manifest, sign: Callable[[bytes], bytes]) -> None:
         """Write the signature, then the manifest, last; on a local folder via rename, so each

@@ -84,6 +84,10 @@ def s3_options(options: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     config.setdefault("read_timeout", READ_TIMEOUT)
     config.setdefault("retries", {"total_max_attempts": 1})
+    # botocore's own CRC check of a GET fails on a ranged read of a single-PUT object from
+    # servers that send the whole object's checksum with a part (rclone serve s3: every object
+    # of 4-8 MiB). Our sha256 over each whole object is the integrity check; this one is not.
+    config.setdefault("response_checksum_validation", "when_required")
     out["config_kwargs"] = config
     out.setdefault("skip_instance_cache", True)
     return out
