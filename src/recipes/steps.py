@@ -10,6 +10,7 @@ import attrs
 from recipes.model import Command, sh
 from recipes.ops import (
     RUN_ID,
+    Bucket,
     Exec,
     Guard,
     HostCommand,
@@ -51,9 +52,67 @@ class Run:
     command: Command
     about: str = ""
     role: str = "main"
+    stdin: str | None = None
+    """A script fed on stdin (``manage.py shell <<EOF``); shown in plans, so never a secret."""
+    ok_exits: tuple[int, ...] = (0,)
 
     def ops(self) -> list[Op]:
-        return [Exec(self.command, self.name, self.role)]
+        return [Exec(self.command, self.name, self.role, ok_exits=self.ok_exits, stdin=self.stdin)]
+
+
+@attrs.frozen
+class ReadSecret:
+    """Read a secret on the host (``deisctl config store get gateway/accessKey``): its stdout is
+    held in memory as ``name`` for transfers, never logged, shown or stored."""
+
+    name: str
+    command: Command
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        return [Exec(self.command, f"read {self.name}", self.role, capture=self.name, secret=True)]
+
+
+@attrs.frozen
+class CopyBucket:
+    """Every object of an S3 bucket into the object ``buckets/<bucket>.tar`` (``buckets.py``)."""
+
+    bucket: Bucket
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"bucket-{self.bucket.bucket}"
+
+    @property
+    def object(self) -> str:
+        return f"buckets/{self.bucket.bucket}.tar"
+
+    def ops(self) -> list[Op]:
+        return [
+            Transfer(self.bucket, SnapshotObject(self.object, "bucket"), f"copy s3://{self.bucket.bucket}")
+        ]
+
+
+@attrs.frozen
+class RestoreBucket:
+    """Create the bucket (an existing one is fine), then put the stored objects back."""
+
+    bucket: Bucket
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"bucket-{self.bucket.bucket}"
+
+    @property
+    def object(self) -> str:
+        return f"buckets/{self.bucket.bucket}.tar"
+
+    def ops(self) -> list[Op]:
+        sink = attrs.evolve(self.bucket, create=True)
+        return [Transfer(SnapshotObject(self.object, "bucket"), sink, f"restore s3://{self.bucket.bucket}")]
 
 
 @attrs.frozen
@@ -519,4 +578,7 @@ Step: TypeAlias = (
     | KeyFile
     | FetchKeyFile
     | FsSnapshot
+    | ReadSecret
+    | CopyBucket
+    | RestoreBucket
 )
