@@ -73,8 +73,12 @@ def op_lines(op: ops.Op, compression: Compression, action: str) -> list[str]:
 def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> list[str]:
     src, dst = op.src, op.dst
     out: list[str] = []
-    if isinstance(dst, ops.SnapshotObject):
+    if isinstance(dst, ops.SnapshotObject) and isinstance(src, ops.Bucket):
+        out.append(f"-> {dst.describe()} (zstd and age on the controller)")
+    elif isinstance(dst, ops.SnapshotObject):
         out.append(f"-> {dst.describe()} ({compression.describe(action)})")
+    elif isinstance(src, ops.SnapshotObject) and isinstance(dst, ops.Bucket):
+        out.append(f"<- {src.describe()} (age and zstd on the controller)")
     elif isinstance(src, ops.SnapshotObject):
         out.append(f"<- {src.describe()} ({compression.describe(action)})")
     elif isinstance(dst, ops.KeyStore):

@@ -295,6 +295,8 @@ class Extract:
     role: str = "main"
     incremental: bool = True
     """False for an archive made whole in every snapshot: only the restored snapshot's is read."""
+    options: tuple[str, ...] = ()
+    """More GNU tar options for the extraction (``--same-owner``)."""
 
     @property
     def empty_check(self) -> Command:
@@ -310,6 +312,7 @@ class Extract:
                 "--extract",
                 "--file=-",
                 *extra,
+                *self.options,
                 "--numeric-owner",
                 "--preserve-permissions",
                 "--acls",

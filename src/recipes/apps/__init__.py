@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from recipes.apps.deis import Deis
 from recipes.apps.django import Django
 from recipes.apps.dss import Dss
 from recipes.apps.looker import Looker
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss)
+RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss, Deis)
 
 
 def names() -> list[str]:
