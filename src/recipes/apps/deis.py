@@ -105,6 +105,12 @@ class DeisParams:
         "host:port of etcd for the re-sync (ETCD=); unset: the host's address and 4001",
         validator=endpoint,
     )
+    dump_file: str = param(
+        "/home/core/dump_all.sql",
+        "where a full restore keeps the pg_dumpall on the host (the seed's `docker cp "
+        "deis-database:/app/dump_all.sql .`); the database itself comes back from db_wal",
+        validator=absolute_path,
+    )
     deisctl: str = param("deisctl", "the deisctl command on the host", validator=one_line)
     docker: str = param("docker", "the docker command on the host", validator=one_line)
 
@@ -175,7 +181,7 @@ class Deis:
         list_keys = (
             "if command -v etcdctl >/dev/null 2>&1; then "
             f"for k in {keys}; do ETCDCTL_API=2 etcdctl --endpoints=http://{{{{etcd_endpoint}}}} "
-            'ls --recursive "$k" 2>/dev/null; done | sort | tr "\\n" " "; fi'
+            'ls --recursive "$k" 2>/dev/null || true; done | sort | tr "\\n" " "; fi'
         )
         steps: list[Step] = [*self._keys(p), self._etcd(p)]
         steps.append(
@@ -306,8 +312,8 @@ class Deis:
             Load(
                 "database",
                 pg_db.ENGINE,
-                Command('umask 077 && cat > "$HOME"/dump_all.sql'),
-                about="the seed's text dump kept at ~/dump_all.sql on the host (the database itself "
+                Command(f"umask 077 && cat > {sh(p.dump_file)}"),
+                about=f"the seed's text dump kept at {p.dump_file} on the host (the database itself "
                 "comes back from db_wal when it first starts; `--set only=database` loads the dump)",
             ),
             Run(
