@@ -135,7 +135,7 @@ class BucketTar:
             raise
         except Exception as exc:  # botocore/aiohttp/OSError: the gateway failed mid-copy
             raise StepFailed(
-                f"copy of s3://{self._end.bucket} from {self._end.gateway} failed: {_one_line(exc)}"
+                f"the gateway {self._end.gateway} answered {_one_line(exc)} (check it, then back up again)"
             ) from exc
         if n < 0:
             out, self._buffer = self._buffer, b""
