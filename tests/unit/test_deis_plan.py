@@ -53,9 +53,9 @@ def test_restore_runs_the_seeds_steps_in_the_seeds_order() -> None:
     ]
 
 
-def test_missing_gateway_is_one_config_line() -> None:
-    from recipes.errors import ConfigError
-
+def test_missing_gateway_refuses_first() -> None:
     recipe = apps.get("deis")
-    with pytest.raises(ConfigError, match="deis needs gateway"):
-        recipe.backup_steps(make_params(recipe, {}, "test"))
+    params = make_params(recipe, {}, "test")
+    for steps in (recipe.backup_steps(params), recipe.restore_steps(params)):
+        first = steps[0]
+        assert first.name == "gateway-set" and "deis needs gateway" in first.command.script  # type: ignore[union-attr]
