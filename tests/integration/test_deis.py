@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ def start_gateway() -> Gateway:
     port = servers.free_port()
     cmd = [servers.rclone_binary(), "serve", "s3", "--config", f"{d}/rclone.conf", "--addr"]
     cmd += [f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}", "--etag-hash", "MD5"]
-    cmd += ["--vfs-cache-mode", "off", "--dir-cache-time", "0s", f"{d}/data"]
+    cmd += ["--vfs-cache-mode", "off", f"{d}/data"]
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -227,7 +228,7 @@ def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> I
 
 def use_gateway(r: Path, gw: Gateway) -> None:
     """The cluster's gateway (its keys are what ``deisctl config store get`` prints)."""
-    py = str(Path(os.sys.executable))  # type: ignore[attr-defined]
+    py = sys.executable
     (r / "gateway.env").write_text(
         f"GATEWAY={gw.url}\nACCESS={gw.key}\nSECRET={gw.secret}\nDBNAME={DB}\nPY={py}\n"
     )
@@ -389,7 +390,7 @@ def test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing(
         (root / "store").mkdir()
         proxy.after = 3
         proxy.always = "403"
-        backup = world.cli("run", "deis", "--host", "deis", *sets(proxy.endpoint, etcd))
+        backup = world.cli("-v", "run", "deis", "--host", "deis", *sets(proxy.endpoint, etcd))
         assert backup.returncode == 1, backup.stderr
         line = error_line(backup.stderr)
         # three requests pass (db_wal listed and copied), then the gateway denies everything
