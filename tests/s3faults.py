@@ -28,6 +28,8 @@ class FaultyS3:
         self.hold_seconds = hold_seconds
         self.queue: list[str] = []
         self.always: str | None = None
+        self.after = 0
+        """``always`` applies only once more than ``after`` requests arrived (a failure mid-copy)."""
         self.requests = 0
         self.lock = threading.Lock()
         proxy = self
@@ -43,7 +45,8 @@ class FaultyS3:
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
                     proxy.requests += 1
-                    fault = proxy.always or (proxy.queue.pop(0) if proxy.queue else None)
+                    always = proxy.always if proxy.requests > proxy.after else None
+                    fault = always or (proxy.queue.pop(0) if proxy.queue else None)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recipes import facts, keystore, progress, stream
+from recipes import buckets, facts, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import StepFailed
@@ -18,7 +18,7 @@ from recipes.execute import Interpreter
 from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.interrupts import signalled
 from recipes.model import Command
-from recipes.ops import DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
+from recipes.ops import Bucket, DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
@@ -123,6 +123,7 @@ class Backup:
                 (HostCommand, SnapshotObject): self._store,
                 (HostCommand, KeyStore): self._to_key_store,
                 (HostCommand, DuplicityCollection): offsite.push,
+                (Bucket, SnapshotObject): self._from_bucket,
             },
             run_id=run_id,
             deadman=deadman,
@@ -203,6 +204,16 @@ class Backup:
         self.background.clear()
         if errors and not failed:
             raise errors[0]
+
+    def _from_bucket(self, host: Host, op: Transfer) -> str:
+        """Every object of a bucket into one snapshot object (``buckets.py``), with the keys the
+        interpreter captured on ``host``."""
+        assert isinstance(op.src, Bucket) and isinstance(op.dst, SnapshotObject)
+        keys = self.interp.secrets.get(host.name, {})
+        level = self.compression.level
+        obj = buckets.store(op.src, keys, op.dst.name, self.writer, self.recipients, level, op.what)
+        self.objects.append(obj)
+        return f"ok ({obj.facts['objects']} objects)"
 
     def _to_key_store(self, host: Host, op: Transfer) -> str:
         """A key file from the host, age-encrypted, into a store apart from the repository."""

@@ -66,6 +66,8 @@ class Interpreter:
         self.globals = {"run": run_id}
         self.values: dict[str, dict[str, str]] = {}
         self.facts: dict[str, str] = {}
+        self.secrets: dict[str, dict[str, str]] = {}
+        """Per host, captured secrets (``Exec(secret=True)``): memory only, read by transfers."""
         self.comps: dict[str, Compensation] = {}
         self.records: list[mf.StepRecord] = []
         self.warnings: list[str] = []
@@ -213,7 +215,8 @@ class Interpreter:
                 continue
             if op.when is not None:
                 self._stopped.setdefault((host.name, op.when), time.monotonic())
-            result = run(host, self.fill(op.command, host))
+            stdin = op.stdin.encode() if op.stdin is not None else b""
+            result = run(host, self.fill(op.command, host), stdin)
             ok = op.ok_exits is None or result.exit_status in op.ok_exits
             if not ok:
                 raise StepFailed(
@@ -226,7 +229,12 @@ class Interpreter:
             mine = self.values.setdefault(host.name, {})
             if op.sets:
                 mine[op.sets] = "yes" if result.exit_status == 0 else "no"
-            if op.capture and op.keys:
+            if op.capture and op.secret:
+                value = result.stdout.decode("utf-8", "replace").strip()
+                if not value:
+                    raise StepFailed(f"{op.what} printed nothing on {host.name}: the secret is not set there")
+                self.secrets.setdefault(host.name, {})[op.capture] = value
+            elif op.capture and op.keys:
                 for key, val in key_values(result.stdout).items():
                     mine[f"{op.capture}_{key.strip()}"] = val.strip()
             elif op.capture:
@@ -292,7 +300,11 @@ class Interpreter:
             raise StepFailed(
                 f"cannot {op.what}: no way to move bytes from {op.src.describe()} to {op.dst.describe()}"
             )
-        role = op.src.role if isinstance(op.src, ops.HostCommand) else getattr(op.dst, "role", "main")
+        role = (
+            op.src.role
+            if isinstance(op.src, ops.HostCommand | ops.Bucket)
+            else getattr(op.dst, "role", "main")
+        )
         outcome = ""
         for host in self.hosts(role):
             outcome = handler(

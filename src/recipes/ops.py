@@ -47,6 +47,11 @@ class Exec:
     capture: str | None = None
     keys: bool = False
     """With ``capture``: stdout is ``key=value`` lines, kept as ``<capture>_<key>``."""
+    secret: bool = False
+    """With ``capture``: stdout is a secret (a gateway key): held in the interpreter's secrets
+    map only, never a value commands are filled with, never logged, never a fact."""
+    stdin: str | None = None
+    """Text fed to the command on stdin (a script for ``manage.py shell``); not a secret."""
     fact: bool = False
     when: str | None = None
     """Run only on hosts where the value of this name is ``yes`` (set by an earlier probe)."""
@@ -270,7 +275,27 @@ class DuplicityCollection:
         return " ".join(duplicity.restore_argv(self, "$TMP/restored", masked=True))
 
 
-Endpoint: TypeAlias = HostCommand | SnapshotObject | KeyStore | DuplicityCollection
+@attrs.frozen
+class Bucket:
+    """Every object of ``bucket`` on an S3 API at ``gateway``; the access key and secret key are
+    the secrets the interpreter captured under ``key_values`` (never in plans or manifests)."""
+
+    gateway: str
+    bucket: str
+    key_values: tuple[str, str] = ("gw_access", "gw_secret")
+    role: str = "main"
+    create: bool = False
+    """As a sink: create the bucket first (one that already exists is fine)."""
+
+    def describe(self) -> str:
+        access, secret = self.key_values
+        return f"s3://{self.bucket} on {self.gateway} (keys {{{{{access}}}}}, {{{{{secret}}}}})"
+
+    def shell(self) -> str:
+        return f"s3cmd sync s3://{self.bucket} . # host_base {self.gateway}, the captured keys"
+
+
+Endpoint: TypeAlias = HostCommand | SnapshotObject | KeyStore | Bucket | DuplicityCollection
 
 
 @attrs.frozen

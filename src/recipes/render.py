@@ -40,7 +40,11 @@ def op_lines(op: ops.Op, compression: Compression, action: str) -> list[str]:
         out = [f"$ {op.command.masked()}{_on(op.role)}"]
         if op.when:
             out[0] += _when(op.when)
-        if op.capture:
+        if op.stdin is not None:
+            out += ["  stdin <<'EOF'", *(f"  {line}" for line in op.stdin.splitlines()), "  EOF"]
+        if op.capture and op.secret:
+            out.append(f"  -> {{{{{op.capture}}}}} (a secret: held in memory only, never shown or stored)")
+        elif op.capture:
             out.append(f"  -> {{{{{op.capture}}}}}" + (" (recorded as a fact)" if op.fact else ""))
         return out
     if isinstance(op, ops.Undo):
@@ -69,8 +73,12 @@ def op_lines(op: ops.Op, compression: Compression, action: str) -> list[str]:
 def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> list[str]:
     src, dst = op.src, op.dst
     out: list[str] = []
-    if isinstance(dst, ops.SnapshotObject):
+    if isinstance(dst, ops.SnapshotObject) and isinstance(src, ops.Bucket):
+        out.append(f"-> {dst.describe()} (zstd and age on the controller)")
+    elif isinstance(dst, ops.SnapshotObject):
         out.append(f"-> {dst.describe()} ({compression.describe(action)})")
+    elif isinstance(src, ops.SnapshotObject) and isinstance(dst, ops.Bucket):
+        out.append(f"<- {src.describe()} (age and zstd on the controller)")
     elif isinstance(src, ops.SnapshotObject):
         out.append(f"<- {src.describe()} ({compression.describe(action)})")
     elif isinstance(dst, ops.KeyStore):
@@ -85,6 +93,12 @@ def _transfer_lines(op: ops.Transfer, compression: Compression, action: str) -> 
         from recipes import duplicity
 
         out += [f"-> duplicity {dst.url} {dst.file_to_restore}", *duplicity.backup_plan_lines(dst)]
+    if isinstance(src, ops.Bucket):
+        out.append(f"<- every object of {src.describe()}, as a tar built on the fly (s3fs on the controller)")
+    if isinstance(dst, ops.Bucket):
+        if dst.create:
+            out.append(f"create s3://{dst.bucket} on {dst.gateway} unless it exists")
+        out.append(f"-> every object back into {dst.describe()} (s3fs on the controller)")
     for end in (src, dst):
         if isinstance(end, ops.HostCommand) and end.state is not None:
             out += [
@@ -133,6 +147,8 @@ def op_data(op: ops.Op) -> dict[str, Any]:
             "command": op.command.masked(),
             **({"when": op.when} if op.when else {}),
             **({"capture": op.capture, "fact": op.fact} if op.capture else {}),
+            **({"secret": True} if op.secret else {}),
+            **({"stdin": op.stdin} if op.stdin is not None else {}),
         }
     if isinstance(op, ops.Undo):
         return {"op": name, "role": op.role, "command": op.command.masked(), "on": op.on, "what": op.what}
@@ -157,4 +173,6 @@ def _end(end: ops.Endpoint) -> dict[str, Any]:
             "time": end.time,
             "unpack": end.unpack,
         }
+    if isinstance(end, ops.Bucket):
+        return {"bucket": end.bucket, "gateway": end.gateway, "create": end.create}
     return {"key_store": end.describe()}

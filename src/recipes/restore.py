@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
-from recipes import chain, duplicity, keystore, progress, stream
+from recipes import buckets, chain, duplicity, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
 from recipes.errors import ConfigError, RepositoryError, StepFailed
@@ -16,7 +16,7 @@ from recipes.execute import Interpreter
 from recipes.guard import DEADMAN_SECONDS
 from recipes.hosts import FAILED_WAIT, Host, Process, check, last_line
 from recipes.interrupts import interrupts_as_exceptions
-from recipes.ops import DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
+from recipes.ops import Bucket, DuplicityCollection, HostCommand, KeyStore, SnapshotObject, Transfer
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.render import kind
@@ -91,12 +91,14 @@ def restore(
             (SnapshotObject, HostCommand): job.feed,
             (KeyStore, HostCommand): job.fetch_key,
             (DuplicityCollection, HostCommand): duplicity.Restorer().feed,
+            (SnapshotObject, Bucket): job.to_bucket,
         },
         run_id=f"{manifest.snapshot}-{secrets.token_hex(3)}",
         deadman=deadman_seconds,
         force=force,
         snapshot_facts=manifest.facts,
     )
+    job.secrets = interp.secrets
     with interrupts_as_exceptions():
         # The probes only read (is the target empty, has it zstd): a refusal costs no hashing.
         interp.reach()
@@ -210,6 +212,23 @@ class _Restore:
         self.snapshots = snapshots
         self.identities = identities
         self.host_zstd = False
+        self.secrets: dict[str, dict[str, str]] = {}
+        """The interpreter's captured secrets (the new gateway's keys)."""
+
+    def to_bucket(self, host: Host, op: Transfer) -> str:
+        """A stored bucket tar back into the bucket (``buckets.py``), with the keys read on ``host``."""
+        src, dst = op.src, op.dst
+        assert isinstance(src, SnapshotObject) and isinstance(dst, Bucket)
+        obj = self.manifest.object(src.name)
+        assert obj is not None
+        meter = progress.current().meter(obj.name, obj.size)
+
+        def feed(sink: Any) -> None:
+            with self.repo.open_object(self.manifest, obj) as fh:
+                counted = cast(BinaryIO, progress.CountingReader(fh, meter))
+                stream.fetch(counted, sink, self.identities, obj.sha256, obj.size, decompress=True)
+
+        return buckets.restore(dst, self.secrets.get(host.name, {}), feed, obj, op.what)
 
     def feed(self, host: Host, op: Transfer) -> str:
         src, dst = op.src, op.dst

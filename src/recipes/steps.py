@@ -10,6 +10,7 @@ import attrs
 from recipes.model import Command, sh
 from recipes.ops import (
     RUN_ID,
+    Bucket,
     DuplicityCollection,
     Exec,
     Guard,
@@ -52,9 +53,67 @@ class Run:
     command: Command
     about: str = ""
     role: str = "main"
+    stdin: str | None = None
+    """A script fed on stdin (``manage.py shell <<EOF``); shown in plans, so never a secret."""
+    ok_exits: tuple[int, ...] = (0,)
 
     def ops(self) -> list[Op]:
-        return [Exec(self.command, self.name, self.role)]
+        return [Exec(self.command, self.name, self.role, ok_exits=self.ok_exits, stdin=self.stdin)]
+
+
+@attrs.frozen
+class ReadSecret:
+    """Read a secret on the host (``deisctl config store get gateway/accessKey``): its stdout is
+    held in memory as ``name`` for transfers, never logged, shown or stored."""
+
+    name: str
+    command: Command
+    about: str = ""
+    role: str = "main"
+
+    def ops(self) -> list[Op]:
+        return [Exec(self.command, f"read {self.name}", self.role, capture=self.name, secret=True)]
+
+
+@attrs.frozen
+class CopyBucket:
+    """Every object of an S3 bucket into the object ``buckets/<bucket>.tar`` (``buckets.py``)."""
+
+    bucket: Bucket
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"bucket-{self.bucket.bucket}"
+
+    @property
+    def object(self) -> str:
+        return f"buckets/{self.bucket.bucket}.tar"
+
+    def ops(self) -> list[Op]:
+        return [
+            Transfer(self.bucket, SnapshotObject(self.object, "bucket"), f"copy s3://{self.bucket.bucket}")
+        ]
+
+
+@attrs.frozen
+class RestoreBucket:
+    """Create the bucket (an existing one is fine), then put the stored objects back."""
+
+    bucket: Bucket
+    about: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"bucket-{self.bucket.bucket}"
+
+    @property
+    def object(self) -> str:
+        return f"buckets/{self.bucket.bucket}.tar"
+
+    def ops(self) -> list[Op]:
+        sink = attrs.evolve(self.bucket, create=True)
+        return [Transfer(SnapshotObject(self.object, "bucket"), sink, f"restore s3://{self.bucket.bucket}")]
 
 
 @attrs.frozen
@@ -237,6 +296,8 @@ class Extract:
     role: str = "main"
     incremental: bool = True
     """False for an archive made whole in every snapshot: only the restored snapshot's is read."""
+    options: tuple[str, ...] = ()
+    """More GNU tar options for the extraction (``--same-owner``)."""
 
     @property
     def empty_check(self) -> Command:
@@ -252,6 +313,7 @@ class Extract:
                 "--extract",
                 "--file=-",
                 *extra,
+                *self.options,
                 "--numeric-owner",
                 "--preserve-permissions",
                 "--acls",
@@ -556,4 +618,7 @@ Step: TypeAlias = (
     | FetchKeyFile
     | FsSnapshot
     | Duplicity
+    | ReadSecret
+    | CopyBucket
+    | RestoreBucket
 )

@@ -22,6 +22,7 @@ LOADED = {
         "govern_postgres": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "govern"},
         "jobs_check": "bin/dsscli running-jobs",
     },
+    "deis": {"gateway": "http://deis-store.example.com", "etcd": "10.0.0.5:4001"},
     "looker": {
         "mysql": {"host": "127.0.0.1", "password_env": "RECIPES_TEST_PW", "database": "looker"},
         "include_logs": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recipes.apps.deis import Deis
 from recipes.apps.django import Django
 from recipes.apps.dss import Dss
 from recipes.apps.govuk import GovukAssets, GovukDatastore
@@ -9,7 +10,7 @@ from recipes.apps.looker import Looker
 from recipes.errors import ConfigError
 from recipes.recipe import Recipe
 
-RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss, GovukDatastore, GovukAssets)
+RECIPES: tuple[type[Recipe], ...] = (Django, Looker, Dss, Deis, GovukDatastore, GovukAssets)
 
 
 def names() -> list[str]:

@@ -1,0 +1,347 @@
+"""Deis v1 platform (seed 003): the store-gateway's buckets, the store-volume files, the database.
+
+The seed backs up "Database backups and registry data" with ``s3cmd sync s3://db_wal .`` and
+``s3cmd sync s3://registry .`` using the keys from ``deisctl config store get
+gateway/accessKey`` / ``secretKey``; "Log data" with ``tar cpzf`` of ``/var/lib/deis/store``
+("file changed as we read it" is a warning); "Database data" with ``docker exec deis-database
+sudo -u postgres pg_dumpall``. Here the keys are secrets held in memory on the controller,
+the buckets are copied by s3fs into the snapshot, and the dump's exit status is checked.
+
+The restore follows the seed's order on a new cluster: install the platform, start only the
+store components and ``router@1``, raise the router's ``bodySize``, read the NEW gateway keys,
+create the buckets and put the objects back (the database fetches its base backup and WAL
+from ``db_wal`` when it first starts), untar the logs with ``--same-owner``, ``deisctl start
+platform``, then the controller re-writes keys, apps and domains to etcd through ``manage.py
+shell``; ``deis scale`` is left to the operator. ``--set only=database`` instead loads the
+``pg_dumpall`` into the running database container.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from recipes.apps.dss import one_line
+from recipes.databases import postgresql as pg_db
+from recipes.model import Command, sh
+from recipes.ops import Bucket
+from recipes.recipe import FieldError, absolute_path, param
+from recipes.steps import (
+    Archive,
+    CopyBucket,
+    Dump,
+    Extract,
+    Fact,
+    Load,
+    ManualStep,
+    ReadSecret,
+    RestoreBucket,
+    Run,
+    Step,
+)
+
+STORE_COMPONENTS = ("store-monitor", "store-daemon", "store-metadata", "store-gateway", "store-volume")
+ETCD_KEYS = ("/deis/builder/users", "/deis/domains", "/deis/services", "/deis/config")
+"""What the controller's re-sync re-writes: recorded as a fact (key names only) for drills."""
+RESYNC = """from api.models import *
+[k.save() for k in Key.objects.all()]
+[a.save() for a in App.objects.all()]
+[d.save() for d in Domain.objects.all()]
+"""
+"""The seed's ``./manage.py shell <<EOF`` script, fed on stdin."""
+SCALE = (
+    "the seed: 'The database keeps track of running application containers. Since this is a fresh "
+    "cluster, it is advisable to deis scale <proctype>=0 and then deis scale back up to the desired "
+    "number of containers for an application'"
+)
+ACCESS, SECRET = "gw_access", "gw_secret"
+GATEWAY_UNSET = "http://deis-store.<domain>"
+
+
+def gateway_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """attrs validator: an http(s) URL of the store-gateway."""
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise FieldError(
+            attribute, f"must be the gateway's URL, e.g. http://deis-store.example.com, got {value!r}"
+        )
+
+
+def bucket_names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    """attrs validator: plain S3 bucket names."""
+    for name in value:
+        if not name or "/" in name or any(c.isspace() for c in name):
+            raise FieldError(attribute, f"must be S3 bucket names such as db_wal, got {name!r}")
+
+
+def endpoint(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """attrs validator: ``host:port``."""
+    if value is not None and (":" not in value or any(c.isspace() or c in "'\"$`\\;" for c in value)):
+        raise FieldError(attribute, f"must be host:port such as 172.17.8.100:4001, got {value!r}")
+
+
+@attrs.frozen
+class DeisParams:
+    """Parameters of the ``deis`` recipe."""
+
+    store_dir: str = param(
+        "/var/lib/deis/store", "the store-volume filesystem (logs) tarred with -p", validator=absolute_path
+    )
+    gateway: str | None = param(
+        None,
+        "URL of the store-gateway's S3 API (e.g. http://deis-store.local3.deisapp.com)",
+        validator=gateway_url,
+    )
+    buckets: tuple[str, ...] = param(
+        ("db_wal", "registry"),
+        "gateway buckets copied (database WAL and base backups, registry)",
+        validator=bucket_names,
+        content=True,
+    )
+    database_container: str = param("deis-database", "the database container", validator=one_line)
+    controller_container: str = param("deis-controller", "the controller container", validator=one_line)
+    etcd: str | None = param(
+        None,
+        "host:port of etcd for the re-sync (ETCD=); unset: the host's address and 4001",
+        validator=endpoint,
+    )
+    dump_file: str = param(
+        "/home/core/dump_all.sql",
+        "where a full restore keeps the pg_dumpall on the host (the seed's `docker cp "
+        "deis-database:/app/dump_all.sql .`); the database itself comes back from db_wal",
+        validator=absolute_path,
+    )
+    deisctl: str = param("deisctl", "the deisctl command on the host", validator=one_line)
+    docker: str = param("docker", "the docker command on the host", validator=one_line)
+
+
+ONLY = ("all", "database")
+
+
+def only_choice(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in ONLY:
+        raise FieldError(attribute, f"must be one of {', '.join(ONLY)}, got {value!r}")
+
+
+@attrs.frozen
+class DeisRestoreOptions:
+    """Options of a ``deis`` restore (``recipes restore deis --set only=database``)."""
+
+    only: str = param(
+        "all",
+        "all: the seed's restore onto a new cluster; database: load the pg_dumpall into the "
+        "running database container only",
+        validator=only_choice,
+    )
+
+
+class Deis:
+    """Seed 003: gateway buckets, store-volume tar and pg_dumpall; restore in the seed's order."""
+
+    name: ClassVar[str] = "deis"
+    summary: ClassVar[str] = "Deis v1 platform: store-gateway buckets, store-volume logs, the database dump"
+    seed: ClassVar[str] = "003_2c7fd525059271cd.txt"
+    Params: ClassVar[type[Any]] = DeisParams
+    RestoreOptions: ClassVar[type[Any]] = DeisRestoreOptions
+
+    def _deisctl(self, p: DeisParams, *args: str) -> Command:
+        return Command(sh(p.deisctl, *args))
+
+    def _gateway(self, p: DeisParams) -> tuple[str, list[Step]]:
+        """The gateway URL, and with none set a first step that refuses before anything runs
+        (plans and docs still show the whole procedure, with a placeholder URL)."""
+        if p.gateway is not None:
+            return p.gateway, []
+        message = (
+            "deis needs gateway, the store-gateway's S3 URL: --set gateway=http://deis-store.<domain> "
+            "or [recipes.deis] gateway"
+        )
+        refuse = Run("gateway-set", Command(f"echo {sh(message)} >&2; exit 2"), about="no gateway is set")
+        return GATEWAY_UNSET, [refuse]
+
+    def _keys(self, p: DeisParams, new: bool = False) -> list[Step]:
+        which = "the NEW cluster's" if new else "the"
+        return [
+            ReadSecret(
+                name,
+                self._deisctl(p, "config", "store", "get", f"gateway/{key}"),
+                about=f"{which} gateway {key} (the seed: `deisctl config store get gateway/{key}`): "
+                "held in memory on the controller only",
+            )
+            for name, key in ((ACCESS, "accessKey"), (SECRET, "secretKey"))
+        ]
+
+    def _etcd(self, p: DeisParams) -> Fact:
+        where = sh(p.etcd) if p.etcd else "\"$(hostname -I | awk '{print $1}')\":4001"
+        return Fact(
+            "etcd_endpoint",
+            Command(f"echo {where}"),
+            about="etcd's host:port (the seed: 'the IP of the host machine which runs this container')",
+        )
+
+    def backup_steps(self, p: DeisParams) -> list[Step]:
+        gateway, refuse = self._gateway(p)
+        keys = " ".join(sh(k) for k in ETCD_KEYS)
+        list_keys = (
+            "if command -v etcdctl >/dev/null 2>&1; then "
+            f"for k in {keys}; do ETCDCTL_API=2 etcdctl --endpoints=http://{{{{etcd_endpoint}}}} "
+            'ls --recursive "$k" 2>/dev/null || true; done | sort | tr "\\n" " "; fi'
+        )
+        steps: list[Step] = [*refuse, *self._keys(p), self._etcd(p)]
+        steps.append(
+            Fact(
+                "etcd_keys",
+                Command(list_keys),
+                about="the etcd keys the restore's re-sync re-writes (names only; values may hold "
+                "app config), when etcdctl is on the host, so a drill can compare",
+            )
+        )
+        steps += [
+            CopyBucket(
+                Bucket(gateway, b, (ACCESS, SECRET)),
+                about=f"the seed: `s3cmd sync s3://{b} .`: every object, streamed by s3fs with the keys",
+            )
+            for b in p.buckets
+        ]
+        steps.append(
+            Archive(
+                root=p.store_dir,
+                object="store.tar",
+                name="store",
+                incremental=False,
+                about=f"the seed: `cd {p.store_dir} && sudo tar cpzf ...`: 'file changed as we read it' "
+                "(exit 1) is a recorded warning, any other tar error fails",
+            )
+        )
+        dump = sh(p.docker, "exec", p.database_container, "sudo", "-u", "postgres", "pg_dumpall")
+        steps.append(
+            Dump(
+                "database",
+                pg_db.ENGINE,
+                Command(dump),
+                about="the seed: `docker exec deis-database sudo -u postgres pg_dumpall`; a non-zero exit "
+                "fails the snapshot",
+            )
+        )
+        return steps
+
+    def _load(self, p: DeisParams) -> Load:
+        psql = sh(
+            p.docker,
+            "exec",
+            "-i",
+            p.database_container,
+            "sudo",
+            "-u",
+            "postgres",
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--dbname=postgres",
+            "--file=-",
+        )
+        check = sh(
+            p.docker,
+            "exec",
+            p.database_container,
+            "sudo",
+            "-u",
+            "postgres",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "--dbname=postgres",
+            "--command=SELECT 1",
+        )
+        return Load(
+            "database",
+            pg_db.ENGINE,
+            Command(f"{pg_db.ROLES_FILTER} | {psql}"),
+            error_pattern=pg_db.ERROR,
+            check=Command(check),
+            about="the pg_dumpall into the running database container, stopping at the first error; "
+            "roles that already exist are kept",
+        )
+
+    def restore_steps(self, p: DeisParams, options: Any = None) -> list[Step]:
+        o: DeisRestoreOptions = options or DeisRestoreOptions()
+        if o.only == "database":
+            return [self._load(p)]
+        gateway, refuse = self._gateway(p)
+        steps: list[Step] = [
+            *refuse,
+            Run(
+                "install-platform",
+                self._deisctl(p, "install", "platform"),
+                about="the seed: `deisctl install platform`",
+            ),
+        ]
+        steps += [
+            Run(
+                f"start-{c}",
+                self._deisctl(p, "start", c),
+                about=f"the seed: `deisctl start {c}` (only the store)",
+            )
+            for c in STORE_COMPONENTS
+        ]
+        steps += [
+            Run("start-router", self._deisctl(p, "start", "router@1"), about="a router to reach the gateway"),
+            Run(
+                "router-body-size",
+                self._deisctl(p, "config", "router", "set", "bodySize=100m"),
+                about="the seed: the default maximum body size is too small for large uploads to the gateway",
+            ),
+            *self._keys(p, new=True),
+        ]
+        steps += [
+            RestoreBucket(
+                Bucket(gateway, b, (ACCESS, SECRET)),
+                about=f"the seed: `s3cmd mb s3://{b}` (an existing bucket is fine), then `s3cmd sync` the "
+                "objects back, before the database first starts and fetches from db_wal",
+            )
+            for b in p.buckets
+        ]
+        steps += [
+            Extract(
+                root=p.store_dir,
+                object="store.tar",
+                name="store",
+                must_be_empty=False,
+                incremental=False,
+                options=("--same-owner",),
+                about=f"the seed: `cd {p.store_dir} && sudo tar -xzpf ... --same-owner`",
+            ),
+            Load(
+                "database",
+                pg_db.ENGINE,
+                Command(f"umask 077 && cat > {sh(p.dump_file)}"),
+                about=f"the seed's text dump kept at {p.dump_file} on the host (the database itself "
+                "comes back from db_wal when it first starts; `--set only=database` loads the dump)",
+            ),
+            Run(
+                "start-platform",
+                self._deisctl(p, "start", "platform"),
+                about="the seed: `deisctl start platform`",
+            ),
+            self._etcd(p),
+            Run(
+                "etcd-resync",
+                Command(
+                    sh(p.docker, "exec", "-i", "-e")
+                    + " ETCD={{etcd_endpoint}} "
+                    + sh(p.controller_container, "sh", "-c", "cd /app && ./manage.py shell")
+                ),
+                stdin=RESYNC,
+                about="the seed: in deis-controller, `cd /app; export ETCD=<host>:4001; ./manage.py shell` "
+                "re-writes user keys, apps and domains to etcd",
+            ),
+            ManualStep(
+                "scale",
+                f"{SCALE}: for each app and proctype",
+                shell="deis scale <proctype>=0 -a <app> && deis scale <proctype>=<n> -a <app>",
+            ),
+        ]
+        return steps

@@ -1,0 +1,420 @@
+"""The deis recipe (seed 003) end to end with real parts: the CLI over real SSH, a real S3 API
+(``rclone serve s3``) as the store-gateway, a real PostgreSQL behind ``docker exec
+deis-database``, a real etcd (v2) for the controller's re-sync.
+
+``deisctl``, ``docker`` and ``manage.py`` are stand-ins (tests/integration/standins/deis): they
+record every call in ``events.log`` and do what the recipe depends on against those servers.
+The "new cluster" is the same host wiped (database dropped, etcd's /deis removed, store-volume
+emptied) with a NEW gateway whose keys differ and whose buckets are empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+import s3fs
+
+from recipes.apps.deis import RESYNC
+from tests import servers
+from tests.integration.test_standins import ok
+from tests.integration.world import World, fingerprint, write_config
+from tests.s3faults import FaultyS3
+
+pytestmark = pytest.mark.integration
+
+STANDINS = Path(__file__).parent / "standins" / "deis"
+ROOT = "/srv/deis"
+DB = "deis"
+BUCKETS = ("db_wal", "registry")
+
+
+@attrs.frozen
+class Gateway:
+    """An ``rclone serve s3`` whose buckets are made as directories before it starts (rclone
+    refuses to create names with ``_`` such as ``db_wal``)."""
+
+    proc: subprocess.Popen[bytes]
+    dir: str
+    port: int
+    key: str
+    secret: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fs(self) -> s3fs.S3FileSystem:
+        return s3fs.S3FileSystem(
+            key=self.key,
+            secret=self.secret,
+            client_kwargs={"endpoint_url": self.url},
+            skip_instance_cache=True,
+        )
+
+    def objects(self) -> dict[str, bytes]:
+        fs = self.fs()
+        return {p: fs.cat(p) for b in BUCKETS for p in fs.find(b)}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_gateway() -> Gateway:
+    d = tempfile.mkdtemp(prefix="deis-gw-")
+    for b in BUCKETS:
+        os.makedirs(f"{d}/data/{b}")
+    open(f"{d}/rclone.conf", "w").close()
+    key, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+    port = servers.free_port()
+    cmd = [servers.rclone_binary(), "serve", "s3", "--config", f"{d}/rclone.conf", "--addr"]
+    cmd += [f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}", "--etag-hash", "MD5"]
+    cmd += ["--vfs-cache-mode", "off", f"{d}/data"]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    gw = Gateway(proc, d, port, key, secret)
+    for _ in range(200):
+        try:
+            gw.fs().ls("")
+            return gw
+        except Exception:
+            time.sleep(0.05)
+    gw.stop()
+    raise RuntimeError("rclone serve s3 did not start")
+
+
+@attrs.frozen
+class Etcd:
+    proc: subprocess.Popen[bytes]
+    dir: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        env = {**os.environ, "ETCDCTL_API": "2"}
+        out = subprocess.run(
+            ["etcdctl", f"--endpoints=http://{self.endpoint}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=check,
+        )
+        return out.stdout
+
+    def tree(self) -> dict[str, str]:
+        """Every key under /deis with its value (directories as "")."""
+        out: dict[str, str] = {}
+        for key in self.ctl("ls", "--recursive", "-p", "/deis", check=False).split():
+            out[key] = "" if key.endswith("/") else self.ctl("get", key).strip()
+        return out
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[Etcd]:
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.fail("etcd and etcdctl are needed: run ./scripts/install-test-deps (etcd-server, etcd-client)")
+    d = tempfile.mkdtemp(prefix="deis-etcd-")
+    cp, pp = servers.free_port(), servers.free_port()
+    cmd = ["etcd", "--name", "t", "--data-dir", f"{d}/data"]
+    cmd += [
+        "--listen-client-urls",
+        f"http://127.0.0.1:{cp}",
+        "--advertise-client-urls",
+        f"http://127.0.0.1:{cp}",
+    ]
+    cmd += [
+        "--listen-peer-urls",
+        f"http://127.0.0.1:{pp}",
+        "--initial-advertise-peer-urls",
+        f"http://127.0.0.1:{pp}",
+    ]
+    cmd += ["--initial-cluster", f"t=http://127.0.0.1:{pp}", "--initial-cluster-state", "new"]
+    cmd += ["--heartbeat-interval", "10", "--election-timeout", "100", "--enable-v2=true"]
+    cmd += ["--logger", "zap", "--log-outputs", f"{d}/etcd.log"]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    server = Etcd(proc, d, cp)
+    try:
+        for _ in range(200):
+            if subprocess.run(["curl", "-s", f"http://127.0.0.1:{cp}/health"], capture_output=True).stdout:
+                break
+            time.sleep(0.05)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deis_pg() -> Iterator[servers.Postgres]:
+    """The cluster behind ``docker exec deis-database`` (its own: pg_dumpall dumps all of it)."""
+    pg = servers.start_postgres(tcp=True, socket_alias_port=5432)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module")
+def deis_host(deis_pg: servers.Postgres) -> Iterator[servers.SshHost]:
+    site = tempfile.mkdtemp(prefix="deis-site-")
+    os.chmod(site, 0o755)
+    host = servers.start_sshd("deis", binds={"/var/run/postgresql": deis_pg.socket_dir, ROOT: site})
+    try:
+        yield host
+    finally:
+        host.stop()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.fixture
+def world(tmp_path: Path, keys: tuple[Path, str, Path], deis_host: servers.SshHost) -> World:
+    identity, recipient, signing_key = keys
+    config = tmp_path / "recipes.toml"
+    write_config(config, tmp_path / "repo", identity, recipient, {"deis": deis_host}, signing_key)
+    return World(
+        config, tmp_path / "repo", identity, recipient, tmp_path / "cache", tmp_path / "home", signing_key
+    )
+
+
+@pytest.fixture
+def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> Iterator[Path]:
+    """The stand-ins under /srv/deis (as the host sees it), a deis database and etcd's /deis."""
+    r = Path(deis_host.binds[ROOT])
+    (r / "bin").mkdir()
+    (r / "app").mkdir()
+    for name in ("deisctl", "docker"):
+        shutil.copy(STANDINS / f"{name}.sh", r / "bin" / name)
+    shutil.copy(STANDINS / "dbboot.py", r / "bin" / "dbboot.py")
+    shutil.copy(STANDINS / "manage.sh", r / "app" / "manage.py")
+    deis_pg.psql(f"CREATE DATABASE {DB};")
+    deis_pg.psql(
+        "CREATE TABLE api_key (owner text, fingerprint text, public text);"
+        "CREATE TABLE api_app (id text);"
+        "CREATE TABLE api_domain (domain text, app text);"
+        "CREATE TABLE api_config (app text, key text, value text);"
+        "INSERT INTO api_key VALUES ('alice', 'aa:bb:cc', 'ssh-ed25519 AAAAC3 alice@laptop'),"
+        " ('bob', 'dd:ee:ff', 'ssh-rsa AAAAB3 bob@desk');"
+        "INSERT INTO api_app SELECT 'app' || i FROM generate_series(1, 3) i;"
+        "INSERT INTO api_domain VALUES ('shop.example.com', 'app1'), ('blog.example.com', 'app2');"
+        "INSERT INTO api_config VALUES ('app1', 'DEBUG', 'false'), ('app3', 'WORKERS', '4');",
+        db=DB,
+    )
+    try:
+        yield r
+    finally:
+        deis_pg.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE);")
+        etcd.ctl("rm", "--recursive", "/deis", check=False)
+        subprocess.run(["rm", "-rf", *(str(p) for p in r.iterdir())], check=False)
+
+
+def use_gateway(r: Path, gw: Gateway) -> None:
+    """The cluster's gateway (its keys are what ``deisctl config store get`` prints)."""
+    py = sys.executable
+    (r / "gateway.env").write_text(
+        f"GATEWAY={gw.url}\nACCESS={gw.key}\nSECRET={gw.secret}\nDBNAME={DB}\nPY={py}\n"
+    )
+
+
+def sets(gateway: str, etcd: Etcd, *more: str) -> list[str]:
+    items = [
+        f"gateway={gateway}",
+        f"store_dir={ROOT}/store",
+        f"etcd={etcd.endpoint}",
+        f"deisctl={ROOT}/bin/deisctl",
+        f"docker={ROOT}/bin/docker",
+        f"dump_file={ROOT}/dump_all.sql",
+        *more,
+    ]
+    return [w for item in items for w in ("--set", item)]
+
+
+def fill(gw: Gateway, pg: servers.Postgres) -> None:
+    """Registry layers and a WAL-E base backup (a real pg_dump of the deis database) in db_wal."""
+    fs = gw.fs()
+    base = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"{servers.PG_BIN}/pg_dump",
+            "--create",
+            "-h",
+            pg.socket_dir,
+            "-p",
+            str(pg.port),
+            DB,
+        ],
+        capture_output=True,
+        check=True,
+        cwd="/",
+    ).stdout
+    fs.pipe("db_wal/basebackups_005/base_000000010000000000000002.sql", base)
+    fs.pipe("db_wal/wal_005/000000010000000000000002.lzo", os.urandom(70_000))
+    fs.pipe("registry/docker/registry/v2/blobs/sha256/ab/layer", os.urandom(3 << 20))
+    fs.pipe("registry/docker/registry/v2/repositories/app1/_manifests/tags/v1/link", b"sha256:ab\n")
+    fs.pipe("registry/empty-object", b"")
+
+
+def error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("recipes: error: ")]
+    assert len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+def no_key(gw: Gateway, *texts: str) -> None:
+    for text in texts:
+        assert gw.key not in text and gw.secret not in text
+
+
+def repo_text(world: World) -> str:
+    """Every plain file of the repository (manifests, listings) as text."""
+    out = []
+    for p in world.repo.rglob("*"):
+        if p.is_file():
+            out.append(p.read_bytes().decode("latin-1"))
+    return "\n".join(out)
+
+
+def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
+    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd, deis_host: servers.SshHost
+) -> None:
+    old, new = start_gateway(), start_gateway()
+    try:
+        use_gateway(root, old)
+        fill(old, deis_pg)
+        store = root / "store"
+        (store / "logs").mkdir(parents=True)
+        (store / "logs" / "deis-controller.log").write_text("started\n" * 1000)
+        (store / "logs" / "deis-registry.log").write_text("pushed app1:v1\n")
+        os.chown(store / "logs" / "deis-registry.log", 1234, 5678)
+        os.chmod(store / "logs" / "deis-registry.log", 0o640)
+        # etcd as the controller writes it (the stand-in manage.py reads the real database)
+        ok(deis_host, f"cd {ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        keys_before = etcd.tree()
+        assert (
+            "/deis/builder/users/alice/aa:bb:cc" in keys_before and "/deis/config/app3/WORKERS" in keys_before
+        )
+        objects_before = old.objects()
+        store_before = fingerprint(store)
+
+        backup = world.cli("--json", "-v", "run", "deis", "--host", "deis", *sets(old.url, etcd))
+        assert backup.returncode == 0, backup.stderr
+        manifest = json.loads(backup.stdout)
+        names = {o["name"]: o for o in manifest["objects"]}
+        assert set(names) == {"buckets/db_wal.tar", "buckets/registry.tar", "store.tar", "dumps/database.sql"}
+        assert names["buckets/registry.tar"]["facts"]["objects"] == 3
+        assert names["buckets/registry.tar"]["facts"]["bytes"] == (3 << 20) + len(b"sha256:ab\n")
+        assert len(names["buckets/db_wal.tar"]["facts"]["sample"]) == 2
+        assert "/deis/domains/shop.example.com" in manifest["facts"]["etcd_keys"].split()
+        no_key(old, backup.stdout, backup.stderr, repo_text(world))
+
+        # the new cluster: no database, no /deis in etcd, an empty store, a new gateway (new keys)
+        deis_pg.psql(f"DROP DATABASE {DB} WITH (FORCE);")
+        etcd.ctl("rm", "--recursive", "/deis")
+        shutil.rmtree(store)
+        (root / "events.log").unlink()
+        use_gateway(root, new)
+        assert new.objects() == {}
+
+        plan = world.cli("restore", "deis", "--host", "deis", "--plan", *sets(new.url, etcd))
+        assert plan.returncode == 0, plan.stderr
+        restore = world.cli("-v", "restore", "deis", "--host", "deis", *sets(new.url, etcd))
+        assert restore.returncode == 0, restore.stderr
+        no_key(old, restore.stdout, restore.stderr, plan.stdout)
+        no_key(new, restore.stdout, restore.stderr, plan.stdout)
+
+        assert {k: v for k, v in new.objects().items()} == objects_before
+        assert fingerprint(store) == store_before
+        rows = deis_pg.psql("SELECT count(*) FROM api_key; SELECT count(*) FROM api_app;", db=DB).split()
+        assert rows == ["2", "3"]
+        assert etcd.tree() == keys_before
+        events = (root / "events.log").read_text().splitlines()
+        assert events == [
+            "deisctl install platform",
+            "deisctl start store-monitor",
+            "deisctl start store-daemon",
+            "deisctl start store-metadata",
+            "deisctl start store-gateway",
+            "deisctl start store-volume",
+            "deisctl start router@1",
+            "deisctl config router set bodySize=100m",
+            "deisctl config store get gateway/accessKey",
+            "deisctl config store get gateway/secretKey",
+            "deisctl start platform",
+            "database restored from db_wal/basebackups_005/base_000000010000000000000002.sql",
+            "docker exec deis-controller sh -c cd /app && ./manage.py shell",
+            f"manage.py shell (ETCD={etcd.endpoint})",
+        ], events
+        assert "deis scale" in restore.stderr  # the manual step is said, not run
+        assert (root / "dump_all.sql").stat().st_mode & 0o077 == 0
+
+        # only the database: load the pg_dumpall into the running database container
+        deis_pg.psql(f"DROP DATABASE {DB} WITH (FORCE);")
+        only = world.cli("restore", "deis", "--host", "deis", *sets(new.url, etcd, "only=database"))
+        assert only.returncode == 0, only.stderr
+        assert deis_pg.psql("SELECT count(*) FROM api_domain;", db=DB).split() == ["2"]
+    finally:
+        old.stop()
+        new.stop()
+
+
+def test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing(
+    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd
+) -> None:
+    gw = start_gateway()
+    proxy = FaultyS3(("127.0.0.1", gw.port))
+    try:
+        use_gateway(root, gw)
+        fill(gw, deis_pg)
+        (root / "store").mkdir()
+        proxy.after = 3
+        proxy.always = "403"
+        backup = world.cli("-v", "run", "deis", "--host", "deis", *sets(proxy.endpoint, etcd))
+        assert backup.returncode == 1, backup.stderr
+        line = error_line(backup.stderr)
+        # three requests pass (db_wal listed and copied), then the gateway denies everything
+        assert "copy s3://registry failed: the gateway" in line and "Access Denied" in line, line
+        no_key(gw, backup.stdout, backup.stderr)
+        listed = world.cli("--json", "snapshots", check=True)
+        assert json.loads(listed.stdout) == []
+    finally:
+        proxy.close()
+        gw.stop()
+
+
+def test_a_failing_pg_dumpall_fails_the_snapshot(
+    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd
+) -> None:
+    gw = start_gateway()
+    try:
+        use_gateway(root, gw)
+        (root / "store").mkdir()
+        backup = world.cli(
+            "run", "deis", "--host", "deis", *sets(gw.url, etcd, "database_container=deis-db-gone")
+        )
+        assert backup.returncode == 1, backup.stderr
+        assert "No such container: deis-db-gone" in error_line(backup.stderr)
+        assert json.loads(world.cli("--json", "snapshots", check=True).stdout) == []
+    finally:
+        gw.stop()

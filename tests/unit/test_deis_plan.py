@@ -1,0 +1,61 @@
+"""Golden plans of the deis recipe (seed 003), and what they must never show: a gateway key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import apps, plan
+from recipes.apps.deis import DeisRestoreOptions
+from recipes.recipe import make_params
+from tests.unit.test_plan_golden import _check
+
+PARAMS = {"gateway": "http://deis-store.local3.deisapp.com", "etcd": "172.17.8.100:4001"}
+
+
+@pytest.mark.parametrize("action", ["backup", "restore", "restore-database"])
+def test_deis_plan_matches_golden(action: str) -> None:
+    recipe = apps.get("deis")
+    params = make_params(recipe, json.loads(json.dumps(PARAMS)), "test")
+    if action == "backup":
+        p = plan.backup_plan(recipe, params, "deis-1")
+    else:
+        only = "database" if action == "restore-database" else "all"
+        p = plan.restore_plan(recipe, params, "deis-1", options=DeisRestoreOptions(only=only))
+    _check(f"deis-{action}.txt", "\n".join(p.lines()) + "\n")
+    _check(f"deis-{action}.json", json.dumps(p.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def test_restore_runs_the_seeds_steps_in_the_seeds_order() -> None:
+    recipe = apps.get("deis")
+    params = make_params(recipe, dict(PARAMS), "test")
+    names = [s.name for s in recipe.restore_steps(params)]
+    assert names == [
+        "install-platform",
+        "start-store-monitor",
+        "start-store-daemon",
+        "start-store-metadata",
+        "start-store-gateway",
+        "start-store-volume",
+        "start-router",
+        "router-body-size",
+        "gw_access",
+        "gw_secret",
+        "bucket-db_wal",
+        "bucket-registry",
+        "store",
+        "database",
+        "start-platform",
+        "etcd_endpoint",
+        "etcd-resync",
+        "scale",
+    ]
+
+
+def test_missing_gateway_refuses_first() -> None:
+    recipe = apps.get("deis")
+    params = make_params(recipe, {}, "test")
+    for steps in (recipe.backup_steps(params), recipe.restore_steps(params)):
+        first = steps[0]
+        assert first.name == "gateway-set" and "deis needs gateway" in first.command.script  # type: ignore[union-attr]
