@@ -43,7 +43,7 @@ class Streaming(Svc):
             Dump(
                 name="d",
                 engine="test",
-                command=Command("while :; do head -c 1000000 /dev/urandom; sleep 0.05; done"),
+                command=Command("while head -c 1000000 /dev/urandom; do sleep 0.05; done"),  # ends on EPIPE
             ),
         ]
 
