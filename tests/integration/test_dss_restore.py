@@ -335,7 +335,13 @@ def test_sigkill_of_the_controller_while_dss_is_stopped_the_guard_starts_it(
             assert not running(ssh_source, dss)
             proc.kill()
             proc.wait()
-            wait_for(lambda: running(ssh_source, dss), DEADMAN + SLACK, "the guard started DSS again")
+            # `bin/dss status` says running as soon as the server wrote its pid; `start` logs its
+            # event just after: wait for both.
+            wait_for(
+                lambda: running(ssh_source, dss) and event_names(dss)[-1:] == ["dss-started"],
+                DEADMAN + SLACK,
+                "the guard started DSS again",
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()

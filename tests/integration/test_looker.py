@@ -585,7 +585,11 @@ def test_sigkill_after_the_stop_the_guard_starts_looker_again_and_removes_the_ke
         assert status(ssh_source, lk) == 7 and key_dirs(ssh_source) - before
         proc.kill()
         proc.wait()
-        wait_for(lambda: status(ssh_source, lk) == 0, DEADMAN + SLACK, "the guard started Looker again")
+        wait_for(  # status says running once the pid is written; start logs its event just after
+            lambda: status(ssh_source, lk) == 0 and events(lk)[-1:] == ["started"],
+            DEADMAN + SLACK,
+            "the guard started Looker again",
+        )
         wait_for(lambda: key_dirs(ssh_source) <= before, DEADMAN + SLACK, "the guard removed the key dir")
     finally:
         if proc.poll() is None:
