@@ -76,8 +76,8 @@ class ReadSecret:
 
 
 @attrs.frozen
-class CopyBucket:
-    """Every object of an S3 bucket into the object ``buckets/<bucket>.tar`` (``buckets.py``)."""
+class _BucketStep:
+    """A step about one bucket: its name and the snapshot object that holds its objects."""
 
     bucket: Bucket
     about: str = ""
@@ -89,6 +89,11 @@ class CopyBucket:
     @property
     def object(self) -> str:
         return f"buckets/{self.bucket.bucket}.tar"
+
+
+@attrs.frozen
+class CopyBucket(_BucketStep):
+    """Every object of an S3 bucket into the object ``buckets/<bucket>.tar`` (``buckets.py``)."""
 
     def ops(self) -> list[Op]:
         return [
@@ -97,19 +102,8 @@ class CopyBucket:
 
 
 @attrs.frozen
-class RestoreBucket:
+class RestoreBucket(_BucketStep):
     """Create the bucket (an existing one is fine), then put the stored objects back."""
-
-    bucket: Bucket
-    about: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"bucket-{self.bucket.bucket}"
-
-    @property
-    def object(self) -> str:
-        return f"buckets/{self.bucket.bucket}.tar"
 
     def ops(self) -> list[Op]:
         sink = attrs.evolve(self.bucket, create=True)
