@@ -181,6 +181,12 @@ def env_name(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None
         )
 
 
+def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """attrs validator: a portable OS user name (it becomes a sudo argument on the host)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
+        raise FieldError(attribute, f"must be a user name such as {attribute.default}, got {value!r}")
+
+
 _FIELD = "\x1f"
 
 

@@ -12,14 +12,13 @@ login is that user, through ``sudo -n -u`` otherwise (root, or an admin allowed 
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import attrs
 
 from recipes.databases import postgresql as pg_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, param
+from recipes.recipe import FieldError, absolute_path, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -92,12 +91,6 @@ def snapshot_kind(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     """attrs validator: how the quiesce may snapshot the filesystem."""
     if value not in SNAPSHOT_KINDS:
         raise FieldError(attribute, f"must be one of {', '.join(SNAPSHOT_KINDS)}, got {value!r}")
-
-
-def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    """attrs validator: a plain OS user name (it becomes a sudo argument on the host)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
-        raise FieldError(attribute, f"must be a user name such as dataiku, got {value!r}")
 
 
 def one_line(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:

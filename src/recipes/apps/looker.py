@@ -18,7 +18,7 @@ import attrs
 
 from recipes.databases import mysql as mysql_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, param
+from recipes.recipe import FieldError, absolute_path, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -65,12 +65,6 @@ def one_of(*choices: str) -> Any:
             raise FieldError(attribute, f"must be one of {', '.join(choices)}, got {value!r}")
 
     return check
-
-
-def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    """attrs validator: a POSIX user name (it becomes a sudo argument on the host)."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
-        raise FieldError(attribute, f"must be a user name such as looker, got {value!r}")
 
 
 def extra_path(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
