@@ -181,6 +181,16 @@ def env_name(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None
         )
 
 
+def one_of(*choices: str) -> Any:
+    """attrs validator: the value is one of ``choices``."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise FieldError(attribute, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
 def user_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     """attrs validator: a portable OS user name (it becomes a sudo argument on the host)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 import attrs
 
+from recipes import fssnap
 from recipes.databases import postgresql as pg_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, param, user_name
+from recipes.recipe import FieldError, absolute_path, one_of, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -68,7 +69,6 @@ CATEGORIES: dict[str, Category] = {
 }
 """``exclude`` category -> the folders of DATA_DIR it leaves out."""
 
-SNAPSHOT_KINDS = ("none", "btrfs", "lvm", "auto")
 
 JOBS_INSTRUCTION = "Make sure you don't have any job running, then stop DSS"
 """The seed's words before ``DATA_DIR/bin/dss stop``."""
@@ -85,12 +85,6 @@ def categories(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) 
                 attribute,
                 f"unknown category {item!r}: valid categories are {', '.join(CATEGORIES)}",
             )
-
-
-def snapshot_kind(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    """attrs validator: how the quiesce may snapshot the filesystem."""
-    if value not in SNAPSHOT_KINDS:
-        raise FieldError(attribute, f"must be one of {', '.join(SNAPSHOT_KINDS)}, got {value!r}")
 
 
 def one_line(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -118,7 +112,7 @@ class DssParams:
     snapshot: str = param(
         "none",
         "filesystem snapshot while DSS is stopped: none, btrfs, lvm or auto",
-        validator=snapshot_kind,
+        validator=one_of(*fssnap.KINDS),
     )
     jobs_check: str | None = param(
         None,
@@ -162,12 +156,6 @@ class DssParams:
 MODES = ("pristine", "elsewhere")
 
 
-def restore_mode(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    """attrs validator: the seed's two kinds of restore."""
-    if value not in MODES:
-        raise FieldError(attribute, f"must be one of {', '.join(MODES)}, got {value!r}")
-
-
 @attrs.frozen
 class DssRestoreOptions:
     """Options of a ``dss`` restore (``recipes restore dss --set mode=elsewhere``)."""
@@ -177,7 +165,7 @@ class DssRestoreOptions:
         "pristine: same machine, location and version; stop DSS, move the current DATA_DIR "
         "content aside (kept), extract, start. elsewhere: another machine, location or newer "
         "version; extract into an empty DATA_DIR, replay INSTALL_DIR/installer.sh -d DATA_DIR -u",
-        validator=restore_mode,
+        validator=one_of(*MODES),
     )
 
 

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 import attrs
 
+from recipes import fssnap
 from recipes.databases import mysql as mysql_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, param, user_name
+from recipes.recipe import FieldError, absolute_path, one_of, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -52,19 +53,8 @@ DEPLOYING = ".deploying"
 KEY_NAME = "looker-backup.key"
 
 QUIESCE_MODES = ("stop", "none")
-SNAPSHOT_MODES = ("none", "btrfs", "lvm", "auto")
 # Characters an extra path may not hold: they would be glob syntax in tar's exclude patterns.
 _GLOB = re.compile(r"[*?\[\]\\]")
-
-
-def one_of(*choices: str) -> Any:
-    """attrs validator: the value is one of ``choices``."""
-
-    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-        if value not in choices:
-            raise FieldError(attribute, f"must be one of {', '.join(choices)}, got {value!r}")
-
-    return check
 
 
 def extra_path(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -133,7 +123,7 @@ class LookerParams:
     snapshot: str = param(
         "none",
         "filesystem snapshot while stopped, so Looker starts again at once: none, btrfs, lvm or auto",
-        validator=one_of(*SNAPSHOT_MODES),
+        validator=one_of(*fssnap.KINDS),
     )
     include_logs: bool = param(
         False, "also back up looker/log (the seed: only if your retention policies require it)", content=True
