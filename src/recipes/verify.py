@@ -7,10 +7,14 @@ archives are listed by GNU tar and dumps are checked at both ends, writing nothi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import queue
 import re
 import subprocess
-from typing import Any
+import threading
+from typing import Any, cast
 
 import attrs
 
@@ -76,15 +80,18 @@ def verify(
     total = 0
     for obj in m.objects:
         total += obj.size
-        try:
-            repo.verify_objects(m, [obj])
-        except VerifyError as exc:
-            problems.append(Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1]))
-            continue
-        if deep and reason is None:
-            why = _deep(repo, m, obj, identities or [])
-            if why is not None:
-                problems.append(Problem(m.snapshot, obj.path, why))
+        # Deep reads each object once: the decrypting pass checks size and sha256 as it goes (and
+        # writes nothing anywhere). Only a bad object is read again, to name the cause precisely.
+        read_deep = deep and reason is None
+        why = _deep(repo, m, obj, identities or []) if read_deep else None
+        if why is not None or not read_deep:
+            try:
+                repo.verify_objects(m, [obj])
+            except VerifyError as exc:
+                problems.append(Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1]))
+                continue
+        if why is not None:
+            problems.append(Problem(m.snapshot, obj.path, why))
     return Report(m.recipe, m.host, m.snapshot, len(m.objects), total, deep, tuple(problems))
 
 
@@ -124,13 +131,15 @@ def _list_archive(
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stderr is not None
+    with contextlib.suppress(AttributeError, OSError):  # fewer wake-ups of tar: a 1 MiB pipe
+        fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    sink = _Unzstd(_UntilClosed(proc.stdin))
     try:
         with repo.open_object(m, obj) as fh:
-            stream.fetch(fh, proc.stdin, identities, obj.sha256, obj.size)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
+            stream.fetch(fh, sink, identities, obj.sha256, obj.size, decompress=False)
+        sink.close()
     except BaseException:
+        sink.abandon()
         proc.kill()
         proc.wait()
         raise
@@ -139,6 +148,83 @@ def _list_archive(
         lines = [line for line in err.splitlines() if line.strip()]
         return f"GNU tar cannot list it: {lines[0] if lines else 'exit ' + str(proc.returncode)}"
     return None
+
+
+class _Unzstd:
+    """Decompresses zstd into ``sink`` in a thread of its own behind a bounded queue, so
+    decompressing and feeding tar overlap with decrypting (zstd and pipe writes release the GIL)."""
+
+    DEPTH = 4
+    BATCH = 1 << 20
+
+    def __init__(self, sink: _UntilClosed) -> None:
+        self._sink = sink
+        self._batch = bytearray()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="unzstd", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        import zstandard
+
+        writer: Any = zstandard.ZstdDecompressor().stream_writer(cast(Any, self._sink), write_size=1 << 20)
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                writer.write(data)
+            except Exception as exc:  # a corrupt frame: reported once the stream ended
+                self._error = exc
+        if self._error is None:
+            try:
+                writer.flush()
+            except Exception as exc:
+                self._error = exc
+
+    def write(self, data: bytes, /) -> int:
+        # decrypt hands over small pieces: pass them on in 1 MiB batches (fewer queue hand-offs)
+        self._batch += data
+        if len(self._batch) >= self.BATCH:
+            self._queue.put(bytes(self._batch))
+            self._batch.clear()
+        return len(data)
+
+    def close(self) -> None:
+        """Wait for the rest; a zstd error becomes the archive's verify problem."""
+        if self._batch:
+            self._queue.put(bytes(self._batch))
+            self._batch.clear()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise VerifyError(f"cannot decompress: {self._error}")
+        self._sink.close()
+
+    def abandon(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class _UntilClosed:
+    """tar's stdin; once tar stops reading (at its end-of-archive blocks, or on an error) the rest
+    is discarded, so the stream still runs to its end and its size and sha256 are checked."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe: Any = pipe
+
+    def write(self, data: bytes, /) -> int:
+        if self._pipe is not None:
+            try:
+                self._pipe.write(data)
+            except BrokenPipeError:
+                self._pipe = None
+        return len(data)
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._pipe.close()
 
 
 class _Edges:

@@ -96,3 +96,35 @@ def test_deep_finds_what_sha256_cannot_a_signed_object_that_is_not_a_tar(
     deep = world.cli("verify", full, "--deep")
     assert deep.returncode == 3
     assert f"files.tar.zst.age of snapshot {full}: GNU tar cannot list it" in deep.stderr
+
+
+def test_deep_reads_each_object_once_and_still_names_a_damaged_one(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """Deep reads an object once, checking its size and sha256 as it decrypts: an archive swapped
+    for another good one (it decrypts and lists), bytes appended, a flipped byte are all exit 3,
+    named with the precise cause."""
+    root, src, _ = site
+    seed_tree(src)
+    full, incr = _snapshots(world, root)
+    archive = world.repo / "django/source" / full / "files.tar.zst.age"
+    original = archive.read_bytes()
+    shutil.copyfile(world.repo / "django/source" / incr / "files.tar.zst.age", archive)
+    swapped = world.cli("verify", full, "--deep")
+    assert swapped.returncode == 3, swapped.stderr
+    assert f"files.tar.zst.age of snapshot {full}" in swapped.stderr
+    archive.write_bytes(original)
+    with archive.open("ab") as fh:
+        fh.write(b"\0" * 4096)
+    appended = world.cli("verify", full, "--deep")
+    assert appended.returncode == 3, appended.stderr
+    assert f"files.tar.zst.age of snapshot {full}" in appended.stderr
+    assert "the manifest says" in appended.stderr  # named by size, not a vague decrypt error
+    dump = next((world.repo / "django/source" / incr / "dumps").glob("*.zst.age"))
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 1
+    dump.write_bytes(bytes(data))
+    flipped = world.cli("verify", incr, "--deep")
+    assert flipped.returncode == 3, flipped.stderr
+    assert f"dumps/{dump.name} of snapshot {incr}" in flipped.stderr
+    assert "sha256 differs" in flipped.stderr
