@@ -157,18 +157,17 @@ def _ends(op_list: list[ops.Op]) -> Iterator[ops.Endpoint]:
 
 
 def _excludes(recipe: Recipe, params: Any, backup: Plan) -> list[str]:
-    """What is deliberately left out: every archive's excludes, with the recipe's reasons."""
-    reasons: dict[str, str] = {}
+    """What is deliberately left out: every archive's excludes, with the reasons the recipe gives
+    (its ``exclude_reasons(params)``; with one, only the paths it names are choices to show)."""
     method = getattr(recipe, "exclude_reasons", None)
-    if method is not None:
-        reasons = method(params)
+    reasons: dict[str, str] | None = method(params) if method is not None else None
     out = []
     for step in backup.steps:
         if isinstance(step, Archive) and step.excludes:
-            if step.members is not None:
-                continue
             for item in step.excludes:
-                why = reasons.get(item)
+                if reasons is not None and item not in reasons:
+                    continue  # a pattern of the recipe's own making (only_member), not a choice
+                why = reasons.get(item) if reasons is not None else None
                 where = f" (under {step.root})" if step.root not in ("/", "") else ""
                 out.append(f"{_code(item)}{where}" + (f": {why}" if why else ""))
     return out
