@@ -832,6 +832,44 @@ def estimate_cmd(
     emit(state, data, text)
 
 
+def _last_drill(repo: Any, recipe: str, host: str) -> dict[str, Any] | None:
+    """The newest drill record whose signature verifies, once ``recipes.drill`` exists."""
+    try:
+        from recipes import drill  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    found: dict[str, Any] | None = drill.last(repo, recipe, host)
+    return found
+
+
+@main.command("runbook")
+@click.argument("recipe")
+@click.option("--host", required=True, help="The host the runbook restores (as --host takes it).")
+@click.option("--snapshot", metavar="ID|latest", help="Fill in this snapshot's objects (verified first).")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option(
+    "-o", "--output", "output", metavar="FILE", help="Write to FILE (atomically) instead of stdout."
+)
+@pass_state
+def runbook_cmd(
+    state: State, recipe: str, host: str, snapshot: str | None, repo: str | None, fmt: str, output: str | None
+) -> None:
+    """A restore runbook for RECIPE on a host (Markdown or printable HTML), rendered from the
+    steps `recipes restore` runs; --snapshot fills in that snapshot's objects and checksums."""
+    from recipes import runbook
+
+    text = runbook.for_config(
+        state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=_last_drill
+    )
+    _log_config(state)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    runbook.write_atomic(output, text)
+    emit(state, {"recipe": recipe, "host": host, "format": fmt, "file": output}, f"wrote {output}")
+
+
 @main.command("schedule")
 @click.argument("recipe")
 @click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")

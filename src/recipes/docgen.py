@@ -1,4 +1,5 @@
-"""Generate ``docs/recipes/<name>.md`` from each recipe's params and steps; ``--check`` for CI."""
+"""Generate ``docs/recipes/<name>.md`` from each recipe's params and steps, and the sample restore
+runbook ``docs/runbooks/<name>.md`` of each for the example configuration; ``--check`` for CI."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from recipes import apps, plan
 from recipes.recipe import describe_params, make_params, params_dict
 
 OUT = Path("docs/recipes")
+RUNBOOKS = Path("docs/runbooks")
+EXAMPLE_CONFIG = Path("recipes.toml")
+EXAMPLE_HOST = "web1"
+"""The sample runbooks restore onto the example configuration's host, with its parameters."""
+
+
+def runbook(name: str) -> str:
+    """The sample runbook of one recipe: ``recipes.toml``'s parameters for it (else the
+    defaults), restoring onto its host ``web1``; no snapshot, no drill."""
+    from recipes import config, runbook
+
+    cfg = config.load(str(EXAMPLE_CONFIG))
+    return runbook.for_config(cfg, name, EXAMPLE_HOST, config_name=str(EXAMPLE_CONFIG))
 
 
 def page(name: str) -> str:
@@ -68,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for name in apps.names():
-        path = OUT / f"{name}.md"
-        text = page(name)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        for path, text in ((OUT / f"{name}.md", page(name)), (RUNBOOKS / f"{name}.md", runbook(name))):
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(str(path))
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
     if stale:
         print(f"out of date: {', '.join(stale)}: run `python -m recipes.docgen`", file=sys.stderr)
         return 1

@@ -42,6 +42,35 @@ DEFAULT_EXCLUDES = (
 # "if you feel confident also exclude /bin, /lib, /sbin and /usr"
 SYSTEM_EXCLUDES = ("/bin", "/lib", "/sbin", "/usr")
 
+# The seed's reason for each exclude, in a few words (for runbooks).
+_KERNEL = "the kernel's view of devices, processes and hardware, not files on disk"
+_RUNTIME = "process ids and locks of running services, emptied at every boot"
+EXCLUDE_REASONS = {
+    "/dev": _KERNEL,
+    "/proc": _KERNEL,
+    "/sys": _KERNEL,
+    "/run": _RUNTIME,
+    "/var/lock": _RUNTIME,
+    "/var/run": _RUNTIME,
+    "/lost+found": "orphans fsck finds after filesystem corruption; a legacy directory",
+    "/boot": "the boot loader and kernel, made by the installer",
+    "/tmp": "temporary files, deleted at reboot",
+    "/var/tmp": "temporary files",
+    "/media": "mount points of removable and other disks",
+    "/mnt": "mount points of removable and other disks",
+    "/var/cache": "cached data: anything in it can be recreated",
+    "/var/crash": "kernel crash dumps",
+    "/var/swap": "swap space",
+    "/var/swapfile": "swap space",
+    "/var/swap.img": "swap space",
+    "/var/lib/mysql": "live database files: the databases are dumped instead",
+    "/var/lib/postgresql": "live database files: the databases are dumped instead",
+    "/bin": "system programs, reinstalled with the system (exclude_system)",
+    "/lib": "system libraries, reinstalled with the system (exclude_system)",
+    "/sbin": "system programs, reinstalled with the system (exclude_system)",
+    "/usr": "system programs, reinstalled with the system (exclude_system)",
+}
+
 
 @attrs.frozen
 class DjangoParams:
@@ -107,6 +136,13 @@ class Django:
             )
         )
         return steps
+
+    def exclude_reasons(self, p: DjangoParams) -> dict[str, str]:
+        """The seed's reason for each excluded path, for runbooks (extra_excludes: yours)."""
+        return {
+            path: EXCLUDE_REASONS.get(path, "extra_excludes in the configuration")
+            for path in p.all_excludes()
+        }
 
     def restore_steps(self, p: DjangoParams, options: Any = None) -> list[Step]:
         steps: list[Step] = [Extract(root=p.root, about=f"put the files back under {p.root}")]

@@ -436,6 +436,15 @@ class Dss:
             steps += [ManualStep(f"integration-{i}", text) for i, text in enumerate(INTEGRATIONS, 1)]
         return steps
 
+    def exclude_reasons(self, p: DssParams) -> dict[str, str]:
+        """Why each left-out folder may go (the seed's words per category), for runbooks."""
+        return {
+            f: f"the seed's {name!r} category: {cat.reason}"
+            for name, cat in CATEGORIES.items()
+            if name in p.exclude
+            for f in cat.folders
+        }
+
     def start_unless_running(self, p: DssParams) -> str:
         dss = sh(p.data_dir + "/bin/dss")
         return f"{run_as(p.user)}run_as {dss} status >/dev/null 2>&1 || run_as {dss} start"

@@ -49,6 +49,24 @@ ALWAYS_EXCLUDED = (
 LOG_DIR = "looker/log"  # "Maybe": "only needed if required by your retention policies"
 SSL_DIR = "looker/.ssl"  # "Maybe": "if you store ... SSL certificates signed by a certificate authority"
 DEPLOYING = ".deploying"
+EXCLUDE_REASONS = {
+    "looker/.cache": 'the seed\'s table: "Temporary cache files" (Backup Required: No)',
+    "looker/.tmp": 'the seed\'s table: "Temporary files" (Backup Required: No)',
+    "looker/.snapshots": "the seed's table: \"A backup copy of the Looker jar and .db directory ... "
+    'during updates" (Backup Required: No)',
+    "looker/models": "the seed's table: \"Production models, copied from the source repository "
+    '(usually GitHub)" (Backup Required: No)',
+    "looker/.db/looker.lck": 'the seed: "some customers have reported issues if they include ... looker.lck"',
+    "looker/.deploying": "Looker's startup script refuses to start while it exists: a restored copy "
+    "carrying it would never come up",
+    "looker/looker-backup.key": "a keystore-independent backup's key file: a secret, kept in the key "
+    "store, never in a snapshot",
+    LOG_DIR: 'the seed\'s table, "Maybe": "only needed if required by your retention policies" '
+    "(include_logs = false)",
+    SSL_DIR: 'the seed\'s table, "Maybe": needed only for SSL certificates signed by a certificate '
+    "authority (include_ssl = false)",
+}
+"""Why each path of ``LookerParams.excludes`` is left out, for runbooks."""
 # The key file generate_keyfile_for_backup writes (seed step 3), and where a restore puts it.
 KEY_NAME = "looker-backup.key"
 
@@ -238,6 +256,10 @@ class Looker:
     )
     seed: ClassVar[str] = "000_2684c6cf9cff883a.txt"
     Params: ClassVar[type[Any]] = LookerParams
+
+    def exclude_reasons(self, p: LookerParams) -> dict[str, str]:
+        """Why each path of the home is left out, for runbooks."""
+        return {path: EXCLUDE_REASONS[path] for path in p.excludes() if path in EXCLUDE_REASONS}
 
     def roles(self, p: LookerParams) -> dict[str, tuple[str, ...]]:
         """``nodes``: the other hosts of a cluster, as ``--host`` takes them."""
