@@ -851,16 +851,24 @@ def _last_drill(repo: Any, recipe: str, host: str) -> dict[str, Any] | None:
 @click.option(
     "-o", "--output", "output", metavar="FILE", help="Write to FILE (atomically) instead of stdout."
 )
+@set_option
 @pass_state
 def runbook_cmd(
-    state: State, recipe: str, host: str, snapshot: str | None, repo: str | None, fmt: str, output: str | None
+    state: State,
+    recipe: str,
+    host: str,
+    snapshot: str | None,
+    repo: str | None,
+    fmt: str,
+    output: str | None,
+    sets: tuple[str, ...],
 ) -> None:
     """A restore runbook for RECIPE on a host (Markdown or printable HTML), rendered from the
     steps `recipes restore` runs; --snapshot fills in that snapshot's objects and checksums."""
     from recipes import runbook
 
     text = runbook.for_config(
-        state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=_last_drill
+        state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=_last_drill, sets=sets
     )
     _log_config(state)
     if output is None:

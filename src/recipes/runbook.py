@@ -725,6 +725,7 @@ def for_config(
     fmt: str = "md",
     last_drill: LastDrill | None = None,
     config_name: str | None = None,
+    sets: tuple[str, ...] = (),
 ) -> str:
     """The runbook of ``recipe_name`` on ``host`` with the parameters ``cfg`` gives it.
 
@@ -733,7 +734,8 @@ def for_config(
     whole chain too) before its object names, sizes and sha256 are written in; for a recipe that
     restores from a duplicity collection it is duplicity's ``--time``. ``last_drill(repository,
     recipe, host)`` returns the newest trusted drill record, if any. ``config_name`` is how the
-    runbook names the configuration file (default: its path).
+    runbook names the configuration file (default: its path). ``sets`` are ``--set KEY=VALUE``
+    overrides, restore options among them (DSS ``mode=elsewhere``), as ``recipes restore`` takes them.
     """
     from recipes import apps, chain, config
     from recipes.recipe import make_params, restore_values, split_options
@@ -743,8 +745,8 @@ def for_config(
         raise ConfigError(f"runbook --format {fmt!r}: use one of {', '.join(FORMATS)}")
     r = apps.get(recipe_name)
     spec = cfg.host(host)
-    given = f"{cfg.path or 'defaults'} [recipes.{recipe_name}]"
-    target, options = split_options(r, config.recipe_values(cfg, recipe_name, ()), given)
+    given = f"{cfg.path or 'defaults'} [recipes.{recipe_name}]" + (" + --set" if sets else "")
+    target, options = split_options(r, config.recipe_values(cfg, recipe_name, sets), given)
     params = make_params(r, target, given)
     if options is None and options_of(r) is not None:
         options = options_of(r)()  # type: ignore[misc]

@@ -411,3 +411,16 @@ def test_docs_runbooks_are_current() -> None:
         assert docgen.main(["--check"]) == 0
     finally:
         os.chdir(cwd)
+
+
+def test_cli_set_picks_the_restore_mode_the_runbook_describes(tmp_path: Path) -> None:
+    """--set works as for restore: DSS mode=elsewhere is the installer.sh -u procedure."""
+    _config(tmp_path, None, tmp_path / "repo")
+    pristine = _cli(tmp_path, "runbook", "dss", "--host", "h")
+    elsewhere = _cli(
+        tmp_path, "runbook", "dss", "--host", "h", "--set", "mode=elsewhere", "--set", "install_dir=/opt/dss"
+    )
+    assert pristine.returncode == 0 and elsewhere.returncode == 0, elsewhere.stderr
+    assert "installer.sh" in elsewhere.stdout and "installer.sh" not in pristine.stdout
+    bad = _cli(tmp_path, "runbook", "dss", "--host", "h", "--set", "mode=nope")
+    assert bad.returncode == 2 and "mode: must be one of pristine, elsewhere" in bad.stderr
