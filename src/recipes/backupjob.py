@@ -252,10 +252,10 @@ class Backup:
         started = time.monotonic()
         path = f"{name}.zst.age"
         on_host = self.zstd_on_host and host.name == self.host.name
-        # An archive's facts need its plain bytes: free when zstd runs here, a decompression
-        # (about a third of the controller's work) when the host compressed it, so those are
-        # counted on restore instead. A dump's rows are always counted.
-        taps = facts.taps_for(what, engine) if what == "dump" or not on_host else []
+        # An archive's facts need its plain bytes: free when zstd runs here; when the host
+        # compressed it, a decompression in the taps' own thread (overlapping encryption), paid
+        # because drills check every archive's counts and content sample against them.
+        taps = facts.taps_for(what, engine)
         watch = self.interp.progress
         meter = watch.meter(name, self.sizes.get(name))
         if begun is None:

@@ -832,16 +832,6 @@ def estimate_cmd(
     emit(state, data, text)
 
 
-def _last_drill(repo: Any, recipe: str, host: str) -> dict[str, Any] | None:
-    """The newest drill record whose signature verifies, once ``recipes.drill`` exists."""
-    try:
-        from recipes import drill  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    found: dict[str, Any] | None = drill.last(repo, recipe, host)
-    return found
-
-
 @main.command("runbook")
 @click.argument("recipe")
 @click.option("--host", required=True, help="The host the runbook restores (as --host takes it).")
@@ -865,10 +855,14 @@ def runbook_cmd(
 ) -> None:
     """A restore runbook for RECIPE on a host (Markdown or printable HTML), rendered from the
     steps `recipes restore` runs; --snapshot fills in that snapshot's objects and checksums."""
-    from recipes import runbook
+    from recipes import drill, runbook
+
+    def last_drill(repository: Any, name: str, on: str) -> dict[str, Any] | None:
+        """The newest drill record signed by one of this configuration's signers."""
+        return drill.last(repository, name, on, trust=state.config.trust())
 
     text = runbook.for_config(
-        state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=_last_drill, sets=sets
+        state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=last_drill, sets=sets
     )
     _log_config(state)
     if output is None:
@@ -946,3 +940,93 @@ def schedule_cmd(
     else:
         text = "\n".join(f"wrote {Path(where) / name}" for name in files.files)
     emit(state, data, text.rstrip("\n"))
+
+
+# ---- drills (issue 12): a restore onto a scratch host, proved and recorded
+
+
+@main.command("drill")
+@click.argument("recipe")
+@click.option("--host", required=True, help="The source host whose snapshot is drilled (never written to).")
+@click.option("--to-host", "to_host", required=True, help="The scratch host to restore onto.")
+@click.option(
+    "--snapshot", default="latest", show_default=True, help="Snapshot id (or unique prefix), or latest."
+)
+@set_option
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@click.option("--identity", metavar="FILE", help="age identity file (the secret key).")
+@click.option("--force", is_flag=True, help="Restore over a scratch host that is not empty.")
+@pass_state
+def drill_cmd(
+    state: State,
+    recipe: str,
+    host: str,
+    to_host: str,
+    snapshot: str,
+    sets: tuple[str, ...],
+    repo: str | None,
+    identity: str | None,
+    force: bool,
+) -> None:
+    """Restore RECIPE's snapshot of --host onto --to-host, check it against the facts recorded at
+    backup time and the recipe's health checks, time it (RTO), and keep a signed record in the
+    repository (drills/...). Exit 3 naming the failed checks; 2 when the scratch host, or a
+    database or bucket it would write, is the source's."""
+    from recipes import drill
+
+    _log_config(state)
+    with state.out.watching():
+        record = drill.run(
+            state.config,
+            recipe,
+            host,
+            to_host,
+            snapshot=snapshot,
+            sets=sets,
+            repo_url=repo,
+            identity=identity,
+            force=force,
+        )
+    lines = [
+        f"drill of {recipe}@{record['host']} ({record['snapshot']}) onto {record['scratch']}: passed, "
+        f"RTO {record['rto_seconds']:.1f}s"
+    ]
+    lines += [f"  {s['seconds']:8.1f}s  {s['name']}" for s in record["steps"]]
+    lines += [
+        f"  {'skipped' if 'skipped' in c else 'ok':<7}  {c['name']}: {c['found']}" for c in record["checks"]
+    ]
+    emit(state, record, "\n".join(lines), report=True)
+
+
+@main.command("drills")
+@click.argument("recipe", required=False)
+@click.option("--host", help="Only the drills of this source host.")
+@click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
+@pass_state
+def drills_cmd(state: State, recipe: str | None, host: str | None, repo: str | None) -> None:
+    """Drill records, oldest first, with whether their signature (namespace recipes-drill) is
+    trusted; an unverified record is listed as such, never as a result."""
+    from recipes import apps, drill
+
+    if recipe is not None:
+        apps.get(recipe)
+    source = state.config.host(host).name if host is not None else None
+    repository = _repo(state, repo)
+    found = drill.listing(repository, recipe, source, state.config.trust())
+    data = []
+    lines = []
+    for entry in found:
+        rec = entry["record"] or {}
+        data.append(
+            {**rec, "path": entry["path"], "verified": entry["verified"], "problem": entry["problem"]}
+        )
+        if entry["verified"]:
+            bad = [c["name"] for c in rec.get("checks", []) if not c["ok"]]
+            lines.append(
+                f"{rec['started']}  {rec['recipe']:<10} {rec['host']} -> {rec['scratch']}  "
+                f"{'passed' if rec['passed'] else 'FAILED ' + ', '.join(bad)}  "
+                f"RTO {rec['rto_seconds']:.1f}s  snapshot {rec['snapshot']}"
+            )
+        else:
+            lines.append(f"UNVERIFIED {entry['path']}: {entry['problem']}")
+    emit(state, data, "\n".join(lines) if lines else f"no drills in {repository.url}")

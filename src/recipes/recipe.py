@@ -44,6 +44,33 @@ class Recipe(Protocol):
         ...
 
 
+@attrs.frozen
+class DrillCheck:
+    """A recipe's own proof that a restored copy works (Looker's health check, DSS status), run
+    by ``recipes drill`` on the scratch host after the restore: it passes when it exits 0."""
+
+    name: str
+    command: Any
+    """A ``recipes.model.Command`` (read-only: a drill's checks change nothing)."""
+    role: str = "main"
+    about: str = ""
+
+
+def drill_checks(recipe: Recipe, params: Any) -> list[DrillCheck]:
+    """The recipe's health checks for a drill, from its optional ``drill_checks(params)`` method
+    (default: none; the facts recorded at backup time are checked for every recipe)."""
+    method = getattr(recipe, "drill_checks", None)
+    return list(method(params)) if method is not None else []
+
+
+def drill_rewrites(recipe: Recipe, params: Any) -> tuple[str, ...]:
+    """Absolute paths the restore itself writes after extracting the archive (a SQLite file
+    rebuilt from its dump), from the optional ``drill_rewrites(params)`` method: a drill does not
+    expect them to hold the archived bytes."""
+    method = getattr(recipe, "drill_rewrites", None)
+    return tuple(method(params)) if method is not None else ()
+
+
 def roles_of(recipe: Recipe, params: Any) -> dict[str, tuple[str, ...]]:
     """Hosts (names as ``--host`` takes them) bound to the recipe's roles besides ``main``
     (which ``--host`` binds), from its ``roles(params)`` method when it has one."""

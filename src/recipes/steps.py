@@ -3,6 +3,7 @@ runbook render the same ops."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import attrs
@@ -356,6 +357,9 @@ class Load:
     benign: tuple[str, ...] = ()
     check: Command | None = None
     about: str = ""
+    count: Callable[[tuple[str, ...]], Command] | None = attrs.field(default=None, eq=False, repr=False)
+    """For drills: a read-only command printing ``<table>\t<rows>`` for the given tables (keys as
+    the dump's row facts name them); None when the loaded data is not a database to ask."""
 
     @property
     def object(self) -> str:

@@ -144,6 +144,10 @@ class Django:
             for path in p.all_excludes()
         }
 
+    def drill_rewrites(self, p: DjangoParams) -> tuple[str, ...]:
+        """Each SQLite file is rebuilt from its dump after the files are extracted."""
+        return tuple(under(p.root, db) for db in p.sqlite)
+
     def restore_steps(self, p: DjangoParams, options: Any = None) -> list[Step]:
         steps: list[Step] = [Extract(root=p.root, about=f"put the files back under {p.root}")]
         if (pg := p.pg()) is not None:

@@ -19,7 +19,7 @@ import attrs
 from recipes import fssnap
 from recipes.databases import postgresql as pg_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, one_of, param, user_name
+from recipes.recipe import DrillCheck, FieldError, absolute_path, one_of, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -355,6 +355,10 @@ class Dss:
         return f"the seed: 'Compress your data directory': tar of DATA_DIR {p.data_dir}" + (
             f", leaving out {left_out}" if left_out else ", nothing left out"
         )
+
+    def drill_checks(self, p: DssParams) -> list[DrillCheck]:
+        """After a drill's restore: the restored DSS started and says so (``dss status``)."""
+        return [DrillCheck("dss status", Command(self.dss(p, "status")), about="DATA_DIR/bin/dss status")]
 
     def restore_steps(self, p: DssParams, options: Any = None) -> list[Step]:
         o: DssRestoreOptions = options or DssRestoreOptions()

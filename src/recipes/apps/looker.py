@@ -19,7 +19,7 @@ import attrs
 from recipes import fssnap
 from recipes.databases import mysql as mysql_db
 from recipes.model import Command, sh
-from recipes.recipe import FieldError, absolute_path, one_of, param, user_name
+from recipes.recipe import DrillCheck, FieldError, absolute_path, one_of, param, user_name
 from recipes.steps import (
     SNAPSHOT_ROOT,
     Archive,
@@ -322,6 +322,17 @@ class Looker:
         )
         steps += [self._extra_archive(path) for path in p.extra_paths]
         return steps
+
+    def drill_checks(self, p: LookerParams) -> list[DrillCheck]:
+        """After a drill's restore: Looker answers ``./looker status`` and the health_check."""
+        return [
+            DrillCheck("looker status", in_app(p, looker(p, "status")), about="./looker status says running"),
+            DrillCheck(
+                "health_check",
+                in_app(p, f'"${{as[@]}}" HOME={sh(p.home)} bash -c {sh(p.health_check)}'),
+                about=f"health_check as {p.user} in {p.app}",
+            ),
+        ]
 
     def restore_steps(self, p: LookerParams, options: Any = None) -> list[Step]:
         installed = f"test -e {sh(p.app + '/looker')} && "

@@ -72,6 +72,22 @@ class Connection:
     def check_command(self) -> Command:
         return self._client("mysql", "--batch", "--execute=SELECT 1")
 
+    def count_command(self, tables: tuple[str, ...]) -> Command:
+        """For drills: ``<table>\t<rows>`` for each ``db.table`` (as the dump's row facts name
+        them; without a database part, ``database``), one ``SELECT COUNT(*)`` each with
+        ``--force``, so a missing table is a missing line, not a stopped command. Reads only."""
+        sql = []
+        for key in tables:
+            db, _, table = key.rpartition(".")
+            db = db or self.database or ""
+            name = (f"`{db.replace('`', '``')}`." if db else "") + f"`{table.replace('`', '``')}`"
+            literal = key.replace("\\", "\\\\").replace("'", "\\'")
+            sql.append(f"SELECT '{literal}', COUNT(*) FROM {name};")
+        command = self._client(
+            "mysql", "--batch", "--skip-column-names", "--force", f"--execute={' '.join(sql)}"
+        )
+        return attrs.evolve(command, script=f"{{ {command.script}; }} 2>/dev/null; true")
+
 
 @attrs.frozen
 class Params:
@@ -117,6 +133,7 @@ def load(conn: Connection, name: str = "mysql") -> Load:
         name=name,
         engine=ENGINE,
         command=conn.restore_command(),
+        count=conn.count_command,
         # No check with the same login afterwards: a full restore (--flush-privileges) brings
         # back the source's accounts, so the target's old password may no longer work.
         about="mysql replays the dump (accounts and passwords become the source's)"

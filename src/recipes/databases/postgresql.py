@@ -24,6 +24,11 @@ ROLES_FILTER = (
 )
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier in double quotes (PostgreSQL, SQLite)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 @attrs.frozen
 class Connection:
     """How to reach a cluster: the ``postgres`` OS user over the local socket, or TCP with a password."""
@@ -70,6 +75,30 @@ class Connection:
         if self.database is not None:
             return psql  # no CREATE ROLE in a pg_dump script: nothing to tolerate
         return attrs.evolve(psql, script=f"{ROLES_FILTER} | {psql.script}")
+
+    def count_command(self, tables: tuple[str, ...]) -> Command:
+        """For drills: ``<table>\t<rows>`` for each ``db.schema.table`` (as the dump's row facts
+        name them; without a database part, ``database`` or ``postgres``), one ``SELECT count(*)``
+        each, so a missing table is a missing line, not a failed command. Reads only."""
+        by_db: dict[str, list[str]] = {}
+        for key in tables:
+            parts = key.split(".")
+            if len(parts) >= 3:
+                db, rest = parts[0], parts[1:]
+            else:
+                db, rest = self.database or "postgres", (["public", *parts] if len(parts) == 1 else parts)
+            name = ".".join(quote_ident(p) for p in rest)
+            literal = key.replace("'", "''")
+            by_db.setdefault(db, []).append(f"SELECT '{literal}', count(*) FROM {name}")
+        commands = [
+            self._client(
+                "psql", "-X", "-q", "-A", "-t", "-F", "\t", f"--dbname={db}", *(f"--command={q}" for q in sql)
+            )
+            for db, sql in by_db.items()
+        ]
+        first = commands[0] if commands else self._client("true")
+        script = "; ".join(f"{c.script} 2>/dev/null" for c in commands) + "; true"
+        return attrs.evolve(first, script=script)
 
     def check_command(self) -> Command:
         dbname = self.database or "postgres"
@@ -131,6 +160,7 @@ def load(conn: Connection, name: str = "postgresql") -> Load:
         command=conn.restore_command(),
         error_pattern=ERROR,
         check=conn.check_command(),
+        count=conn.count_command,
         about=(
             "psql replays the pg_dumpall script into the target cluster, stopping at the first "
             "error (ON_ERROR_STOP); roles that already exist are kept"

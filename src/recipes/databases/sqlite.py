@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from recipes.model import Command, sh
@@ -31,6 +32,18 @@ def dump(path: str, name: str | None = None) -> Dump:
     )
 
 
+def count_command(path: str, tables: tuple[str, ...]) -> Command:
+    """For drills: ``<table>\t<rows>`` for each table of the database file, one ``count(*)``
+    each (a missing table is a missing line). Opened read-only."""
+    lines = []
+    for table in tables:
+        literal = table.replace("'", "''")
+        name = '"' + table.replace('"', '""') + '"'
+        query = f"SELECT '{literal}', count(*) FROM {name};"
+        lines.append(f"sqlite3 -readonly -separator '\t' {sh(path)} {sh(query)} 2>/dev/null")
+    return Command("; ".join([*lines, "true"]))
+
+
 def load(path: str, name: str | None = None) -> Load:
     """Build a new database file from the dump and swap it in (keeping owner and mode)."""
     db = sh(path)
@@ -46,5 +59,6 @@ def load(path: str, name: str | None = None) -> Load:
         engine=ENGINE,
         command=Command(script),
         check=check,
+        count=functools.partial(count_command, path),
         about=f"rebuild {path} from its dump",
     )
