@@ -337,6 +337,13 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         use_gateway(root, new)
         assert new.objects() == {}
 
+        # no gateway: a usage error in one line before anything runs on the new cluster
+        unset = [w for w in sets(new.url, etcd) if not w.startswith("gateway=")][1:]
+        for plan_only in ((), ("--plan",)):
+            refused = world.cli("restore", "deis", "--host", "deis", *plan_only, *unset)
+            assert refused.returncode == 2 and "deis needs gateway" in error_line(refused.stderr)
+        assert not (root / "events.log").exists()
+
         plan = world.cli("restore", "deis", "--host", "deis", "--plan", *sets(new.url, etcd))
         assert plan.returncode == 0, plan.stderr
         restore = world.cli("-v", "restore", "deis", "--host", "deis", *sets(new.url, etcd))
@@ -418,3 +425,15 @@ def test_a_failing_pg_dumpall_fails_the_snapshot(
         assert json.loads(world.cli("--json", "snapshots", check=True).stdout) == []
     finally:
         gw.stop()
+
+
+def test_an_unset_gateway_is_a_usage_error_at_plan_and_run(world: World, root: Path, etcd: Etcd) -> None:
+    unset = [w for w in sets("http://unused", etcd) if not w.startswith("gateway=")][1:]
+    assert "--set" in unset and not any(w.startswith("gateway") for w in unset)
+    for command in (["plan", "deis"], ["run", "deis"]):  # restore: in the round trip (needs a snapshot)
+        done = world.cli(*command, "--host", "deis", *unset)
+        assert done.returncode == 2, (command, done.stderr)
+        line = error_line(done.stderr)
+        assert "deis needs gateway" in line and "--set gateway=" in line, line
+    assert not (root / "events.log").exists()  # nothing ran on the host
+    assert json.loads(world.cli("--json", "snapshots", check=True).stdout) == []

@@ -24,6 +24,7 @@ import attrs
 
 from recipes.apps.dss import one_line
 from recipes.databases import postgresql as pg_db
+from recipes.errors import ConfigError
 from recipes.model import Command, sh
 from recipes.ops import Bucket
 from recipes.recipe import FieldError, absolute_path, param
@@ -56,7 +57,7 @@ SCALE = (
     "number of containers for an application'"
 )
 ACCESS, SECRET = "gw_access", "gw_secret"
-GATEWAY_UNSET = "http://deis-store.<domain>"
+EXAMPLE_GATEWAY = "http://deis-store.local3.deisapp.com"
 
 
 def gateway_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -143,21 +144,20 @@ class Deis:
     seed: ClassVar[str] = "003_2c7fd525059271cd.txt"
     Params: ClassVar[type[Any]] = DeisParams
     RestoreOptions: ClassVar[type[Any]] = DeisRestoreOptions
+    EXAMPLE_PARAMS: ClassVar[dict[str, Any]] = {"gateway": EXAMPLE_GATEWAY}
+    """What the reference page's plans are drawn with (``gateway`` has no default)."""
 
     def _deisctl(self, p: DeisParams, *args: str) -> Command:
         return Command(sh(p.deisctl, *args))
 
-    def _gateway(self, p: DeisParams) -> tuple[str, list[Step]]:
-        """The gateway URL, and with none set a first step that refuses before anything runs
-        (plans and docs still show the whole procedure, with a placeholder URL)."""
-        if p.gateway is not None:
-            return p.gateway, []
-        message = (
-            "deis needs gateway, the store-gateway's S3 URL: --set gateway=http://deis-store.<domain> "
-            "or [recipes.deis] gateway"
-        )
-        refuse = Run("gateway-set", Command(f"echo {sh(message)} >&2; exit 2"), about="no gateway is set")
-        return GATEWAY_UNSET, [refuse]
+    def _gateway(self, p: DeisParams) -> str:
+        """The gateway URL; unset, a usage error (exit 2, one line) before any plan or command."""
+        if p.gateway is None:
+            raise ConfigError(
+                "deis needs gateway, the store-gateway's S3 URL: --set gateway=http://deis-store.<domain> "
+                "or [recipes.deis] gateway"
+            )
+        return p.gateway
 
     def _keys(self, p: DeisParams, new: bool = False) -> list[Step]:
         which = "the NEW cluster's" if new else "the"
@@ -180,14 +180,14 @@ class Deis:
         )
 
     def backup_steps(self, p: DeisParams) -> list[Step]:
-        gateway, refuse = self._gateway(p)
+        gateway = self._gateway(p)
         keys = " ".join(sh(k) for k in ETCD_KEYS)
         list_keys = (
             "if command -v etcdctl >/dev/null 2>&1; then "
             f"for k in {keys}; do ETCDCTL_API=2 etcdctl --endpoints=http://{{{{etcd_endpoint}}}} "
             'ls --recursive "$k" 2>/dev/null || true; done | sort | tr "\\n" " "; fi'
         )
-        steps: list[Step] = [*refuse, *self._keys(p), self._etcd(p)]
+        steps: list[Step] = [*self._keys(p), self._etcd(p)]
         steps.append(
             Fact(
                 "etcd_keys",
@@ -270,9 +270,8 @@ class Deis:
         o: DeisRestoreOptions = options or DeisRestoreOptions()
         if o.only == "database":
             return [self._load(p)]
-        gateway, refuse = self._gateway(p)
+        gateway = self._gateway(p)
         steps: list[Step] = [
-            *refuse,
             Run(
                 "install-platform",
                 self._deisctl(p, "install", "platform"),
