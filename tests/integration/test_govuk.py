@@ -449,7 +449,27 @@ def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
         f'encrypt_key="{offsite.fingerprint}"',
         "--set",
         f'sign_key="{offsite.fingerprint}"',
+        # today is the weekly and the monthly day: a weekly_ and a monthly_ copy are kept too
+        "--set",
+        f"weekly_day={time.strftime('%u')}",
+        "--set",
+        f"monthly_day={time.localtime().tm_mday}",
     ]
+    # earlier runs' dumps, rotated as automysqlbackup does (daily 6, weekly 35, monthly 150 days)
+    amb = src_dir / "automysqlbackup"
+    aged = {
+        "daily/gv_blog/daily_gv_blog_2026-01-01_06h00m.sql.bz2": (10, False),
+        "daily/gv_blog/daily_gv_blog_2026-01-02_06h00m.sql.bz2": (3, True),
+        "weekly/gv_blog/weekly_gv_blog_2026-01-03_06h00m.sql.bz2": (40, False),
+        "weekly/gv_blog/weekly_gv_blog_2026-01-04_06h00m.sql.bz2": (10, True),
+        "monthly/gv_blog/monthly_gv_blog_2025-01-01_06h00m.sql.bz2": (200, False),
+        "monthly/gv_blog/monthly_gv_blog_2026-01-01_06h00m.sql.bz2": (40, True),
+    }
+    for name, (days, _) in aged.items():
+        (amb / name).parent.mkdir(parents=True, exist_ok=True)
+        (amb / name).write_bytes(bz2.compress(b"-- old\n"))
+        old = time.time() - days * 86400 - 3600
+        os.utime(amb / name, (old, old))
     try:
         run = world.cli("--json", "run", "govuk-datastore", "--host", "source", *sets, env=offsite.env(tmp))
     finally:
@@ -457,9 +477,17 @@ def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
     assert run.returncode == 0, run.stderr
     manifest = json.loads(run.stdout)
     assert manifest["facts"]["collection"] == f"boto3+s3://{offsite.bucket}/govuk-datastores/"
-    assert manifest["facts"]["dumps"].startswith("daily_gv_blog_")
     assert manifest["facts"]["signed"] == "yes"
-    assert (src_dir / "automysqlbackup" / "latest.tbz2").is_file()
+    assert (amb / "latest.tbz2").is_file()
+    for name, (_, kept) in aged.items():
+        assert (amb / name).exists() == kept, name
+    new = {p.name for period in ("daily", "weekly", "monthly") for p in (amb / period / "gv_blog").iterdir()}
+    new -= {Path(name).name for name in aged}
+    latest = sorted(p.name for p in (amb / "latest").iterdir())
+    assert sorted(new) == latest and [n.split("_")[0] for n in latest] == ["daily", "monthly", "weekly"]
+    assert manifest["facts"]["dumps"].split() == latest
+    # rows per table of every dump, counted as the controller read latest.tbz2 (signed manifest)
+    assert json.loads(manifest["facts"]["rows"]) == {name: {"gv_blog.posts": 5} for name in latest}
     _no_secret(offsite, run.stdout, run.stderr)
     _clean(world, tmp, keyring, before)
     listed = world.cli("snapshots", "govuk-datastore")

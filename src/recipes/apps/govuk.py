@@ -77,6 +77,16 @@ def owner_spec(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> No
         raise FieldError(attribute, f"must be user or user:group, got {value!r}")
 
 
+def day_in(low: int, high: int) -> Any:
+    """attrs validator: a day number from ``low`` to ``high``."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if not low <= value <= high:
+            raise FieldError(attribute, f"must be a day from {low} to {high}, got {value}")
+
+    return check
+
+
 def _common() -> dict[str, Any]:
     """The parameters both recipes share (the collection and its keys)."""
     return {
@@ -147,8 +157,20 @@ class DatastoreParams:
     )
     backup_dir: str = param(
         "/var/lib/automysqlbackup",
-        "backup (recipes run): where the host keeps automysqlbackup's latest/ and latest.tbz2",
+        "backup (recipes run): where the host keeps automysqlbackup's daily/, weekly/, monthly/, "
+        "latest/ and latest.tbz2",
         validator=absolute_path,
+    )
+    weekly_day: int = param(
+        6,
+        "backup: the day of the week (1 Monday .. 7 Sunday) a weekly_ dump is kept too "
+        "(automysqlbackup's DOWEEKLY)",
+        validator=day_in(1, 7),
+    )
+    monthly_day: int = param(
+        1,
+        "backup: the day of the month a monthly_ dump is kept too (automysqlbackup's DOMONTHLY)",
+        validator=day_in(1, 31),
     )
 
 
@@ -212,9 +234,16 @@ def collection(
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "mysql", "sys")
 
 
+ROTATION = {"daily": 6, "weekly": 35, "monthly": 150}
+"""Days each period's dumps are kept (automysqlbackup 3.0's CONFIG_rotation_* defaults)."""
+
+
 def automysqlbackup(p: DatastoreParams) -> Command:
-    """One dump per database into ``latest/`` (replaced whole), then ``latest.tbz2`` of it; the
-    MySQL password reaches mysql/mysqldump through the connection's 0600 defaults file."""
+    """automysqlbackup's layout on the host: one dump per database as ``daily/<db>/daily_…``,
+    also ``weekly/<db>/weekly_…`` on ``weekly_day`` and ``monthly/<db>/monthly_…`` on
+    ``monthly_day``, older ones rotated away (``ROTATION`` days); ``latest/`` (replaced whole)
+    holds this run's dumps, then ``latest.tbz2`` of it. The MySQL password reaches
+    mysql/mysqldump through the connection's 0600 defaults file."""
     d = sh(p.backup_dir)
     skip = "|".join(SYSTEM_DATABASES)
     listing = (
@@ -222,15 +251,33 @@ def automysqlbackup(p: DatastoreParams) -> Command:
         if p.databases
         else 'mysql "$1" --batch --skip-column-names --execute="SHOW DATABASES"'
     )
+    keep = (
+        f'if [ "$dow" = {p.weekly_day} ]; then '
+        'mkdir -p -- "$d/weekly/$db" && cp -p -- "$f" "$d/weekly/$db/weekly_${db}_${stamp}.sql.bz2" && '
+        'cp -p -- "$f" "$d/latest.new/weekly_${db}_${stamp}.sql.bz2" || return 1; fi; '
+        f'if [ "$dom" = {p.monthly_day} ]; then '
+        'mkdir -p -- "$d/monthly/$db" && cp -p -- "$f" "$d/monthly/$db/monthly_${db}_${stamp}.sql.bz2" && '
+        'cp -p -- "$f" "$d/latest.new/monthly_${db}_${stamp}.sql.bz2" || return 1; fi; '
+    )
+    rotate = "".join(
+        f'if [ -d "$d/{period}" ]; then find "$d/{period}" -type f -name "{period}_*.sql.bz2" '
+        f"-mtime +{days} -delete || return 1; fi; "
+        for period, days in ROTATION.items()
+    )
     function = (
         "automysqlbackup_run() { "
-        f"d={d}; stamp=$(date +%Y-%m-%d_%Hh%Mm); "
+        f"d={d}; stamp=$(date +%Y-%m-%d_%Hh%Mm); dow=$(date +%u); dom=$(date +%-d); "
         'rm -rf -- "$d/latest.new" && mkdir -p -- "$d/latest.new" || return 1; '
         f"dbs=$({listing}) || return 1; "
         'for db in $dbs; do case "$db" in ' + skip + ") continue;; esac; "
+        'f="$d/latest.new/daily_${db}_${stamp}.sql.bz2"; '
         'mysqldump "$1" --single-transaction --routines --events --databases "$db" '
-        '| bzip2 > "$d/latest.new/daily_${db}_${stamp}.sql.bz2" || return 1; done; '
-        'rm -rf -- "$d/latest" && mv -- "$d/latest.new" "$d/latest" && '
+        '| bzip2 > "$f" || return 1; '
+        'mkdir -p -- "$d/daily/$db" && cp -p -- "$f" "$d/daily/$db/" || return 1; '
+        + keep
+        + "done; "
+        + rotate
+        + 'rm -rf -- "$d/latest" && mv -- "$d/latest.new" "$d/latest" && '
         'tar --create --bzip2 --file="$d/latest.tbz2.new" --directory="$d" latest && '
         'mv -- "$d/latest.tbz2.new" "$d/latest.tbz2"; }; '
     )
@@ -273,8 +320,11 @@ class GovukDatastore:
             Run(
                 "automysqlbackup",
                 automysqlbackup(p),
-                about="on the host, automysqlbackup's layout: latest/daily_<db>_<date>_<time>.sql.bz2 per "
-                "database (mysqldump --single-transaction --routines --events --databases), then latest.tbz2",
+                about="on the host, automysqlbackup's layout: daily/<db>/daily_<db>_<date>_<time>.sql.bz2 "
+                "per database (mysqldump --single-transaction --routines --events --databases), a "
+                "weekly_/monthly_ copy on weekly_day/monthly_day, rotation after "
+                + ", ".join(f"{k} {v}" for k, v in ROTATION.items())
+                + " days; this run's dumps in latest/, then latest.tbz2",
             ),
             Duplicity(
                 "latest.tbz2",
