@@ -26,7 +26,7 @@ from typing import IO, BinaryIO
 
 import attrs
 
-from recipes.errors import ConfigError, StepFailed
+from recipes.errors import ConfigError, StepFailed, VerifyError
 from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.model import MASK, Secret
 from recipes.ops import DuplicityCollection, HostCommand, Transfer
@@ -54,6 +54,10 @@ SHORT_TMP = "/tmp"
 GNUPG_PREFIX = "recipes-gnupg-"
 USE_LINE = re.compile(rb"^USE `((?:[^`]|``)+)`;", re.MULTILINE)
 PEEK = 64 * 1024
+SIGNED_BY = re.compile(r"Volume was signed by key (?P<by>\S+), not (?P<want>\S+)")
+"""duplicity's refusal with ``--sign-key``: a volume signed by another key, or unsigned."""
+UNKNOWN_SIGNER = "Can't check signature: No public key"
+SIGNED_USING = re.compile(r"gpg: +using \S+ key (?P<key>[0-9A-Fa-f]+)")
 
 
 class BeforeHost(StepFailed):
@@ -303,6 +307,7 @@ class Workspace:
         target = os.path.join(self.dir, RESTORED)
         done = self.run(restore_argv(self.src, target, work=self.dir), "restore")
         if done.returncode != 0:
+            self._signature(done)
             raise StepFailed(self._why("duplicity restore", done))
         if not os.path.lexists(target):
             raise StepFailed(
@@ -310,6 +315,26 @@ class Workspace:
                 f"{_last(done)} (check file_to_restore with duplicity list-current-files)"
             )
         return target
+
+    def _signature(self, done: subprocess.CompletedProcess[bytes]) -> None:
+        """duplicity's own check with ``--sign-key`` ("Volume was signed by key X, not Y") is a
+        verification failure (exit 3): the collection is not the signer's."""
+        if not self.src.sign_key:
+            return
+        text = (done.stderr + b"\n" + done.stdout).decode("utf-8", "replace")
+        m = SIGNED_BY.search(text)
+        unknown = UNKNOWN_SIGNER in text
+        if m is not None or unknown:
+            if m is not None:
+                by = "no key (unsigned)" if m["by"] == "None" else f"key {m['by']}"
+            else:  # gpg stops first: the signer's key is not even in the temporary keyring
+                made = SIGNED_USING.search(text)
+                by = f"key {made['key'] if made else '(unknown)'}, which is not in gpg_key_file,"
+            raise VerifyError(
+                f"duplicity refused {self.src.url}: a volume is signed by {by}, not sign_key "
+                f"{self.src.sign_key}; nothing was restored or changed on the host (check who wrote "
+                "the collection, or unset sign_key for GOV.UK's unsigned ones)"
+            )
 
     def _why(self, what: str, done: subprocess.CompletedProcess[bytes], restore: bool = True) -> str:
         tail = "; nothing was changed on the host" if restore else ""
