@@ -63,6 +63,13 @@ def page(name: str) -> str:
                     shown.append((title, plan.restore_plan(r, with_extra, "HOST", options=opts)))
     for title, p in shown:
         lines += ["", f"## {title} steps (defaults{given})", "", "```", *p.lines(), "```"]
+    seed_map = getattr(r, "SEED_MAP", ()) or ()
+    if seed_map:
+        lines += ["", "## Seed → code → test", "", "| seed command | step that runs or prints it | test |"]
+        lines.append("| --- | --- | --- |")
+        for command, step, tests in seed_map:
+            cells = [f"`{command}`", step, "<br>".join(f"`{t}`" for t in tests)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

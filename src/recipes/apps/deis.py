@@ -144,6 +144,120 @@ class Deis:
     seed: ClassVar[str] = "003_2c7fd525059271cd.txt"
     Params: ClassVar[type[Any]] = DeisParams
     RestoreOptions: ClassVar[type[Any]] = DeisRestoreOptions
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "deisctl config store get gateway/accessKey, …/secretKey",
+            "backup gw_access, gw_secret (secrets, memory only)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "s3cmd sync s3://db_wal . / s3cmd sync s3://registry .",
+            "backup bucket-db_wal, bucket-registry (paged listing; content type and x-amz-meta-* kept)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+                "tests/integration/test_deis.py::test_a_bucket_is_listed_a_page_at_a_time_while_it_is_copied",
+                "tests/integration/test_deis.py::test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing",
+            ),
+        ),
+        (
+            "cd /var/lib/deis/store && sudo tar cpzf … ('file changed as we read it')",
+            "backup store",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "docker exec deis-database sudo -u postgres pg_dumpall > dump_all.sql",
+            "backup database",
+            ("tests/integration/test_deis.py::test_a_failing_pg_dumpall_fails_the_snapshot",),
+        ),
+        (
+            "deisctl install platform",
+            "restore install-platform",
+            ("tests/unit/test_deis_plan.py::test_restore_runs_the_seeds_steps_in_the_seeds_order",),
+        ),
+        (
+            "deisctl start store-monitor … store-volume",
+            "restore start-store-monitor … start-store-volume",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl start router@1",
+            "restore start-router",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl config router set bodySize=100m",
+            "restore router-body-size",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl config store get gateway/accessKey, …/secretKey (the new cluster)",
+            "restore gw_access, gw_secret",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "s3cmd mb s3://db_wal / s3cmd sync … s3://db_wal, s3://registry",
+            "restore bucket-db_wal, bucket-registry",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "cd /var/lib/deis/store && sudo tar -xzpf … --same-owner",
+            "restore store",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "docker cp deis-database:/app/dump_all.sql . (the text dump)",
+            "restore database (kept at dump_file; --set only=database loads it)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl start platform",
+            "restore start-platform",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "nse deis-controller; export ETCD=…:4001; ./manage.py shell <<EOF … save() loop",
+            "restore etcd_endpoint, etcd-resync",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deis scale <proctype>=0, then back up",
+            "restore scale (manual: printed, not run)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "host_base = deis-store.<your domain> (the gateway's URL)",
+            "parameter gateway: unset is exit 2 at plan, run and restore",
+            (
+                "tests/integration/test_deis.py::test_an_unset_gateway_is_a_usage_error_at_plan_and_run",
+                "tests/unit/test_deis_plan.py::test_missing_gateway_is_a_config_error_before_any_step",
+            ),
+        ),
+    )
+    """Each seed command, the step that runs or prints it, the test that proves it (docgen's table)."""
     EXAMPLE_PARAMS: ClassVar[dict[str, Any]] = {"gateway": EXAMPLE_GATEWAY}
     """What the reference page's plans are drawn with (``gateway`` has no default)."""
 

@@ -314,6 +314,70 @@ class GovukDatastore:
     RestoreOptions: ClassVar[type[Any]] = OffsiteRestoreOptions
     external_restore: ClassVar[bool] = True
     """Restores read a duplicity collection, not a snapshot of our repository."""
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "apt-get install duplicity python-pip python-boto mysql-server",
+            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
+            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
+        ),
+        (
+            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
+            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
+            (
+                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
+                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
+            ),
+        ),
+        (
+            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
+            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
+            (
+                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
+                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
+            ),
+        ),
+        (
+            "duplicity list-current-files s3://…",
+            "controller: duplicity collection-status (logged)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+            ),
+        ),
+        (
+            "duplicity restore --file-to-restore …/automysqlbackup/latest.tbz2 s3://… /tmp/latest.tbz2",
+            "restore latest.tbz2 (--snapshot TIME is --time; sign_key refuses other signers)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+                "tests/integration/test_govuk.py::test_snapshot_time_restores_the_full",
+            ),
+        ),
+        (
+            "tar xvjf latest.tbz2; bunzip2 latest/foo.sql.bz2",
+            "restore latest.tbz2 (controller: the newest dump per database, streamed)",
+            (
+                "tests/unit/test_govuk.py::test_one_dump_per_database_the_newest",
+                "tests/unit/test_govuk.py::test_the_dumps_use_line_names_the_database",
+            ),
+        ),
+        (
+            "sudo mysql < foo.sql",
+            "restore check-mysql, latest.tbz2 (the first ERROR stops the load)",
+            ("tests/integration/test_govuk.py::test_a_failing_load_stops_and_cleans_up",),
+        ),
+        (
+            "revert all the manual actions you've taken",
+            "restore revert-manual-actions (manual: printed)",
+            ("tests/unit/test_govuk.py::test_restore_plans_list_the_seeds_revert_steps_as_manual",),
+        ),
+        (
+            "(GOV.UK's job) automysqlbackup, then duplicity to the bucket",
+            "backup automysqlbackup (daily/ weekly/ monthly/, rotated), latest.tbz2 (signed; rows as facts)",
+            (
+                "tests/integration/test_govuk.py::test_run_adds_a_signed_incremental_that_plain_duplicity_restores",
+            ),
+        ),
+    )
+    """Each seed command, the step that runs or prints it, the test that proves it (docgen's table)."""
 
     def backup_steps(self, p: DatastoreParams) -> list[Step]:
         return [
@@ -367,6 +431,63 @@ class GovukAssets:
     Params: ClassVar[type[Any]] = AssetsParams
     RestoreOptions: ClassVar[type[Any]] = OffsiteRestoreOptions
     external_restore: ClassVar[bool] = True
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "apt-get install duplicity python-pip python-boto mysql-server",
+            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
+            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
+        ),
+        (
+            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
+            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
+            (
+                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
+                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
+            ),
+        ),
+        (
+            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
+            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
+            (
+                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
+                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
+            ),
+        ),
+        (
+            "duplicity list-current-files s3://…",
+            "controller: duplicity collection-status (logged)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+            ),
+        ),
+        (
+            "duplicity restore --file-to-restore mnt/uploads/whitehall s3://… /mnt/uploads/whitehall",
+            "restore assets (sign_key: another signer or none is exit 3)",
+            (
+                "tests/integration/test_govuk.py::test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target",
+                "tests/integration/test_govuk.py::test_sign_key_refuses_a_collection_signed_by_another_key_or_unsigned",
+            ),
+        ),
+        (
+            "change the owner of /mnt/uploads/whitehall … temporarily, and remove any files that exist",
+            "restore target (--force: moved aside, back on failure), owner",
+            (
+                "tests/integration/test_govuk.py::test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target",
+            ),
+        ),
+        (
+            "revert all the manual actions you've taken",
+            "restore revert-manual-actions (manual: printed)",
+            ("tests/unit/test_govuk.py::test_restore_plans_list_the_seeds_revert_steps_as_manual",),
+        ),
+        (
+            "(GOV.UK's job) duplicity of the assets directory",
+            "backup assets (signed with sign_key)",
+            (
+                "tests/integration/test_govuk.py::test_run_govuk_assets_writes_a_signed_collection_that_restores_with_sign_key",
+            ),
+        ),
+    )
 
     def backup_steps(self, p: AssetsParams) -> list[Step]:
         tar = sh("tar", "--create", "--file=-", "--numeric-owner", f"--directory={p.target}", ".")
