@@ -1,10 +1,16 @@
 """Transfers between an S3 bucket (``ops.Bucket``, e.g. Deis's store-gateway) and a snapshot object.
 
-Backup: every object of the bucket becomes one member of a tar stream built on the fly (header,
-then the object's bytes as s3fs reads them, in chunks): constant memory whatever the objects'
-sizes, and one snapshot object per bucket. Its facts are the object count, the bytes and the
-sha256 of a deterministic sample of objects, so a drill can compare. Restore: the tar stream is
-read member by member in a thread and each member is put back as an object.
+Backup: the bucket is listed a page at a time (``list_objects_v2``, ``PAGE`` keys), and every
+object becomes one member of a tar stream built on the fly (header, then the object's bytes as
+s3fs reads them, in chunks): constant memory whatever the number and sizes of the objects, and
+one snapshot object per bucket. Each object's ``Content-Type`` and user metadata
+(``x-amz-meta-*``, from ``head_object``) ride in its member's PAX header as
+``SCHILY.xattr.user.s3.content-type`` and ``SCHILY.xattr.user.s3.meta.<name>``: read by any
+POSIX tar (GNU tar ignores them, or with ``--xattrs`` sets them as the files' ``user.*``
+xattrs), so the snapshot still has one object per bucket. Its facts are the object count, the
+bytes and the sha256 of a deterministic sample of objects, so a drill can compare. Restore: the
+tar stream is read member by member in a thread and each member is put back as an object with
+its content type and metadata.
 
 The gateway's keys are the interpreter's captured secrets (``Exec(secret=True)``): they go to
 s3fs in memory only, never into a command, a log line, a plan or a manifest.
@@ -30,6 +36,10 @@ log = logging.getLogger("recipes")
 
 CHUNK = 1 << 20
 SAMPLE = 16
+PAGE = 1000
+"""Keys per listing request: the most S3 returns; only one page is held at a time."""
+CONTENT_TYPE = "SCHILY.xattr.user.s3.content-type"
+META = "SCHILY.xattr.user.s3.meta."
 _SALT = b"recipes.buckets.sample\0"
 
 
@@ -65,6 +75,34 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+def header(key: str, size: int, head: dict[str, Any]) -> bytes:
+    """The tar header of one object: its key, size, time, content type and user metadata."""
+    member = tarfile.TarInfo(key)
+    member.size = size
+    member.mode = 0o644
+    modified: Any = head.get("LastModified")
+    member.mtime = int(modified.timestamp()) if modified is not None else int(time.time())
+    pax: dict[str, str] = {}
+    if head.get("ContentType"):
+        pax[CONTENT_TYPE] = str(head["ContentType"])
+    for name, value in sorted((head.get("Metadata") or {}).items()):
+        pax[META + str(name).lower()] = str(value)
+    member.pax_headers = pax
+    return member.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def put_args(member: tarfile.TarInfo) -> dict[str, Any]:
+    """``ContentType``/``Metadata`` for putting a member back, from its PAX header."""
+    pax = member.pax_headers
+    out: dict[str, Any] = {}
+    if pax.get(CONTENT_TYPE):
+        out["ContentType"] = pax[CONTENT_TYPE]
+    meta = {k.removeprefix(META): v for k, v in pax.items() if k.startswith(META)}
+    if meta:
+        out["Metadata"] = meta
+    return out
+
+
 class BucketTar:
     """A readable tar stream of every object of a bucket, read object by object (constant memory).
 
@@ -85,23 +123,28 @@ class BucketTar:
         sample = {key: digest for key, (_, digest) in sorted(self._sample.items())}
         return {"objects": self.objects, "bytes": self.bytes, "sample": sample}
 
-    def _listing(self) -> list[tuple[str, dict[str, Any]]]:
-        found: dict[str, dict[str, Any]] = self._fs.find(self._end.bucket, detail=True)
-        prefix = self._end.bucket.rstrip("/") + "/"
-        return sorted((path.removeprefix(prefix), info) for path, info in found.items())
+    def _listing(self) -> Iterator[str]:
+        """The bucket's keys in S3's order, a page at a time (never every key at once)."""
+        token: str | None = None
+        while True:
+            more = {"ContinuationToken": token} if token else {}
+            page = self._fs.call_s3("list_objects_v2", Bucket=self._end.bucket, MaxKeys=PAGE, **more)
+            for item in page.get("Contents", ()):
+                key = str(item["Key"])
+                if not key.endswith("/"):  # a "folder" marker carries no data
+                    yield key
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     def _generate(self) -> Iterator[bytes]:
-        for key, info in self._listing():
-            size = int(info.get("size") or info.get("Size") or 0)
-            member = tarfile.TarInfo(key)
-            member.size = size
-            member.mode = 0o644
-            modified: Any = info.get("LastModified")
-            member.mtime = int(modified.timestamp()) if modified is not None else int(time.time())
-            yield member.tobuf(format=tarfile.PAX_FORMAT)
+        for key in self._listing():
+            head = self._fs.call_s3("head_object", Bucket=self._end.bucket, Key=key)
+            size = int(head.get("ContentLength") or 0)
+            yield header(key, size, head)
             digest = hashlib.sha256()
             got = 0
-            with self._fs.open(f"{self._end.bucket}/{key}", "rb", block_size=CHUNK) as fh:
+            with self._fs.open(f"{self._end.bucket}/{key}", "rb", block_size=CHUNK, size=size) as fh:
                 while chunk := fh.read(CHUNK):
                     got += len(chunk)
                     digest.update(chunk)
@@ -204,7 +247,7 @@ class BucketSink:
                     src = tar.extractfile(member)
                     assert src is not None
                     with self._fs.open(
-                        f"{self._end.bucket}/{member.name}", "wb", block_size=5 * CHUNK
+                        f"{self._end.bucket}/{member.name}", "wb", block_size=5 * CHUNK, **put_args(member)
                     ) as dst:
                         while chunk := src.read(CHUNK):
                             dst.write(chunk)

@@ -32,6 +32,10 @@ def page(name: str) -> str:
     r = apps.get(name)
     defaults = make_params(r, {}, name)
     values = params_dict(defaults)
+    # A parameter with no usable default (deis's gateway) gets the recipe's example value.
+    example = dict(getattr(r, "EXAMPLE_PARAMS", {}) or {})
+    drawn = make_params(r, example, name)
+    given = "".join(f", {k}={v}" for k, v in example.items())
     lines = [
         f"# `{r.name}`",
         "",
@@ -50,8 +54,8 @@ def page(name: str) -> str:
         lines.append(f"| `{pname}` | `{json.dumps(values[pname])}` | {doc} |")
     options_class = plan.options_of(r)
     shown = [
-        ("Backup", plan.backup_plan(r, defaults, "HOST")),
-        ("Restore", plan.restore_plan(r, defaults, "HOST")),
+        ("Backup", plan.backup_plan(r, drawn, "HOST")),
+        ("Restore", plan.restore_plan(r, drawn, "HOST")),
     ]
     if options_class is not None:
         import attrs
@@ -68,11 +72,18 @@ def page(name: str) -> str:
                 if value != mode.default:
                     opts = converter.structure({"mode": value}, options_class)
                     extra = (getattr(r, "MODE_EXAMPLES", {}) or {}).get(value, {})
-                    with_extra = make_params(r, extra, name)
+                    with_extra = make_params(r, {**example, **extra}, name)
                     title = f"Restore with mode={value}" + "".join(f", {k}={v}" for k, v in extra.items())
                     shown.append((title, plan.restore_plan(r, with_extra, "HOST", options=opts)))
     for title, p in shown:
-        lines += ["", f"## {title} steps (defaults)", "", "```", *p.lines(), "```"]
+        lines += ["", f"## {title} steps (defaults{given})", "", "```", *p.lines(), "```"]
+    seed_map = getattr(r, "SEED_MAP", ()) or ()
+    if seed_map:
+        lines += ["", "## Seed → code → test", "", "| seed command | step that runs or prints it | test |"]
+        lines.append("| --- | --- | --- |")
+        for command, step, tests in seed_map:
+            cells = [f"`{command}`", step, "<br>".join(f"`{t}`" for t in tests)]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ each chosen automysqlbackup dump into ``mysql``, or the restored directory as a 
 from __future__ import annotations
 
 import bz2
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from typing import IO, BinaryIO
 
 import attrs
 
-from recipes.errors import ConfigError, StepFailed
+from recipes.errors import ConfigError, StepFailed, VerifyError
 from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.model import MASK, Secret
 from recipes.ops import DuplicityCollection, HostCommand, Transfer
@@ -53,6 +54,10 @@ SHORT_TMP = "/tmp"
 GNUPG_PREFIX = "recipes-gnupg-"
 USE_LINE = re.compile(rb"^USE `((?:[^`]|``)+)`;", re.MULTILINE)
 PEEK = 64 * 1024
+SIGNED_BY = re.compile(r"Volume was signed by key (?P<by>\S+), not (?P<want>\S+)")
+"""duplicity's refusal with ``--sign-key``: a volume signed by another key, or unsigned."""
+UNKNOWN_SIGNER = "Can't check signature: No public key"
+SIGNED_USING = re.compile(r"gpg: +using \S+ key (?P<key>[0-9A-Fa-f]+)")
 
 
 class BeforeHost(StepFailed):
@@ -302,6 +307,7 @@ class Workspace:
         target = os.path.join(self.dir, RESTORED)
         done = self.run(restore_argv(self.src, target, work=self.dir), "restore")
         if done.returncode != 0:
+            self._signature(done)
             raise StepFailed(self._why("duplicity restore", done))
         if not os.path.lexists(target):
             raise StepFailed(
@@ -309,6 +315,26 @@ class Workspace:
                 f"{_last(done)} (check file_to_restore with duplicity list-current-files)"
             )
         return target
+
+    def _signature(self, done: subprocess.CompletedProcess[bytes]) -> None:
+        """duplicity's own check with ``--sign-key`` ("Volume was signed by key X, not Y") is a
+        verification failure (exit 3): the collection is not the signer's."""
+        if not self.src.sign_key:
+            return
+        text = (done.stderr + b"\n" + done.stdout).decode("utf-8", "replace")
+        m = SIGNED_BY.search(text)
+        unknown = UNKNOWN_SIGNER in text
+        if m is not None or unknown:
+            if m is not None:
+                by = "no key (unsigned)" if m["by"] == "None" else f"key {m['by']}"
+            else:  # gpg stops first: the signer's key is not even in the temporary keyring
+                made = SIGNED_USING.search(text)
+                by = f"key {made['key'] if made else '(unknown)'}, which is not in gpg_key_file,"
+            raise VerifyError(
+                f"duplicity refused {self.src.url}: a volume is signed by {by}, not sign_key "
+                f"{self.src.sign_key}; nothing was restored or changed on the host (check who wrote "
+                "the collection, or unset sign_key for GOV.UK's unsigned ones)"
+            )
 
     def _why(self, what: str, done: subprocess.CompletedProcess[bytes], restore: bool = True) -> str:
         tail = "; nothing was changed on the host" if restore else ""
@@ -552,9 +578,9 @@ class Backer:
             os.makedirs(os.path.dirname(target) if dst.unpack != UNPACK_TREE else target, mode=0o700)
             size = _pull(host, src, target, dst.unpack == UNPACK_TREE, op.what)
             if dst.unpack == UNPACK_DUMPS:
-                with tarfile.open(target, "r:*") as tar:
-                    dumps = [d.file for d in choose_all([i.name for i in _members(tar)])]
-                self.facts["dumps"] = " ".join(dumps)
+                rows = count_rows(target)
+                self.facts["dumps"] = " ".join(rows)
+                self.facts["rows"] = json.dumps(rows, sort_keys=True, separators=(",", ":"))
             done = work.run(backup_argv(dst, dst.encrypt_key, tree, work.dir), "backup")
             if done.returncode != 0:
                 raise StepFailed(work._why("duplicity backup", done, restore=False))
@@ -565,6 +591,39 @@ class Backer:
         self.facts["collection_file"] = _plain(dst.file_to_restore)
         self.facts["signed"] = "yes" if dst.sign_key else "no"
         return f"ok ({size} bytes into {dst.url})"
+
+
+def count_rows(path: str) -> dict[str, dict[str, int]]:
+    """Rows per table of every automysqlbackup dump in the ``latest.tbz2`` at ``path``, by file
+    name (``facts.RowCounter``, streamed: bunzip2 in chunks, nothing held whole). A manifest's
+    facts are strings, so the run records this as the JSON text of its ``rows`` fact."""
+
+    out: dict[str, dict[str, int]] = {}
+    try:
+        _count_into(out, path)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise StepFailed(f"cannot read {os.path.basename(path)} from the host as a tar.bz2: {exc}") from None
+    return dict(sorted(out.items()))
+
+
+def _count_into(out: dict[str, dict[str, int]], path: str) -> None:
+    from recipes.facts import RowCounter
+
+    with tarfile.open(path, "r|*") as tar:  # one pass, in the archive's order
+        for info in tar:
+            dump = parse(info.name) if info.isfile() else None
+            if dump is None:
+                continue
+            fh = tar.extractfile(info)
+            assert fh is not None
+            reader: IO[bytes] = bz2.BZ2File(fh) if dump.file.endswith(".bz2") else fh
+            counter = RowCounter("mysql")
+            while chunk := reader.read(CHUNK):
+                counter.feed(chunk)
+            result = counter.result()
+            if "error" in result:
+                raise StepFailed(f"{dump.file} in {os.path.basename(path)} is cut short: {result['error']}")
+            out[dump.file] = dict(result["rows"])
 
 
 def choose_all(members: list[str]) -> list[DumpFile]:

@@ -10,22 +10,27 @@ emptied) with a NEW gateway whose keys differ and whose buckets are empty.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 import s3fs
 
+from recipes import buckets
 from recipes.apps.deis import RESYNC
+from recipes.ops import Bucket
 from tests import servers
 from tests.integration.test_standins import ok
 from tests.integration.world import World, fingerprint, write_config
@@ -65,6 +70,16 @@ class Gateway:
     def objects(self) -> dict[str, bytes]:
         fs = self.fs()
         return {p: fs.cat(p) for b in BUCKETS for p in fs.find(b)}
+
+    def meta(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Every object's Content-Type and user metadata (x-amz-meta-*), as the gateway answers."""
+        fs = self.fs()
+        out = {}
+        for b in BUCKETS:
+            for p in fs.find(b):
+                head = fs.call_s3("head_object", Bucket=b, Key=p.removeprefix(b + "/"))
+                out[p] = (head["ContentType"], head["Metadata"])
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -269,9 +284,30 @@ def fill(gw: Gateway, pg: servers.Postgres) -> None:
         cwd="/",
     ).stdout
     fs.pipe("db_wal/basebackups_005/base_000000010000000000000002.sql", base)
-    fs.pipe("db_wal/wal_005/000000010000000000000002.lzo", os.urandom(70_000))
-    fs.pipe("registry/docker/registry/v2/blobs/sha256/ab/layer", os.urandom(3 << 20))
-    fs.pipe("registry/docker/registry/v2/repositories/app1/_manifests/tags/v1/link", b"sha256:ab\n")
+    fs.pipe(
+        "db_wal/wal_005/000000010000000000000002.lzo",
+        os.urandom(70_000),
+        ContentType="application/x-lzop",
+        Metadata={"wal-e-version": "0.8.1"},
+    )
+    fs.pipe(
+        "registry/docker/registry/v2/blobs/sha256/ab/layer",
+        os.urandom(3 << 20),
+        ContentType="application/octet-stream",
+        Metadata={"digest": "sha256:ab", "uploaded-by": "deis-registry"},
+    )
+    # over the 5 MiB part size: put back as a multipart upload, metadata on its initiation
+    fs.pipe(
+        "registry/docker/registry/v2/blobs/sha256/cd/layer",
+        os.urandom(6 << 20),
+        ContentType="application/vnd.docker.image.rootfs.diff.tar.gzip",
+        Metadata={"digest": "sha256:cd"},
+    )
+    fs.pipe(
+        "registry/docker/registry/v2/repositories/app1/_manifests/tags/v1/link",
+        b"sha256:ab\n",
+        ContentType="text/plain",
+    )
     fs.pipe("registry/empty-object", b"")
 
 
@@ -316,6 +352,11 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
             "/deis/builder/users/alice/aa:bb:cc" in keys_before and "/deis/config/app3/WORKERS" in keys_before
         )
         objects_before = old.objects()
+        meta_before = old.meta()
+        assert meta_before["registry/docker/registry/v2/blobs/sha256/ab/layer"] == (
+            "application/octet-stream",
+            {"digest": "sha256:ab", "uploaded-by": "deis-registry"},
+        )
         store_before = fingerprint(store)
 
         backup = world.cli("--json", "-v", "run", "deis", "--host", "deis", *sets(old.url, etcd))
@@ -323,8 +364,8 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         manifest = json.loads(backup.stdout)
         names = {o["name"]: o for o in manifest["objects"]}
         assert set(names) == {"buckets/db_wal.tar", "buckets/registry.tar", "store.tar", "dumps/database.sql"}
-        assert names["buckets/registry.tar"]["facts"]["objects"] == 3
-        assert names["buckets/registry.tar"]["facts"]["bytes"] == (3 << 20) + len(b"sha256:ab\n")
+        assert names["buckets/registry.tar"]["facts"]["objects"] == 4
+        assert names["buckets/registry.tar"]["facts"]["bytes"] == (9 << 20) + len(b"sha256:ab\n")
         assert len(names["buckets/db_wal.tar"]["facts"]["sample"]) == 2
         assert "/deis/domains/shop.example.com" in manifest["facts"]["etcd_keys"].split()
         no_key(old, backup.stdout, backup.stderr, repo_text(world))
@@ -337,6 +378,13 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         use_gateway(root, new)
         assert new.objects() == {}
 
+        # no gateway: a usage error in one line before anything runs on the new cluster
+        unset = [w for w in sets(new.url, etcd) if not w.startswith("gateway=")][1:]
+        for plan_only in ((), ("--plan",)):
+            refused = world.cli("restore", "deis", "--host", "deis", *plan_only, *unset)
+            assert refused.returncode == 2 and "deis needs gateway" in error_line(refused.stderr)
+        assert not (root / "events.log").exists()
+
         plan = world.cli("restore", "deis", "--host", "deis", "--plan", *sets(new.url, etcd))
         assert plan.returncode == 0, plan.stderr
         restore = world.cli("-v", "restore", "deis", "--host", "deis", *sets(new.url, etcd))
@@ -345,6 +393,9 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         no_key(new, restore.stdout, restore.stderr, plan.stdout)
 
         assert {k: v for k, v in new.objects().items()} == objects_before
+        # each object's content type and x-amz-meta-* came back too (rclone guesses a type from
+        # the name when none is given: these differ from its guesses)
+        assert new.meta() == meta_before
         assert fingerprint(store) == store_before
         rows = deis_pg.psql("SELECT count(*) FROM api_key; SELECT count(*) FROM api_app;", db=DB).split()
         assert rows == ["2", "3"]
@@ -388,12 +439,22 @@ def test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing(
         use_gateway(root, gw)
         fill(gw, deis_pg)
         (root / "store").mkdir()
-        proxy.after = 3
+        # as many requests as copying db_wal takes (listing, head and reads), then it denies all
+        copy = buckets.BucketTar(
+            buckets.filesystem(
+                Bucket(proxy.endpoint, "db_wal"), {"gw_access": gw.key, "gw_secret": gw.secret}
+            ),
+            Bucket(proxy.endpoint, "db_wal"),
+        )
+        while copy.read(1 << 20):
+            pass
+        assert copy.objects == 2
+        proxy.after, proxy.requests = proxy.requests, 0
         proxy.always = "403"
         backup = world.cli("-v", "run", "deis", "--host", "deis", *sets(proxy.endpoint, etcd))
         assert backup.returncode == 1, backup.stderr
         line = error_line(backup.stderr)
-        # three requests pass (db_wal listed and copied), then the gateway denies everything
+        # db_wal is listed and copied, then the gateway denies everything
         assert "copy s3://registry failed: the gateway" in line and "Access Denied" in line, line
         no_key(gw, backup.stdout, backup.stderr)
         listed = world.cli("--json", "snapshots", check=True)
@@ -416,5 +477,55 @@ def test_a_failing_pg_dumpall_fails_the_snapshot(
         assert backup.returncode == 1, backup.stderr
         assert "No such container: deis-db-gone" in error_line(backup.stderr)
         assert json.loads(world.cli("--json", "snapshots", check=True).stdout) == []
+    finally:
+        gw.stop()
+
+
+def test_an_unset_gateway_is_a_usage_error_at_plan_and_run(world: World, root: Path, etcd: Etcd) -> None:
+    unset = [w for w in sets("http://unused", etcd) if not w.startswith("gateway=")][1:]
+    assert "--set" in unset and not any(w.startswith("gateway") for w in unset)
+    for command in (["plan", "deis"], ["run", "deis"]):  # restore: in the round trip (needs a snapshot)
+        done = world.cli(*command, "--host", "deis", *unset)
+        assert done.returncode == 2, (command, done.stderr)
+        line = error_line(done.stderr)
+        assert "deis needs gateway" in line and "--set gateway=" in line, line
+    assert not (root / "events.log").exists()  # nothing ran on the host
+    assert json.loads(world.cli("--json", "snapshots", check=True).stdout) == []
+
+
+def test_a_bucket_is_listed_a_page_at_a_time_while_it_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the real S3 API: with 2 keys a page, the next page is asked for only after the
+    objects of the one before were copied (never every key in memory); the tar is complete."""
+    gw = start_gateway()
+    try:
+        fs = gw.fs()
+        for i in range(5):
+            fs.pipe(f"registry/k{i}", b"x" * i, ContentType=f"application/x-{i}", Metadata={"n": str(i)})
+        monkeypatch.setattr(buckets, "PAGE", 2)
+        source = buckets.filesystem(Bucket(gw.url, "registry"), {"gw_access": gw.key, "gw_secret": gw.secret})
+        calls: list[str] = []
+        real = source.call_s3
+
+        def spy(method: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append(method + (f" {kwargs['Key']}" if "Key" in kwargs else ""))
+            return real(method, *args, **kwargs)
+
+        source.call_s3 = spy
+        copy = buckets.BucketTar(source, Bucket(gw.url, "registry"))
+        data = b""
+        while chunk := copy.read(1 << 16):
+            data += chunk
+        lists = [i for i, c in enumerate(calls) if c == "list_objects_v2"]
+        assert len(lists) == 3, calls
+        heads = [c.split()[1] for c in calls if c.startswith("head_object")]
+        assert heads == [f"k{i}" for i in range(5)]
+        assert calls.index("head_object k1") < lists[1] < calls.index("head_object k2"), calls
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            assert [m.name for m in members] == [f"k{i}" for i in range(5)]
+            assert [buckets.put_args(m) for m in members] == [
+                {"ContentType": f"application/x-{i}", "Metadata": {"n": str(i)}} for i in range(5)
+            ]
+        assert copy.facts()["objects"] == 5
     finally:
         gw.stop()

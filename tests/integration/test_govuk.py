@@ -421,6 +421,167 @@ def test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target(
     _clean(world, tmp, keyring, before)
 
 
+def _signed_full(offsite: Offsite, tmp_path: Path, tree: Path, url: str, *, signer: str = "forger") -> None:
+    """A full backup of ``tree`` encrypted to the offsite key and signed by a key of ``signer``
+    (a keyring of its own: the offsite public key plus the signer's secret key)."""
+    home = tmp_path / f"gnupg-{signer}"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        ["gpg", "--batch", "--import", str(offsite.key_file)], env=env, check=True, capture_output=True
+    )
+    _gpg(home, "--quick-gen-key", f"{signer} <{signer}@test.invalid>", "ed25519", "sign", "never")
+    fpr = next(
+        line.split(":")[9]
+        for line in _gpg(home, "--list-secret-keys", "--with-colons", signer).splitlines()
+        if line.startswith("fpr:")
+    )
+    done = subprocess.run(
+        [
+            "duplicity",
+            "full",
+            "--encrypt-key",
+            offsite.fingerprint,
+            "--sign-key",
+            fpr,
+            "--gpg-options=--trust-model=always",
+            "--archive-dir",
+            str(tmp_path / f"cache-{signer}"),
+            "--s3-endpoint-url",
+            offsite.s3.endpoint,
+            str(tree),
+            url,
+        ],
+        env={**env, **offsite.s3.env(), "PASSPHRASE": PASSPHRASE, "SIGN_PASSPHRASE": PASSPHRASE},
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+
+
+def test_sign_key_refuses_a_collection_signed_by_another_key_or_unsigned(
+    world: World, offsite: Offsite, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    path, _src, dst = site
+    keyring = _keyring(world)
+    before = fingerprint(keyring)
+    tmp = tmp_path / "controller-tmp"
+    tree = tmp_path / "forged"
+    (tree / ASSETS).mkdir(parents=True)
+    (tree / ASSETS / "planted.txt").write_text("not from the offsite job\n")
+    prefix = f"forged-{uuid.uuid4().hex[:6]}"
+    _signed_full(offsite, tmp_path, tree, f"boto3+s3://{offsite.bucket}/{prefix}")
+    target = f"{path}/whitehall"
+    common = ["--set", f'file_to_restore="{ASSETS}/"', "--set", f'target="{target}"']
+    common += ["--set", f'sign_key="{offsite.fingerprint}"']
+    for source in (prefix, "assets-whitehall"):  # signed by the forger; GOV.UK's unsigned one
+        done = world.cli(
+            "restore",
+            "govuk-assets",
+            "--host",
+            "target",
+            *offsite.sets(source),
+            *common,
+            env=offsite.env(tmp),
+        )
+        assert done.returncode == 3, done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert errors[0].startswith("recipes: error: duplicity refused ") and "not sign_key" in errors[0]
+        signed_by = "no key (unsigned)" if source == "assets-whitehall" else "signed by key "
+        assert signed_by in errors[0], errors[0]
+        assert not (dst / "whitehall").exists() or not list((dst / "whitehall").iterdir())
+        _no_secret(offsite, done.stdout, done.stderr)
+        _clean(world, tmp, keyring, before)
+
+
+def test_run_govuk_assets_writes_a_signed_collection_that_restores_with_sign_key(
+    world: World, offsite: Offsite, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    path, src_dir, dst = site
+    keyring = _keyring(world)
+    before = fingerprint(keyring)
+    tmp = tmp_path / "controller-tmp"
+    tree = src_dir / "uploads"
+    (tree / "2026" / "11").mkdir(parents=True)
+    (tree / "2026" / "11" / "report.pdf").write_bytes(os.urandom(5000))
+    (tree / "index.txt").write_text("uploads\n")
+    os.chown(tree / "index.txt", 1234, 1235)
+    os.chmod(tree / "index.txt", 0o640)
+    prefix = f"assets-run-{uuid.uuid4().hex[:6]}"
+    keys = ["--set", f'encrypt_key="{offsite.fingerprint}"', "--set", f'sign_key="{offsite.fingerprint}"']
+    run = world.cli(
+        "--json",
+        "run",
+        "govuk-assets",
+        "--host",
+        "source",
+        *offsite.sets(prefix),
+        "--set",
+        f'target="{path}/uploads"',
+        *keys,
+        env=offsite.env(tmp),
+    )
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads(run.stdout)
+    assert manifest["facts"]["collection"] == f"boto3+s3://{offsite.bucket}/{prefix}/"
+    assert manifest["facts"]["signed"] == "yes"
+    _no_secret(offsite, run.stdout, run.stderr)
+    _clean(world, tmp, keyring, before)
+    assert manifest["snapshot"] in world.cli("snapshots", "govuk-assets", check=True).stdout
+
+    done = world.cli(
+        "restore",
+        "govuk-assets",
+        "--host",
+        "target",
+        *offsite.sets(prefix),
+        "--set",
+        f'target="{path}/restored"',
+        *keys,
+        env=offsite.env(tmp),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "encrypted but not signed" not in done.stderr
+    assert fingerprint(dst / "restored") == fingerprint(tree)
+    _clean(world, tmp, keyring, before)
+
+
+def test_closing_the_workspace_kills_its_gpg_agent(offsite: Offsite, tmp_path: Path) -> None:
+    """``gpgconf --kill all`` itself, not the directory's removal, ends the agent: with the
+    removal left out, no gpg-agent of that GNUPGHOME remains after a failure inside."""
+    from recipes import duplicity
+    from recipes.ops import DuplicityCollection
+
+    src = DuplicityCollection(
+        url=f"boto3+s3://{offsite.bucket}/govuk-datastores/",
+        file_to_restore=TBZ2,
+        gpg_key_file=str(offsite.key_file),
+        passphrase_env="OFFSITE_PASSPHRASE",
+        unpack=duplicity.UNPACK_DUMPS,
+    )
+    os.environ["OFFSITE_PASSPHRASE"] = PASSPHRASE
+    work = duplicity.Workspace(src)
+    home = work.gnupg
+    work._remove = lambda: None  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="failed inside"), work:
+            work.import_key()  # a secret key: gpg starts the agent
+            assert _agents(home), "the import should have started a gpg-agent"
+            raise RuntimeError("failed inside")
+        for _ in range(100):  # the agent exits once told; wait for it to be gone
+            if not _agents(home):
+                break
+            time.sleep(0.1)
+        assert _agents(home) == [], _agents(home)
+        assert os.path.isdir(home)  # still there: the removal was not what ended the agent
+    finally:
+        del os.environ["OFFSITE_PASSPHRASE"]
+        subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": home}, check=False)
+        subprocess.run(["rm", "-rf", work.dir, home], check=False)
+
+
 def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
     world: World,
     offsite: Offsite,
@@ -449,7 +610,27 @@ def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
         f'encrypt_key="{offsite.fingerprint}"',
         "--set",
         f'sign_key="{offsite.fingerprint}"',
+        # today is the weekly and the monthly day: a weekly_ and a monthly_ copy are kept too
+        "--set",
+        f"weekly_day={time.strftime('%u')}",
+        "--set",
+        f"monthly_day={time.localtime().tm_mday}",
     ]
+    # earlier runs' dumps, rotated as automysqlbackup does (daily 6, weekly 35, monthly 150 days)
+    amb = src_dir / "automysqlbackup"
+    aged = {
+        "daily/gv_blog/daily_gv_blog_2026-01-01_06h00m.sql.bz2": (10, False),
+        "daily/gv_blog/daily_gv_blog_2026-01-02_06h00m.sql.bz2": (3, True),
+        "weekly/gv_blog/weekly_gv_blog_2026-01-03_06h00m.sql.bz2": (40, False),
+        "weekly/gv_blog/weekly_gv_blog_2026-01-04_06h00m.sql.bz2": (10, True),
+        "monthly/gv_blog/monthly_gv_blog_2025-01-01_06h00m.sql.bz2": (200, False),
+        "monthly/gv_blog/monthly_gv_blog_2026-01-01_06h00m.sql.bz2": (40, True),
+    }
+    for name, (days, _) in aged.items():
+        (amb / name).parent.mkdir(parents=True, exist_ok=True)
+        (amb / name).write_bytes(bz2.compress(b"-- old\n"))
+        old = time.time() - days * 86400 - 3600
+        os.utime(amb / name, (old, old))
     try:
         run = world.cli("--json", "run", "govuk-datastore", "--host", "source", *sets, env=offsite.env(tmp))
     finally:
@@ -457,9 +638,17 @@ def test_run_adds_a_signed_incremental_that_plain_duplicity_restores(
     assert run.returncode == 0, run.stderr
     manifest = json.loads(run.stdout)
     assert manifest["facts"]["collection"] == f"boto3+s3://{offsite.bucket}/govuk-datastores/"
-    assert manifest["facts"]["dumps"].startswith("daily_gv_blog_")
     assert manifest["facts"]["signed"] == "yes"
-    assert (src_dir / "automysqlbackup" / "latest.tbz2").is_file()
+    assert (amb / "latest.tbz2").is_file()
+    for name, (_, kept) in aged.items():
+        assert (amb / name).exists() == kept, name
+    new = {p.name for period in ("daily", "weekly", "monthly") for p in (amb / period / "gv_blog").iterdir()}
+    new -= {Path(name).name for name in aged}
+    latest = sorted(p.name for p in (amb / "latest").iterdir())
+    assert sorted(new) == latest and [n.split("_")[0] for n in latest] == ["daily", "monthly", "weekly"]
+    assert manifest["facts"]["dumps"].split() == latest
+    # rows per table of every dump, counted as the controller read latest.tbz2 (signed manifest)
+    assert json.loads(manifest["facts"]["rows"]) == {name: {"gv_blog.posts": 5} for name in latest}
     _no_secret(offsite, run.stdout, run.stderr)
     _clean(world, tmp, keyring, before)
     listed = world.cli("snapshots", "govuk-datastore")

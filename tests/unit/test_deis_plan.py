@@ -8,6 +8,7 @@ import pytest
 
 from recipes import apps, plan
 from recipes.apps.deis import DeisRestoreOptions
+from recipes.errors import ConfigError
 from recipes.recipe import make_params
 from tests.unit.test_plan_golden import _check
 
@@ -53,9 +54,16 @@ def test_restore_runs_the_seeds_steps_in_the_seeds_order() -> None:
     ]
 
 
-def test_missing_gateway_refuses_first() -> None:
+def test_missing_gateway_is_a_config_error_before_any_step() -> None:
     recipe = apps.get("deis")
     params = make_params(recipe, {}, "test")
-    for steps in (recipe.backup_steps(params), recipe.restore_steps(params)):
-        first = steps[0]
-        assert first.name == "gateway-set" and "deis needs gateway" in first.command.script  # type: ignore[union-attr]
+    for build in (
+        lambda: plan.backup_plan(recipe, params, "h"),
+        lambda: plan.restore_plan(recipe, params, "h"),
+    ):
+        with pytest.raises(ConfigError, match=r"^deis needs gateway, .*--set gateway=") as caught:
+            build()
+        assert "\n" not in str(caught.value) and caught.value.exit_code == 2
+    # loading the dump into the running database needs no gateway
+    only = plan.restore_plan(recipe, params, "h", options=DeisRestoreOptions(only="database"))
+    assert [s.name for s in only.steps] == ["database"]

@@ -4,6 +4,7 @@ which database, duplicity's argv (no secret in it), golden plans."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,35 @@ def test_restore_plans_list_the_seeds_revert_steps_as_manual() -> None:
             "gpg --delete-secret-key" in text
             and "warning: the collection is encrypted but not signed" in text
         )
+
+
+def test_count_rows_reads_every_dump_of_latest_in_one_pass(tmp_path: Path) -> None:
+    import bz2
+    import io
+    import tarfile
+
+    from recipes.duplicity import count_rows
+
+    dump = b"USE `shop`;\nCREATE TABLE `t` (id int);\nINSERT INTO `t` VALUES (1),(2),(3);\n"
+    path = tmp_path / "latest.tbz2"
+    with tarfile.open(path, "w:bz2") as tar:
+        for name, data in (
+            ("latest/weekly_shop_2024-01-13_06h25m.sql.bz2", bz2.compress(dump)),
+            ("latest/daily_shop_2024-01-13_06h25m.sql.bz2", bz2.compress(dump)),
+            ("latest/README", b"not a dump"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert count_rows(str(path)) == {
+        "daily_shop_2024-01-13_06h25m.sql.bz2": {"shop.t": 3},
+        "weekly_shop_2024-01-13_06h25m.sql.bz2": {"shop.t": 3},
+    }
+    cut = tmp_path / "cut.tbz2"
+    with tarfile.open(cut, "w:bz2") as tar:
+        data = bz2.compress(dump[:-4])
+        info = tarfile.TarInfo("latest/daily_shop_2024-01-13_06h25m.sql.bz2")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(StepFailed, match="is cut short"):
+        count_rows(str(cut))

@@ -24,6 +24,7 @@ import attrs
 
 from recipes.apps.dss import one_line
 from recipes.databases import postgresql as pg_db
+from recipes.errors import ConfigError
 from recipes.model import Command, sh
 from recipes.ops import Bucket
 from recipes.recipe import FieldError, absolute_path, param
@@ -56,7 +57,7 @@ SCALE = (
     "number of containers for an application'"
 )
 ACCESS, SECRET = "gw_access", "gw_secret"
-GATEWAY_UNSET = "http://deis-store.<domain>"
+EXAMPLE_GATEWAY = "http://deis-store.local3.deisapp.com"
 
 
 def gateway_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -143,21 +144,134 @@ class Deis:
     seed: ClassVar[str] = "003_2c7fd525059271cd.txt"
     Params: ClassVar[type[Any]] = DeisParams
     RestoreOptions: ClassVar[type[Any]] = DeisRestoreOptions
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "deisctl config store get gateway/accessKey, …/secretKey",
+            "backup gw_access, gw_secret (secrets, memory only)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "s3cmd sync s3://db_wal . / s3cmd sync s3://registry .",
+            "backup bucket-db_wal, bucket-registry (paged listing; content type and x-amz-meta-* kept)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+                "tests/integration/test_deis.py::test_a_bucket_is_listed_a_page_at_a_time_while_it_is_copied",
+                "tests/integration/test_deis.py::test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing",
+            ),
+        ),
+        (
+            "cd /var/lib/deis/store && sudo tar cpzf … ('file changed as we read it')",
+            "backup store",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "docker exec deis-database sudo -u postgres pg_dumpall > dump_all.sql",
+            "backup database",
+            ("tests/integration/test_deis.py::test_a_failing_pg_dumpall_fails_the_snapshot",),
+        ),
+        (
+            "deisctl install platform",
+            "restore install-platform",
+            ("tests/unit/test_deis_plan.py::test_restore_runs_the_seeds_steps_in_the_seeds_order",),
+        ),
+        (
+            "deisctl start store-monitor … store-volume",
+            "restore start-store-monitor … start-store-volume",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl start router@1",
+            "restore start-router",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl config router set bodySize=100m",
+            "restore router-body-size",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl config store get gateway/accessKey, …/secretKey (the new cluster)",
+            "restore gw_access, gw_secret",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "s3cmd mb s3://db_wal / s3cmd sync … s3://db_wal, s3://registry",
+            "restore bucket-db_wal, bucket-registry",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "cd /var/lib/deis/store && sudo tar -xzpf … --same-owner",
+            "restore store",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "docker cp deis-database:/app/dump_all.sql . (the text dump)",
+            "restore database (kept at dump_file; --set only=database loads it)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deisctl start platform",
+            "restore start-platform",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "nse deis-controller; export ETCD=…:4001; ./manage.py shell <<EOF … save() loop",
+            "restore etcd_endpoint, etcd-resync",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "deis scale <proctype>=0, then back up",
+            "restore scale (manual: printed, not run)",
+            (
+                "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+            ),
+        ),
+        (
+            "host_base = deis-store.<your domain> (the gateway's URL)",
+            "parameter gateway: unset is exit 2 at plan, run and restore",
+            (
+                "tests/integration/test_deis.py::test_an_unset_gateway_is_a_usage_error_at_plan_and_run",
+                "tests/unit/test_deis_plan.py::test_missing_gateway_is_a_config_error_before_any_step",
+            ),
+        ),
+    )
+    """Each seed command, the step that runs or prints it, the test that proves it (docgen's table)."""
+    EXAMPLE_PARAMS: ClassVar[dict[str, Any]] = {"gateway": EXAMPLE_GATEWAY}
+    """What the reference page's plans are drawn with (``gateway`` has no default)."""
 
     def _deisctl(self, p: DeisParams, *args: str) -> Command:
         return Command(sh(p.deisctl, *args))
 
-    def _gateway(self, p: DeisParams) -> tuple[str, list[Step]]:
-        """The gateway URL, and with none set a first step that refuses before anything runs
-        (plans and docs still show the whole procedure, with a placeholder URL)."""
-        if p.gateway is not None:
-            return p.gateway, []
-        message = (
-            "deis needs gateway, the store-gateway's S3 URL: --set gateway=http://deis-store.<domain> "
-            "or [recipes.deis] gateway"
-        )
-        refuse = Run("gateway-set", Command(f"echo {sh(message)} >&2; exit 2"), about="no gateway is set")
-        return GATEWAY_UNSET, [refuse]
+    def _gateway(self, p: DeisParams) -> str:
+        """The gateway URL; unset, a usage error (exit 2, one line) before any plan or command."""
+        if p.gateway is None:
+            raise ConfigError(
+                "deis needs gateway, the store-gateway's S3 URL: --set gateway=http://deis-store.<domain> "
+                "or [recipes.deis] gateway"
+            )
+        return p.gateway
 
     def _keys(self, p: DeisParams, new: bool = False) -> list[Step]:
         which = "the NEW cluster's" if new else "the"
@@ -180,14 +294,14 @@ class Deis:
         )
 
     def backup_steps(self, p: DeisParams) -> list[Step]:
-        gateway, refuse = self._gateway(p)
+        gateway = self._gateway(p)
         keys = " ".join(sh(k) for k in ETCD_KEYS)
         list_keys = (
             "if command -v etcdctl >/dev/null 2>&1; then "
             f"for k in {keys}; do ETCDCTL_API=2 etcdctl --endpoints=http://{{{{etcd_endpoint}}}} "
             'ls --recursive "$k" 2>/dev/null || true; done | sort | tr "\\n" " "; fi'
         )
-        steps: list[Step] = [*refuse, *self._keys(p), self._etcd(p)]
+        steps: list[Step] = [*self._keys(p), self._etcd(p)]
         steps.append(
             Fact(
                 "etcd_keys",
@@ -270,9 +384,8 @@ class Deis:
         o: DeisRestoreOptions = options or DeisRestoreOptions()
         if o.only == "database":
             return [self._load(p)]
-        gateway, refuse = self._gateway(p)
+        gateway = self._gateway(p)
         steps: list[Step] = [
-            *refuse,
             Run(
                 "install-platform",
                 self._deisctl(p, "install", "platform"),

@@ -77,6 +77,16 @@ def owner_spec(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> No
         raise FieldError(attribute, f"must be user or user:group, got {value!r}")
 
 
+def day_in(low: int, high: int) -> Any:
+    """attrs validator: a day number from ``low`` to ``high``."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if not low <= value <= high:
+            raise FieldError(attribute, f"must be a day from {low} to {high}, got {value}")
+
+    return check
+
+
 def _common() -> dict[str, Any]:
     """The parameters both recipes share (the collection and its keys)."""
     return {
@@ -147,8 +157,20 @@ class DatastoreParams:
     )
     backup_dir: str = param(
         "/var/lib/automysqlbackup",
-        "backup (recipes run): where the host keeps automysqlbackup's latest/ and latest.tbz2",
+        "backup (recipes run): where the host keeps automysqlbackup's daily/, weekly/, monthly/, "
+        "latest/ and latest.tbz2",
         validator=absolute_path,
+    )
+    weekly_day: int = param(
+        6,
+        "backup: the day of the week (1 Monday .. 7 Sunday) a weekly_ dump is kept too "
+        "(automysqlbackup's DOWEEKLY)",
+        validator=day_in(1, 7),
+    )
+    monthly_day: int = param(
+        1,
+        "backup: the day of the month a monthly_ dump is kept too (automysqlbackup's DOMONTHLY)",
+        validator=day_in(1, 31),
     )
 
 
@@ -212,9 +234,16 @@ def collection(
 SYSTEM_DATABASES = ("information_schema", "performance_schema", "mysql", "sys")
 
 
+ROTATION = {"daily": 6, "weekly": 35, "monthly": 150}
+"""Days each period's dumps are kept (automysqlbackup 3.0's CONFIG_rotation_* defaults)."""
+
+
 def automysqlbackup(p: DatastoreParams) -> Command:
-    """One dump per database into ``latest/`` (replaced whole), then ``latest.tbz2`` of it; the
-    MySQL password reaches mysql/mysqldump through the connection's 0600 defaults file."""
+    """automysqlbackup's layout on the host: one dump per database as ``daily/<db>/daily_…``,
+    also ``weekly/<db>/weekly_…`` on ``weekly_day`` and ``monthly/<db>/monthly_…`` on
+    ``monthly_day``, older ones rotated away (``ROTATION`` days); ``latest/`` (replaced whole)
+    holds this run's dumps, then ``latest.tbz2`` of it. The MySQL password reaches
+    mysql/mysqldump through the connection's 0600 defaults file."""
     d = sh(p.backup_dir)
     skip = "|".join(SYSTEM_DATABASES)
     listing = (
@@ -222,15 +251,33 @@ def automysqlbackup(p: DatastoreParams) -> Command:
         if p.databases
         else 'mysql "$1" --batch --skip-column-names --execute="SHOW DATABASES"'
     )
+    keep = (
+        f'if [ "$dow" = {p.weekly_day} ]; then '
+        'mkdir -p -- "$d/weekly/$db" && cp -p -- "$f" "$d/weekly/$db/weekly_${db}_${stamp}.sql.bz2" && '
+        'cp -p -- "$f" "$d/latest.new/weekly_${db}_${stamp}.sql.bz2" || return 1; fi; '
+        f'if [ "$dom" = {p.monthly_day} ]; then '
+        'mkdir -p -- "$d/monthly/$db" && cp -p -- "$f" "$d/monthly/$db/monthly_${db}_${stamp}.sql.bz2" && '
+        'cp -p -- "$f" "$d/latest.new/monthly_${db}_${stamp}.sql.bz2" || return 1; fi; '
+    )
+    rotate = "".join(
+        f'if [ -d "$d/{period}" ]; then find "$d/{period}" -type f -name "{period}_*.sql.bz2" '
+        f"-mtime +{days} -delete || return 1; fi; "
+        for period, days in ROTATION.items()
+    )
     function = (
         "automysqlbackup_run() { "
-        f"d={d}; stamp=$(date +%Y-%m-%d_%Hh%Mm); "
+        f"d={d}; stamp=$(date +%Y-%m-%d_%Hh%Mm); dow=$(date +%u); dom=$(date +%-d); "
         'rm -rf -- "$d/latest.new" && mkdir -p -- "$d/latest.new" || return 1; '
         f"dbs=$({listing}) || return 1; "
         'for db in $dbs; do case "$db" in ' + skip + ") continue;; esac; "
+        'f="$d/latest.new/daily_${db}_${stamp}.sql.bz2"; '
         'mysqldump "$1" --single-transaction --routines --events --databases "$db" '
-        '| bzip2 > "$d/latest.new/daily_${db}_${stamp}.sql.bz2" || return 1; done; '
-        'rm -rf -- "$d/latest" && mv -- "$d/latest.new" "$d/latest" && '
+        '| bzip2 > "$f" || return 1; '
+        'mkdir -p -- "$d/daily/$db" && cp -p -- "$f" "$d/daily/$db/" || return 1; '
+        + keep
+        + "done; "
+        + rotate
+        + 'rm -rf -- "$d/latest" && mv -- "$d/latest.new" "$d/latest" && '
         'tar --create --bzip2 --file="$d/latest.tbz2.new" --directory="$d" latest && '
         'mv -- "$d/latest.tbz2.new" "$d/latest.tbz2"; }; '
     )
@@ -267,14 +314,81 @@ class GovukDatastore:
     RestoreOptions: ClassVar[type[Any]] = OffsiteRestoreOptions
     external_restore: ClassVar[bool] = True
     """Restores read a duplicity collection, not a snapshot of our repository."""
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "apt-get install duplicity python-pip python-boto mysql-server",
+            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
+            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
+        ),
+        (
+            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
+            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
+            (
+                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
+                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
+            ),
+        ),
+        (
+            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
+            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
+            (
+                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
+                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
+            ),
+        ),
+        (
+            "duplicity list-current-files s3://…",
+            "controller: duplicity collection-status (logged)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+            ),
+        ),
+        (
+            "duplicity restore --file-to-restore …/automysqlbackup/latest.tbz2 s3://… /tmp/latest.tbz2",
+            "restore latest.tbz2 (--snapshot TIME is --time; sign_key refuses other signers)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+                "tests/integration/test_govuk.py::test_snapshot_time_restores_the_full",
+            ),
+        ),
+        (
+            "tar xvjf latest.tbz2; bunzip2 latest/foo.sql.bz2",
+            "restore latest.tbz2 (controller: the newest dump per database, streamed)",
+            (
+                "tests/unit/test_govuk.py::test_one_dump_per_database_the_newest",
+                "tests/unit/test_govuk.py::test_the_dumps_use_line_names_the_database",
+            ),
+        ),
+        (
+            "sudo mysql < foo.sql",
+            "restore check-mysql, latest.tbz2 (the first ERROR stops the load)",
+            ("tests/integration/test_govuk.py::test_a_failing_load_stops_and_cleans_up",),
+        ),
+        (
+            "revert all the manual actions you've taken",
+            "restore revert-manual-actions (manual: printed)",
+            ("tests/unit/test_govuk.py::test_restore_plans_list_the_seeds_revert_steps_as_manual",),
+        ),
+        (
+            "(GOV.UK's job) automysqlbackup, then duplicity to the bucket",
+            "backup automysqlbackup (daily/ weekly/ monthly/, rotated), latest.tbz2 (signed; rows as facts)",
+            (
+                "tests/integration/test_govuk.py::test_run_adds_a_signed_incremental_that_plain_duplicity_restores",
+            ),
+        ),
+    )
+    """Each seed command, the step that runs or prints it, the test that proves it (docgen's table)."""
 
     def backup_steps(self, p: DatastoreParams) -> list[Step]:
         return [
             Run(
                 "automysqlbackup",
                 automysqlbackup(p),
-                about="on the host, automysqlbackup's layout: latest/daily_<db>_<date>_<time>.sql.bz2 per "
-                "database (mysqldump --single-transaction --routines --events --databases), then latest.tbz2",
+                about="on the host, automysqlbackup's layout: daily/<db>/daily_<db>_<date>_<time>.sql.bz2 "
+                "per database (mysqldump --single-transaction --routines --events --databases), a "
+                "weekly_/monthly_ copy on weekly_day/monthly_day, rotation after "
+                + ", ".join(f"{k} {v}" for k, v in ROTATION.items())
+                + " days; this run's dumps in latest/, then latest.tbz2",
             ),
             Duplicity(
                 "latest.tbz2",
@@ -317,6 +431,63 @@ class GovukAssets:
     Params: ClassVar[type[Any]] = AssetsParams
     RestoreOptions: ClassVar[type[Any]] = OffsiteRestoreOptions
     external_restore: ClassVar[bool] = True
+    SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
+        (
+            "apt-get install duplicity python-pip python-boto mysql-server",
+            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
+            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
+        ),
+        (
+            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
+            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
+            (
+                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
+                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
+            ),
+        ),
+        (
+            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
+            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
+            (
+                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
+                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
+            ),
+        ),
+        (
+            "duplicity list-current-files s3://…",
+            "controller: duplicity collection-status (logged)",
+            (
+                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
+            ),
+        ),
+        (
+            "duplicity restore --file-to-restore mnt/uploads/whitehall s3://… /mnt/uploads/whitehall",
+            "restore assets (sign_key: another signer or none is exit 3)",
+            (
+                "tests/integration/test_govuk.py::test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target",
+                "tests/integration/test_govuk.py::test_sign_key_refuses_a_collection_signed_by_another_key_or_unsigned",
+            ),
+        ),
+        (
+            "change the owner of /mnt/uploads/whitehall … temporarily, and remove any files that exist",
+            "restore target (--force: moved aside, back on failure), owner",
+            (
+                "tests/integration/test_govuk.py::test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target",
+            ),
+        ),
+        (
+            "revert all the manual actions you've taken",
+            "restore revert-manual-actions (manual: printed)",
+            ("tests/unit/test_govuk.py::test_restore_plans_list_the_seeds_revert_steps_as_manual",),
+        ),
+        (
+            "(GOV.UK's job) duplicity of the assets directory",
+            "backup assets (signed with sign_key)",
+            (
+                "tests/integration/test_govuk.py::test_run_govuk_assets_writes_a_signed_collection_that_restores_with_sign_key",
+            ),
+        ),
+    )
 
     def backup_steps(self, p: AssetsParams) -> list[Step]:
         tar = sh("tar", "--create", "--file=-", "--numeric-owner", f"--directory={p.target}", ".")
