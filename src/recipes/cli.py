@@ -191,8 +191,11 @@ def show_cmd(state: State, recipe: str) -> None:
     r = apps.get(recipe)
     defaults = make_params(r, {}, f"recipe {recipe}")
     params = [{"name": n, "doc": d, "default": params_dict(defaults)[n]} for n, d, _ in describe_params(r)]
-    backup = plan.backup_plan(r, defaults, "HOST")
-    restore = plan.restore_plan(r, defaults, "HOST")
+    # Plans need what has no default (deis: gateway): drawn with the recipe's example values.
+    example = dict(getattr(r, "EXAMPLE_PARAMS", {}) or {})
+    drawn = make_params(r, example, f"recipe {recipe}") if example else defaults
+    backup = plan.backup_plan(r, drawn, "HOST")
+    restore = plan.restore_plan(r, drawn, "HOST")
     data = {
         "name": r.name,
         "summary": r.summary,
@@ -217,7 +220,8 @@ def show_cmd(state: State, recipe: str) -> None:
         lines += ["", "restore options (recipes restore --set NAME=VALUE):"]
         for o in options:
             lines += [f"  {o['name']} = {json.dumps(o['default'])}", f"      {o['doc']}"]
-    lines += ["", "with the defaults:", *backup.lines(), *restore.lines()]
+    shown = ", ".join(f"{k}={v}" for k, v in example.items())
+    lines += ["", f"with the defaults{f' and {shown}' if shown else ''}:", *backup.lines(), *restore.lines()]
     emit(state, data, "\n".join(lines))
 
 

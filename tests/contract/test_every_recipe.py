@@ -131,3 +131,16 @@ def test_generated_docs_are_current(recipe_name: str) -> None:
 
     path = Path(__file__).parents[2] / "docs" / "recipes" / f"{recipe_name}.md"
     assert path.read_text() == docgen.page(recipe_name), "run `python -m recipes.docgen`"
+
+
+def test_show_describes_every_recipe(recipe_name: str) -> None:
+    """`recipes show` works for a recipe with a parameter that has no default (deis: gateway):
+    its plans are drawn with the recipe's example values."""
+    from click.testing import CliRunner
+
+    from recipes.cli import main
+
+    shown = CliRunner().invoke(main, ["--json", "show", recipe_name])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.output)
+    assert data["name"] == recipe_name and data["backup"] and data["restore"]
