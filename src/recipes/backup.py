@@ -111,8 +111,7 @@ def _backup(
     writer = repo.begin(plan.recipe, plan.host)
     staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
-    if decision.parent is not None:
-        job.sizes = progress.expected_sizes(decision.parent)
+    job.expected = progress.expected(decision.parent, decision.previous)
     interp = job.interpreter(roles or {}, deadman_seconds, writer.snapshot)
     committed = False
     try:
@@ -127,6 +126,7 @@ def _backup(
                         "was taken from (its /etc/machine-id differs)",
                     )
                     job.start_over_as_full()
+                    job.expected = progress.Expected()  # the parent's sizes say nothing of a full here
                 log.info("%s", decision.reason)
                 job.execute()
             except BaseException as exc:

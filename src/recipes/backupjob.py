@@ -58,8 +58,8 @@ class Backup:
         self.objects: list[mf.StoredObject] = []
         self.external: list[mf.StoredObject] = []
         self.records: list[mf.StepRecord] = []
-        self.sizes: dict[str, int] = {}
-        """Expected stored size per object name (from the parent snapshot), for progress."""
+        self.expected = progress.Expected()
+        """Expected stored size and file count per object name (earlier snapshots), for progress."""
         self.interp: Interpreter
         self.background: list[tuple[threading.Thread, list[BaseException], Process]] = []
 
@@ -257,7 +257,8 @@ class Backup:
         # because drills check every archive's counts and content sample against them.
         taps = facts.taps_for(what, engine)
         watch = self.interp.progress
-        meter = watch.meter(name, self.sizes.get(name))
+        meter = watch.meter(name, self.expected.sizes.get(name), self.expected.files.get(name))
+        meter.count_files(taps)
         if begun is None:
             proc = host.start(self.compression.on_host(command) if on_host else command)
             raw: stream.Readable = proc

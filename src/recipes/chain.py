@@ -52,6 +52,8 @@ class Decision:
     level: int
     parent: mf.Manifest | None
     reason: str
+    previous: tuple[mf.Manifest, ...] = attrs.field(default=(), eq=False, repr=False)
+    """The snapshots listed to decide (oldest first): what progress expects of a full."""
 
 
 def choose(

@@ -285,6 +285,11 @@ class TarFacts:
             self._candidate = None
             self._hasher = None
 
+    @property
+    def files_seen(self) -> int:
+        """Regular files passed so far: the progress display reads it from its own thread."""
+        return self._files
+
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "files": self._files,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -53,11 +58,21 @@ class StepRecord:
     outcome: str
 
 
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", re.ASCII)
+
+
 def _utc_stamp(value: str) -> None:
     """``started``/``finished`` are ``YYYY-MM-DDTHH:MM:SSZ`` (what retention and chains compute
-    with): anything else makes the manifest damaged, never a crash later."""
-    import datetime as dt
+    with): anything else makes the manifest damaged, never a crash later.
 
+    What we write (zero-padded) is checked with ``fromisoformat``, 15x cheaper than ``strptime``
+    when listing 10,000 manifests; anything else gets ``strptime``'s verdict, as before."""
+    if isinstance(value, str) and _STAMP.fullmatch(value):
+        try:
+            dt.datetime.fromisoformat(value[:-1])
+            return
+        except ValueError:
+            pass  # a month 13, a 31 February: strptime's error below
     try:
         dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
     except (TypeError, ValueError):
@@ -105,6 +120,66 @@ class Manifest:
 _converter = strict_converter(forbid_extra_keys=False)
 
 
+class _Unusual(Exception):
+    """The document is not plainly well-formed: cattrs decides (and words the error)."""
+
+
+def _plain(tp: Any) -> Callable[[Any], Any]:
+    """A structurer for ``tp`` that takes only values of exactly the JSON type ``_converter``
+    wants and returns what it would; anything else raises ``_Unusual``. Listing 10,000
+    snapshots parses 10,000 manifests, and cattrs' generic path costs about twice this one."""
+    if tp is Any:
+        return lambda v: v
+    if tp in (str, int):
+        return lambda v: v if type(v) is tp else _unusual()
+    if tp is float:
+        return lambda v: v if type(v) is float else float(v) if type(v) is int else _unusual()
+    if attrs.has(tp):
+        return _plain_attrs(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _plain(next(a for a in args if a is not type(None)))
+        return lambda v: None if v is None else inner(v)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _plain(args[0])
+        return lambda v: tuple([item(e) for e in v]) if type(v) is list else _unusual()
+    if origin is dict and args[0] is str:
+        value = _plain(args[1])
+        return lambda v: (
+            {k: value(x) if type(k) is str else _unusual() for k, x in v.items()}
+            if type(v) is dict
+            else _unusual()
+        )
+    raise TypeError(f"no plain structurer for {tp!r}")  # a new field type: add it here
+
+
+def _unusual() -> Any:
+    raise _Unusual
+
+
+def _plain_attrs(cls: type) -> Callable[[Any], Any]:
+    """An attrs class from a dict: known keys structured, unknown ones ignored (as the converter
+    does), a missing key with no default unusual; the class's own validators still run."""
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _plain(hints[f.name]), f.default is attrs.NOTHING) for f in attrs.fields(cls)]
+
+    def structure(v: Any) -> Any:
+        if type(v) is not dict:
+            raise _Unusual
+        kwargs = {}
+        for name, conv, required in fields:
+            if name in v:
+                kwargs[name] = conv(v[name])
+            elif required:
+                raise _Unusual
+        return cls(**kwargs)
+
+    return structure
+
+
+_plain_manifest: Callable[[Any], Any] | None = None
+
+
 def dumps(manifest: Manifest) -> str:
     """Manifest as stable, indented JSON."""
     return json.dumps(_converter.unstructure(manifest), indent=2, sort_keys=True) + "\n"
@@ -118,6 +193,14 @@ def loads(text: str) -> Manifest:
         raise ValueError(f"malformed manifest: not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"malformed manifest: expected a JSON object, got {type(data).__name__}")
+    global _plain_manifest
+    if _plain_manifest is None:
+        _plain_manifest = _plain(Manifest)
+    try:
+        manifest: Manifest = _plain_manifest(data)
+        return manifest
+    except Exception:  # _Unusual, or a validator's error: cattrs says what is wrong, in its words
+        pass
     try:
         return _converter.structure(data, Manifest)
     except Exception as exc:  # cattrs' errors, and whatever a hostile document provokes

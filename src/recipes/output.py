@@ -168,7 +168,7 @@ class Bars(progress.Progress):
                 for task_id, m in list(meters.items()):
                     if m.total is not None and m.done > m.total:
                         tasks[task_id].total = None  # past the expected size: no promise any more
-                    inner.update(task_id, completed=m.done)
+                    inner.update(task_id, completed=m.done, files=m.files_done)
                 for task in inner.tasks:
                     if not task.finished:
                         inner.update(task.id, info=numbers(task))
@@ -200,25 +200,36 @@ class Bars(progress.Progress):
 
     def step(self, kind: str, name: str) -> None:
         self.label = f"{kind} {name}"
-        self.task = self.bars.add_task(self.label, total=None, moved=False, seconds=None, info="")
+        self.task = self.bars.add_task(
+            self.label, total=None, moved=False, seconds=None, info="", files=None, files_total=None
+        )
 
     def step_done(self, record: mf.StepRecord) -> None:
         if self.task is None:
             return
         m = self._meters.pop(self.task, None)
         done = m.done if m is not None else 1
+        if m is not None:
+            self.bars.update(self.task, files=m.files_done)
         self.bars.update(self.task, total=max(done, 1), completed=max(done, 1), seconds=record.seconds)
         task = next(t for t in self.bars.tasks if t.id == self.task)
         self.bars.update(self.task, info=numbers(task))
         self.bars.stop_task(self.task)
         self.task = None
 
-    def meter(self, name: str, total: int | None = None) -> progress.Meter:
-        m = progress.Meter(name, total)
+    def meter(self, name: str, total: int | None = None, files_total: int | None = None) -> progress.Meter:
+        m = progress.Meter(name, total, files_total)
         self.stored[name] = m
         if self.task is not None:
             self._meters[self.task] = m
-            self.bars.reset(self.task, total=total, description=f"{self.label}: {name}", moved=True)
+            self.bars.reset(
+                self.task,
+                total=total,
+                description=f"{self.label}: {name}",
+                moved=True,
+                files=None,
+                files_total=files_total,
+            )
         return m
 
     def raw(self, name: str) -> progress.Meter:
@@ -230,11 +241,15 @@ class Bars(progress.Progress):
 
 
 def numbers(task: Any) -> str:
-    """What follows a bar: bytes (of the expected total), rate and ETA; or the step's seconds."""
+    """What follows a bar: bytes (of the expected total), rate and ETA, and an archive's files
+    (of the expected count); or, once done, the bytes, files and the step's seconds."""
     seconds = task.fields.get("seconds")
     moved = task.fields.get("moved")
+    files = file_count(task.fields.get("files"), task.fields.get("files_total"), seconds is None)
     if seconds is not None:
-        return f"{human_size(task.completed)}  {human_seconds(seconds)}" if moved else human_seconds(seconds)
+        if not moved:
+            return human_seconds(seconds)
+        return "  ".join([human_size(task.completed), *files, human_seconds(seconds)])
     if not moved:
         return human_seconds(task.elapsed or 0.0)
     parts = [human_size(task.completed) + (f" / {human_size(task.total)}" if task.total else "")]
@@ -243,7 +258,17 @@ def numbers(task: Any) -> str:
         parts.append(f"{human_size(speed)}/s")
         if task.total:
             parts.append(f"ETA {human_seconds(max(task.total - task.completed, 0) / speed)}")
-    return "  ".join(parts)
+    return "  ".join(parts + files)
+
+
+def file_count(done: int | None, expected: int | None, running: bool) -> list[str]:
+    """``1,234 / 5,000 files`` while an archive passes (the expected count only while it is
+    not exceeded), ``5,012 files`` once done; nothing when nothing counted them."""
+    if done is None:
+        return []
+    if running and expected and done <= expected:
+        return [f"{done:,} / {expected:,} files"]
+    return [f"{done:,} files"]
 
 
 # ---- summaries

@@ -71,7 +71,7 @@ def decide(
         force_full=full,
     )
     if decision.parent is None:
-        return decision, {}
+        return attrs.evolve(decision, previous=tuple(previous)), {}
     parent = decision.parent
     by_id = {item.manifest.snapshot: item for item in listed}
     try:

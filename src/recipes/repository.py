@@ -74,6 +74,51 @@ def _beside(path: str, name: str) -> str:
     return path.rsplit("/", 1)[0] + "/" + name
 
 
+def _listing_order(path: str) -> tuple[str, str]:
+    """Snapshots sort by their id (time first), then by where they lie."""
+    return path.rsplit("/", 2)[-2], path
+
+
+def _read_if_there(path: str) -> bytes | None:
+    """A whole small file's bytes, or None when it is absent (removed meanwhile, or never written)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _subdirs(path: str, only: str | None) -> list[str]:
+    """The directories in ``path`` (every name, hidden ones too, as fsspec's ``*`` matches), or just
+    ``only`` when given and present. As in fsspec's local glob, a symlink is followed when named
+    (``only``), never when found by the walk."""
+    if only is not None:
+        return [only] if os.path.isdir(os.path.join(path, only)) else []
+    try:
+        with os.scandir(path) as it:
+            return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _scan_local(root: str, recipe: str | None, host: str | None) -> dict[str, bytes | None]:
+    """Every ``root/RECIPE/HOST/SNAPSHOT/manifest.json`` of a local folder with its bytes, and the
+    ``manifest.sig`` beside each (None when absent): what ``glob`` then ``cat_many`` return, in
+    one walk. A folder without a manifest (a run still writing, or killed) is left out."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(root)
+    out: dict[str, bytes | None] = {}
+    for r in _subdirs(root, recipe):
+        for h in _subdirs(f"{root}/{r}", host):
+            for s in _subdirs(f"{root}/{r}/{h}", None):
+                base = f"{root}/{r}/{h}/{s}/"
+                raw = _read_if_there(base + MANIFEST)
+                if raw is not None:
+                    out[base + MANIFEST] = raw
+                    out[base + SIGNATURE] = _read_if_there(base + SIGNATURE)
+    return out
+
+
 class Repository:
     """A repository at an fsspec URL (a plain path means a local folder)."""
 
@@ -148,16 +193,25 @@ class Repository:
         pattern = self._path(
             safe_name(recipe) if recipe else "*", safe_name(host) if host else "*", "*", MANIFEST
         )
+        blobs: dict[str, bytes | None]
         try:
-            paths = sorted(self.fs.glob(pattern), key=lambda p: p.rsplit("/", 2)[-2])
+            if self.local:  # one scandir walk and plain reads: fsspec's glob costs 10x more
+                blobs = self.fs.call(
+                    f"list {pattern}",
+                    lambda: _scan_local(
+                        self.root, safe_name(recipe) if recipe else None, safe_name(host) if host else None
+                    ),
+                )
+                paths = sorted((p for p in blobs if p.endswith("/" + MANIFEST)), key=_listing_order)
+            else:
+                paths = sorted(self.fs.glob(pattern), key=_listing_order)
+                # Every manifest and signature in one call: S3 fetches them concurrently.
+                wanted = [p for path in paths for p in (path, _beside(path, SIGNATURE))]
+                blobs = self.fs.cat_many(wanted) if wanted else {}
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise RepositoryError(f"cannot list repository {self.url}: {exc}") from exc
-        # Every manifest and signature in one call: S3 fetches them concurrently, and a local
-        # folder pays one guarded call instead of two per snapshot.
-        wanted = [p for path in paths for p in (path, _beside(path, SIGNATURE))]
-        blobs = self.fs.cat_many(wanted) if wanted else {}
         found = []
         for path in paths:
             item = self._parse_listed(path, blobs[path], blobs[_beside(path, SIGNATURE)], damaged)

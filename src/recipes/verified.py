@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import stat
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from recipes import signing
 
 log = logging.getLogger("recipes")
 
-VERSION = b"recipes-verified-manifest-v1"
+VERSION = b"recipes-verified-manifest-v2"  # v2: the shared parts first
 MAX_BYTES = 32 << 20  # about 500,000 entries; past that the file starts over (it is only a cache)
 _ENTRY = 64
 
@@ -37,6 +38,12 @@ def _private(path: Path) -> bool:
     """Ours and written by nobody else (group/other write bits off)."""
     st = path.stat()
     return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _feed(mac: hmac.HMAC, part: bytes) -> None:
+    """One length-prefixed part: no two different sequences of parts feed the same bytes."""
+    mac.update(len(part).to_bytes(8, "big"))
+    mac.update(part)
 
 
 class VerifiedManifests:
@@ -49,6 +56,8 @@ class VerifiedManifests:
         self._key: bytes | None = None
         self._entries: set[str] | None = None
         self._usable = True
+        self._bases: dict[tuple[bytes, ...], hmac.HMAC] = {}
+        self._fd: int | None = None
 
     def digest(
         self, where: str, raw: bytes, signature: bytes, signers: Sequence[signing.PublicKey]
@@ -57,17 +66,20 @@ class VerifiedManifests:
         key = self._load()
         if key is None:
             return None
-        mac = hmac.new(key, VERSION, hashlib.sha256)
-        for part in (
-            self.repo_url.encode(),
-            where.encode(),
-            b"".join(sorted(k.blob for k in signers)),
-            signing.MANIFEST_NAMESPACE.encode(),
-            raw,
-            signature,
-        ):
-            mac.update(len(part).to_bytes(8, "big"))
-            mac.update(part)
+        trusted = tuple(k.blob for k in signers)
+        base = self._bases.get(trusted)
+        if base is None:  # what every entry of this run shares, hashed once, not per snapshot
+            base = hmac.new(key, VERSION, hashlib.sha256)
+            for part in (
+                self.repo_url.encode(),
+                b"".join(sorted(trusted)),
+                signing.MANIFEST_NAMESPACE.encode(),
+            ):
+                _feed(base, part)
+            self._bases[trusted] = base
+        mac = base.copy()
+        for part in (where.encode(), raw, signature):
+            _feed(mac, part)
         return mac.hexdigest()
 
     def __contains__(self, entry: str) -> bool:
@@ -79,11 +91,10 @@ class VerifiedManifests:
             return
         self._entries.add(entry)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, entry.encode() + b"\n")  # one short write: whole under O_APPEND
-            finally:
-                os.close(fd)
+            if self._fd is None:  # opened once per run, closed with this object
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                weakref.finalize(self, os.close, self._fd)
+            os.write(self._fd, entry.encode() + b"\n")  # one short write: whole under O_APPEND
         except OSError as exc:  # a read-only or full cache disk costs speed, never a run
             log.debug("verified-manifest cache %s: %s", self.path, exc)
             self._usable = False

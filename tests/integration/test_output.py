@@ -184,3 +184,50 @@ def test_json_after_the_command_name_on_every_reporting_command(controller: Cont
         done = controller.cli(*args, "--json")
         assert done.returncode == 0, (name, done.stderr)
         json.loads(done.stdout)  # one JSON document, nothing else on stdout
+
+
+RECORD = """
+import atexit, json, sys
+from recipes import progress
+seen, out = [], sys.argv[1]
+plain = progress.Progress.meter
+def meter(self, name, total=None, files_total=None):
+    m = plain(self, name, total, files_total)
+    seen.append(m)
+    return m
+progress.Progress.meter = meter
+def report():
+    with open(out, "w") as fh:
+        json.dump({m.name: [m.total, m.files_total, m.files_done] for m in seen}, fh)
+atexit.register(report)
+from recipes.cli import main
+sys.argv = ["recipes", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_full_expects_the_last_fulls_size_and_files_and_counts_its_own(controller: Controller) -> None:
+    """What the bars are given (the watcher's meters, recorded in the real CLI): a first backup
+    knows no size; a later full expects the last full's archive size and file count (an ETA and
+    ``N / M files`` on a terminal), and counts its own files as they pass."""
+    config = controller.tmp / ".config/recipes/recipes.toml"
+    text = config.read_text()
+    assert text.count('full_every = "3M"') == 1
+    config.write_text(text.replace('full_every = "3M"', 'full_every = "0s"'))
+
+    def recorded(n: int) -> dict[str, list[int | None]]:
+        out = controller.tmp / f"meters-{n}.json"
+        argv = [sys.executable, "-c", RECORD, str(out), "--json", *controller.run_args()]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=controller.env, cwd=controller.tmp, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["level"] == 0  # full_every 0s: every backup is a full
+        data: dict[str, list[int | None]] = json.loads(out.read_text())
+        return data
+
+    first = recorded(1)
+    assert first["files.tar"] == [None, None, 2]  # nothing known yet; 2 files counted
+    (manifest,) = controller.repo.glob("django/*/*/manifest.json")
+    size = next(o["size"] for o in json.loads(manifest.read_text())["objects"] if o["name"] == "files.tar")
+    assert recorded(2)["files.tar"] == [size, 2, 2]
