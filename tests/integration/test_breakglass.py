@@ -1,0 +1,161 @@
+"""Break-glass blocks run for real: a backup with the harness, the blocks rendered with its
+manifest into Markdown, extracted again and run as written in a clean shell
+(``env -i HOME PATH`` plus the variables the first block names) against the target host; then
+``recipes restore`` onto the same target made fresh again, and both results compared (files:
+bytes, modes, owners; rows; objects)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from recipes import apps, breakglass, config, plan
+from recipes import manifest as mf
+from recipes.recipe import make_params, restore_values, split_options
+from recipes.repository import Repository
+from tests import servers
+from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
+from tests.integration.test_django import pg_rows, seed_postgres
+from tests.integration.world import World
+
+SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
+
+
+def markdown(blocks: list[breakglass.Block]) -> str:
+    """The blocks as the runbook prints them: a heading, a fenced ``sh`` block, how to check."""
+    return "".join(f"### {b.title}\n\n```sh\n{b.script}\n```\n\n{b.check}\n\n" for b in blocks)
+
+
+def restore_plan(
+    world: World, recipe: str, host: str, source: str, sets: list[str]
+) -> tuple[plan.Plan, mf.Manifest]:
+    """What ``recipes restore RECIPE --host HOST --from SOURCE --set ...`` would run, and the
+    manifest of the latest snapshot (as the runbook renders it for ``--snapshot latest``)."""
+    cfg = config.load(str(world.config))
+    r = apps.get(recipe)
+    target, options = split_options(r, config.recipe_values(cfg, recipe, sets), "test")
+    manifest = Repository(str(world.repo)).find(recipe, source)
+    values, _ = restore_values(r, target, manifest.params)
+    params = make_params(r, values, "test")
+    return plan.restore_plan(r, params, host, options=options), manifest
+
+
+def ssh_alias(world: World, host: servers.SshHost, alias: str = "scratch") -> None:
+    """An ssh_config naming the scratch host (``HOST=scratch SSH_CONFIG=...``: ssh reads the
+    passwd entry's home, never $HOME, so the test cannot use ~/.ssh/config)."""
+    d = world.home / ".ssh"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "known_hosts").write_text(host.known_hosts_line() + "\n")
+    (d / "config").write_text(
+        f"Host {alias}\n  HostName {host.address}\n  Port {host.port}\n  User {host.user}\n"
+        f"  IdentityFile {host.key_file}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
+    )
+
+
+def allowed_signers(world: World) -> Path:
+    path = world.home / "allowed_signers"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(breakglass.allowed_signers([Path(f"{world.signing_key}.pub").read_text()]))
+    return path
+
+
+def run_breakglass(
+    world: World, blocks: list[breakglass.Block], tmp: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Every ``sh`` block of the Markdown, in order, as written, in ``env -i HOME PATH bash -euo
+    pipefail`` with only the variables the first block tells the operator to set."""
+    doc = markdown(blocks)
+    (tmp / "runbook.md").write_text(doc)
+    script = tmp / "breakglass.sh"
+    script.write_text("\n".join(SH_BLOCK.findall(doc)))
+    given = {
+        "HOME": str(world.home),
+        "PATH": os.environ["PATH"],
+        "HOST": "scratch",
+        "IDENTITY": str(world.identity),
+        "ALLOWED_SIGNERS": str(allowed_signers(world)),
+        "SSH_CONFIG": str(world.home / ".ssh" / "config"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in given.items()), "bash", "-euo", "pipefail", str(script)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+def _django_state(dst: Path, pg: servers.Postgres, db: str) -> tuple[Any, ...]:
+    return comparable(dst), sqlite_rows(dst / SQLITE_DB.lstrip("/")), pg_rows(pg, db)
+
+
+def _fresh_target(dst: Path, pg: servers.Postgres, db: str) -> None:
+    subprocess.run(["rm", "-rf", str(dst)], check=True)
+    pg.psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);')
+    # pg_dumpall carried the source's postgres password: give the target its own back
+    pg.psql(f"ALTER ROLE postgres PASSWORD '{pg.password}';")
+
+
+def test_django_breakglass_equals_recipes_restore_for_a_chain(
+    world: World,
+    site: tuple[str, Path, Path],
+    pg_source: servers.Postgres,
+    pg_target: servers.Postgres,
+    fresh_pg_db: str,
+    ssh_target: servers.SshHost,
+    tmp_path: Path,
+) -> None:
+    """A full and an incremental (a file added, one deleted): the blocks extract both archives,
+    full first, load PostgreSQL and SQLite, and leave what ``recipes restore`` leaves."""
+    root, src, dst = site
+    seed_tree(src)
+    seed_postgres(pg_source, fresh_pg_db)
+    sets = ["--set", f"root={root}", "--set", "postgres=true", "--set", f'sqlite=["{SQLITE_DB}"]']
+    world.cli("run", "django", "--host", "source", *sets, check=True)
+    (src / "srv/data/added.txt").write_bytes(b"added after the full\n")
+    (src / "etc/hostname").unlink()
+    inc = json.loads(world.cli("--json", "run", "django", "--host", "source", *sets, check=True).stdout)
+    assert inc["level"] == 1
+
+    p, manifest = restore_plan(world, "django", "target", "source", [s for s in sets if s != "--set"])
+    blocks = breakglass.blocks(p, str(world.repo), manifest)
+    ssh_alias(world, ssh_target)
+    try:
+        done = run_breakglass(world, blocks, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count('Good "recipes-manifest" signature') == 2  # the full and the incremental
+        assert (dst / "srv/data/added.txt").exists() and not (dst / "etc/hostname").exists()
+        by_hand = _django_state(dst, pg_target, fresh_pg_db)
+        assert by_hand[0] == comparable(src)
+
+        _fresh_target(dst, pg_target, fresh_pg_db)
+        world.cli("restore", "django", "--host", "target", "--from", "source", *sets, check=True)
+        assert _django_state(dst, pg_target, fresh_pg_db) == by_hand
+    finally:
+        _fresh_target(dst, pg_target, fresh_pg_db)
+
+
+def test_a_damaged_object_stops_the_blocks_before_the_host_is_touched(
+    world: World, site: tuple[str, Path, Path], ssh_target: servers.SshHost, tmp_path: Path
+) -> None:
+    root, src, dst = site
+    seed_tree(src)
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    world.cli("run", "django", "--host", "source", *sets, check=True)
+    p, manifest = restore_plan(world, "django", "target", "source", [s for s in sets if s != "--set"])
+    blocks = breakglass.blocks(p, str(world.repo), manifest)
+    ssh_alias(world, ssh_target)
+    (stored,) = world.repo.glob("django/source/*/files.tar.zst.age")
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, other bytes
+    stored.write_bytes(bytes(data))
+    done = run_breakglass(world, blocks, tmp_path)
+    assert done.returncode != 0
+    assert "files.tar.zst.age: FAILED" in done.stdout
+    assert not dst.exists()  # nothing reached the host
