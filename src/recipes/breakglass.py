@@ -270,7 +270,7 @@ class _Writer:
                 if _remote_s3(obj.path):
                     lines.append(f'rclone copyto {sh(_rclone_path(obj.path, "repo"))} "{local}"')
                 else:
-                    lines.append(f'cp -- {sh(obj.path)} "{local}"')
+                    lines.append(f'cp -- {sh(obj.path.removeprefix("file://"))} "{local}"')
                 lines.append(f'grep -qF \'"sha256": "{obj.sha256}"\' "$S{last}/manifest.json"  # {obj.name}')
                 lines.append(
                     f'test "$(wc -c < "{local}")" -eq {obj.size} || '
@@ -445,7 +445,7 @@ class _Writer:
         """Pushed on the list the exit trap runs; run-time values filled in now, as the
         interpreter fills them when it registers the undo."""
         *fill, ssh = self._ssh(op.command, stdin=False)
-        cond = "" if op.on == "always" else '[ "$rc" -ne 0 ] || '
+        cond = "" if op.on == "always" else '[ "$rc" -eq 0 ] || '
         if fill:
             push = [*fill, f'undo "$(printf \'%sssh -n "$HOST" %q\' {sh(cond)} "$c")"']
         else:

@@ -10,17 +10,27 @@ import json
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 from recipes import apps, breakglass, config, plan
 from recipes import manifest as mf
+from recipes.apps.dss import CATEGORIES
 from recipes.recipe import make_params, restore_values, split_options
 from recipes.repository import Repository
 from tests import servers
+from tests.integration import standins
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.test_django import pg_rows, seed_postgres
-from tests.integration.world import World
+from tests.integration.standins import Site
+from tests.integration.test_dss import USER as DSS_USER
+from tests.integration.test_dss import dss_sets, event_names, skip_for
+from tests.integration.test_dss import running as dss_running
+from tests.integration.test_looker import ki_args, without_dir_mtimes
+from tests.integration.test_looker import status as looker_status
+from tests.integration.test_standins import ok
+from tests.integration.world import World, fingerprint
 
 SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 
@@ -159,3 +169,122 @@ def test_a_damaged_object_stops_the_blocks_before_the_host_is_touched(
     assert done.returncode != 0
     assert "files.tar.zst.age: FAILED" in done.stdout
     assert not dst.exists()  # nothing reached the host
+
+
+def _sets(args: list[str]) -> list[str]:
+    """``--set k=v ...`` as the ``k=v`` items ``config.recipe_values`` reads."""
+    return [a for a in args if a != "--set"]
+
+
+def test_looker_keystore_independent_breakglass_equals_recipes_restore(
+    world: World,
+    site: tuple[str, Path, Path],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    tmp_path: Path,
+) -> None:
+    """Quiesce (stop if running, start at exit), the home and /etc/init.d/looker from the
+    repository, the backup key file from its key store, start and health check."""
+    path, src, dst = site
+    dst.mkdir(exist_ok=True)
+    src_site, dst_site = Site(src, path), Site(dst, path)
+    standins.ensure_user("looker")
+    cmk = "cmk-" + uuid.uuid4().hex
+    lk = standins.install_looker(src_site, user="looker", cmk=cmk)
+    try:
+        ok(ssh_source, lk.command("start"))
+        args = ki_args(lk, tmp_path / "key-store")
+        world.cli("run", "looker", "--host", "source", *args, check=True)
+        p, manifest = restore_plan(world, "looker", "target", "source", _sets(args))
+        blocks = breakglass.blocks(p, str(world.repo), manifest)
+        assert manifest.external and cmk not in markdown(blocks)
+        ssh_alias(world, ssh_target)
+        done = run_breakglass(world, blocks, tmp_path)
+        assert done.returncode == 0, done.stderr
+        by_hand = _looker_state(ssh_target, dst_site, lk)
+        assert by_hand[-1] == 0  # the blocks started it and the health check passed
+
+        standins.stop_processes(path)
+        subprocess.run(["rm", "-rf", str(dst)], check=True)
+        dst.mkdir()
+        world.cli("restore", "looker", "--host", "target", "--from", "source", *args, check=True)
+        again = _looker_state(ssh_target, dst_site, lk)
+        assert _differing(again[0], by_hand[0]) == [] and again[1:] == by_hand[1:]
+    finally:
+        standins.stop_processes(path)
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The entries two fingerprints disagree on (readable where ``==`` on dicts is not)."""
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _looker_state(host: servers.SshHost, dst: Site, lk: standins.LookerInstall) -> tuple[Any, ...]:
+    home = dst.local_path(lk.home)
+    # the key file is written when it is fetched (its mtime is then): compared on its own
+    skip = (*standins.LOOKER_EXCLUDED, "looker/log", "looker/.deploying", "looker/.tmp", "looker/looker-backup.key")
+    key = home / "looker/looker-backup.key"
+    return (
+        without_dir_mtimes(fingerprint(home, skip)),
+        dst.local_path(lk.initd).read_bytes(),
+        key.read_bytes(),
+        (oct(key.stat().st_mode), key.stat().st_uid, key.stat().st_gid),
+        looker_status(host, lk),
+    )
+
+
+def test_dss_pristine_breakglass_equals_recipes_restore(
+    world: World,
+    site: tuple[str, Path, Path],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    tmp_path: Path,
+) -> None:
+    """The version guard (the snapshot's fact), DSS stopped if running, DATA_DIR moved aside
+    (named by the run), the archive, DSS started: as ``recipes restore`` does it."""
+    path, src, dst = site
+    dst.mkdir(exist_ok=True)
+    src_site, dst_site = Site(src, path), Site(dst, path)
+    standins.ensure_user(DSS_USER)
+    dss = standins.install_dss(src_site, user=DSS_USER, version="12.6.1")
+    try:
+        ok(ssh_source, dss.dss("start"))
+        world.cli("run", "dss", "--host", "source", *dss_sets(dss), check=True)
+        p, manifest = restore_plan(world, "dss", "target", "source", _sets(dss_sets(dss)))
+        assert manifest.facts["dss_version"] == "12.6.1"
+        blocks = breakglass.blocks(p, str(world.repo), manifest)
+        ssh_alias(world, ssh_target)
+
+        older = standins.install_dss(dst_site, user=DSS_USER, version="11.0.0")
+        refused = run_breakglass(world, blocks, tmp_path)
+        assert refused.returncode == 1 and "refusing: the snapshot is from DSS 12.6.1" in refused.stderr
+        assert not _asides(older.data_path)  # nothing moved, nothing written
+
+        states = []
+        for how in ("breakglass", "recipes"):
+            standins.stop_processes(path)
+            subprocess.run(["rm", "-rf", str(dst)], check=True)
+            dst.mkdir()
+            old = standins.install_dss(dst_site, user=DSS_USER, version="12.6.1")
+            ok(ssh_target, old.dss("start"))
+            before = fingerprint(old.data_path, ("run",))
+            if how == "breakglass":
+                done = run_breakglass(world, blocks, tmp_path)
+                assert done.returncode == 0, done.stderr
+            else:
+                world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss), check=True)
+            assert len(_asides(old.data_path)) == 1, (how, list(old.data_path.parent.iterdir()))
+            (aside,) = _asides(old.data_path)
+            assert fingerprint(aside, ("run",)) == before  # the old content kept aside
+            skip = (*skip_for(CATEGORIES["temporary"].folders), "run")
+            restored = fingerprint(old.data_path, skip)
+            assert restored == fingerprint(dss.data_path, skip)
+            states.append((restored, dss_running(ssh_target, old), event_names(old)[-2:]))
+        assert states[0] == states[1]
+        assert states[0][1] and states[0][2] == ["dss-stopped", "dss-started"]
+    finally:
+        standins.stop_processes(path)
+
+
+def _asides(data_path: Path) -> list[Path]:
+    return sorted(data_path.parent.glob(f"{data_path.name}.before-restore-*"))
