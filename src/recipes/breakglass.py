@@ -131,8 +131,8 @@ class _Writer:
                 title = f"{i}. {kind(step)} {step.name}" + (f": {step.about}" if step.about else "")
                 checks.insert(0, "the block ends without an error")
                 steps.append(Block(title, "\n".join(lines), "; ".join(checks)))
-        verify = self._verify(reads)
-        out = [self._setup(), verify]
+        self.from_repo = bool(reads) or self._fetches_keys()
+        out = [self._setup(), *([self._verify(reads)] if self.from_repo else [])]
         if guards:
             out.append(self._guards(guards))
         return out + steps + [self._done()]
@@ -150,13 +150,16 @@ class _Writer:
             "# Set these before running (never write a secret's value here):",
             f"#   HOST             ssh destination of the host to restore onto (was {self.plan.host};",
             "#                    an alias in ~/.ssh/config for its port, user and key works)",
-            "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
-            "#   ALLOWED_SIGNERS  an allowed-signers file, one line per key of [repository] signers:",
-            f'#                    {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
         ]
-        if self.manifest is None:
+        if self.from_repo:
+            lines += [
+                "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
+                "#   ALLOWED_SIGNERS  an allowed-signers file, one line per key of [repository] signers:",
+                f'#                    {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
+            ]
+        if self.from_repo and self.manifest is None:
             lines.append("#   SNAPSHOT         the snapshot's folder (holding manifest.json)")
-        else:
+        elif self.from_repo:
             where = "the repository: a folder" if not self.s3 else "the repository (an rclone path)"
             lines.append(f"#   REPO             {where}; default {self.repo_url}")
         if self.s3 or any(self._s3_key_store()):
@@ -176,10 +179,12 @@ class _Writer:
             "#   SSH_CONFIG       (optional) an ssh_config file for HOST (its port, user, key, host key)",
             "#   FORCE=yes        (optional) restore over a non-empty target, as --force",
         ]
-        need = ["HOST", "IDENTITY", "ALLOWED_SIGNERS", *(["SNAPSHOT"] if self.manifest is None else [])]
+        need = ["HOST"]
+        if self.from_repo:
+            need += ["IDENTITY", "ALLOWED_SIGNERS", *(["SNAPSHOT"] if self.manifest is None else [])]
         need += [_role_var(r) for r in sorted(self.roles)] + sorted(self.secrets)
         lines += [f': "${{{name}:?set {name} first (see above)}}"' for name in need]
-        if self.manifest is not None:
+        if self.manifest is not None and self.from_repo:
             default = self.repo_url.rstrip("/") if not self.s3 else _rclone_path(self.repo_url, "repo")
             lines.append(f': "${{REPO:={sh(default) if " " in default else default}}}"')
         if self.s3 or any(self._s3_key_store()):
@@ -188,7 +193,8 @@ class _Writer:
                 'export RCLONE_CONFIG_REPO_ENDPOINT="${S3_ENDPOINT:-}"',
             ]
         lines += [
-            "for tool in ssh ssh-keygen sha256sum age zstd tar"
+            "for tool in ssh tar"
+            + (" ssh-keygen sha256sum age zstd" if self.from_repo else "")
             + (" rclone" if self._uses_rclone() else "")
             + (" duplicity gpg gpgconf bunzip2" if self._uses_duplicity() else "")
             + '; do command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }; done',
@@ -562,6 +568,8 @@ class _Writer:
         return lines
 
     def _duplicity(self, op: ops.Transfer, src: ops.DuplicityCollection, dst: ops.HostCommand) -> list[str]:
+        """duplicity + GnuPG on this machine, in a private GNUPGHOME; the passphrase and S3 keys
+        reach duplicity's environment only (``VAR="$OPERATOR_VAR" duplicity ...``, never argv)."""
         from recipes import duplicity
 
         self.secrets.setdefault(src.passphrase_env, "the GnuPG key's passphrase")
@@ -572,50 +580,69 @@ class _Writer:
         if src.aws_secret_env:
             self.secrets.setdefault(src.aws_secret_env, "the collection's S3 secret key")
             env.append(f'AWS_SECRET_ACCESS_KEY="${src.aws_secret_env}"')
-        tmp = '"$WORK/dup"'
-        argv = duplicity.restore_argv(src, "$WORK/dup/restored", work="$WORK/dup")
-        words = " ".join(
-            w if "$WORK" not in w else f'"{w}"' for w in (sh(a) if "$WORK" not in a else a for a in argv)
+        restored = f"$D/{duplicity.RESTORED}"
+        argv = " ".join(
+            f'"{w}"' if w.startswith("$D") else sh(w) for w in duplicity.restore_argv(src, restored, work="$D")
         )
+        gnupg = 'GNUPGHOME="$D/gnupg"'
         lines = [
             f"# {op.what}: duplicity + GnuPG here, in a private GNUPGHOME (your ~/.gnupg is never used)",
-            f"mkdir -m 700 {tmp} {tmp}/gnupg",
-            f"undo 'GNUPGHOME=\"$WORK/dup/gnupg\" gpgconf --kill all'",
-            f'GNUPGHOME="$WORK/dup/gnupg" gpg --batch --import {sh(src.gpg_key_file)}',
-            f'GNUPGHOME="$WORK/dup/gnupg" {" ".join(env)} {words}',
+            'D="$WORK/dup" && mkdir -m 700 "$D" "$D/gnupg" "$D/cache" "$D/tmp"',
+            f"undo '{gnupg} gpgconf --kill all'",
+            f"{gnupg} gpg --batch --import {sh(src.gpg_key_file)}",
+            f"{gnupg} {' '.join(env)} {argv}",
         ]
         if src.unpack == duplicity.UNPACK_DUMPS:
-            lines += self._dumps(src, dst)
-        else:
-            lines.append(
-                f'test -d "$WORK/dup/restored" || {{ echo "duplicity restored a file, not a directory" >&2; exit 1; }}'
-            )
-            source = 'tar -c --format=gnu --numeric-owner -C "$WORK/dup/restored" .'
-            lines += self._pipe(source, dst.command, dst)
-        return lines
-
-    def _dumps(self, src: ops.DuplicityCollection, dst: ops.HostCommand) -> list[str]:
-        """automysqlbackup's ``latest/``: the newest dump per database, each into ``dst``."""
-        pick = " ".join(sh(d) for d in src.databases)
-        lines = [
-            'mkdir "$WORK/dup/x" && tar -x -C "$WORK/dup/x" -f "$WORK/dup/restored"',
-            'cd "$WORK/dup/x/latest"',
-            "for f in $(ls -1 | sed -nE 's/^(daily|weekly|monthly)_(.+)_([0-9-]+_[0-9hm]+[^.]*)\\.sql(\\.bz2)?$/\\2 \\3 &/p' "
-            "| sort -k1,1 -k2,2r | awk '!seen[$1]++ {print $3}'); do",
-            "  db=$(sed -nE 's/^(daily|weekly|monthly)_(.+)_[0-9-]+_[0-9hm]+.*$/\\2/p' <<<\"$f\")",
+            return lines + self._dumps(src, dst, restored)
+        return [
+            *lines,
+            f'test -d "{restored}" || {{ echo "duplicity restored a file, not a directory" >&2; exit 1; }}',
+            *self._pipe(f'tar -c --format=gnu --numeric-owner -C "{restored}" .', dst.command, dst),
         ]
-        if pick:
-            lines.append(f'  case " {pick} " in *" $db "*) ;; *) continue;; esac')
+
+    def _dumps(self, src: ops.DuplicityCollection, dst: ops.HostCommand, restored: str) -> list[str]:
+        """automysqlbackup's ``latest/``: the newest dump per database (daily before weekly before
+        monthly at the same time), each into ``dst`` after CREATE DATABASE / USE (its own USE
+        line wins), as ``recipes.duplicity`` does."""
+        from recipes import duplicity
+
+        name = duplicity.DUMP_NAME.pattern
+        ere = name.replace("(?P<period>", "(").replace("(?P<db>", "(").replace("(?P<date>", "(")
+        ere = ere.replace("(?P<time>", "(").replace("(?P<bz2>", "(").replace(".+?", ".+").replace("(?:", "(")
+        ere = ere.replace(r"\d", "[0-9]")
+        rank = " ".join(f'r["{k}"] = {v};' for k, v in duplicity._PREFER.items())
+        sed = sh(f"s/{ere}/\\2 \\3_\\4 \\1 &/p")
         *before, ssh = self._ssh(dst.command, stdin=True)
         prefix = self._secret_prefix(dst.command)
+        head = (
+            '{ case "$f" in *.bz2) bunzip2 -c -- "$f";; *) cat -- "$f";; esac; } | head -c 65536 '
+            "| grep -m 1 -oE '^USE `([^`]|``)+`;' | sed -E 's/^USE `(.*)`;$/\\1/; s/``/`/g' || true"
+        )
         body = (
-            'printf \'CREATE DATABASE IF NOT EXISTS `%s`;\\nUSE `%s`;\\n\' "$db" "$db"; '
+            "printf 'CREATE DATABASE IF NOT EXISTS `%s`;\\nUSE `%s`;\\n' \"$q\" \"$q\"; "
             'case "$f" in *.bz2) bunzip2 -c -- "$f";; *) cat -- "$f";; esac'
         )
         feed = f"{{ {prefix + '; ' if prefix else ''}{body}; }}"
-        lines += [f"  {x}" for x in before]
+        lines = [
+            f'mkdir "$D/x" && tar -x -C "$D/x" -f "{restored}" && cd "$D/x/latest"',
+            "# the newest dump of each database: by date, time, then daily > weekly > monthly",
+            f"chosen=$(ls -1 | sed -nE {sed} | awk '{{ {rank} print $1, $2 \"_\" r[$3], $4 }}' "
+            "| sort -k1,1 -k2,2r | awk '!seen[$1]++ { print $1, $3 }')",
+            '[ -n "$chosen" ] || { echo "no automysqlbackup dump in latest/" >&2; exit 1; }',
+        ]
+        for db in src.databases:
+            lines.append(
+                f"grep -q ^{sh(db + ' ')} <<<\"$chosen\" || {{ echo {sh(f'no dump of {db} in latest/')} >&2; exit 1; }}"
+            )
+        if src.databases:
+            pattern = "|".join(re.escape(d) for d in src.databases)
+            lines.append(f"chosen=$(grep -E {sh(f'^({pattern}) ')} <<<\"$chosen\")")
         lines += [
-            f'  echo "load $f into $db"',
+            "while read -r db f; do",
+            f"  q=$({head})",
+            '  q=${q:-$db}',
+            '  echo "load $f into database $q"',
+            *(f"  {x}" for x in before),
             f'  {feed} | {ssh} 2> "$WORK/stderr" || {{ cat "$WORK/stderr" >&2; exit 1; }}',
             '  cat "$WORK/stderr" >&2',
         ]
@@ -623,7 +650,7 @@ class _Writer:
             lines.append(
                 f'  if grep -E -- {sh(dst.error_pattern)} "$WORK/stderr" >&2; then echo "load $f failed" >&2; exit 1; fi'
             )
-        return [*lines, "done", 'cd "$OLDPWD"']
+        return [*lines, 'done <<<"$chosen"', 'cd "$WORK"']
 
     def _done(self) -> Block:
         return Block(

@@ -27,10 +27,14 @@ from tests.integration.standins import Site
 from tests.integration.test_dss import USER as DSS_USER
 from tests.integration.test_dss import dss_sets, event_names, skip_for
 from tests.integration.test_dss import running as dss_running
+from tests.integration.test_govuk import DBS, TBZ2, Offsite, _no_secret, empty_target, offsite
+from tests.integration.test_govuk import _rows as govuk_rows
 from tests.integration.test_looker import ki_args, without_dir_mtimes
 from tests.integration.test_looker import status as looker_status
 from tests.integration.test_standins import ok
 from tests.integration.world import World, fingerprint
+
+__all__ = ["empty_target", "offsite"]  # fixtures shared with test_govuk
 
 SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 
@@ -288,3 +292,50 @@ def test_dss_pristine_breakglass_equals_recipes_restore(
 
 def _asides(data_path: Path) -> list[Path]:
     return sorted(data_path.parent.glob(f"{data_path.name}.before-restore-*"))
+
+
+def test_govuk_datastore_breakglass_equals_recipes_restore(
+    world: World,
+    offsite: Offsite,
+    empty_target: servers.MariaDB,
+    ssh_target: servers.SshHost,
+    tmp_path: Path,
+) -> None:
+    """duplicity + GnuPG on this machine (a private GNUPGHOME), the newest dump of each database
+    of automysqlbackup's latest.tbz2 into MySQL on the host; the passphrase and S3 keys from the
+    operator's variables, never written in the blocks."""
+    sets = [*offsite.sets("govuk-datastores"), "--set", f'file_to_restore="/{TBZ2}"']
+    p = _external_plan(world, "govuk-datastore", "target", _sets(sets))
+    blocks = breakglass.blocks(p, str(world.repo))
+    text = markdown(blocks)
+    _no_secret(offsite, text)
+    assert "OFFSITE_PASSPHRASE" in blocks[0].script and "ALLOWED_SIGNERS" not in blocks[0].script
+    ssh_alias(world, ssh_target)
+    env = offsite.env(tmp_path / "controller-tmp")
+    done = run_breakglass(world, blocks, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert "daily_gv_blog_2026-11-17_06h00m.sql.bz2 into database gv_blog" in done.stdout
+    by_hand = _govuk_rows(empty_target)
+    assert by_hand[0] == ["1", "2", "3"] and by_hand[1] == ["4"]
+
+    for name in DBS:
+        empty_target.sql(f"DROP DATABASE IF EXISTS {name}")
+    world.cli("restore", "govuk-datastore", "--host", "target", *sets, env=env, check=True)
+    assert _govuk_rows(empty_target) == by_hand
+
+
+def _govuk_rows(db: servers.MariaDB) -> tuple[list[str], ...]:
+    return (
+        govuk_rows(db, "SELECT id FROM gv_blog.posts ORDER BY id"),
+        govuk_rows(db, "SELECT COUNT(*) FROM gv_white_hall.docs"),
+        govuk_rows(db, "SELECT id, body FROM gv_white_hall.docs ORDER BY id"),
+    )
+
+
+def _external_plan(world: World, recipe: str, host: str, sets: list[str]) -> plan.Plan:
+    """What ``recipes restore RECIPE --host HOST`` runs for a recipe restored from its own
+    source (a duplicity collection: no manifest)."""
+    cfg = config.load(str(world.config))
+    r = apps.get(recipe)
+    target, options = split_options(r, config.recipe_values(cfg, recipe, sets), "test")
+    return plan.restore_plan(r, make_params(r, target, "test"), host, options=options)
