@@ -155,7 +155,7 @@ class _Writer:
             lines += [
                 "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
                 "#   ALLOWED_SIGNERS  an allowed-signers file, one line per key of [repository] signers:",
-                f'#                    {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
+                f'#                  {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
             ]
         if self.from_repo and self.manifest is None:
             lines.append("#   SNAPSHOT         the snapshot's folder (holding manifest.json)")
@@ -189,7 +189,8 @@ class _Writer:
             lines.append(f': "${{REPO:={sh(default) if " " in default else default}}}"')
         if self.s3 or any(self._s3_key_store()):
             lines += [
-                "export RCLONE_CONFIG_REPO_TYPE=s3 RCLONE_CONFIG_REPO_PROVIDER=Other RCLONE_CONFIG_REPO_ENV_AUTH=true",
+                "export RCLONE_CONFIG_REPO_TYPE=s3 RCLONE_CONFIG_REPO_PROVIDER=Other",
+                "export RCLONE_CONFIG_REPO_ENV_AUTH=true  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY",
                 'export RCLONE_CONFIG_REPO_ENDPOINT="${S3_ENDPOINT:-}"',
             ]
         lines += [
@@ -203,7 +204,8 @@ class _Writer:
             "RUN=breakglass-$(date -u +%Y%m%dT%H%M%SZ)  # names what this run leaves aside on the host",
             "UNDO=()  # what recipes runs however a restore ends: run at exit, newest first",
             'undo() { UNDO=("$1" "${UNDO[@]}"); }',
-            'finish() { rc=$?; set +e; for u in "${UNDO[@]}"; do eval "$u"; done; rm -rf "$WORK"; exit "$rc"; }',
+            'finish() { rc=$?; set +e; for u in "${UNDO[@]}"; do eval "$u"; done; rm -rf "$WORK"; '
+            'exit "$rc"; }',
             "trap finish EXIT",
         ]
         return Block(
@@ -360,7 +362,8 @@ class _Writer:
                     else ["if false; then :"]
                 ),
                 f'elif [ "$st" -ne 0 ] || [ -z "$(ver "$found")" ]; then echo {unread} >&2; exit 1',
-                f'elif [ "$(printf \'%s\\n\' "$(ver "$found")" {normal} | sort -V | head -n 1)" != {normal} ]; then '
+                f'elif [ "$(printf \'%s\\n\' "$(ver "$found")" {normal} | sort -V | head -n 1)" '
+                f"!= {normal} ]; then "
                 f"echo {older} >&2; exit 1",
                 "fi",
             ]
@@ -436,7 +439,8 @@ class _Writer:
             lines.append(f"{_var(op.capture)}=$({ssh}){note}")
             if op.secret:
                 lines.append(
-                    f'[ -n "${_var(op.capture)}" ] || {{ echo {sh(f"{op.what} printed nothing")} >&2; exit 1; }}'
+                    f'[ -n "${_var(op.capture)}" ] || '
+                    f"{{ echo {sh(f'{op.what} printed nothing')} >&2; exit 1; }}"
                 )
         elif op.ok_exits is None:
             lines.append(f"{ssh} || true")
@@ -495,7 +499,7 @@ class _Writer:
         if self.manifest is None:
             return [(f'"$SNAPSHOT/{src.name}.zst.age"', None)]
         last = len(self.chain) - 1
-        out = []
+        out: list[tuple[str, mf.Manifest | None]] = []
         for i, m in enumerate(self.chain):
             if not src.chain and i != last:
                 continue
@@ -582,13 +586,16 @@ class _Writer:
             env.append(f'AWS_SECRET_ACCESS_KEY="${src.aws_secret_env}"')
         restored = f"$D/{duplicity.RESTORED}"
         argv = " ".join(
-            f'"{w}"' if w.startswith("$D") else sh(w) for w in duplicity.restore_argv(src, restored, work="$D")
+            f'"{w}"' if w.startswith("$D") else sh(w)
+            for w in duplicity.restore_argv(src, restored, work="$D")
         )
-        gnupg = 'GNUPGHOME="$D/gnupg"'
+        gnupg = 'GNUPGHOME="$G"'
         lines = [
             f"# {op.what}: duplicity + GnuPG here, in a private GNUPGHOME (your ~/.gnupg is never used)",
-            'D="$WORK/dup" && mkdir -m 700 "$D" "$D/gnupg" "$D/cache" "$D/tmp"',
-            f"undo '{gnupg} gpgconf --kill all'",
+            'D="$WORK/dup" && mkdir -m 700 "$D" "$D/cache" "$D/tmp"',
+            "# a short path: gpg-agent's sockets live in GNUPGHOME",
+            f"G=$(mktemp -d {duplicity.SHORT_TMP}/{duplicity.GNUPG_PREFIX}XXXXXX)",
+            f"undo '{gnupg} gpgconf --kill all; rm -rf \"$G\"'",
             f"{gnupg} gpg --batch --import {sh(src.gpg_key_file)}",
             f"{gnupg} {' '.join(env)} {argv}",
         ]
@@ -619,7 +626,7 @@ class _Writer:
             "| grep -m 1 -oE '^USE `([^`]|``)+`;' | sed -E 's/^USE `(.*)`;$/\\1/; s/``/`/g' || true"
         )
         body = (
-            "printf 'CREATE DATABASE IF NOT EXISTS `%s`;\\nUSE `%s`;\\n' \"$q\" \"$q\"; "
+            'printf \'CREATE DATABASE IF NOT EXISTS `%s`;\\nUSE `%s`;\\n\' "$q" "$q"; '
             'case "$f" in *.bz2) bunzip2 -c -- "$f";; *) cat -- "$f";; esac'
         )
         feed = f"{{ {prefix + '; ' if prefix else ''}{body}; }}"
@@ -632,15 +639,16 @@ class _Writer:
         ]
         for db in src.databases:
             lines.append(
-                f"grep -q ^{sh(db + ' ')} <<<\"$chosen\" || {{ echo {sh(f'no dump of {db} in latest/')} >&2; exit 1; }}"
+                f'grep -q ^{sh(db + " ")} <<<"$chosen" || '
+                f"{{ echo {sh(f'no dump of {db} in latest/')} >&2; exit 1; }}"
             )
         if src.databases:
             pattern = "|".join(re.escape(d) for d in src.databases)
-            lines.append(f"chosen=$(grep -E {sh(f'^({pattern}) ')} <<<\"$chosen\")")
+            lines.append(f'chosen=$(grep -E {sh(f"^({pattern}) ")} <<<"$chosen")')
         lines += [
             "while read -r db f; do",
             f"  q=$({head})",
-            '  q=${q:-$db}',
+            "  q=${q:-$db}",
             '  echo "load $f into database $q"',
             *(f"  {x}" for x in before),
             f'  {feed} | {ssh} 2> "$WORK/stderr" || {{ cat "$WORK/stderr" >&2; exit 1; }}',
@@ -648,7 +656,8 @@ class _Writer:
         ]
         if dst.error_pattern:
             lines.append(
-                f'  if grep -E -- {sh(dst.error_pattern)} "$WORK/stderr" >&2; then echo "load $f failed" >&2; exit 1; fi'
+                f'  if grep -E -- {sh(dst.error_pattern)} "$WORK/stderr" >&2; then '
+                'echo "load $f failed" >&2; exit 1; fi'
             )
         return [*lines, 'done <<<"$chosen"', 'cd "$WORK"']
 

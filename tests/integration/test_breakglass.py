@@ -22,8 +22,8 @@ from recipes.repository import Repository
 from tests import servers
 from tests.integration import standins
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
-from tests.integration.test_django import pg_rows, seed_postgres
 from tests.integration.standins import Site
+from tests.integration.test_django import pg_rows, seed_postgres
 from tests.integration.test_dss import USER as DSS_USER
 from tests.integration.test_dss import dss_sets, event_names, skip_for
 from tests.integration.test_dss import running as dss_running
@@ -226,7 +226,13 @@ def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any
 def _looker_state(host: servers.SshHost, dst: Site, lk: standins.LookerInstall) -> tuple[Any, ...]:
     home = dst.local_path(lk.home)
     # the key file is written when it is fetched (its mtime is then): compared on its own
-    skip = (*standins.LOOKER_EXCLUDED, "looker/log", "looker/.deploying", "looker/.tmp", "looker/looker-backup.key")
+    skip = (
+        *standins.LOOKER_EXCLUDED,
+        "looker/log",
+        "looker/.deploying",
+        "looker/.tmp",
+        "looker/looker-backup.key",
+    )
     key = home / "looker/looker-backup.key"
     return (
         without_dir_mtimes(fingerprint(home, skip)),
@@ -276,7 +282,9 @@ def test_dss_pristine_breakglass_equals_recipes_restore(
                 done = run_breakglass(world, blocks, tmp_path)
                 assert done.returncode == 0, done.stderr
             else:
-                world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss), check=True)
+                world.cli(
+                    "restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss), check=True
+                )
             assert len(_asides(old.data_path)) == 1, (how, list(old.data_path.parent.iterdir()))
             (aside,) = _asides(old.data_path)
             assert fingerprint(aside, ("run",)) == before  # the old content kept aside
