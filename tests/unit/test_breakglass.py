@@ -1,0 +1,118 @@
+"""Break-glass blocks without hosts: no secret value in any block of any recipe, a chain's
+archives listed full first with the real names, sizes and sums, and the remote command line
+exactly the one ``recipes`` sends (``Command.wire``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from recipes import apps, breakglass, ops
+from recipes import manifest as mf
+from recipes.model import Command, Secret
+from recipes.plan import restore_plan
+from recipes.recipe import make_params
+
+SENTINEL = "sentinel-SECRET-4711"
+SECRET_ENVS = ("MYSQL_ROOT_PASSWORD", "PGPASSWORD", "GOVUK_OFFSITE_PASSPHRASE", "DB_PASSWORD")
+
+RECIPE_VALUES: dict[str, list[dict[str, object]]] = {
+    "django": [
+        {"root": "/srv/x", "postgres": {"password_env": "PGPASSWORD"}, "sqlite": ["/var/opt/a.db"]},
+        {"root": "/", "mysql": {"password_env": "MYSQL_ROOT_PASSWORD"}},
+    ],
+    "looker": [{}],
+    "dss": [{}],
+    "deis": [{"gateway": "http://deis-store.example"}],
+    "govuk-datastore": [{}],
+    "govuk-assets": [{}],
+}
+
+
+def _manifest(snapshot: str, level: int, parent: str | None, names: list[str]) -> mf.Manifest:
+    objects = tuple(
+        mf.StoredObject(n, "files", f"{n}.zst.age", 100 + i, f"{snapshot[-1]}{i:063x}")
+        for i, n in enumerate(names)
+    )
+    return mf.Manifest(
+        snapshot, "django", "web1", "2026-11-22T10:15:00Z", "2026-11-22T10:16:00Z", {}, objects,
+        level=level, parent=parent,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("recipe", "values"), [(r, v) for r, vs in RECIPE_VALUES.items() for v in vs], ids=lambda x: str(x)[:20]
+)
+def test_no_secret_value_in_any_block(
+    recipe: str, values: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for env in SECRET_ENVS:
+        monkeypatch.setenv(env, SENTINEL)
+    r = apps.get(recipe)
+    plan = restore_plan(r, make_params(r, values, "test"), "web2")
+    text = "\n".join(
+        f"{b.title}\n{b.script}\n{b.check}" for b in breakglass.blocks(plan, "/var/backups/recipes")
+    )
+    assert SENTINEL not in text
+    assert "ssh" in text
+
+
+def test_a_secret_reaches_the_host_on_stdin_named_in_the_first_block() -> None:
+    r = apps.get("django")
+    plan = restore_plan(r, make_params(r, RECIPE_VALUES["django"][0], "test"), "web2")
+    blocks = breakglass.blocks(plan, "/repo")
+    assert ': "${PGPASSWORD:?' in blocks[0].script
+    load = next(b for b in blocks if "load postgresql" in b.title).script
+    assert "{ printf '%s\\n' \"$PGPASSWORD\"; age -d" in load  # a bash builtin: never in argv
+
+
+def test_a_chain_lists_every_archive_full_first_with_its_real_sum() -> None:
+    r = apps.get("django")
+    plan = restore_plan(r, make_params(r, {"root": "/srv/x", "sqlite": ["/var/opt/a.db"]}, "test"), "web2")
+    dump = "dumps/sqlite-var-opt-a.db.sql"
+    full = _manifest("20261122T101500Z-aaaaa0", 0, None, ["files.tar", "files.snar", dump])
+    inc1 = _manifest("20261123T101500Z-bbbbb1", 1, full.snapshot, ["files.tar", "files.snar", dump])
+    inc2 = _manifest("20261124T101500Z-ccccc2", 2, inc1.snapshot, ["files.tar", "files.snar", dump])
+    blocks = breakglass.blocks(plan, "/repo", inc2, chain=[full, inc1, inc2])
+    verify, extract = blocks[1].script, next(b for b in blocks if "extract files" in b.title).script
+    for i, m in enumerate((full, inc1, inc2)):
+        files = m.object("files.tar")
+        assert files is not None
+        assert f'S{i}="$REPO/django/web1/{m.snapshot}"' in verify
+        assert f"{files.sha256}  $S{i}/files.tar.zst.age" in verify
+        assert f"-eq {files.size} ||" in verify
+    reads = [line for line in extract.splitlines() if line.startswith("age -d")]
+    assert [r.split('"')[3] for r in reads] == [f"$S{i}/files.tar.zst.age" for i in range(3)]
+    full_line, *incrementals = [line for line in extract.splitlines() if line.startswith("age -d")]
+    assert "--listed-incremental=/dev/null" not in full_line
+    assert all("--listed-incremental=/dev/null" in line for line in incrementals)
+    # the dump comes from the restored snapshot alone
+    (sqlite,) = [b for b in blocks if "load sqlite" in b.title]
+    assert '"$S2/dumps/sqlite-var-opt-a.db.sql.zst.age"' in sqlite.script
+    assert "$S0/dumps" not in verify and "$S1/dumps" not in verify
+
+
+def test_the_remote_line_is_the_one_recipes_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PW", SENTINEL)
+    for command in (
+        Command("psql -X"),
+        Command('PGPASSWORD="$PGPASSWORD" psql', (("PGPASSWORD", Secret("PW")),)),
+        Command("psql -X", (("A", Secret("PW")),), user="postgres"),
+    ):
+        line, stdin = command.wire()
+        assert breakglass.remote_line(command) == line
+        assert SENTINEL.encode() in stdin or not command.secrets
+
+
+def test_the_allowed_signers_lines_name_the_identity_and_namespace() -> None:
+    text = breakglass.allowed_signers(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ tests@controller"])
+    assert text == 'recipes namespaces="recipes-manifest" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ\n'
+
+
+def test_a_guard_refuses_before_any_step() -> None:
+    r = apps.get("django")
+    plan = restore_plan(r, make_params(r, {"root": "/srv/x"}, "test"), "web2")
+    blocks = breakglass.blocks(plan, "/repo")
+    (guards,) = [i for i, b in enumerate(blocks) if b.title.startswith("Refuse early")]
+    first_step = next(i for i, b in enumerate(blocks) if b.title.startswith("1."))
+    assert guards < first_step and "exit 1" in blocks[guards].script
+    assert isinstance(next(op for op in plan.ops() if isinstance(op, ops.Guard)).verdict, ops.MustBeEmpty)
