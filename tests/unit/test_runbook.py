@@ -223,7 +223,7 @@ def test_snapshot_runbook_fills_in_the_verified_manifests_objects(tmp_path: Path
     assert f"Snapshot `{m.snapshot}`" in text
     assert f"recipes restore django --host web1 --snapshot {m.snapshot}" in text
     # the break-glass blocks get the snapshot's real folder (from the manifest)
-    assert f"{repo_dir}/django/web1/{m.snapshot}" in text
+    assert f'"${{REPO:={repo_dir}}}"' in text and f'"$REPO/django/web1/{m.snapshot}"' in text
     # content parameters come from the snapshot, as restore takes them
     assert "`/tmp` (under /srv/site)" in text and "/var/lib/postgresql" not in text.split("## Prereq")[0]
 
