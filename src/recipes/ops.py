@@ -197,9 +197,6 @@ class HostCommand:
     def describe(self) -> str:
         return f"$ {self.command.masked()}"
 
-    def shell(self) -> str:
-        return self.command.masked()
-
 
 @attrs.frozen
 class SnapshotObject:
@@ -213,9 +210,6 @@ class SnapshotObject:
 
     def describe(self) -> str:
         return f"{self.name}.zst.age"
-
-    def shell(self) -> str:
-        return f'age -d -i "$IDENTITY" "$SNAPSHOT/{self.name}.zst.age" | zstd -d'
 
 
 @attrs.frozen
@@ -232,9 +226,6 @@ class KeyStore:
 
     def describe(self) -> str:
         return self.location("<recipe>", "<host>", "<snapshot>") + " (zstd + age, apart from the repository)"
-
-    def shell(self) -> str:
-        return f'age -d -i "$IDENTITY" "$KEY_STORE/{self.name}.zst.age" | zstd -d'
 
 
 @attrs.frozen
@@ -269,11 +260,6 @@ class DuplicityCollection:
         at = f"as of --time {self.time}" if self.time else "its newest backup set"
         return f"duplicity {self.url} {self.file_to_restore} ({at}; duplicity + GnuPG on the controller)"
 
-    def shell(self) -> str:
-        from recipes import duplicity
-
-        return " ".join(duplicity.restore_argv(self, "$TMP/restored", masked=True))
-
 
 @attrs.frozen
 class Bucket:
@@ -290,9 +276,6 @@ class Bucket:
     def describe(self) -> str:
         access, secret = self.key_values
         return f"s3://{self.bucket} on {self.gateway} (keys {{{{{access}}}}}, {{{{{secret}}}}})"
-
-    def shell(self) -> str:
-        return f"s3cmd sync s3://{self.bucket} . # host_base {self.gateway}, the captured keys"
 
 
 Endpoint: TypeAlias = HostCommand | SnapshotObject | KeyStore | Bucket | DuplicityCollection
