@@ -1,0 +1,161 @@
+"""Restore drills of the other recipes over real SSH, with their stand-ins: back up on ``source``,
+drill onto ``target`` (exit 0, the record signed and listed, the recipe's health checks run and
+passed), then damage the restored copy in the ``after_restore`` hook and see the drill fail
+(exit 3) naming the check. The harnesses are the recipes' own tests'; the drill helpers
+``test_drill``'s. Each drill's RTO is printed at the end (``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recipes.errors import VerifyError
+from recipes.hosts import Host
+from recipes.repository import Repository
+from tests import servers
+from tests.integration import standins
+from tests.integration.standins import Site
+from tests.integration.test_drill import RTO, _report_rto, drill_in_process, records
+from tests.integration.test_dss import dss_sets, running
+from tests.integration.test_dss_restore import dss_user, on_target, sites
+from tests.integration.test_looker import looker_args, looker_user, mysql_set, seed_mysql, status
+from tests.integration.test_standins import ok
+from tests.integration.world import World
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["_report_rto", "dss_user", "looker_user", "sites"]  # fixtures used by name
+
+
+def checks_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in record["checks"]}
+
+
+def drill_cli(world: World, recipe: str, *sets: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``recipes --json drill RECIPE --host source --to-host target SETS``: exit 0, its record."""
+    got = world.cli("--json", "drill", recipe, "--host", "source", "--to-host", "target", *sets, env=env)
+    assert got.returncode == 0, got.stderr
+    record: dict[str, Any] = json.loads(got.stdout)
+    assert record["passed"] is True and record["host"] == "source" and record["scratch"] == "target"
+    assert not [c for c in record["checks"] if not c["ok"]], record["checks"]
+    return record
+
+
+def listed_once(world: World, recipe: str, *, passed: bool) -> None:
+    """Exactly one drill record of ``recipe``, verified (signed by the configured signer)."""
+    listed = records(world, recipe)
+    assert len(listed) == 1 and listed[0]["verified"] is True and listed[0]["passed"] is passed, listed
+
+
+def sampled(world: World, recipe: str, obj: str, outside: str = "") -> str:
+    """The first sampled path (as the archive names it) of ``obj`` in the newest snapshot, not
+    under ``outside`` (a folder the drill does not compare)."""
+    manifest = Repository(str(world.repo)).find(recipe, "source")
+    found = manifest.object(obj)
+    assert found is not None and found.facts.get("sample"), obj
+    paths = [p for p in sorted(found.facts["sample"]) if not (outside and p.startswith(outside))]
+    return str(paths[0])
+
+
+def drill_failing(world: World, recipe: str, sets: list[str], damage: Any, **kw: Any) -> str:
+    """``drill.run`` with the damage hook: VerifyError (exit 3); returns its message."""
+    with pytest.raises(VerifyError) as failed:
+        drill_in_process(world, recipe, "source", "target", sets=sets[1::2], after_restore=damage, **kw)
+    assert failed.value.exit_code == 3
+    return str(failed.value)
+
+
+# --------------------------------------------------------------------------- dss
+
+
+def test_dss_drill_passes_with_dss_status_then_fails_naming_a_deleted_file(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    src_site, dst_site = sites
+    dss = standins.install_dss(src_site, user=dss_user)
+    kit = standins.install_dss_kit(dst_site)
+    ok(ssh_source, dss.dss("start"))
+    sets = dss_sets(dss)
+    world.cli("run", "dss", "--host", "source", *sets, check=True)
+
+    record = drill_cli(world, "dss", *sets)
+    got = checks_of(record)
+    # dss status ran on the scratch host after the restore and said RUNNING
+    assert got["dss status"]["ok"] and got["dss status"]["found"].startswith("exit 0: dss: RUNNING pid ")
+    assert running(ssh_target, on_target(dst_site, kit, dss.data_dir))
+    # DSS's start writes its logs in run/ (backed up): the count is a range, bytes not compared
+    assert got["files.tar files"]["ok"] and "written since the restore under" in got["files.tar files"]["found"]
+    assert got["files.tar sample"]["ok"] and "skipped" not in got["files.tar sample"]
+    RTO["dss"] = record["rto_seconds"]
+    listed_once(world, "dss", passed=True)
+    ok(ssh_target, on_target(dst_site, kit, dss.data_dir).dss("stop"))
+
+    member = sampled(world, "dss", "files.tar", outside="./run/")
+
+    def damage(host: Host) -> None:
+        (dst_site.local_path(dss.data_dir) / member).unlink()
+
+    message = drill_failing(world, "dss", sets, damage)
+    assert "failed check files.tar sample" in message and f"{member} missing" in message
+    second = records(world, "dss")[-1]
+    assert second["verified"] and second["passed"] is False
+    sample = checks_of(second)["files.tar sample"]
+    assert not sample["ok"] and f"{member} missing" in sample["found"]
+
+
+# --------------------------------------------------------------------------- looker
+
+
+def test_looker_drill_runs_status_and_health_check_then_fails_naming_a_dropped_table(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    looker_user: str,
+    mariadb_source: servers.MariaDB,
+    mariadb_target: servers.MariaDB,
+    fresh_mariadb_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src_site, _dst_site = sites
+    db = fresh_mariadb_db
+    seed_mysql(mariadb_source, db)
+    lk = standins.install_looker(src_site, user=looker_user)
+    ok(ssh_source, lk.command("start"))
+    env = {"SRC_MYSQL_PW": mariadb_source.root_password, "TGT_MYSQL_PW": mariadb_target.root_password}
+    src = looker_args(lk, *mysql_set(mariadb_source, db, "SRC_MYSQL_PW"))
+    world.cli("run", "looker", "--host", "source", *src, env=env, check=True)
+    # the scratch side: the target's own MariaDB (the source's would be refused)
+    dst = looker_args(lk, *mysql_set(mariadb_target, db, "TGT_MYSQL_PW"))
+    mariadb_target.sql(f"DROP DATABASE IF EXISTS `{db}`")
+    try:
+        record = drill_cli(world, "looker", *dst, env=env)
+        got = checks_of(record)
+        running = "exit 0: Status:Looker Web Application running"
+        assert got["looker status"]["ok"] and got["looker status"]["found"] == running
+        assert got["health_check"]["ok"] and got["health_check"]["found"] == running
+        assert got[f"dumps/mysql.sql rows {db}.user"]["found"] == "2"
+        assert got[f"dumps/mysql.sql rows {db}.look"]["found"] == "1"
+        assert got["files.tar sample"]["ok"] and "skipped" not in got["files.tar sample"]
+        assert got["files.tar files"]["ok"] and "skipped" not in got["files.tar files"]
+        assert status(ssh_target, lk) == 0
+        RTO["looker"] = record["rto_seconds"]
+        listed_once(world, "looker", passed=True)
+
+        def damage(host: Host) -> None:
+            mariadb_target.sql(f"DROP TABLE `{db}`.look")
+
+        monkeypatch.setenv("TGT_MYSQL_PW", mariadb_target.root_password)  # drill.run reads it in process
+        message = drill_failing(world, "looker", dst, damage, force=True)
+        assert f"failed check dumps/mysql.sql rows {db}.look: expected 1, found missing" in message
+        assert records(world, "looker")[-1]["passed"] is False
+    finally:
+        mariadb_target.sql(f"DROP DATABASE IF EXISTS `{db}`")
