@@ -232,6 +232,32 @@ def failed(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in record["checks"] if not c["ok"]]
 
 
+def external_row_checks(
+    r: Recipe, params: Any, manifest: mf.Manifest | None, host: Host, snapshot: str
+) -> list[dict[str, Any]]:
+    """Rows per table of what a restore from outside the repository loaded (govuk-datastore's
+    duplicity collection), against the row counts the newest trusted manifest of ``recipes run``
+    recorded for the source, through the recipe's ``drill_dumps(params, facts)``: each dump the
+    restore loads as a dump object with ``rows`` facts and its count command, or why not."""
+    method = getattr(r, "drill_dumps", None)
+    if method is None:
+        return []
+    if manifest is None:
+        why = f"no trusted {r.name} manifest of the source in the repository (recipes run records row counts)"
+        return [skipped("rows", "row counts", why)]
+    if snapshot != "latest":
+        why = f"--snapshot {snapshot}: the newest manifest ({manifest.snapshot}) counts the newest backup"
+        return [skipped("rows", "row counts", why)]
+    got = method(params, dict(manifest.facts))
+    if isinstance(got, str):
+        return [skipped("rows", "row counts", f"{got} (manifest {manifest.snapshot})")]
+    out: list[dict[str, Any]] = []
+    for obj, count in got:
+        result = run_on(host, count(tuple(obj.facts.get("rows", {}))))
+        out += row_checks(obj, parse_counts(result.stdout))
+    return out
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -588,7 +614,7 @@ def _drill(
         if after_restore is not None:
             after_restore(live)
         hosts = {**roles, "main": [live]}
-        checks = _checks(r, p, params, manifest, hosts, start, external)
+        checks = _checks(r, p, params, manifest, hosts, start, external, snapshot)
     record.update(
         finished=_now().strftime(TIME),
         passed=error is None and not failed({"checks": checks}),
@@ -619,6 +645,7 @@ def _checks(
     hosts: dict[str, list[Host]],
     start: str,
     external: bool,
+    snapshot: str = "latest",
 ) -> list[dict[str, Any]]:
     """Every check of a finished restore, each command read-only."""
     from recipes.recipe import drill_checks, drill_rewrites
@@ -650,6 +677,8 @@ def _checks(
                 continue
             result = run_on(hosts["main"][0], step.count(tuple(rows)))
             out += row_checks(obj, parse_counts(result.stdout))
+    if external:
+        out += external_row_checks(r, params, manifest, hosts["main"][0], snapshot)
     for c in drill_checks(r, params):
         for host in hosts.get(c.role, []):
             result = run_on(host, c.command)

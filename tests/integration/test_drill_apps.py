@@ -22,13 +22,21 @@ from tests.integration.standins import Site
 from tests.integration.test_drill import RTO, _report_rto, drill_in_process, records
 from tests.integration.test_dss import dss_sets, running
 from tests.integration.test_dss_restore import dss_user, on_target, sites
+from tests.integration.test_govuk import TBZ2, Offsite, empty_target, offsite
 from tests.integration.test_looker import looker_args, looker_user, mysql_set, seed_mysql, status
 from tests.integration.test_standins import ok
 from tests.integration.world import World
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["_report_rto", "dss_user", "looker_user", "sites"]  # fixtures used by name
+__all__ = [
+    "_report_rto",
+    "dss_user",
+    "empty_target",
+    "looker_user",
+    "offsite",
+    "sites",
+]  # fixtures used by name
 
 
 def checks_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -92,7 +100,8 @@ def test_dss_drill_passes_with_dss_status_then_fails_naming_a_deleted_file(
     assert got["dss status"]["ok"] and got["dss status"]["found"].startswith("exit 0: dss: RUNNING pid ")
     assert running(ssh_target, on_target(dst_site, kit, dss.data_dir))
     # DSS's start writes its logs in run/ (backed up): the count is a range, bytes not compared
-    assert got["files.tar files"]["ok"] and "written since the restore under" in got["files.tar files"]["found"]
+    files = got["files.tar files"]
+    assert files["ok"] and "written since the restore under" in files["found"], files
     assert got["files.tar sample"]["ok"] and "skipped" not in got["files.tar sample"]
     RTO["dss"] = record["rto_seconds"]
     listed_once(world, "dss", passed=True)
@@ -159,3 +168,63 @@ def test_looker_drill_runs_status_and_health_check_then_fails_naming_a_dropped_t
         assert records(world, "looker")[-1]["passed"] is False
     finally:
         mariadb_target.sql(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+# --------------------------------------------------------------------------- govuk-datastore
+
+
+def test_govuk_datastore_drill_compares_rows_with_the_run_manifest_then_fails_naming_a_dropped_table(
+    world: World,
+    offsite: Offsite,
+    mariadb_source: servers.MariaDB,
+    empty_target: servers.MariaDB,
+    site: tuple[str, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``recipes run govuk-datastore`` adds a set to the collection and a signed manifest; the
+    drill restores the collection's newest set into the target's MariaDB and compares its tables
+    with the manifest's row counts when the run recorded them (else says why it did not). The
+    drill reads without sign_key: the collection's first sets are GOV.UK's unsigned ones."""
+    path, _src, _dst = site
+    mariadb_source.sql("DROP DATABASE IF EXISTS gv_blog; CREATE DATABASE gv_blog")
+    mariadb_source.sql("CREATE TABLE gv_blog.posts (id INT PRIMARY KEY, title TEXT)")
+    mariadb_source.sql("INSERT INTO gv_blog.posts VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'run')")
+    sets = [
+        *offsite.sets("govuk-datastores"),
+        "--set", f'file_to_restore="{TBZ2}"',
+        "--set", 'databases=["gv_blog"]',
+    ]  # fmt: skip
+    keys = ["--set", f'encrypt_key="{offsite.fingerprint}"', "--set", f'sign_key="{offsite.fingerprint}"']
+    backup_dir = ["--set", f'backup_dir="{path}/automysqlbackup"']
+    env = offsite.env(tmp_path / "controller-tmp")
+    try:
+        run = world.cli(
+            "--json", "run", "govuk-datastore", "--host", "source", *sets, *keys, *backup_dir, env=env
+        )
+    finally:
+        mariadb_source.sql("DROP DATABASE IF EXISTS gv_blog")
+    assert run.returncode == 0, run.stderr
+    counted = "rows" in json.loads(run.stdout)["facts"]
+
+    record = drill_cli(world, "govuk-datastore", *sets, env=env)
+    got = checks_of(record)
+    assert got["mysql answers"]["ok"] and got["mysql answers"]["found"].startswith("exit 0")
+    assert empty_target.sql("SELECT COUNT(*) FROM gv_blog.posts").split() == ["5"]
+    RTO["govuk-datastore"] = record["rto_seconds"]
+    listed_once(world, "govuk-datastore", passed=True)
+    rows = {n: c for n, c in got.items() if n.startswith("latest.tbz2 ") and " rows " in n}
+    if not counted:  # a run that records no row counts: said, never passed silently
+        assert "records no row counts" in got["rows"]["skipped"] and not rows, got
+        return
+    (name,) = rows
+    assert name.endswith(" rows gv_blog.posts") and rows[name]["ok"] and rows[name]["found"] == "5", rows
+
+    def damage(host: Host) -> None:
+        empty_target.sql("DROP TABLE gv_blog.posts")
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    message = drill_failing(world, "govuk-datastore", sets, damage, force=True)
+    assert f"failed check {name}: expected 5, found missing" in message
+    assert records(world, "govuk-datastore")[-1]["passed"] is False
