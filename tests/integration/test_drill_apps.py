@@ -8,35 +8,52 @@ passed), then damage the restored copy in the ``after_restore`` hook and see the
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from recipes.apps.deis import RESYNC
 from recipes.errors import VerifyError
 from recipes.hosts import Host
 from recipes.repository import Repository
 from tests import servers
 from tests.integration import standins
 from tests.integration.standins import Site
+from tests.integration.test_deis import DB as DEIS_DB
+from tests.integration.test_deis import ROOT as DEIS_ROOT
+from tests.integration.test_deis import (
+    STANDINS,
+    Etcd,
+    deis_host,
+    deis_pg,
+    etcd,
+    fill,
+    root,
+    start_gateway,
+    use_gateway,
+)
+from tests.integration.test_deis import sets as deis_sets
 from tests.integration.test_drill import RTO, _report_rto, drill_in_process, records
 from tests.integration.test_dss import dss_sets, running
 from tests.integration.test_dss_restore import dss_user, on_target, sites
 from tests.integration.test_govuk import TBZ2, Offsite, empty_target, offsite
 from tests.integration.test_looker import looker_args, looker_user, mysql_set, seed_mysql, status
 from tests.integration.test_standins import ok
-from tests.integration.world import World
+from tests.integration.world import World, write_config
 
 pytestmark = pytest.mark.integration
 
-__all__ = [
-    "_report_rto",
-    "dss_user",
-    "empty_target",
-    "looker_user",
-    "offsite",
-    "sites",
-]  # fixtures used by name
+__all__ = [  # fixtures used by name
+    "_report_rto", "deis_host", "deis_pg", "dss_user", "empty_target", "etcd", "looker_user", "offsite",
+    "root", "sites",
+]  # fmt: skip
 
 
 def checks_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -228,3 +245,155 @@ def test_govuk_datastore_drill_compares_rows_with_the_run_manifest_then_fails_na
     message = drill_failing(world, "govuk-datastore", sets, damage, force=True)
     assert f"failed check {name}: expected 5, found missing" in message
     assert records(world, "govuk-datastore")[-1]["passed"] is False
+
+
+# --------------------------------------------------------------------------- deis
+
+
+@pytest.fixture(scope="module")
+def etcd2() -> Iterator[Etcd]:
+    """The scratch cluster's own etcd (v2), started as ``test_deis``'s ``etcd`` fixture starts one."""
+    d = tempfile.mkdtemp(prefix="deis-etcd2-")
+    cp, pp = servers.free_port(), servers.free_port()
+    peer, client = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{cp}"
+    cmd = ["etcd", "--name", "t", "--data-dir", f"{d}/data", "--listen-client-urls", client]
+    cmd += ["--advertise-client-urls", client, "--listen-peer-urls", peer]
+    cmd += ["--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}"]
+    cmd += ["--initial-cluster-state", "new", "--heartbeat-interval", "10", "--election-timeout", "100"]
+    cmd += ["--enable-v2=true", "--logger", "zap", "--log-outputs", f"{d}/etcd.log"]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(200):
+            if subprocess.run(["curl", "-s", f"{client}/health"], capture_output=True).stdout:
+                break
+            time.sleep(0.05)
+        yield Etcd(proc, d, cp)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deis_pg2() -> Iterator[servers.Postgres]:
+    """The scratch cluster's database server (no deis database: a new cluster)."""
+    pg = servers.start_postgres(tcp=True, socket_alias_port=5432)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="module")
+def deis_host2(deis_pg2: servers.Postgres) -> Iterator[servers.SshHost]:
+    """The scratch cluster's host: its own /srv/deis and database socket."""
+    site = tempfile.mkdtemp(prefix="deis-site2-")
+    os.chmod(site, 0o755)
+    host = servers.start_sshd("deis2", binds={"/var/run/postgresql": deis_pg2.socket_dir, DEIS_ROOT: site})
+    try:
+        yield host
+    finally:
+        host.stop()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.fixture
+def deis_world(
+    tmp_path: Path, keys: tuple[Path, str, Path], deis_host: servers.SshHost, deis_host2: servers.SshHost
+) -> World:
+    """A recipes.toml naming the source cluster ``deis`` and the scratch cluster ``deis2``."""
+    identity, recipient, signing_key = keys
+    config = tmp_path / "recipes.toml"
+    hosts = {"deis": deis_host, "deis2": deis_host2}
+    write_config(config, tmp_path / "repo", identity, recipient, hosts, signing_key)
+    return World(
+        config, tmp_path / "repo", identity, recipient, tmp_path / "cache", tmp_path / "home", signing_key
+    )
+
+
+@pytest.fixture
+def root2(deis_host2: servers.SshHost, deis_pg2: servers.Postgres, etcd2: Etcd) -> Iterator[Path]:
+    """The scratch cluster's stand-ins under its /srv/deis; wiped (database, etcd, files) after."""
+    r = Path(deis_host2.binds[DEIS_ROOT])
+    (r / "bin").mkdir()
+    (r / "app").mkdir()
+    for name in ("deisctl", "docker"):
+        shutil.copy(STANDINS / f"{name}.sh", r / "bin" / name)
+    shutil.copy(STANDINS / "dbboot.py", r / "bin" / "dbboot.py")
+    shutil.copy(STANDINS / "manage.sh", r / "app" / "manage.py")
+    try:
+        yield r
+    finally:
+        deis_pg2.psql(f"DROP DATABASE IF EXISTS {DEIS_DB} WITH (FORCE);")
+        etcd2.ctl("rm", "--recursive", "/deis", check=False)
+        subprocess.run(["rm", "-rf", *(str(p) for p in r.iterdir())], check=False)
+
+
+def test_deis_drill_onto_a_second_cluster_checks_buckets_and_etcd_then_fails_naming_a_removed_object(
+    deis_world: World,
+    root: Path,
+    root2: Path,
+    deis_pg: servers.Postgres,
+    deis_pg2: servers.Postgres,
+    etcd: Etcd,
+    etcd2: Etcd,
+    deis_host: servers.SshHost,
+) -> None:
+    world = deis_world
+    old, new = start_gateway(), start_gateway()
+    try:
+        use_gateway(root, old)
+        fill(old, deis_pg)
+        (root / "store" / "logs").mkdir(parents=True)
+        (root / "store" / "logs" / "deis-controller.log").write_text("started\n" * 1000)
+        ok(deis_host, f"cd {DEIS_ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        keys_before = etcd.tree()
+        world.cli("run", "deis", "--host", "deis", *deis_sets(old.url, etcd), check=True)
+        use_gateway(root2, new)  # the scratch cluster's own gateway, keys and etcd
+        scratch = deis_sets(new.url, etcd2)
+
+        got = world.cli("--json", "drill", "deis", "--host", "deis", "--to-host", "deis2", *scratch)
+        assert got.returncode == 0, got.stderr
+        record = json.loads(got.stdout)
+        checks = checks_of(record)
+        assert record["passed"] and not [c for c in record["checks"] if not c["ok"]], record["checks"]
+        assert checks["buckets/registry.tar objects"] == {
+            "name": "buckets/registry.tar objects", "ok": True, "expected": "3", "found": "3",
+        }  # fmt: skip
+        assert checks["buckets/db_wal.tar sample"]["found"] == "2 of 2 equal"
+        assert (
+            checks["buckets/registry.tar bytes"]["ok"]
+            and "skipped" not in checks["buckets/registry.tar bytes"]
+        )
+        recorded = {k for k in keys_before if not k.endswith("/")}
+        assert checks["etcd_keys"]["ok"] and "skipped" not in checks["etcd_keys"], checks["etcd_keys"]
+        assert set(etcd2.tree()) >= recorded  # the re-sync on the scratch cluster wrote them
+        assert etcd.tree() == keys_before and sorted(old.objects()) == sorted(new.objects())
+        RTO["deis"] = record["rto_seconds"]
+        listed = records(world, "deis")
+        assert len(listed) == 1 and listed[0]["verified"] and listed[0]["scratch"] == "deis2"
+
+        def damage(host: Host) -> None:
+            gone = "registry/docker/registry/v2/repositories/app1/_manifests/tags/v1/link"
+            new.fs().rm(gone)
+            assert gone not in new.objects()
+            etcd2.ctl("rm", "/deis/domains/shop.example.com")
+
+        with pytest.raises(VerifyError) as failed:
+            drill_in_process(world, "deis", "deis", "deis2", sets=scratch[1::2], after_restore=damage)
+        message = str(failed.value)
+        assert failed.value.exit_code == 3
+        assert "failed check buckets/registry.tar objects: expected 3, found 2" in message, message
+        assert "etcd_keys" in message  # named among the others
+        etcd_keys = checks_of(records(world, "deis")[-1])["etcd_keys"]
+        assert not etcd_keys["ok"] and etcd_keys["found"].endswith("missing: /deis/domains/shop.example.com")
+        sample = checks_of(records(world, "deis")[-1])["buckets/registry.tar sample"]
+        assert not sample["ok"] and "repositories/app1/_manifests/tags/v1/link missing" in sample["found"]
+        assert (
+            sorted(old.objects()) != sorted(new.objects()) and len(old.objects()) == 5
+        )  # the source untouched
+    finally:
+        old.stop()
+        new.stop()
