@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ from recipes.hosts import Host
 from recipes.repository import Repository
 from tests import servers
 from tests.integration import standins
+from tests.integration.django_site import seed_tree
 from tests.integration.standins import Site
 from tests.integration.test_deis import DB as DEIS_DB
 from tests.integration.test_deis import ROOT as DEIS_ROOT
@@ -40,8 +42,8 @@ from tests.integration.test_deis import (
     use_gateway,
 )
 from tests.integration.test_deis import sets as deis_sets
-from tests.integration.test_drill import RTO, _report_rto, drill_in_process, records
-from tests.integration.test_dss import dss_sets, running
+from tests.integration.test_drill import RTO, _files, _report_rto, drill_in_process, records
+from tests.integration.test_dss import dss_sets, error_line, running
 from tests.integration.test_dss_restore import dss_user, on_target, sites
 from tests.integration.test_govuk import TBZ2, Offsite, empty_target, offsite
 from tests.integration.test_looker import looker_args, looker_user, mysql_set, seed_mysql, status
@@ -306,7 +308,7 @@ def deis_world(
     """A recipes.toml naming the source cluster ``deis`` and the scratch cluster ``deis2``."""
     identity, recipient, signing_key = keys
     config = tmp_path / "recipes.toml"
-    hosts = {"deis": deis_host, "deis2": deis_host2}
+    hosts: dict[str, object] = {"deis": deis_host, "deis2": deis_host2}
     write_config(config, tmp_path / "repo", identity, recipient, hosts, signing_key)
     return World(
         config, tmp_path / "repo", identity, recipient, tmp_path / "cache", tmp_path / "home", signing_key
@@ -397,3 +399,59 @@ def test_deis_drill_onto_a_second_cluster_checks_buckets_and_etcd_then_fails_nam
     finally:
         old.stop()
         new.stop()
+
+
+# --------------------------------------------------------------------------- the host-key refusal
+
+
+@pytest.fixture
+def twin(ssh_source: servers.SshHost) -> Iterator[tuple[servers.SshHost, Path]]:
+    """A second sshd (another port, its own /srv/site) presenting the source's host key: the
+    same machine reached another way. Its key files are replaced, then SIGHUP re-reads them."""
+    site = Path(tempfile.mkdtemp(prefix="site-twin-"))
+    host = servers.start_sshd("twin", binds={"/srv/site": str(site)})
+    try:
+        for suffix in ("", ".pub"):
+            shutil.copyfile(f"{ssh_source.dir}/host_key{suffix}", f"{host.dir}/host_key{suffix}")
+        os.kill(host.pid, signal.SIGHUP)
+        wanted = ssh_source.host_public_key.split()[1]
+        for _ in range(200):
+            scan = subprocess.run(
+                ["ssh-keyscan", "-t", "ed25519", "-p", str(host.port), "127.0.0.1"],
+                capture_output=True,
+                text=True,
+            )
+            if wanted in scan.stdout:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the twin sshd does not present the source's host key: {scan.stdout}")
+        yield host, site
+    finally:
+        host.stop()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def test_a_scratch_host_presenting_the_source_host_key_is_refused_and_nothing_is_written(
+    world: World,
+    site: tuple[str, Path, Path],
+    ssh_source: servers.SshHost,
+    twin: tuple[servers.SshHost, Path],
+) -> None:
+    root, src, _dst = site
+    host, twin_site = twin
+    seed_tree(src)
+    common = ["--set", f"root={root}"]
+    world.cli("run", "django", "--host", "source", *common, check=True)
+    with world.config.open("a") as fh:  # pinned to the key it presents: the source's
+        fh.write(
+            f'\n[hosts.twin]\naddress = "127.0.0.1"\nuser = "root"\nport = {host.port}\n'
+            f'key_file = "{host.key_file}"\nhost_key = "{ssh_source.host_public_key}"\n'
+        )
+    before_src, before_repo = _files(src), _files(world.repo)
+    got = world.cli("drill", "django", "--host", "source", "--to-host", "twin", *common)
+    assert got.returncode == 2, got.stderr
+    line = error_line(got.stderr)
+    assert "the scratch host twin presents the SSH host key of the source source" in line, line
+    assert _files(twin_site) == set() and _files(src) == before_src and _files(world.repo) == before_repo
+    assert records(world, "django") == []
