@@ -33,7 +33,7 @@ from recipes.model import Command, sh
 from recipes.plan import Plan
 from recipes.recipe import Recipe
 from recipes.repository import Repository, safe_name
-from recipes.steps import Extract, Load, MoveAside
+from recipes.steps import Extract, Load, MoveAside, ReadSecret, RestoreBucket
 
 log = logging.getLogger("recipes")
 
@@ -81,10 +81,14 @@ def archive_checks(
     ``measured`` is what ``measure_command`` printed: ``files``/``bytes`` of the regular files not
     modified since the restore began (the archive sets every file's mtime) plus ``rewritten``
     (declared paths the restore itself wrote afterwards, counted as present), and ``sample<i>``
-    the sha256 (or ``missing``) of the i-th sampled path. ``rewritten`` are the sampled paths the
-    recipe declares rewritten (their hash is not compared). ``level`` > 0: the archive holds an
-    incremental's changes only, so only the sample compares; ``shared``: the root held other
-    files before (extracted over a shared directory), so only the sample compares.
+    the sha256 (or ``missing``) of the i-th sampled path. ``rewritten`` are the paths the recipe
+    declares rewritten (their hash is not compared); one ending in ``/`` is a directory the
+    restored application writes in when it starts (DSS's ``run/`` logs): ``measured["volatile"]``
+    counts its files modified since, which may be archived files appended to or new ones, so the
+    file count is then a range (unchanged <= recorded <= unchanged + written there) and bytes are
+    not compared. ``level`` > 0: the archive holds an incremental's changes only, so only the
+    sample compares; ``shared``: the root held other files before (extracted over a shared
+    directory), so only the sample compares.
     """
     name = obj.name
     facts = obj.facts
@@ -104,6 +108,22 @@ def archive_checks(
         out += [skipped(f"{name} files", expected_files, why), skipped(f"{name} bytes", expected_bytes, why)]
     elif "files" not in measured:
         out.append(check(f"{name} files", False, expected_files, f"{root} could not be read"))
+    elif dirs := [d for d in rewritten if d.endswith("/")]:
+        unchanged = int(measured.get("files", "0") or 0) + int(measured.get("rewritten", "0") or 0)
+        written = int(measured.get("volatile", "0") or 0)
+        ok = unchanged <= expected_files <= unchanged + written
+        where = ", ".join(dirs)
+        found_text = f"{unchanged} unchanged + {written} written since the restore under {where}"
+        out.append(
+            check(
+                f"{name} files",
+                ok,
+                f"{expected_files} (a range: the application writes in {where})",
+                found_text,
+            )
+        )
+        why = f"the restored application writes in {where} (its logs) when it starts"
+        out.append(skipped(f"{name} bytes", expected_bytes, why))
     else:
         found = int(measured.get("files", "0") or 0) + int(measured.get("rewritten", "0") or 0)
         out.append(check(f"{name} files", found == expected_files, expected_files, found))
@@ -119,7 +139,8 @@ def archive_checks(
         return out
     bad, compared, left = [], 0, []
     for i, (path, digest) in enumerate(sorted(sample.items())):
-        if _joined(root, path) in rewritten:
+        full = _joined(root, path)
+        if full in rewritten or any(d.endswith("/") and full.startswith(d) for d in rewritten):
             left.append(path)
             continue
         compared += 1
@@ -143,7 +164,8 @@ def _joined(root: str, path: str) -> str:
 def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Sequence[str]) -> Command:
     """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` not
     modified since ``start`` (epoch seconds on that host), ``rewritten=`` how many of the
-    ``rewritten`` paths exist there modified since, and ``sample<i>=`` each sample path's sha256
+    ``rewritten`` paths exist there modified since, ``volatile=`` the files modified since under
+    the ``rewritten`` directories (those ending in ``/``), and ``sample<i>=`` each sample path's sha256
     (``missing`` when it is not a regular file)."""
     r = sh(root)
     lines = [
@@ -151,7 +173,11 @@ def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Seq
         f"find . -xdev -type f ! -newermt @{start} -printf '%s\\n' | "
         "awk '{n++; b+=$1} END {printf \"files=%d\\nbytes=%.0f\\n\", n, b}'",
     ]
-    mine = [p for p in rewritten if p == root or p.startswith(root.rstrip("/") + "/")]
+    inside = [p for p in rewritten if p == root or p.startswith(root.rstrip("/") + "/")]
+    mine = [p for p in inside if not p.endswith("/")]
+    if dirs := [p for p in inside if p.endswith("/")]:
+        tops = " ".join(sh(d) for d in dirs)
+        lines.append(f"echo volatile=$(find {tops} -xdev -type f -newermt @{start} 2>/dev/null | wc -l)")
     if mine:
         tests = " ".join(sh(p) for p in mine)
         lines.append(
@@ -192,6 +218,96 @@ def row_checks(obj: mf.StoredObject, found: dict[str, str] | None, why_not: str 
     return out
 
 
+def bucket_checks(
+    obj: mf.StoredObject, measured: dict[str, Any] | None, why_not: str = ""
+) -> list[dict[str, Any]]:
+    """A bucket's facts (``objects``, ``bytes``, ``sample`` of key -> sha256, as
+    ``buckets.BucketTar`` recorded them) against ``measured`` from the scratch gateway (the same
+    keys; a sampled key's digest ``missing`` when it is not there). ``None``: not listed,
+    ``why_not`` says why."""
+    name, facts = obj.name, obj.facts
+    if not facts or "objects" not in facts:
+        return [
+            skipped(f"{name} {what}", "facts", "no facts recorded at backup time")
+            for what in ("objects", "sample")
+        ]
+    if measured is None:
+        return [skipped(f"{name} {what}", "facts", why_not) for what in ("objects", "bytes", "sample")]
+    out = []
+    for what in ("objects", "bytes"):
+        expected, found = int(facts.get(what, 0)), int(measured.get(what, 0))
+        out.append(check(f"{name} {what}", found == expected, expected, found))
+    sample: dict[str, str] = dict(facts.get("sample", {}))
+    if not sample:
+        out.append(skipped(f"{name} sample", 0, "the bucket was empty"))
+        return out
+    got: dict[str, str] = dict(measured.get("sample", {}))
+    bad = [
+        f"{key} {got.get(key, 'missing')[:12]}"
+        for key, digest in sorted(sample.items())
+        if got.get(key) != digest
+    ]
+    found_text = f"{len(sample) - len(bad)} of {len(sample)} equal" + (
+        f"; differ: {', '.join(bad)}" if bad else ""
+    )
+    out.append(check(f"{name} sample", not bad, f"sha256 of {len(sample)} sampled objects", found_text))
+    return out
+
+
+def measure_bucket(fs: Any, bucket: str, sample: Iterable[str]) -> dict[str, Any]:
+    """What a bucket holds now, read-only: ``objects``, ``bytes`` and the sha256 of each
+    ``sample`` key (``missing`` when absent), read in chunks."""
+    import hashlib
+
+    prefix = bucket.rstrip("/") + "/"
+    try:
+        found: dict[str, dict[str, Any]] = fs.find(bucket, detail=True)
+    except FileNotFoundError:
+        found = {}
+    sizes = {
+        path.removeprefix(prefix): int(info.get("size") or info.get("Size") or 0)
+        for path, info in found.items()
+    }
+    digests: dict[str, str] = {}
+    for key in sample:
+        if key not in sizes:
+            digests[key] = "missing"
+            continue
+        h = hashlib.sha256()
+        with fs.open(prefix + key, "rb", block_size=1 << 20) as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        digests[key] = h.hexdigest()
+    return {"objects": len(sizes), "bytes": sum(sizes.values()), "sample": digests}
+
+
+def fact_checks(facts: dict[str, str], name: str, result: Any) -> list[dict[str, Any]]:
+    """A recorded fact of space-separated names (Deis's ``etcd_keys``) against what its drill
+    command printed on the scratch side (``result``: a ``hosts.Result``): each recorded name
+    must be there again (more is fine: a new cluster has its own). Exit 127: the tool is not
+    on the scratch host, so the check is skipped with its words."""
+    recorded = set(facts.get(name, "").split())
+    if name not in facts:
+        return [skipped(name, "facts", "not recorded at backup time")]
+    if not recorded:
+        return [skipped(name, 0, "the backup recorded none (its tool was not on the source host)")]
+    said = (result.stderr or result.stdout.decode("utf-8", "replace")).strip().splitlines()[-1:] or [""]
+    if result.exit_status == 127:
+        return [skipped(name, len(recorded), said[0] or "its tool is not on the scratch host")]
+    if result.exit_status != 0:
+        return [check(name, False, f"{len(recorded)} recorded", f"exit {result.exit_status}: {said[0]}")]
+    found = set(result.stdout.decode("utf-8", "replace").split())
+    missing = sorted(recorded - found)
+    text = f"{len(recorded) - len(missing)} of {len(recorded)} present"
+    if missing:
+        text += (
+            "; missing: "
+            + ", ".join(missing[:10])
+            + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+        )
+    return [check(name, not missing, f"{len(recorded)} recorded", text)]
+
+
 def parse_counts(output: bytes) -> dict[str, str]:
     """``table<TAB>rows`` lines as a map (other lines ignored)."""
     out: dict[str, str] = {}
@@ -204,6 +320,74 @@ def parse_counts(output: bytes) -> dict[str, str]:
 
 def failed(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in record["checks"] if not c["ok"]]
+
+
+def _bucket_checks(
+    p: Plan, steps: list[RestoreBucket], manifest: mf.Manifest, hosts: dict[str, list[Host]]
+) -> list[dict[str, Any]]:
+    """Each restored bucket on the scratch gateway against its object's facts. The gateway keys
+    are read again on the scratch side by the plan's own ``ReadSecret`` steps (memory only)."""
+    from recipes import buckets as bk
+
+    readers = {s.name: s for s in p.steps if isinstance(s, ReadSecret)}
+    out: list[dict[str, Any]] = []
+    for step in steps:
+        obj = manifest.object(step.object)
+        if obj is None:
+            continue
+        end = step.bucket
+        secrets: dict[str, str] = {}
+        why = ""
+        for name in end.key_values:
+            reader = readers.get(name)
+            if reader is None:
+                why = f"the plan reads no {name}"
+                break
+            result = run_on(hosts[reader.role][0], reader.command)
+            secrets[name] = result.stdout.decode("utf-8", "replace").strip()
+            if result.exit_status != 0 or not secrets[name]:
+                why = f"read {name} failed on the scratch host (exit {result.exit_status})"
+                break
+        measured = None
+        if not why:
+            try:
+                measured = measure_bucket(
+                    bk.filesystem(end, secrets), end.bucket, obj.facts.get("sample", {})
+                )
+            except Exception as exc:  # s3fs/botocore/aiohttp: the scratch gateway failed
+                said = " ".join(str(exc).split())[:200] or type(exc).__name__
+                why = f"the scratch gateway {end.gateway} did not list s3://{end.bucket}: {said}"
+        if measured is None:
+            out += [check(f"{obj.name} objects", False, obj.facts.get("objects", "facts"), why)]
+        else:
+            out += bucket_checks(obj, measured)
+    return out
+
+
+def external_row_checks(
+    r: Recipe, params: Any, manifest: mf.Manifest | None, host: Host, snapshot: str
+) -> list[dict[str, Any]]:
+    """Rows per table of what a restore from outside the repository loaded (govuk-datastore's
+    duplicity collection), against the row counts the newest trusted manifest of ``recipes run``
+    recorded for the source, through the recipe's ``drill_dumps(params, facts)``: each dump the
+    restore loads as a dump object with ``rows`` facts and its count command, or why not."""
+    method = getattr(r, "drill_dumps", None)
+    if method is None:
+        return []
+    if manifest is None:
+        why = f"no trusted {r.name} manifest of the source in the repository (recipes run records row counts)"
+        return [skipped("rows", "row counts", why)]
+    if snapshot != "latest":
+        why = f"--snapshot {snapshot}: the newest manifest ({manifest.snapshot}) counts the newest backup"
+        return [skipped("rows", "row counts", why)]
+    got = method(params, dict(manifest.facts))
+    if isinstance(got, str):
+        return [skipped("rows", "row counts", f"{got} (manifest {manifest.snapshot})")]
+    out: list[dict[str, Any]] = []
+    for obj, count in got:
+        result = run_on(host, count(tuple(obj.facts.get("rows", {}))))
+        out += row_checks(obj, parse_counts(result.stdout))
+    return out
 
 
 # --------------------------------------------------------------------------- refusals
@@ -562,7 +746,7 @@ def _drill(
         if after_restore is not None:
             after_restore(live)
         hosts = {**roles, "main": [live]}
-        checks = _checks(r, p, params, manifest, hosts, start, external)
+        checks = _checks(r, p, params, manifest, hosts, start, external, snapshot)
     record.update(
         finished=_now().strftime(TIME),
         passed=error is None and not failed({"checks": checks}),
@@ -593,6 +777,7 @@ def _checks(
     hosts: dict[str, list[Host]],
     start: str,
     external: bool,
+    snapshot: str = "latest",
 ) -> list[dict[str, Any]]:
     """Every check of a finished restore, each command read-only."""
     from recipes.recipe import drill_checks, drill_rewrites
@@ -624,6 +809,16 @@ def _checks(
                 continue
             result = run_on(hosts["main"][0], step.count(tuple(rows)))
             out += row_checks(obj, parse_counts(result.stdout))
+    if external:
+        out += external_row_checks(r, params, manifest, hosts["main"][0], snapshot)
+    buckets = [s for s in p.steps if isinstance(s, RestoreBucket)]
+    if buckets and manifest is not None:
+        out += _bucket_checks(p, buckets, manifest, hosts)
+    method = getattr(r, "drill_facts", None)
+    if method is not None and manifest is not None:
+        for fact, command, role in method(params):
+            for host in hosts.get(role, []):
+                out += fact_checks(manifest.facts, fact, run_on(host, command))
     for c in drill_checks(r, params):
         for host in hosts.get(c.role, []):
             result = run_on(host, c.command)

@@ -3,6 +3,8 @@ dump row counts, the endpoint refusal and the record's signature."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import pytest
 
 from recipes import drill
 from recipes import manifest as mf
+from recipes.apps.govuk import DatastoreParams, GovukDatastore
 from recipes.errors import ConfigError
-from recipes.hosts import key_values
+from recipes.facts import RowCounter
+from recipes.hosts import Result, key_values
 from recipes.repository import Repository
 from recipes.signing import generate_signing_key
 
@@ -121,3 +125,155 @@ def test_records_verify_and_a_changed_one_does_not(tmp_path: Path) -> None:
     Path(path).write_text(json.dumps({**record, "passed": False}))
     (entry,) = drill.listing(repo, "django", "web1", [key.public])
     assert not entry["verified"] and "bad signature" in entry["problem"]
+
+
+# --------------------------------------------------------------------------- folders an application writes
+
+
+def test_a_volatile_folder_makes_the_file_count_a_range_and_leaves_its_samples_out() -> None:
+    sample = {"./etc/a": "a" * 64, "./run/log": "b" * 64}
+    obj = archive({"files": 19, "bytes": 300, "sample": sample})
+    measured = {"files": "18", "bytes": "200", "volatile": "2", "sample0": "a" * 64, "sample1": "c" * 64}
+    got = by_name(drill.archive_checks(obj, "/r", measured, level=0, shared=False, rewritten=["/r/run/"]))
+    assert got["files.tar files"]["ok"] and "18 unchanged + 2 written" in str(got["files.tar files"]["found"])
+    assert "/r/run/" in str(got["files.tar bytes"]["skipped"])
+    assert got["files.tar sample"]["ok"] and "not compared (rebuilt by the restore): ./run/log" in str(
+        got["files.tar sample"]["found"]
+    )
+    # two archived files gone outside run/: no count of what was written there makes up for them
+    fewer = {**measured, "files": "16"}
+    got = by_name(drill.archive_checks(obj, "/r", fewer, level=0, shared=False, rewritten=["/r/run/"]))
+    assert not got["files.tar files"]["ok"]
+
+
+def test_measure_command_counts_files_written_in_a_volatile_folder() -> None:
+    script = drill.measure_command("/r", "1700000000", [], ["/r/run/", "/r/x.db"]).script
+    assert "echo volatile=$(find /r/run/ -xdev -type f -newermt @1700000000" in script
+    assert 'for f in /r/x.db; do [ -f "$f" ]' in script and "for f in /r/run/" not in script
+
+
+# --------------------------------------------------------------------------- buckets and recorded names
+
+BUCKET_FACTS = {"objects": 3, "bytes": 30, "sample": {"a": "1" * 64, "b/c": "2" * 64}}
+
+
+def bucket(facts: dict[str, object]) -> mf.StoredObject:
+    return mf.StoredObject("buckets/registry.tar", "bucket", "p", 1, "0" * 64, facts=facts)
+
+
+def test_bucket_counts_and_sample_compare_and_a_removed_object_is_named() -> None:
+    same = {"objects": 3, "bytes": 30, "sample": {"a": "1" * 64, "b/c": "2" * 64}}
+    assert all(c["ok"] and "skipped" not in c for c in drill.bucket_checks(bucket(BUCKET_FACTS), same))
+    gone = {"objects": 2, "bytes": 20, "sample": {"a": "1" * 64, "b/c": "missing"}}
+    got = by_name(drill.bucket_checks(bucket(BUCKET_FACTS), gone))
+    assert got["buckets/registry.tar objects"] == {
+        "name": "buckets/registry.tar objects", "ok": False, "expected": "3", "found": "2",
+    }  # fmt: skip
+    assert not got["buckets/registry.tar bytes"]["ok"]
+    assert "differ: b/c missing" in str(got["buckets/registry.tar sample"]["found"])
+    unrecorded = by_name(drill.bucket_checks(bucket({}), same))
+    assert "no facts recorded" in str(unrecorded["buckets/registry.tar objects"]["skipped"])
+
+
+def test_measure_bucket_lists_and_hashes_the_sampled_keys() -> None:
+    class Fs:
+        data = {"registry/a": b"x", "registry/b/c": b"yz"}
+
+        def find(self, path: str, detail: bool) -> dict[str, dict[str, int]]:
+            return {k: {"size": len(v)} for k, v in self.data.items() if k.startswith(path + "/")}
+
+        def open(self, path: str, mode: str, block_size: int) -> io.BytesIO:
+            return io.BytesIO(self.data[path])
+
+    got = drill.measure_bucket(Fs(), "registry", ["a", "zz"])
+    assert got == {
+        "objects": 2,
+        "bytes": 3,
+        "sample": {"a": hashlib.sha256(b"x").hexdigest(), "zz": "missing"},
+    }
+
+
+def result(status: int, out: bytes, err: str = "") -> Result:
+    return Result(status, out, err)
+
+
+def test_recorded_names_must_all_be_found_again_and_a_missing_tool_is_skipped() -> None:
+    facts = {"etcd_keys": "/deis/domains/a /deis/config/app1/K"}
+    (ok,) = drill.fact_checks(
+        facts, "etcd_keys", result(0, b"/deis/config/app1/K /deis/domains/a /deis/new\n")
+    )
+    assert ok["ok"] and ok["found"] == "2 of 2 present"
+    (bad,) = drill.fact_checks(facts, "etcd_keys", result(0, b"/deis/config/app1/K\n"))
+    assert not bad["ok"] and bad["found"] == "1 of 2 present; missing: /deis/domains/a"
+    (gone,) = drill.fact_checks(facts, "etcd_keys", result(127, b"", "etcdctl is not on the host"))
+    assert gone["skipped"] == "etcdctl is not on the host"
+    (failing,) = drill.fact_checks(facts, "etcd_keys", result(1, b"", "connection refused"))
+    assert not failing["ok"] and failing["found"] == "exit 1: connection refused"
+    (none,) = drill.fact_checks({"etcd_keys": ""}, "etcd_keys", result(0, b""))
+    assert "recorded none" in str(none["skipped"])
+
+
+# --------------------------------------------------------------------------- govuk-datastore row facts
+
+DUMP = b"""CREATE DATABASE `gv_blog`;
+USE `gv_blog`;
+CREATE TABLE `posts` (id int);
+INSERT INTO `posts` VALUES (1),(2),(3);
+CREATE TABLE `tags` (id int);
+"""
+
+
+def counted(dump: bytes) -> dict[str, int]:
+    """Rows per table as ``facts.RowCounter`` gives them (the shape ``recipes run`` records)."""
+    counter = RowCounter("mysql")
+    counter.feed(dump)
+    rows: dict[str, int] = counter.result()["rows"]
+    return rows
+
+
+def datastore(**more: object) -> tuple[GovukDatastore, DatastoreParams]:
+    values: dict[str, object] = {"source": "file:///c/", "file_to_restore": "x/latest.tbz2", **more}
+    return GovukDatastore(), DatastoreParams(**values)  # type: ignore[arg-type]
+
+
+def test_govuk_rows_come_from_the_newest_dump_per_database_in_the_manifest() -> None:
+    recipe, p = datastore()
+    rows = {
+        "daily_gv_blog_2026-11-16_06h00m.sql.bz2": {"gv_blog.posts": 1},
+        "daily_gv_blog_2026-11-17_06h00m.sql.bz2": counted(DUMP),
+        "daily_gv_white_hall_2026-11-17_06h00m.sql.bz2": {"docs": 4},  # no USE line in that dump
+    }
+    facts = {"collection": "file:///c", "collection_file": "x/latest.tbz2", "rows": json.dumps(rows)}
+    got = recipe.drill_dumps(p, facts)
+    assert not isinstance(got, str)
+    objs = {obj.name: obj.facts["rows"] for obj, _count in got}
+    assert objs == {
+        "latest.tbz2 daily_gv_blog_2026-11-17_06h00m.sql.bz2": {"gv_blog.posts": 3, "gv_blog.tags": 0},
+        "latest.tbz2 daily_gv_white_hall_2026-11-17_06h00m.sql.bz2": {"gv_white_hall.docs": 4},
+    }
+    obj, count = got[0]
+    assert "COUNT(*) FROM `gv_blog`.`posts`;" in count(("gv_blog.posts",)).script
+    checks = by_name(drill.row_checks(obj, drill.parse_counts(b"gv_blog.posts\t3\n")))
+    name = "latest.tbz2 daily_gv_blog_2026-11-17_06h00m.sql.bz2 rows gv_blog"
+    assert checks[f"{name}.posts"]["ok"]
+    assert checks[f"{name}.tags"] == {
+        "name": f"{name}.tags",
+        "ok": False,
+        "expected": "0",
+        "found": "missing",
+    }
+
+
+@pytest.mark.parametrize(
+    ("facts", "why"),
+    [
+        ({"collection": "file:///c/"}, "records no row counts"),
+        ({"collection": "file:///other/", "rows": "{}"}, "not the collection restored"),
+        ({"collection": "file:///c/", "collection_file": "x/latest.tbz2", "rows": "{"}, "cannot be read"),
+        ({"collection": "file:///c/", "collection_file": "x/latest.tbz2", "rows": "{}"}, "cannot be read"),
+    ],
+)
+def test_govuk_rows_that_cannot_be_compared_say_why(facts: dict[str, str], why: str) -> None:
+    recipe, p = datastore()
+    got = recipe.drill_dumps(p, facts)
+    assert isinstance(got, str) and why in got

@@ -458,3 +458,16 @@ class Deis:
             ),
         ]
         return steps
+
+    def drill_facts(self, p: DeisParams) -> list[tuple[str, Command, str]]:
+        """For drills: ``(fact, command, role)``: the scratch cluster's etcd keys under the paths
+        the re-sync re-writes, listed as the backup's ``etcd_keys`` fact was (exit 127 when
+        etcdctl is not on the host), for the drill to find every recorded key again."""
+        where = sh(p.etcd) if p.etcd else "\"$(hostname -I | awk '{print $1}')\":4001"
+        keys = " ".join(sh(k) for k in ETCD_KEYS)
+        listing = (
+            "command -v etcdctl >/dev/null 2>&1 || { echo 'etcdctl is not on the host' >&2; exit 127; }; "
+            f"for k in {keys}; do ETCDCTL_API=2 etcdctl --endpoints=http://{where} "
+            'ls --recursive "$k" 2>/dev/null || true; done | sort | tr "\\n" " "'
+        )
+        return [("etcd_keys", Command(listing), "main")]

@@ -472,3 +472,8 @@ class Dss:
                 attrs.evolve(load, about=f"Govern database, the matching PostgreSQL backup: {load.about}")
             )
         return steps
+
+    def drill_rewrites(self, p: DssParams) -> tuple[str, ...]:
+        """For drills: DATA_DIR/run/ (when backed up), where the restored DSS writes its logs and
+        pid files as it starts, so its archived files there are appended to."""
+        return () if "run" in p.excluded() else (p.data_dir.rstrip("/") + "/run/",)

@@ -419,6 +419,46 @@ class GovukDatastore:
             revert_step("nothing to revert: no file on the host changed owner"),
         ]
 
+    def drill_dumps(self, p: DatastoreParams, facts: dict[str, str]) -> str | list[tuple[Any, Any]]:
+        """For drills: per database the dump a restore loads (the newest, as ``duplicity.choose``
+        picks it) as ``(dump object, count command)``: its facts are the rows ``recipes run``
+        counted (the manifest's ``rows`` fact, JSON ``{dump file: {db.table: rows}}``), the
+        command counts them in the restored MySQL. A string says why they cannot be compared."""
+        import json
+
+        from recipes import duplicity
+        from recipes.errors import RecipeError
+        from recipes.manifest import StoredObject
+
+        if "rows" not in facts:
+            return "the newest manifest records no row counts (made before recipes run counted them)"
+        recorded = (facts.get("collection", ""), facts.get("collection_file", p.file_to_restore))
+        if (recorded[0].rstrip("/"), recorded[1].strip("/")) != (
+            p.source.rstrip("/"),
+            p.file_to_restore.strip("/"),
+        ):
+            return f"the newest manifest is of {recorded[0]} {recorded[1]}, not the collection restored"
+        try:
+            rows: dict[str, dict[str, int]] = json.loads(facts["rows"])
+            chosen = duplicity.choose([f"latest/{name}" for name in rows], p.databases)
+        except (ValueError, RecipeError) as exc:
+            return f"the manifest's row counts cannot be read: {exc}"
+        count = p.mysql.connection().count_command
+        out: list[tuple[Any, Any]] = []
+        for dump in chosen:  # a dump without USE (no --databases) names tables without their database
+            counted = {(k if "." in k else f"{dump.database}.{k}"): n for k, n in rows[dump.file].items()}
+            obj = StoredObject(
+                f"latest.tbz2 {dump.file}", "dump", "", 0, "", engine="mysql", facts={"rows": counted}
+            )
+            out.append((obj, count))
+        return out
+
+    def drill_checks(self, p: DatastoreParams) -> list[Any]:
+        """After a drill's restore: the target MySQL answers (``SELECT 1``)."""
+        from recipes.recipe import DrillCheck
+
+        return [DrillCheck("mysql answers", p.mysql.connection().check_command(), about="SELECT 1")]
+
 
 class GovukAssets:
     """Seed 004, assets: a directory from a duplicity collection onto the host."""
