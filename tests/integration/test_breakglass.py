@@ -9,13 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
+
 from recipes import apps, breakglass, config, plan
 from recipes import manifest as mf
+from recipes.apps.deis import RESYNC
 from recipes.apps.dss import CATEGORIES
 from recipes.recipe import make_params, restore_values, split_options
 from recipes.repository import Repository
@@ -23,6 +30,22 @@ from tests import servers
 from tests.integration import standins
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.standins import Site
+from tests.integration.test_deis import DB as DEIS_DB
+from tests.integration.test_deis import ROOT as DEIS_ROOT
+from tests.integration.test_deis import (
+    Etcd,
+    Gateway,
+    deis_host,
+    deis_pg,
+    etcd,
+    fill,
+    install_standins,
+    start_etcd,
+    start_gateway,
+    use_gateway,
+)
+from tests.integration.test_deis import root as deis_root
+from tests.integration.test_deis import sets as deis_sets
 from tests.integration.test_django import pg_rows, seed_postgres
 from tests.integration.test_dss import USER as DSS_USER
 from tests.integration.test_dss import dss_sets, event_names, skip_for
@@ -32,9 +55,10 @@ from tests.integration.test_govuk import _rows as govuk_rows
 from tests.integration.test_looker import ki_args, without_dir_mtimes
 from tests.integration.test_looker import status as looker_status
 from tests.integration.test_standins import ok
-from tests.integration.world import World, fingerprint
+from tests.integration.world import World, fingerprint, write_config
 
-__all__ = ["empty_target", "offsite"]  # fixtures shared with test_govuk
+# fixtures shared with test_govuk and test_deis (the deis source cluster)
+__all__ = ["deis_host", "deis_pg", "deis_root", "empty_target", "etcd", "offsite"]
 
 SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 
@@ -89,11 +113,11 @@ def run_breakglass(
     script.write_text("\n".join(SH_BLOCK.findall(doc)))
     given = {
         "HOME": str(world.home),
-        "PATH": os.environ["PATH"],
         "HOST": "scratch",
         "IDENTITY": str(world.identity),
         "ALLOWED_SIGNERS": str(allowed_signers(world)),
         "SSH_CONFIG": str(world.home / ".ssh" / "config"),
+        "PATH": f"{os.path.dirname(servers.rclone_binary())}:{os.environ['PATH']}",  # rclone
         **(env or {}),
     }
     return subprocess.run(
@@ -347,3 +371,137 @@ def _external_plan(world: World, recipe: str, host: str, sets: list[str]) -> pla
     r = apps.get(recipe)
     target, options = split_options(r, config.recipe_values(cfg, recipe, sets), "test")
     return plan.restore_plan(r, make_params(r, target, "test"), host, options=options)
+
+
+@attrs.frozen
+class Cluster:
+    """A second Deis stand-in cluster: its own host (sshd), PostgreSQL and etcd, the stand-ins
+    under /srv/deis (as the host sees it) and no database, keys or store yet."""
+
+    host: servers.SshHost
+    pg: servers.Postgres
+    etcd: Etcd
+    root: Path
+
+    def state(self, gw: Gateway) -> tuple[Any, ...]:
+        """What a restore left: objects, their content type and metadata, store files, rows,
+        etcd keys, the dump kept on the host, and what ran (the stand-ins' events)."""
+        rows = self.pg.psql(
+            "SELECT count(*) FROM api_key; SELECT count(*) FROM api_app; SELECT count(*) FROM api_domain;",
+            db=DEIS_DB,
+        ).split()
+        return (
+            gw.objects(),
+            gw.meta(),
+            fingerprint(self.root / "store"),
+            rows,
+            self.etcd.tree(),
+            (self.root / "dump_all.sql").read_bytes(),
+            (self.root / "events.log").read_text().splitlines(),
+        )
+
+    def wipe(self) -> None:
+        self.pg.psql(f"DROP DATABASE IF EXISTS {DEIS_DB} WITH (FORCE);")
+        self.etcd.ctl("rm", "--recursive", "/deis", check=False)
+        for name in ("store", "events.log", "dump_all.sql", "gateway.env"):
+            subprocess.run(["rm", "-rf", str(self.root / name)], check=True)
+
+
+@pytest.fixture
+def deis2() -> Iterator[Cluster]:
+    pg = servers.start_postgres(tcp=True, socket_alias_port=5432)
+    site = Path(tempfile.mkdtemp(prefix="deis2-site-"))
+    os.chmod(site, 0o755)
+    host = servers.start_sshd("deis2", binds={"/var/run/postgresql": pg.socket_dir, DEIS_ROOT: str(site)})
+    server = start_etcd()
+    install_standins(site)
+    try:
+        yield Cluster(host, pg, server, site)
+    finally:
+        server.stop()
+        host.stop()
+        pg.stop()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def test_deis_breakglass_onto_a_second_cluster_equals_recipes_restore(
+    keys: tuple[Path, str, Path],
+    deis_root: Path,
+    deis_pg: servers.Postgres,
+    deis_host: servers.SshHost,
+    etcd: Etcd,
+    deis2: Cluster,
+    tmp_path: Path,
+) -> None:
+    """Backup of the first cluster; the blocks rebuild a second one (its new gateway's keys
+    read from it, buckets put back with rclone with each object's content type and metadata,
+    the store tarball, the database booted from db_wal, etcd re-synced by manage.py shell);
+    then the second cluster wiped and ``recipes restore`` onto it: the same objects, metadata,
+    files, rows, etcd keys and calls."""
+    identity, recipient, signing_key = keys
+    world = World(
+        tmp_path / "recipes.toml", tmp_path / "repo", identity, recipient, tmp_path / "cache",
+        tmp_path / "home", signing_key,
+    )  # fmt: skip
+    write_config(
+        world.config, world.repo, identity, recipient, {"deis": deis_host, "deis2": deis2.host}, signing_key
+    )
+    old = start_gateway()
+    gateways = [old]
+    try:
+        use_gateway(deis_root, old)
+        fill(old, deis_pg)
+        store = deis_root / "store"
+        (store / "logs").mkdir(parents=True)
+        (store / "logs" / "deis-controller.log").write_text("started\n" * 1000)
+        (store / "logs" / "deis-registry.log").write_text("pushed app1:v1\n")
+        os.chown(store / "logs" / "deis-registry.log", 1234, 5678)
+        os.chmod(store / "logs" / "deis-registry.log", 0o640)
+        ok(deis_host, f"cd {DEIS_ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        keys_before, objects_before, meta_before = etcd.tree(), old.objects(), old.meta()
+        world.cli("run", "deis", "--host", "deis", *deis_sets(old.url, etcd), check=True)
+
+        new = start_gateway()
+        gateways.append(new)
+        use_gateway(deis2.root, new)
+        target = deis_sets(new.url, deis2.etcd)
+        p, manifest = restore_plan(world, "deis", "deis2", "deis", _sets(target))
+        blocks = breakglass.blocks(p, str(world.repo), manifest)
+        text = markdown(blocks)
+        assert new.key not in text and new.secret not in text and old.secret not in text
+        ssh_alias(world, deis2.host)
+        done = run_breakglass(world, blocks, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "break-glass restore of deis onto scratch finished" in done.stdout
+        assert new.secret not in done.stdout + done.stderr
+        by_hand = deis2.state(new)
+        objects, meta, files, rows, keys_after, _, _ = by_hand
+        assert objects == objects_before and files == fingerprint(store)
+        assert rows == ["2", "3", "2"] and keys_after == keys_before
+        # rclone keeps each object's modification time as x-amz-meta-mtime (no flag turns it
+        # off); everything else is the source's content type and metadata
+        assert {
+            k: (t, {m: v for m, v in md.items() if m != "mtime"}) for k, (t, md) in meta.items()
+        } == meta_before
+
+        deis2.wipe()
+        again = start_gateway()
+        gateways.append(again)
+        use_gateway(deis2.root, again)
+        world.cli(
+            "restore",
+            "deis",
+            "--host",
+            "deis2",
+            "--from",
+            "deis",
+            *deis_sets(again.url, deis2.etcd),
+            check=True,
+        )
+        by_recipes = deis2.state(again)
+        assert by_recipes[1] == meta_before
+        assert by_recipes[0] == by_hand[0] and by_recipes[2:] == by_hand[2:]
+    finally:
+        for gw in gateways:
+            gw.stop()
+        deis2.wipe()
