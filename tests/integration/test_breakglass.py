@@ -50,7 +50,17 @@ from tests.integration.test_django import pg_rows, seed_postgres
 from tests.integration.test_dss import USER as DSS_USER
 from tests.integration.test_dss import dss_sets, event_names, skip_for
 from tests.integration.test_dss import running as dss_running
-from tests.integration.test_govuk import DBS, TBZ2, Offsite, _no_secret, empty_target, offsite
+from tests.integration.test_govuk import (
+    ASSETS,
+    DBS,
+    TBZ2,
+    Offsite,
+    _clean,
+    _keyring,
+    _no_secret,
+    empty_target,
+    offsite,
+)
 from tests.integration.test_govuk import _rows as govuk_rows
 from tests.integration.test_looker import ki_args, without_dir_mtimes
 from tests.integration.test_looker import status as looker_status
@@ -505,3 +515,68 @@ def test_deis_breakglass_onto_a_second_cluster_equals_recipes_restore(
         for gw in gateways:
             gw.stop()
         deis2.wipe()
+
+
+def test_govuk_assets_breakglass_equals_recipes_restore_and_refuses_a_non_empty_target(
+    world: World, offsite: Offsite, site: tuple[str, Path, Path], ssh_target: servers.SshHost, tmp_path: Path
+) -> None:
+    """The tree case: duplicity restores the directory here (a private GNUPGHOME, its agent
+    killed at the end), streamed as a tar into the target; a non-empty target refused unless
+    FORCE=yes, then kept aside as --force keeps it; the owner step as recipes runs it."""
+    path, _src, dst = site
+    keyring = _keyring(world)
+    keyring_before = fingerprint(keyring)
+    tmp = tmp_path / "controller-tmp"
+    sets = [
+        *offsite.sets("assets-whitehall"),
+        *("--set", f'file_to_restore="{ASSETS}/"', "--set", f'target="{path}/whitehall"'),
+    ]
+    owned = [*sets, "--set", 'owner="1500:1500"']
+    env = offsite.env(tmp)
+    ssh_alias(world, ssh_target)
+    tree = dst / "whitehall"
+
+    blocks = breakglass.blocks(_external_plan(world, "govuk-assets", "target", _sets(sets)), str(world.repo))
+    _no_secret(offsite, markdown(blocks))
+    done = run_breakglass(world, blocks, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    _no_secret(offsite, done.stdout, done.stderr)
+    _clean(world, tmp, keyring, keyring_before)  # no key, agent or restored file left here
+    by_hand = fingerprint(tree)
+    assert by_hand == fingerprint(offsite.assets)
+    subprocess.run(["rm", "-rf", str(tree)], check=True)
+    world.cli("restore", "govuk-assets", "--host", "target", *sets, env=env, check=True)
+    assert fingerprint(tree) == by_hand
+
+    # non-empty: refused before anything is written; with FORCE=yes kept aside, then owned
+    blocks = breakglass.blocks(_external_plan(world, "govuk-assets", "target", _sets(owned)), str(world.repo))
+    _local(tree)
+    refused = run_breakglass(world, blocks, tmp_path, env)
+    assert refused.returncode == 1 and f"refusing: target {path}/whitehall is not empty" in refused.stderr
+    assert (tree / "local.txt").exists() and not _aside(dst)
+    states = []
+    for how in ("breakglass", "recipes"):
+        subprocess.run(["rm", "-rf", str(tree), *map(str, _aside(dst))], check=True)
+        _local(tree)
+        if how == "breakglass":
+            forced = run_breakglass(world, blocks, tmp_path, {**env, "FORCE": "yes"})
+            assert forced.returncode == 0, forced.stderr
+        else:
+            world.cli("restore", "govuk-assets", "--host", "target", "--force", *owned, env=env, check=True)
+        _clean(world, tmp, keyring, keyring_before)
+        (aside,) = _aside(dst)
+        states.append((fingerprint(tree), fingerprint(aside)))
+    assert states[0] == states[1]
+    assert (tree / "sub" / "b.txt").stat().st_uid == 1500 and not (tree / "local.txt").exists()
+    assert (aside / "local.txt").read_text() == "kept"
+
+
+def _local(tree: Path) -> None:
+    """A target holding a file of its own (the same bytes and time each time)."""
+    tree.mkdir(exist_ok=True)
+    (tree / "local.txt").write_text("kept")
+    os.utime(tree / "local.txt", (1_700_000_000, 1_700_000_000))
+
+
+def _aside(dst: Path) -> list[Path]:
+    return sorted(dst.glob("whitehall.before-restore-*"))
