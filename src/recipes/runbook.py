@@ -16,7 +16,7 @@ import html as html_lib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -444,14 +444,16 @@ def _snapshot(manifest: mf.Manifest) -> list[Part]:
     ]
 
 
-def _breakglass(restore: Plan, repo_url: str, manifest: mf.Manifest | None) -> list[Part]:
+def _breakglass(
+    restore: Plan, repo_url: str, manifest: mf.Manifest | None, chain: Sequence[mf.Manifest] | None
+) -> list[Part]:
     parts: list[Part] = [
         Para(
             "When `recipes` itself cannot run: the same restore with standard tools only. Run the "
             "blocks in order, as written, in one shell; each says how to check it worked."
         )
     ]
-    for block in breakglass.blocks(restore, repo_url, manifest):
+    for block in breakglass.blocks(restore, repo_url, manifest, chain):
         body: list[Part] = [Code(block.script, "sh")]
         if block.check:
             body.append(Para(f"Check: {block.check}"))
@@ -502,9 +504,11 @@ def document(
     drill: dict[str, Any] | None = None,
     compression: Compression = DEFAULT_COMPRESSION,
     snapshot: str | None = None,
+    chain: Sequence[mf.Manifest] | None = None,
 ) -> Document:
     """The runbook of ``recipe`` restoring onto ``host``: with ``manifest`` (a verified snapshot)
-    its real object names, sizes and sha256; ``drill`` is the last drill record, if any."""
+    its real object names, sizes and sha256 (for an incremental, of its whole ``chain``, full
+    first: read from the repository when not given); ``drill`` is the last drill record, if any."""
     external = bool(getattr(recipe, "external_restore", False))
     backup = backup_plan(recipe, params, host, compression)
     restore = restore_plan(recipe, params, host, compression, options)
@@ -546,7 +550,10 @@ def document(
             tuple(_procedure(recipe, host, restore, manifest, drill, external, snapshot)),
         ),
         Section("Manual steps", tuple(_manual(restore))),
-        Section("Break-glass restore (standard tools only)", tuple(_breakglass(restore, repo_url, manifest))),
+        Section(
+            "Break-glass restore (standard tools only)",
+            tuple(_breakglass(restore, repo_url, manifest, chain)),
+        ),
         Section("Last drill", tuple(_drill(recipe, host, drill))),
     ]
     return Document(f"Restore runbook: {recipe.name} on {host}{snap}", tuple(body))
@@ -692,6 +699,7 @@ def render(
     drill: dict[str, Any] | None = None,
     compression: Compression = DEFAULT_COMPRESSION,
     snapshot: str | None = None,
+    chain: Sequence[mf.Manifest] | None = None,
 ) -> str:
     """The runbook as Markdown (``fmt="md"``) or self-contained HTML (``"html"``)."""
     if fmt not in FORMATS:
@@ -706,6 +714,7 @@ def render(
         drill=drill,
         compression=compression,
         snapshot=snapshot,
+        chain=chain,
     )
     return markdown(doc) if fmt == "md" else html(doc)
 
@@ -752,6 +761,7 @@ def for_config(
         options = options_of(r)()  # type: ignore[misc]
     external = bool(getattr(r, "external_restore", False))
     manifest = None
+    resolved = None
     repository = Repository(cfg.repository_url(repo), dict(cfg.repository.options))
     if snapshot is not None and external:
         if snapshot != "latest":
@@ -764,7 +774,8 @@ def for_config(
         def fetch(sid: str) -> Any:
             return repository.load_listed(manifest.recipe, manifest.host, sid)
 
-        chain.resolve(manifest, trust.lookup(fetch))
+        # the chain as checked, for the break-glass sums (read here with the repository's options)
+        resolved = chain.resolve(manifest, trust.lookup(fetch))
         values, _ignored = restore_values(r, target, manifest.params)
         params = make_params(r, values, f"{given} + snapshot {manifest.snapshot}")
     drill = last_drill(repository, recipe_name, spec.name) if last_drill and not external else None
@@ -782,6 +793,7 @@ def for_config(
         drill=drill,
         compression=cfg.compression(spec.name),
         snapshot=snapshot,
+        chain=resolved,
     )
 
 
