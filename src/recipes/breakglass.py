@@ -63,14 +63,17 @@ def allowed_signers(signers: Sequence[str]) -> str:
     )
 
 
-def remote_line(command: Command) -> str:
-    """The exec string ``ssh`` hands the host: exactly ``Command.wire()``'s, without reading any
-    secret (the remote bash reads each one from stdin, never from argv)."""
+def remote_line(command: Command, sudo: bool = False) -> str:
+    """The exec string ``ssh`` hands the host: exactly ``Command.wire(sudo)``'s, without reading
+    any secret (the remote bash reads each one from stdin, never from argv). ``sudo``: the
+    host's ``[hosts.*] sudo = true`` (a non-root login: every command through ``sudo -n``)."""
     reads = "".join(f"IFS= read -r {name} && " for name, _ in command.secrets)
     cd = "cd / && " if command.user else ""
     line = f"bash -c {shlex.quote(f'set -o pipefail; {cd}{reads}{command.script}')}"
     if command.user:
         line = f"sudo -n -u {shlex.quote(command.user)} -- {line}"
+    if sudo:
+        line = f"sudo -n -- {line}"
     return line
 
 
@@ -79,14 +82,18 @@ def blocks(
     repo_url: str,
     manifest: mf.Manifest | None = None,
     chain: Sequence[mf.Manifest] | None = None,
+    *,
+    sudo: bool = False,
 ) -> list[Block]:
     """The break-glass blocks for a restore ``plan``; with ``manifest`` the snapshot's real object
     names, sizes and sha256 are filled in (for an incremental, of every snapshot of its chain:
     ``chain``, full first, or read from ``repo_url``), else ``$SNAPSHOT`` stands for the
-    snapshot's folder."""
+    snapshot's folder. ``sudo``: the host logs in as a non-root user and recipes runs every
+    command through ``sudo -n`` (``[hosts.*] sudo = true``); the blocks do the same."""
     if manifest is not None and chain is None:
         chain = _chain(repo_url, manifest)
-    return _Writer(plan, repo_url, manifest, list(chain or ([manifest] if manifest else []))).blocks()
+    whole = list(chain or ([manifest] if manifest else []))
+    return _Writer(plan, repo_url, manifest, whole, sudo).blocks()
 
 
 def _chain(repo_url: str, manifest: mf.Manifest) -> list[mf.Manifest]:
@@ -117,8 +124,11 @@ def _rclone_path(url: str, remote: str) -> str:
 class _Writer:
     """Turns a plan's ops into shell text, step by step; remembers what the first block must say."""
 
-    def __init__(self, plan: Plan, repo_url: str, manifest: mf.Manifest | None, chain: list[mf.Manifest]):
+    def __init__(
+        self, plan: Plan, repo_url: str, manifest: mf.Manifest | None, chain: list[mf.Manifest], sudo: bool
+    ):
         self.plan = plan
+        self.sudo = sudo
         self.repo_url = repo_url
         self.manifest = manifest
         self.chain = chain
@@ -166,6 +176,10 @@ class _Writer:
             f"#   HOST             ssh destination of the host to restore onto (was {self.plan.host};",
             "#                    an alias in ~/.ssh/config for its port, user and key works)",
         ]
+        if self.sudo:
+            lines.append(
+                "#                    its login user runs every command through `sudo -n` (sudo = true)"
+            )
         if self.from_repo:
             lines += [
                 "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
@@ -416,7 +430,7 @@ class _Writer:
         values (``{{run}}``, captured ones) are filled in by bash as the interpreter fills them."""
         for name, secret in command.secrets:
             self.secrets.setdefault(secret.env, f"{name} of the host's programs")
-        line = remote_line(command)
+        line = remote_line(command, self.sudo)
         names = sorted(set(_VALUE.findall(line)))
         flag = "" if stdin else " -n"
         if not names:

@@ -106,6 +106,8 @@ class Settings:
     signers: tuple[str, ...] = ()
     retention: dict[str, Any] = attrs.Factory(dict)
     host_key_file: str | None = None
+    sudo: bool = False
+    """The host's ``[hosts.*] sudo = true``: the break-glass blocks run each command as recipes does."""
 
 
 def settings_of(cfg: Any, host: str, repo: str | None = None) -> Settings:
@@ -120,6 +122,7 @@ def settings_of(cfg: Any, host: str, repo: str | None = None) -> Settings:
         signers=tuple(cfg.repository.signers),
         retention=retention,
         host_key_file=h.key_file if h is not None else None,
+        sudo=h.sudo if h is not None else False,
     )
 
 
@@ -445,7 +448,11 @@ def _snapshot(manifest: mf.Manifest) -> list[Part]:
 
 
 def _breakglass(
-    restore: Plan, repo_url: str, manifest: mf.Manifest | None, chain: Sequence[mf.Manifest] | None
+    restore: Plan,
+    repo_url: str,
+    manifest: mf.Manifest | None,
+    chain: Sequence[mf.Manifest] | None,
+    sudo: bool,
 ) -> list[Part]:
     parts: list[Part] = [
         Para(
@@ -453,7 +460,7 @@ def _breakglass(
             "blocks in order, as written, in one shell; each says how to check it worked."
         )
     ]
-    for block in breakglass.blocks(restore, repo_url, manifest, chain):
+    for block in breakglass.blocks(restore, repo_url, manifest, chain, sudo=sudo):
         body: list[Part] = [Code(block.script, "sh")]
         if block.check:
             body.append(Para(f"Check: {block.check}"))
@@ -552,7 +559,7 @@ def document(
         Section("Manual steps", tuple(_manual(restore))),
         Section(
             "Break-glass restore (standard tools only)",
-            tuple(_breakglass(restore, repo_url, manifest, chain)),
+            tuple(_breakglass(restore, repo_url, manifest, chain, settings.sudo)),
         ),
         Section("Last drill", tuple(_drill(recipe, host, drill))),
     ]

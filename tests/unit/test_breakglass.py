@@ -4,9 +4,11 @@ exactly the one ``recipes`` sends (``Command.wire``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from recipes import apps, breakglass, ops
+from recipes import apps, breakglass, config, ops, runbook
 from recipes import manifest as mf
 from recipes.model import Command, Secret
 from recipes.plan import restore_plan
@@ -98,9 +100,54 @@ def test_the_remote_line_is_the_one_recipes_sends(monkeypatch: pytest.MonkeyPatc
         Command('PGPASSWORD="$PGPASSWORD" psql', (("PGPASSWORD", Secret("PW")),)),
         Command("psql -X", (("A", Secret("PW")),), user="postgres"),
     ):
-        line, stdin = command.wire()
-        assert breakglass.remote_line(command) == line
-        assert SENTINEL.encode() in stdin or not command.secrets
+        for sudo in (False, True):
+            line, stdin = command.wire(sudo=sudo)
+            assert breakglass.remote_line(command, sudo) == line
+            assert SENTINEL.encode() in stdin or not command.secrets
+
+
+def _ssh_lines(text: str) -> list[str]:
+    """The remote line of every ``ssh`` the blocks run (after ``ssh [-n] "$HOST"`` / ``c=``)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("c='"):
+            out.append(line)
+        elif (
+            line.startswith("undo '") and '"$HOST"' in line
+        ):  # the same line, quoted once more for the exit trap
+            out.append(line.split('"$HOST" ', 1)[1].replace("'\"'\"'", "'"))
+        elif '"$HOST" \'' in line or '"$H" \'' in line:
+            out.append(line.split('"$HOST" ' if '"$HOST"' in line else '"$H" ', 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("recipe", list(RECIPE_VALUES))
+def test_a_sudo_host_gets_every_command_through_sudo_as_recipes_sends_it(recipe: str) -> None:
+    r = apps.get(recipe)
+    plan = restore_plan(r, make_params(r, RECIPE_VALUES[recipe][0], "test"), "web2")
+    plain = "\n".join(b.script for b in breakglass.blocks(plan, "/repo"))
+    blocks = breakglass.blocks(plan, "/repo", sudo=True)
+    text = "\n".join(b.script for b in blocks)
+    lines = _ssh_lines(text)
+    assert lines and len(lines) == len(_ssh_lines(plain))
+    assert all(line.startswith(("'sudo -n -- ", "c='sudo -n -- ")) for line in lines), lines
+    assert not any("sudo -n -- " in line for line in _ssh_lines(plain))
+    assert "through `sudo -n`" in blocks[0].script
+
+
+def test_the_runbook_runs_the_blocks_through_sudo_for_a_sudo_host(tmp_path: Path) -> None:
+    text = (
+        '[repository]\nurl = "/var/backups/recipes"\n'
+        '[hosts.web1]\naddress = "203.0.113.5"\nuser = "deploy"\nsudo = true\n'
+        '[hosts.web2]\naddress = "203.0.113.6"\n'
+        '[recipes.django]\nroot = "/srv/site"\n'
+    )
+    (tmp_path / "recipes.toml").write_text(text)
+    cfg = config.load(str(tmp_path / "recipes.toml"))
+    sudo, plain = (runbook.for_config(cfg, "django", h).split("Break-glass")[-1] for h in ("web1", "web2"))
+    assert 'ssh -n "$HOST" \'sudo -n -- bash -c ' in sudo
+    assert "sudo -n -- " not in plain and 'ssh -n "$HOST" \'bash -c ' in plain
 
 
 def test_the_allowed_signers_lines_name_the_identity_and_namespace() -> None:
