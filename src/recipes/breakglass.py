@@ -185,6 +185,7 @@ class _Writer:
                 "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
                 "#   ALLOWED_SIGNERS  an allowed-signers file, one line per key of [repository] signers:",
                 f'#                  {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
+                "#                  (the runbook's prerequisites list this repository's lines)",
             ]
         if self.from_repo and self.manifest is None:
             lines.append("#   SNAPSHOT         the snapshot's folder (holding manifest.json)")

@@ -314,8 +314,25 @@ def _prerequisites(
                     f"A password in the controller environment variable {_code(secret.env)} "
                     f"(sent to the host on stdin as {_code(name)}, never in argv)."
                 )
+    parts: list[Part] = [Items(tuple(items))]
+    if not external and settings.signers:
+        parts += [
+            Para(
+                "The allowed-signers file the break-glass restore checks each manifest's signature with "
+                "(`ALLOWED_SIGNERS`, for `ssh-keygen -Y verify`): these lines, from `[repository] signers` "
+                "(public keys only)."
+            ),
+            Code(breakglass.allowed_signers(settings.signers).rstrip("\n")),
+        ]
+    elif not external:
+        parts.append(
+            Para(
+                "No `[repository] signers` are configured: restore refuses every signed snapshot until "
+                "the public key of each controller that signs is listed there."
+            )
+        )
     return [
-        Items(tuple(items)),
+        *parts,
         Para(
             "Seed 002 warns that a recovery plan can fail because the decryption key is stored only "
             "on the server itself, and is gone when it is needed. Keep every key above somewhere other "
