@@ -55,7 +55,7 @@ from tests.integration.test_govuk import (
     DBS,
     TBZ2,
     Offsite,
-    _clean,
+    _agents,
     _keyring,
     _no_secret,
     empty_target,
@@ -544,7 +544,7 @@ def test_govuk_assets_breakglass_equals_recipes_restore_and_refuses_a_non_empty_
     done = run_breakglass(world, blocks, tmp_path, env)
     assert done.returncode == 0, done.stderr
     _no_secret(offsite, done.stdout, done.stderr)
-    _clean(world, tmp, keyring, keyring_before)  # no key, agent or restored file left here
+    _mine_clean(tmp, keyring, keyring_before)  # no key, agent or restored file left here
     by_hand = fingerprint(tree)
     assert by_hand == fingerprint(offsite.assets)
     subprocess.run(["rm", "-rf", str(tree)], check=True)
@@ -566,12 +566,21 @@ def test_govuk_assets_breakglass_equals_recipes_restore_and_refuses_a_non_empty_
             assert forced.returncode == 0, forced.stderr
         else:
             world.cli("restore", "govuk-assets", "--host", "target", "--force", *owned, env=env, check=True)
-        _clean(world, tmp, keyring, keyring_before)
+        _mine_clean(tmp, keyring, keyring_before)
         (aside,) = _aside(dst)
         states.append((fingerprint(tree), fingerprint(aside)))
     assert states[0] == states[1]
     assert (tree / "sub" / "b.txt").stat().st_uid == 1500 and not (tree / "local.txt").exists()
     assert (aside / "local.txt").read_text() == "kept"
+
+
+def _mine_clean(tmp: Path, keyring: Path, before: dict[str, tuple[object, ...]]) -> None:
+    """test_govuk's ``_clean`` for what this run owns: its TMPDIR empty (no key, no restored
+    tree), no gpg-agent of it alive, the operator's keyring untouched. (``_clean`` also wants no
+    short GNUPGHOME and no agent machine-wide: other test runs on the machine make those.)"""
+    assert list(tmp.iterdir()) == []
+    assert _agents(str(tmp)) == []
+    assert fingerprint(keyring) == before
 
 
 def _local(tree: Path) -> None:
