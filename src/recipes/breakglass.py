@@ -30,6 +30,19 @@ SIGNER_IDENTITY = "recipes"
 (recipes signs without an identity: sshsig has none; the namespace ties it to manifests)."""
 MANIFEST_NAMESPACE = "recipes-manifest"
 _VALUE = re.compile(r"\{\{([a-z_][a-z0-9_]*)\}\}")
+S3_XATTRS = "user.s3.*"
+"""The xattrs ``tar --xattrs`` sets from a bucket tar's PAX headers (``recipes.buckets``)."""
+MAPPER = "s3meta.sed"
+S3_MAPPER = (
+    r's/,[[:space:]]*"(atime|btime|gid|mode|mtime|uid)":[[:space:]]*"[^"\\]*"//g',
+    r's/\{([[:space:]]*)"(atime|btime|gid|mode|mtime|uid)":[[:space:]]*"[^"\\]*",?/{\1/g',
+    r's/([{,][[:space:]]*)"s3\.content-type"/\1"content-type"/g',
+    r's/([{,][[:space:]]*)"s3\.meta\./\1"/g',
+)
+"""``sed -zE`` program rclone's ``--metadata-mapper`` runs on each object's metadata (JSON): a
+key is a quoted string right after ``{`` or ``,`` (inside a value a quote is always escaped), so
+only keys change. The local keys go first, then ``s3.content-type`` and ``s3.meta.NAME`` become
+``content-type`` and ``NAME`` (a user key named ``mode`` is kept)."""
 
 
 @attrs.frozen
@@ -50,14 +63,17 @@ def allowed_signers(signers: Sequence[str]) -> str:
     )
 
 
-def remote_line(command: Command) -> str:
-    """The exec string ``ssh`` hands the host: exactly ``Command.wire()``'s, without reading any
-    secret (the remote bash reads each one from stdin, never from argv)."""
+def remote_line(command: Command, sudo: bool = False) -> str:
+    """The exec string ``ssh`` hands the host: exactly ``Command.wire(sudo)``'s, without reading
+    any secret (the remote bash reads each one from stdin, never from argv). ``sudo``: the
+    host's ``[hosts.*] sudo = true`` (a non-root login: every command through ``sudo -n``)."""
     reads = "".join(f"IFS= read -r {name} && " for name, _ in command.secrets)
     cd = "cd / && " if command.user else ""
     line = f"bash -c {shlex.quote(f'set -o pipefail; {cd}{reads}{command.script}')}"
     if command.user:
         line = f"sudo -n -u {shlex.quote(command.user)} -- {line}"
+    if sudo:
+        line = f"sudo -n -- {line}"
     return line
 
 
@@ -66,14 +82,18 @@ def blocks(
     repo_url: str,
     manifest: mf.Manifest | None = None,
     chain: Sequence[mf.Manifest] | None = None,
+    *,
+    sudo: bool = False,
 ) -> list[Block]:
     """The break-glass blocks for a restore ``plan``; with ``manifest`` the snapshot's real object
     names, sizes and sha256 are filled in (for an incremental, of every snapshot of its chain:
     ``chain``, full first, or read from ``repo_url``), else ``$SNAPSHOT`` stands for the
-    snapshot's folder."""
+    snapshot's folder. ``sudo``: the host logs in as a non-root user and recipes runs every
+    command through ``sudo -n`` (``[hosts.*] sudo = true``); the blocks do the same."""
     if manifest is not None and chain is None:
         chain = _chain(repo_url, manifest)
-    return _Writer(plan, repo_url, manifest, list(chain or ([manifest] if manifest else []))).blocks()
+    whole = list(chain or ([manifest] if manifest else []))
+    return _Writer(plan, repo_url, manifest, whole, sudo).blocks()
 
 
 def _chain(repo_url: str, manifest: mf.Manifest) -> list[mf.Manifest]:
@@ -104,8 +124,11 @@ def _rclone_path(url: str, remote: str) -> str:
 class _Writer:
     """Turns a plan's ops into shell text, step by step; remembers what the first block must say."""
 
-    def __init__(self, plan: Plan, repo_url: str, manifest: mf.Manifest | None, chain: list[mf.Manifest]):
+    def __init__(
+        self, plan: Plan, repo_url: str, manifest: mf.Manifest | None, chain: list[mf.Manifest], sudo: bool
+    ):
         self.plan = plan
+        self.sudo = sudo
         self.repo_url = repo_url
         self.manifest = manifest
         self.chain = chain
@@ -115,6 +138,8 @@ class _Writer:
         self.roles: set[str] = set()
         self.values: set[str] = set()
         self.key_store = False
+        self.mapper = False
+        """Whether a bucket block wrote the metadata mapper already."""
 
     # ---- the whole document
 
@@ -151,11 +176,16 @@ class _Writer:
             f"#   HOST             ssh destination of the host to restore onto (was {self.plan.host};",
             "#                    an alias in ~/.ssh/config for its port, user and key works)",
         ]
+        if self.sudo:
+            lines.append(
+                "#                    its login user runs every command through `sudo -n` (sudo = true)"
+            )
         if self.from_repo:
             lines += [
                 "#   IDENTITY         the age secret key file (`recipes init`'s identity.txt)",
                 "#   ALLOWED_SIGNERS  an allowed-signers file, one line per key of [repository] signers:",
                 f'#                  {SIGNER_IDENTITY} namespaces="{MANIFEST_NAMESPACE}" ssh-ed25519 AAAA...',
+                "#                  (the runbook's prerequisites list this repository's lines)",
             ]
         if self.from_repo and self.manifest is None:
             lines.append("#   SNAPSHOT         the snapshot's folder (holding manifest.json)")
@@ -401,7 +431,7 @@ class _Writer:
         values (``{{run}}``, captured ones) are filled in by bash as the interpreter fills them."""
         for name, secret in command.secrets:
             self.secrets.setdefault(secret.env, f"{name} of the host's programs")
-        line = remote_line(command)
+        line = remote_line(command, self.sudo)
         names = sorted(set(_VALUE.findall(line)))
         flag = "" if stdin else " -n"
         if not names:
@@ -428,9 +458,12 @@ class _Writer:
         if fed:
             feed = [p for p in (self._secret_prefix(op.command),) if p]
             if op.stdin is not None:
+                # the here-document's end alone on its line: `EOF; }` would not end it
                 end = "RECIPES_EOF"
-                feed.append(f"cat <<'{end}'\n{op.stdin.rstrip(chr(10))}\n{end}")
-            ssh = f"{{ {'; '.join(feed)}; }} | {ssh}" if len(feed) > 1 or op.stdin else f"{feed[0]} | {ssh}"
+                feed.append(f"cat <<'{end}'\n{op.stdin.rstrip(chr(10))}\n{end}\n")
+                ssh = f"{{ {'; '.join(feed)}}} | {ssh}"
+            else:
+                ssh = f"{feed[0]} | {ssh}"
         if op.sets:
             lines.append(f"if {ssh}; then {_var(op.sets)}=yes; else {_var(op.sets)}=no; fi")
         elif op.capture:
@@ -559,16 +592,33 @@ class _Writer:
         (path, m), *_ = self._objects(src)
         lines = [f"# {op.what}: the stored tar's members are the objects (keys in memory only)"]
         lines.append(f"mkdir -p {d}")
-        lines.append(f'age -d -i "$IDENTITY" {path} | zstd -d | tar -x -C {d}')
+        lines.append(
+            "# --xattrs: each object's content type and metadata (PAX SCHILY.xattr.user.s3.*) "
+            "become the files' user.s3.* xattrs"
+        )
+        untar = f"tar -x --xattrs --xattrs-include={sh(S3_XATTRS)} -C {d}"
+        lines.append(f'age -d -i "$IDENTITY" {path} | zstd -d | {untar}')
         if m is not None and isinstance((o := m.object(src.name)) and o.facts.get("objects"), int):
             count = o.facts["objects"] if o is not None else 0
             lines.append(
                 f'test "$(find {d} -type f | wc -l)" -eq {count} || '
                 f"{{ echo {sh(f'the snapshot recorded {count} objects of s3://{dst.bucket}')} >&2; exit 1; }}"
             )
+        if not self.mapper:
+            self.mapper = True
+            lines += [
+                "# rclone -M reads the user.s3.* xattrs as metadata s3.*: this mapper makes them the S3",
+                "# content type and x-amz-meta-* again, and drops the local file's own (mode, times, owner)",
+                f"cat > \"$WORK/{MAPPER}\" <<'EOF'",
+                *S3_MAPPER,
+                "EOF",
+            ]
         if dst.create:
-            lines.append(f"{env} rclone mkdir gw:{dst.bucket}")
-        lines.append(f"{env} rclone copy {d} gw:{dst.bucket}")
+            lines.append("# create the bucket unless it exists (an existing one is fine)")
+            lines.append(
+                f"{env} rclone lsd gw:{dst.bucket} >/dev/null 2>&1 || {env} rclone mkdir gw:{dst.bucket}"
+            )
+        lines.append(f'{env} rclone copy -M --metadata-mapper "sed -zEf $WORK/{MAPPER}" {d} gw:{dst.bucket}')
         return lines
 
     def _duplicity(self, op: ops.Transfer, src: ops.DuplicityCollection, dst: ops.HostCommand) -> list[str]:

@@ -16,7 +16,7 @@ import html as html_lib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -106,6 +106,8 @@ class Settings:
     signers: tuple[str, ...] = ()
     retention: dict[str, Any] = attrs.Factory(dict)
     host_key_file: str | None = None
+    sudo: bool = False
+    """The host's ``[hosts.*] sudo = true``: the break-glass blocks run each command as recipes does."""
 
 
 def settings_of(cfg: Any, host: str, repo: str | None = None) -> Settings:
@@ -120,6 +122,7 @@ def settings_of(cfg: Any, host: str, repo: str | None = None) -> Settings:
         signers=tuple(cfg.repository.signers),
         retention=retention,
         host_key_file=h.key_file if h is not None else None,
+        sudo=h.sudo if h is not None else False,
     )
 
 
@@ -311,8 +314,25 @@ def _prerequisites(
                     f"A password in the controller environment variable {_code(secret.env)} "
                     f"(sent to the host on stdin as {_code(name)}, never in argv)."
                 )
+    parts: list[Part] = [Items(tuple(items))]
+    if not external and settings.signers:
+        parts += [
+            Para(
+                "The allowed-signers file the break-glass restore checks each manifest's signature with "
+                "(`ALLOWED_SIGNERS`, for `ssh-keygen -Y verify`): these lines, from `[repository] signers` "
+                "(public keys only)."
+            ),
+            Code(breakglass.allowed_signers(settings.signers).rstrip("\n")),
+        ]
+    elif not external:
+        parts.append(
+            Para(
+                "No `[repository] signers` are configured: restore refuses every signed snapshot until "
+                "the public key of each controller that signs is listed there."
+            )
+        )
     return [
-        Items(tuple(items)),
+        *parts,
         Para(
             "Seed 002 warns that a recovery plan can fail because the decryption key is stored only "
             "on the server itself, and is gone when it is needed. Keep every key above somewhere other "
@@ -444,14 +464,20 @@ def _snapshot(manifest: mf.Manifest) -> list[Part]:
     ]
 
 
-def _breakglass(restore: Plan, repo_url: str, manifest: mf.Manifest | None) -> list[Part]:
+def _breakglass(
+    restore: Plan,
+    repo_url: str,
+    manifest: mf.Manifest | None,
+    chain: Sequence[mf.Manifest] | None,
+    sudo: bool,
+) -> list[Part]:
     parts: list[Part] = [
         Para(
             "When `recipes` itself cannot run: the same restore with standard tools only. Run the "
             "blocks in order, as written, in one shell; each says how to check it worked."
         )
     ]
-    for block in breakglass.blocks(restore, repo_url, manifest):
+    for block in breakglass.blocks(restore, repo_url, manifest, chain, sudo=sudo):
         body: list[Part] = [Code(block.script, "sh")]
         if block.check:
             body.append(Para(f"Check: {block.check}"))
@@ -502,9 +528,11 @@ def document(
     drill: dict[str, Any] | None = None,
     compression: Compression = DEFAULT_COMPRESSION,
     snapshot: str | None = None,
+    chain: Sequence[mf.Manifest] | None = None,
 ) -> Document:
     """The runbook of ``recipe`` restoring onto ``host``: with ``manifest`` (a verified snapshot)
-    its real object names, sizes and sha256; ``drill`` is the last drill record, if any."""
+    its real object names, sizes and sha256 (for an incremental, of its whole ``chain``, full
+    first: read from the repository when not given); ``drill`` is the last drill record, if any."""
     external = bool(getattr(recipe, "external_restore", False))
     backup = backup_plan(recipe, params, host, compression)
     restore = restore_plan(recipe, params, host, compression, options)
@@ -546,7 +574,10 @@ def document(
             tuple(_procedure(recipe, host, restore, manifest, drill, external, snapshot)),
         ),
         Section("Manual steps", tuple(_manual(restore))),
-        Section("Break-glass restore (standard tools only)", tuple(_breakglass(restore, repo_url, manifest))),
+        Section(
+            "Break-glass restore (standard tools only)",
+            tuple(_breakglass(restore, repo_url, manifest, chain, settings.sudo)),
+        ),
         Section("Last drill", tuple(_drill(recipe, host, drill))),
     ]
     return Document(f"Restore runbook: {recipe.name} on {host}{snap}", tuple(body))
@@ -692,6 +723,7 @@ def render(
     drill: dict[str, Any] | None = None,
     compression: Compression = DEFAULT_COMPRESSION,
     snapshot: str | None = None,
+    chain: Sequence[mf.Manifest] | None = None,
 ) -> str:
     """The runbook as Markdown (``fmt="md"``) or self-contained HTML (``"html"``)."""
     if fmt not in FORMATS:
@@ -706,6 +738,7 @@ def render(
         drill=drill,
         compression=compression,
         snapshot=snapshot,
+        chain=chain,
     )
     return markdown(doc) if fmt == "md" else html(doc)
 
@@ -752,6 +785,7 @@ def for_config(
         options = options_of(r)()  # type: ignore[misc]
     external = bool(getattr(r, "external_restore", False))
     manifest = None
+    resolved = None
     repository = Repository(cfg.repository_url(repo), dict(cfg.repository.options))
     if snapshot is not None and external:
         if snapshot != "latest":
@@ -764,7 +798,8 @@ def for_config(
         def fetch(sid: str) -> Any:
             return repository.load_listed(manifest.recipe, manifest.host, sid)
 
-        chain.resolve(manifest, trust.lookup(fetch))
+        # the chain as checked, for the break-glass sums (read here with the repository's options)
+        resolved = chain.resolve(manifest, trust.lookup(fetch))
         values, _ignored = restore_values(r, target, manifest.params)
         params = make_params(r, values, f"{given} + snapshot {manifest.snapshot}")
     drill = last_drill(repository, recipe_name, spec.name) if last_drill and not external else None
@@ -782,6 +817,7 @@ def for_config(
         drill=drill,
         compression=cfg.compression(spec.name),
         snapshot=snapshot,
+        chain=resolved,
     )
 
 

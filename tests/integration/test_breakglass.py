@@ -9,13 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recipes import apps, breakglass, config, plan
+import attrs
+import pytest
+
+from recipes import apps, breakglass, chain, config, plan
 from recipes import manifest as mf
+from recipes.apps.deis import RESYNC
 from recipes.apps.dss import CATEGORIES
 from recipes.recipe import make_params, restore_values, split_options
 from recipes.repository import Repository
@@ -23,18 +30,48 @@ from tests import servers
 from tests.integration import standins
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.standins import Site
+from tests.integration.test_deis import DB as DEIS_DB
+from tests.integration.test_deis import ROOT as DEIS_ROOT
+from tests.integration.test_deis import (
+    Etcd,
+    Gateway,
+    deis_host,
+    deis_pg,
+    etcd,
+    fill,
+    install_standins,
+    start_etcd,
+    start_gateway,
+    use_gateway,
+)
+from tests.integration.test_deis import root as deis_root
+from tests.integration.test_deis import sets as deis_sets
 from tests.integration.test_django import pg_rows, seed_postgres
 from tests.integration.test_dss import USER as DSS_USER
 from tests.integration.test_dss import dss_sets, event_names, skip_for
 from tests.integration.test_dss import running as dss_running
-from tests.integration.test_govuk import DBS, TBZ2, Offsite, _no_secret, empty_target, offsite
+from tests.integration.test_govuk import (
+    ASSETS,
+    DBS,
+    TBZ2,
+    Offsite,
+    _agents,
+    _keyring,
+    _no_secret,
+    empty_target,
+    offsite,
+)
 from tests.integration.test_govuk import _rows as govuk_rows
+from tests.integration.test_incremental import change
 from tests.integration.test_looker import ki_args, without_dir_mtimes
 from tests.integration.test_looker import status as looker_status
 from tests.integration.test_standins import ok
-from tests.integration.world import World, fingerprint
+from tests.integration.test_storage import env as s3_env
+from tests.integration.test_storage import s3_world
+from tests.integration.world import World, fingerprint, write_config
 
-__all__ = ["empty_target", "offsite"]  # fixtures shared with test_govuk
+# fixtures shared with test_govuk and test_deis (the deis source cluster)
+__all__ = ["deis_host", "deis_pg", "deis_root", "empty_target", "etcd", "offsite"]
 
 SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
 
@@ -45,14 +82,14 @@ def markdown(blocks: list[breakglass.Block]) -> str:
 
 
 def restore_plan(
-    world: World, recipe: str, host: str, source: str, sets: list[str]
+    world: World, recipe: str, host: str, source: str, sets: list[str], repo: Repository | None = None
 ) -> tuple[plan.Plan, mf.Manifest]:
     """What ``recipes restore RECIPE --host HOST --from SOURCE --set ...`` would run, and the
     manifest of the latest snapshot (as the runbook renders it for ``--snapshot latest``)."""
     cfg = config.load(str(world.config))
     r = apps.get(recipe)
     target, options = split_options(r, config.recipe_values(cfg, recipe, sets), "test")
-    manifest = Repository(str(world.repo)).find(recipe, source)
+    manifest = (repo or Repository(str(world.repo))).find(recipe, source)
     values, _ = restore_values(r, target, manifest.params)
     params = make_params(r, values, "test")
     return plan.restore_plan(r, params, host, options=options), manifest
@@ -89,11 +126,11 @@ def run_breakglass(
     script.write_text("\n".join(SH_BLOCK.findall(doc)))
     given = {
         "HOME": str(world.home),
-        "PATH": os.environ["PATH"],
         "HOST": "scratch",
         "IDENTITY": str(world.identity),
         "ALLOWED_SIGNERS": str(allowed_signers(world)),
         "SSH_CONFIG": str(world.home / ".ssh" / "config"),
+        "PATH": f"{os.path.dirname(servers.rclone_binary())}:{os.environ['PATH']}",  # rclone
         **(env or {}),
     }
     return subprocess.run(
@@ -347,3 +384,274 @@ def _external_plan(world: World, recipe: str, host: str, sets: list[str]) -> pla
     r = apps.get(recipe)
     target, options = split_options(r, config.recipe_values(cfg, recipe, sets), "test")
     return plan.restore_plan(r, make_params(r, target, "test"), host, options=options)
+
+
+@attrs.frozen
+class Cluster:
+    """A second Deis stand-in cluster: its own host (sshd), PostgreSQL and etcd, the stand-ins
+    under /srv/deis (as the host sees it) and no database, keys or store yet."""
+
+    host: servers.SshHost
+    pg: servers.Postgres
+    etcd: Etcd
+    root: Path
+
+    def state(self, gw: Gateway) -> tuple[Any, ...]:
+        """What a restore left: objects, their content type and metadata, store files, rows,
+        etcd keys, the dump kept on the host, and what ran (the stand-ins' events)."""
+        rows = self.pg.psql(
+            "SELECT count(*) FROM api_key; SELECT count(*) FROM api_app; SELECT count(*) FROM api_domain;",
+            db=DEIS_DB,
+        ).split()
+        return (
+            gw.objects(),
+            gw.meta(),
+            fingerprint(self.root / "store"),
+            rows,
+            self.etcd.tree(),
+            (self.root / "dump_all.sql").read_bytes(),
+            (self.root / "events.log").read_text().splitlines(),
+        )
+
+    def wipe(self) -> None:
+        self.pg.psql(f"DROP DATABASE IF EXISTS {DEIS_DB} WITH (FORCE);")
+        self.etcd.ctl("rm", "--recursive", "/deis", check=False)
+        for name in ("store", "events.log", "dump_all.sql", "gateway.env"):
+            subprocess.run(["rm", "-rf", str(self.root / name)], check=True)
+
+
+@pytest.fixture
+def deis2() -> Iterator[Cluster]:
+    pg = servers.start_postgres(tcp=True, socket_alias_port=5432)
+    site = Path(tempfile.mkdtemp(prefix="deis2-site-"))
+    os.chmod(site, 0o755)
+    host = servers.start_sshd("deis2", binds={"/var/run/postgresql": pg.socket_dir, DEIS_ROOT: str(site)})
+    server = start_etcd()
+    install_standins(site)
+    try:
+        yield Cluster(host, pg, server, site)
+    finally:
+        server.stop()
+        host.stop()
+        pg.stop()
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def test_deis_breakglass_onto_a_second_cluster_equals_recipes_restore(
+    keys: tuple[Path, str, Path],
+    deis_root: Path,
+    deis_pg: servers.Postgres,
+    deis_host: servers.SshHost,
+    etcd: Etcd,
+    deis2: Cluster,
+    tmp_path: Path,
+) -> None:
+    """Backup of the first cluster; the blocks rebuild a second one (its new gateway's keys
+    read from it, buckets put back with rclone with each object's content type and metadata,
+    the store tarball, the database booted from db_wal, etcd re-synced by manage.py shell);
+    then the second cluster wiped and ``recipes restore`` onto it: the same objects, metadata,
+    files, rows, etcd keys and calls."""
+    identity, recipient, signing_key = keys
+    world = World(
+        tmp_path / "recipes.toml", tmp_path / "repo", identity, recipient, tmp_path / "cache",
+        tmp_path / "home", signing_key,
+    )  # fmt: skip
+    write_config(
+        world.config, world.repo, identity, recipient, {"deis": deis_host, "deis2": deis2.host}, signing_key
+    )
+    old = start_gateway()
+    gateways = [old]
+    try:
+        use_gateway(deis_root, old)
+        fill(old, deis_pg)
+        store = deis_root / "store"
+        (store / "logs").mkdir(parents=True)
+        (store / "logs" / "deis-controller.log").write_text("started\n" * 1000)
+        (store / "logs" / "deis-registry.log").write_text("pushed app1:v1\n")
+        os.chown(store / "logs" / "deis-registry.log", 1234, 5678)
+        os.chmod(store / "logs" / "deis-registry.log", 0o640)
+        ok(deis_host, f"cd {DEIS_ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        keys_before, objects_before, meta_before = etcd.tree(), old.objects(), old.meta()
+        world.cli("run", "deis", "--host", "deis", *deis_sets(old.url, etcd), check=True)
+
+        new = start_gateway()
+        gateways.append(new)
+        use_gateway(deis2.root, new)
+        target = deis_sets(new.url, deis2.etcd)
+        p, manifest = restore_plan(world, "deis", "deis2", "deis", _sets(target))
+        blocks = breakglass.blocks(p, str(world.repo), manifest)
+        text = markdown(blocks)
+        assert new.key not in text and new.secret not in text and old.secret not in text
+        ssh_alias(world, deis2.host)
+        done = run_breakglass(world, blocks, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "break-glass restore of deis onto scratch finished" in done.stdout
+        assert new.secret not in done.stdout + done.stderr
+        by_hand = deis2.state(new)
+        objects, meta, files, rows, keys_after, _, _ = by_hand
+        assert objects == objects_before and files == fingerprint(store)
+        assert rows == ["2", "3", "2"] and keys_after == keys_before
+        # rclone keeps each object's modification time as x-amz-meta-mtime (no flag turns it
+        # off); everything else is the source's content type and metadata
+        assert {
+            k: (t, {m: v for m, v in md.items() if m != "mtime"}) for k, (t, md) in meta.items()
+        } == meta_before
+
+        deis2.wipe()
+        again = start_gateway()
+        gateways.append(again)
+        use_gateway(deis2.root, again)
+        world.cli(
+            "restore",
+            "deis",
+            "--host",
+            "deis2",
+            "--from",
+            "deis",
+            *deis_sets(again.url, deis2.etcd),
+            check=True,
+        )
+        by_recipes = deis2.state(again)
+        assert by_recipes[1] == meta_before
+        assert by_recipes[0] == by_hand[0] and by_recipes[2:] == by_hand[2:]
+    finally:
+        for gw in gateways:
+            gw.stop()
+        deis2.wipe()
+
+
+def test_govuk_assets_breakglass_equals_recipes_restore_and_refuses_a_non_empty_target(
+    world: World, offsite: Offsite, site: tuple[str, Path, Path], ssh_target: servers.SshHost, tmp_path: Path
+) -> None:
+    """The tree case: duplicity restores the directory here (a private GNUPGHOME, its agent
+    killed at the end), streamed as a tar into the target; a non-empty target refused unless
+    FORCE=yes, then kept aside as --force keeps it; the owner step as recipes runs it."""
+    path, _src, dst = site
+    keyring = _keyring(world)
+    keyring_before = fingerprint(keyring)
+    tmp = tmp_path / "controller-tmp"
+    sets = [
+        *offsite.sets("assets-whitehall"),
+        *("--set", f'file_to_restore="{ASSETS}/"', "--set", f'target="{path}/whitehall"'),
+    ]
+    owned = [*sets, "--set", 'owner="1500:1500"']
+    env = offsite.env(tmp)
+    ssh_alias(world, ssh_target)
+    tree = dst / "whitehall"
+
+    blocks = breakglass.blocks(_external_plan(world, "govuk-assets", "target", _sets(sets)), str(world.repo))
+    _no_secret(offsite, markdown(blocks))
+    done = run_breakglass(world, blocks, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    _no_secret(offsite, done.stdout, done.stderr)
+    _mine_clean(tmp, keyring, keyring_before)  # no key, agent or restored file left here
+    by_hand = fingerprint(tree)
+    assert by_hand == fingerprint(offsite.assets)
+    subprocess.run(["rm", "-rf", str(tree)], check=True)
+    world.cli("restore", "govuk-assets", "--host", "target", *sets, env=env, check=True)
+    assert fingerprint(tree) == by_hand
+
+    # non-empty: refused before anything is written; with FORCE=yes kept aside, then owned
+    blocks = breakglass.blocks(_external_plan(world, "govuk-assets", "target", _sets(owned)), str(world.repo))
+    _local(tree)
+    refused = run_breakglass(world, blocks, tmp_path, env)
+    assert refused.returncode == 1 and f"refusing: target {path}/whitehall is not empty" in refused.stderr
+    assert (tree / "local.txt").exists() and not _aside(dst)
+    states = []
+    for how in ("breakglass", "recipes"):
+        subprocess.run(["rm", "-rf", str(tree), *map(str, _aside(dst))], check=True)
+        _local(tree)
+        if how == "breakglass":
+            forced = run_breakglass(world, blocks, tmp_path, {**env, "FORCE": "yes"})
+            assert forced.returncode == 0, forced.stderr
+        else:
+            world.cli("restore", "govuk-assets", "--host", "target", "--force", *owned, env=env, check=True)
+        _mine_clean(tmp, keyring, keyring_before)
+        (aside,) = _aside(dst)
+        states.append((fingerprint(tree), fingerprint(aside)))
+    assert states[0] == states[1]
+    assert (tree / "sub" / "b.txt").stat().st_uid == 1500 and not (tree / "local.txt").exists()
+    assert (aside / "local.txt").read_text() == "kept"
+
+
+def _mine_clean(tmp: Path, keyring: Path, before: dict[str, tuple[object, ...]]) -> None:
+    """test_govuk's ``_clean`` for what this run owns: its TMPDIR empty (no key, no restored
+    tree), no gpg-agent of it alive, the operator's keyring untouched. (``_clean`` also wants no
+    short GNUPGHOME and no agent machine-wide: other test runs on the machine make those.)"""
+    assert list(tmp.iterdir()) == []
+    assert _agents(str(tmp)) == []
+    assert fingerprint(keyring) == before
+
+
+def _local(tree: Path) -> None:
+    """A target holding a file of its own (the same bytes and time each time)."""
+    tree.mkdir(exist_ok=True)
+    (tree / "local.txt").write_text("kept")
+    os.utime(tree / "local.txt", (1_700_000_000, 1_700_000_000))
+
+
+def _aside(dst: Path) -> list[Path]:
+    return sorted(dst.glob("whitehall.before-restore-*"))
+
+
+def test_django_from_an_s3_repository_breakglass_equals_recipes_restore(
+    world: World,
+    site: tuple[str, Path, Path],
+    s3_server: servers.S3Server,
+    s3_bucket: str,
+    ssh_target: servers.SshHost,
+    tmp_path: Path,
+) -> None:
+    """A full and an incremental in a bucket of a real S3 API: the blocks fetch each manifest,
+    signature and object with rclone (keys and endpoint from the environment, as recipes reads
+    them), check them, and restore what ``recipes restore`` restores."""
+    root, src, dst = site
+    seed_tree(src)
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    creds = s3_env(s3_server, tmp_path)
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    s3.cli("run", "django", "--host", "source", *sets, env=creds, check=True)
+    change(src, 1)  # a deleted file, a deleted directory, a rename, a chmod, new rows
+    s3.cli("run", "django", "--host", "source", *sets, env=creds, check=True)
+
+    url = f"s3://{s3_bucket}/backups"
+    repo = Repository(url, s3_server.options())
+    p, manifest = restore_plan(s3, "django", "target", "source", _sets(sets), repo)
+    assert manifest.level == 1
+    full = chain.resolve(manifest, lambda sid: repo.load("django", "source", sid))
+    blocks = breakglass.blocks(p, url, manifest, full)
+    text = markdown(blocks)
+    assert s3_server.secret not in text and s3_server.key not in text
+    assert f"REPO:=repo:{s3_bucket}/backups" in text and "rclone copyto" in text
+    ssh_alias(world, ssh_target)
+    keys = {**s3_server.env(), "S3_ENDPOINT": s3_server.endpoint}
+    done = run_breakglass(world, blocks, tmp_path, keys)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('Good "recipes-manifest" signature') == 2
+    assert s3_server.secret not in done.stdout + done.stderr
+    by_hand = comparable(dst), sqlite_rows(dst / SQLITE_DB.lstrip("/"))
+    assert by_hand[0] == comparable(src)
+
+    subprocess.run(["rm", "-rf", str(dst)], check=True)
+    s3.cli("restore", "django", "--host", "target", "--from", "source", *sets, env=creds, check=True)
+    assert (comparable(dst), sqlite_rows(dst / SQLITE_DB.lstrip("/"))) == by_hand
+
+    # the runbook the CLI writes for --snapshot latest holds the same blocks (its chain read
+    # from the bucket with the repository's options: endpoint, keys)
+    book = tmp_path / "runbook.md"
+    s3.cli(
+        "runbook",
+        "django",
+        "--host",
+        "source",
+        "--snapshot",
+        "latest",
+        *sets,
+        "-o",
+        str(book),
+        env=creds,
+        check=True,
+    )
+    written = SH_BLOCK.findall(book.read_text())
+    # (the first block differs only in the host it names as the one restored onto)
+    assert written[-len(blocks) + 1 :] == [f"{b.script}\n" for b in blocks[1:]]

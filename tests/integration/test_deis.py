@@ -132,6 +132,11 @@ class Etcd:
         )
         return out.stdout
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def tree(self) -> dict[str, str]:
         """Every key under /deis with its value (directories as "")."""
         out: dict[str, str] = {}
@@ -140,8 +145,8 @@ class Etcd:
         return out
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[Etcd]:
+def start_etcd() -> Etcd:
+    """A real etcd (v2 API on) on free loopback ports; ``stop()`` when done."""
     if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
         pytest.fail("etcd and etcdctl are needed: run ./scripts/install-test-deps (etcd-server, etcd-client)")
     d = tempfile.mkdtemp(prefix="deis-etcd-")
@@ -166,16 +171,20 @@ def etcd() -> Iterator[Etcd]:
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     server = Etcd(proc, d, cp)
+    for _ in range(200):
+        if subprocess.run(["curl", "-s", f"http://127.0.0.1:{cp}/health"], capture_output=True).stdout:
+            break
+        time.sleep(0.05)
+    return server
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[Etcd]:
+    server = start_etcd()
     try:
-        for _ in range(200):
-            if subprocess.run(["curl", "-s", f"http://127.0.0.1:{cp}/health"], capture_output=True).stdout:
-                break
-            time.sleep(0.05)
         yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(d, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +223,7 @@ def world(tmp_path: Path, keys: tuple[Path, str, Path], deis_host: servers.SshHo
 def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> Iterator[Path]:
     """The stand-ins under /srv/deis (as the host sees it), a deis database and etcd's /deis."""
     r = Path(deis_host.binds[ROOT])
-    (r / "bin").mkdir()
-    (r / "app").mkdir()
-    for name in ("deisctl", "docker"):
-        shutil.copy(STANDINS / f"{name}.sh", r / "bin" / name)
-    shutil.copy(STANDINS / "dbboot.py", r / "bin" / "dbboot.py")
-    shutil.copy(STANDINS / "manage.sh", r / "app" / "manage.py")
+    install_standins(r)
     deis_pg.psql(f"CREATE DATABASE {DB};")
     deis_pg.psql(
         "CREATE TABLE api_key (owner text, fingerprint text, public text);"
@@ -239,6 +243,16 @@ def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> I
         deis_pg.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE);")
         etcd.ctl("rm", "--recursive", "/deis", check=False)
         subprocess.run(["rm", "-rf", *(str(p) for p in r.iterdir())], check=False)
+
+
+def install_standins(r: Path) -> None:
+    """deisctl, docker, the database's first boot and manage.py under ``r`` (/srv/deis on the host)."""
+    (r / "bin").mkdir()
+    (r / "app").mkdir()
+    for name in ("deisctl", "docker"):
+        shutil.copy(STANDINS / f"{name}.sh", r / "bin" / name)
+    shutil.copy(STANDINS / "dbboot.py", r / "bin" / "dbboot.py")
+    shutil.copy(STANDINS / "manage.sh", r / "app" / "manage.py")
 
 
 def use_gateway(r: Path, gw: Gateway) -> None:
