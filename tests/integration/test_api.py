@@ -21,7 +21,8 @@ def test_readme_python_example_backs_up_and_the_cli_lists_it(
     code = README.read_text().split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace('"web1"', '"source"')
     code = code.replace('{"root": "/", "postgres": True}', f'{{"root": "{root}"}}')
-    assert code.count('"source"') == 2 and root in code, "the README example changed: update this test"
+    assert code.count('"source"') == 3 and root in code, "the README example changed: update this test"
+    code += "\nassert text.startswith('# Restore runbook: django on source, snapshot '), text[:200]"
     env = {**world.env(), "RECIPES_CONFIG": str(world.config)}
     for _ in range(2):  # the second run is an incremental on the first
         out = subprocess.run(
