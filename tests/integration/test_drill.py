@@ -114,6 +114,10 @@ def test_django_drill_passes_and_is_recorded(
         assert drill.last(repo, "django", "source", trust) == record
         sig = Path(listed[0]["path"] + ".sig").read_text()
         assert "BEGIN SSH SIGNATURE" in sig
+        # the runbook shows this drill: each step's measured duration and the result
+        book = world.cli("runbook", "django", "--host", "source", *common, check=True).stdout
+        assert book.count("in the last drill") == 3, book
+        assert "The last drill passed" in book
     finally:
         _reset_pg(pg_target, db)
 
