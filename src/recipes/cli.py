@@ -695,7 +695,11 @@ def verify_cmd(
     if snapshot:
         found = _one_snapshot(found, snapshot, repository.url)
         damaged = []
-    reports = [verify.verify(repository, item, trust, deep=deep, identities=identities) for item in found]
+    identity_file = cfg.identity_path(identity) if deep else None
+    reports = [
+        verify.verify(repository, item, trust, deep=deep, identities=identities, identity_file=identity_file)
+        for item in found
+    ]
     problems = [p.line() for r in reports for p in r.problems] + [f"{d} (damaged manifest)" for d in damaged]
     data = {
         "ok": not problems,

@@ -128,3 +128,32 @@ def test_deep_reads_each_object_once_and_still_names_a_damaged_one(
     assert flipped.returncode == 3, flipped.stderr
     assert f"dumps/{dump.name} of snapshot {incr}" in flipped.stderr
     assert "sha256 differs" in flipped.stderr
+
+
+def test_deep_in_process_when_age_and_zstd_are_not_programs_here(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """Without an identity file (or without the age and zstd programs) --deep decrypts in-process:
+    the same verdicts, a good snapshot passes and a swapped archive is named."""
+    from recipes import config, verify
+    from recipes.repository import Repository
+
+    root, src, _ = site
+    seed_tree(src)
+    full, incr = _snapshots(world, root)
+    repo = Repository(str(world.repo))
+    trust = config.load(str(world.config)).trust()
+    identities = stream.load_identities(str(world.identity))
+
+    def deep(sid: str) -> verify.Report:
+        (item,) = [i for i in repo.listed(None, None) if i.manifest.snapshot == sid]
+        return verify.verify(repo, item, trust, deep=True, identities=identities)
+
+    assert deep(full).ok and deep(incr).ok
+    shutil.copyfile(
+        world.repo / "django/source" / incr / "files.tar.zst.age",
+        world.repo / "django/source" / full / "files.tar.zst.age",
+    )
+    report = deep(full)
+    assert [p.object for p in report.problems] == ["files.tar.zst.age"]
+    assert "the manifest says" in report.problems[0].reason  # named by the re-check, precisely
