@@ -390,6 +390,35 @@ def external_row_checks(
     return out
 
 
+def external_tree_checks(
+    r: Recipe, params: Any, manifest: mf.Manifest | None, host: Host, start: str, snapshot: str
+) -> list[dict[str, Any]]:
+    """Files, bytes and the content sample of a tree a restore from outside the repository wrote
+    (govuk-assets' duplicity collection), against the tar facts the newest trusted manifest of
+    ``recipes run`` recorded of the stream it pulled from the source, through the recipe's
+    ``drill_tree(params, facts)``: ``(archive object, root on the host)`` or why not. The root
+    was empty before the restore (or moved aside), so every count compares."""
+    method = getattr(r, "drill_tree", None)
+    if method is None:
+        return []
+    names = ("files", "bytes", "sample")
+    if manifest is None:
+        why = f"no trusted {r.name} manifest of the source in the repository (recipes run records tree facts)"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    if snapshot != "latest":
+        why = f"--snapshot {snapshot}: the newest manifest ({manifest.snapshot}) describes the newest backup"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    got = method(params, dict(manifest.facts))
+    if isinstance(got, str):
+        why = f"{got} (manifest {manifest.snapshot})"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    obj, root = got
+    members = [_joined(root, m) for m in sorted(obj.facts.get("sample", {}))]
+    result = run_on(host, measure_command(root, start, members, ()))
+    measured = key_values(result.stdout) if result.exit_status == 0 else {}
+    return archive_checks(obj, root, measured, level=0, shared=False)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -811,6 +840,7 @@ def _checks(
             out += row_checks(obj, parse_counts(result.stdout))
     if external:
         out += external_row_checks(r, params, manifest, hosts["main"][0], snapshot)
+        out += external_tree_checks(r, params, manifest, hosts["main"][0], start, snapshot)
     buckets = [s for s in p.steps if isinstance(s, RestoreBucket)]
     if buckets and manifest is not None:
         out += _bucket_checks(p, buckets, manifest, hosts)
