@@ -7,6 +7,9 @@ that is not the source, followed by read-only checks on that host:
 * per archive: regular files and bytes under the extraction root, and the sha256 of the sampled
   paths (``facts.TarFacts``), against the archive's facts;
 * per dump: rows of every table the dump's facts count, asked of the restored database;
+* restores from outside the repository (GOV.UK's duplicity collections): the row counts
+  (``drill_dumps``) and tree facts (``drill_tree``) the newest trusted manifest of ``recipes run``
+  recorded for the source, when it is of the collection restored;
 * the recipe's own health checks (``drill_checks``: Looker's health_check, DSS status).
 
 Facts that were not recorded, or that cannot be compared (an incremental's archive holds only its

@@ -557,7 +557,9 @@ class Backer:
     """Transfer executor: a host command's stdout into a DuplicityCollection (backup side).
 
     ``facts`` is the run's facts (the interpreter's): the collection, the file and, for a
-    ``latest.tbz2``, the dump files it holds, so the manifest points at what was written.
+    ``latest.tbz2``, the dump files it holds and their ``rows``; for a directory, ``tree``: the
+    ``facts.TarFacts`` of the tar stream pulled from the host (JSON: files, bytes, sample), so the
+    manifest points at what was written and a drill can measure a restore against it.
     """
 
     def __init__(self) -> None:
