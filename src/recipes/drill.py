@@ -7,6 +7,9 @@ that is not the source, followed by read-only checks on that host:
 * per archive: regular files and bytes under the extraction root, and the sha256 of the sampled
   paths (``facts.TarFacts``), against the archive's facts;
 * per dump: rows of every table the dump's facts count, asked of the restored database;
+* restores from outside the repository (GOV.UK's duplicity collections): the row counts
+  (``drill_dumps``) and tree facts (``drill_tree``) the newest trusted manifest of ``recipes run``
+  recorded for the source, when it is of the collection restored;
 * the recipe's own health checks (``drill_checks``: Looker's health_check, DSS status).
 
 Facts that were not recorded, or that cannot be compared (an incremental's archive holds only its
@@ -388,6 +391,35 @@ def external_row_checks(
         result = run_on(host, count(tuple(obj.facts.get("rows", {}))))
         out += row_checks(obj, parse_counts(result.stdout))
     return out
+
+
+def external_tree_checks(
+    r: Recipe, params: Any, manifest: mf.Manifest | None, host: Host, start: str, snapshot: str
+) -> list[dict[str, Any]]:
+    """Files, bytes and the content sample of a tree a restore from outside the repository wrote
+    (govuk-assets' duplicity collection), against the tar facts the newest trusted manifest of
+    ``recipes run`` recorded of the stream it pulled from the source, through the recipe's
+    ``drill_tree(params, facts)``: ``(archive object, root on the host)`` or why not. The root
+    was empty before the restore (or moved aside), so every count compares."""
+    method = getattr(r, "drill_tree", None)
+    if method is None:
+        return []
+    names = ("files", "bytes", "sample")
+    if manifest is None:
+        why = f"no trusted {r.name} manifest of the source in the repository (recipes run records tree facts)"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    if snapshot != "latest":
+        why = f"--snapshot {snapshot}: the newest manifest ({manifest.snapshot}) describes the newest backup"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    got = method(params, dict(manifest.facts))
+    if isinstance(got, str):
+        why = f"{got} (manifest {manifest.snapshot})"
+        return [skipped(f"tree {what}", "tree facts", why) for what in names]
+    obj, root = got
+    members = [_joined(root, m) for m in sorted(obj.facts.get("sample", {}))]
+    result = run_on(host, measure_command(root, start, members, ()))
+    measured = key_values(result.stdout) if result.exit_status == 0 else {}
+    return archive_checks(obj, root, measured, level=0, shared=False)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -811,6 +843,7 @@ def _checks(
             out += row_checks(obj, parse_counts(result.stdout))
     if external:
         out += external_row_checks(r, params, manifest, hosts["main"][0], snapshot)
+        out += external_tree_checks(r, params, manifest, hosts["main"][0], start, snapshot)
     buckets = [s for s in p.steps if isinstance(s, RestoreBucket)]
     if buckets and manifest is not None:
         out += _bucket_checks(p, buckets, manifest, hosts)

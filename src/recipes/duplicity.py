@@ -27,6 +27,7 @@ from typing import IO, BinaryIO
 import attrs
 
 from recipes.errors import ConfigError, StepFailed, VerifyError
+from recipes.facts import TarFacts
 from recipes.hosts import FAILED_WAIT, Host, Process, last_line
 from recipes.model import MASK, Secret
 from recipes.ops import DuplicityCollection, HostCommand, Transfer
@@ -556,7 +557,9 @@ class Backer:
     """Transfer executor: a host command's stdout into a DuplicityCollection (backup side).
 
     ``facts`` is the run's facts (the interpreter's): the collection, the file and, for a
-    ``latest.tbz2``, the dump files it holds, so the manifest points at what was written.
+    ``latest.tbz2``, the dump files it holds and their ``rows``; for a directory, ``tree``: the
+    ``facts.TarFacts`` of the tar stream pulled from the host (JSON: files, bytes, sample), so the
+    manifest points at what was written and a drill can measure a restore against it.
     """
 
     def __init__(self) -> None:
@@ -576,7 +579,10 @@ class Backer:
             tree = os.path.join(work.dir, "tree")
             target = os.path.join(tree, _plain(dst.file_to_restore))
             os.makedirs(os.path.dirname(target) if dst.unpack != UNPACK_TREE else target, mode=0o700)
-            size = _pull(host, src, target, dst.unpack == UNPACK_TREE, op.what)
+            tap = TarFacts() if dst.unpack == UNPACK_TREE else None
+            size = _pull(host, src, target, dst.unpack == UNPACK_TREE, op.what, tap)
+            if tap is not None:
+                self.facts["tree"] = json.dumps(tap.result(), sort_keys=True, separators=(",", ":"))
             if dst.unpack == UNPACK_DUMPS:
                 rows = count_rows(target)
                 self.facts["dumps"] = " ".join(rows)
@@ -631,15 +637,21 @@ def choose_all(members: list[str]) -> list[DumpFile]:
     return sorted((d for m in members if (d := parse(m)) is not None), key=lambda d: d.file)
 
 
-def _pull(host: Host, src: HostCommand, target: str, tree: bool, what: str) -> int:
-    """The host command's stdout to ``target`` (a file, or unpacked as a tar into a directory)."""
+def _pull(
+    host: Host, src: HostCommand, target: str, tree: bool, what: str, tap: TarFacts | None = None
+) -> int:
+    """The host command's stdout to ``target`` (a file, or unpacked as a tar into a directory).
+    ``tap`` is fed every chunk as it is read (the tar stream's facts, nothing buffered); the
+    stream is read to its end, past tar's end-of-archive blocks, so the tap sees them."""
     proc: Process = host.start(src.command)
-    reader = _FromProcess(proc)
+    reader = _FromProcess(proc, tap)
     try:
         proc.close_stdin()
         if tree:
             with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
                 tar.extractall(target, numeric_owner=True, filter="tar")
+            while reader.read(CHUNK):  # tarfile stops at the first zero block: the rest too
+                pass
         else:
             with open(target, "wb") as out:
                 while chunk := reader.read(CHUNK):
@@ -659,13 +671,16 @@ def _pull(host: Host, src: HostCommand, target: str, tree: bool, what: str) -> i
 
 
 class _FromProcess:
-    """A read-only file object on a process's stdout, counting bytes."""
+    """A read-only file object on a process's stdout, counting bytes and feeding ``tap``."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Process, tap: TarFacts | None = None) -> None:
         self.proc = proc
         self.count = 0
+        self.tap = tap
 
     def read(self, n: int = -1, /) -> bytes:
         data = self.proc.read(n)
         self.count += len(data)
+        if self.tap is not None and data:
+            self.tap.feed(data)
         return data

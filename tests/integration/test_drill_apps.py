@@ -7,6 +7,7 @@ passed), then damage the restored copy in the ``after_restore`` hook and see the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,15 @@ def sampled(world: World, recipe: str, obj: str, outside: str = "") -> str:
     assert found is not None and found.facts.get("sample"), obj
     paths = [p for p in sorted(found.facts["sample"]) if not (outside and p.startswith(outside))]
     return str(paths[0])
+
+
+def contents(root: Path) -> dict[str, str]:
+    """Each regular file under ``root`` (relative path) and its sha256."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def drill_failing(world: World, recipe: str, sets: list[str], damage: Any, **kw: Any) -> str:
@@ -247,6 +258,73 @@ def test_govuk_datastore_drill_compares_rows_with_the_run_manifest_then_fails_na
     message = drill_failing(world, "govuk-datastore", sets, damage, force=True)
     assert f"failed check {name}: expected 5, found missing" in message
     assert records(world, "govuk-datastore")[-1]["passed"] is False
+
+
+# --------------------------------------------------------------------------- govuk-assets
+
+
+def test_govuk_assets_drill_compares_the_tree_with_the_run_manifest_then_fails_naming_a_deleted_file(
+    world: World,
+    offsite: Offsite,
+    site: tuple[str, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``recipes run govuk-assets`` records the tar stream's facts (files, bytes, sample) in its
+    signed manifest; the drill restores the collection's newest set onto the scratch host and
+    measures the target against them, and checks ``owner``; then a deleted sampled file and a
+    file of another owner fail it (exit 3) naming the checks."""
+    path, src, dst = site
+    tree = src / "uploads"
+    (tree / "2026" / "11").mkdir(parents=True)
+    (tree / "2026" / "11" / "report.pdf").write_bytes(os.urandom(5000))
+    for i in range(20):
+        (tree / "2026" / f"note-{i:02}.txt").write_text(f"note {i}\n" * (i + 1))
+    (tree / "index.txt").write_text("uploads\n")
+    (tree / "empty").write_bytes(b"")
+    on_disk = [p for p in tree.rglob("*") if p.is_file()]
+    prefix = f"assets-drill-{uuid.uuid4().hex[:6]}"
+    sets = [*offsite.sets(prefix), "--set", f'target="{path}/uploads"']
+    sets += ["--set", f'encrypt_key="{offsite.fingerprint}"', "--set", f'sign_key="{offsite.fingerprint}"']
+    env = offsite.env(tmp_path / "controller-tmp")
+    run = world.cli("--json", "run", "govuk-assets", "--host", "source", *sets, env=env)
+    assert run.returncode == 0, run.stderr
+    facts = json.loads(json.loads(run.stdout)["facts"]["tree"])
+    assert facts["files"] == len(on_disk) == 23 and "error" not in facts, facts
+    assert facts["bytes"] == sum(p.stat().st_size for p in on_disk)
+    assert len(facts["sample"]) == 16  # TarFacts' default sample, of 23 files
+    for member, digest in facts["sample"].items():
+        assert hashlib.sha256((tree / member).read_bytes()).hexdigest() == digest
+
+    owned = [*sets, "--set", 'owner="1500:1501"']
+    record = drill_cli(world, "govuk-assets", *owned, env=env)
+    got = checks_of(record)
+    for name in ("tree files", "tree bytes", "tree sample", "owner"):
+        assert got[name]["ok"] and "skipped" not in got[name], got[name]
+    assert got["tree files"]["found"] == "23" and got["tree bytes"]["found"] == str(facts["bytes"])
+    assert got["tree sample"]["found"] == "16 of 16 equal"
+    assert got["owner"]["found"] == "exit 0"
+    assert contents(dst / "uploads") == contents(tree)  # the owner step changed owners only
+    RTO["govuk-assets"] = record["rto_seconds"]
+    listed_once(world, "govuk-assets", passed=True)
+
+    member = sorted(facts["sample"])[0]
+    other = next(p for p in sorted(facts["sample"]) if p != member)
+
+    def damage(host: Host) -> None:
+        (dst / "uploads" / member).unlink()
+        os.chown(dst / "uploads" / other, 0, 0)
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    message = drill_failing(world, "govuk-assets", owned, damage, force=True)
+    more = "(and 3 more: tree bytes, tree sample, owner)"
+    assert f"failed check tree files: expected 23, found 22 {more}" in message, message
+    second = checks_of(records(world, "govuk-assets")[-1])
+    assert not second["tree sample"]["ok"] and f"{member} missing" in second["tree sample"]["found"]
+    assert not second["owner"]["ok"] and second["owner"]["found"].endswith(
+        f"{path}/uploads/{other.removeprefix('./')} is not owned by 1500:1501"
+    ), second["owner"]
 
 
 # --------------------------------------------------------------------------- deis

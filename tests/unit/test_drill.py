@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from recipes import drill
+from recipes import drill, duplicity
 from recipes import manifest as mf
-from recipes.apps.govuk import DatastoreParams, GovukDatastore
+from recipes.apps.govuk import AssetsParams, DatastoreParams, GovukAssets, GovukDatastore
 from recipes.errors import ConfigError
-from recipes.facts import RowCounter
+from recipes.facts import RowCounter, TarFacts
 from recipes.hosts import Result, key_values
+from recipes.model import Command
+from recipes.ops import HostCommand
 from recipes.repository import Repository
 from recipes.signing import generate_signing_key
 
@@ -277,3 +280,164 @@ def test_govuk_rows_that_cannot_be_compared_say_why(facts: dict[str, str], why: 
     recipe, p = datastore()
     got = recipe.drill_dumps(p, facts)
     assert isinstance(got, str) and why in got
+
+
+# --------------------------------------------------------------------------- govuk-assets tree facts
+
+
+class Streaming:
+    """A host command's process (the Host boundary): its stdout is ``data`` in ``step``-byte
+    reads, exit 0; ``run`` is what ``hosts.run`` reads."""
+
+    def __init__(self, data: bytes, step: int = 777) -> None:
+        self.data, self.at, self.step, self.stdin_closed = data, 0, step, False
+
+    def read(self, n: int = -1, /) -> bytes:
+        chunk = self.data[self.at : self.at + self.step]
+        self.at += len(chunk)
+        return chunk
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def close_stdin(self) -> None:
+        self.stdin_closed = True
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def stderr(self) -> str:
+        return ""
+
+    def kill(self) -> None:
+        pass
+
+
+class OneCommandHost:
+    """A Host whose every command prints ``data`` (and records the scripts it was given)."""
+
+    name = "scratch"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.scripts: list[str] = []
+
+    def start(self, command: Command) -> Streaming:
+        self.scripts.append(command.script)
+        return Streaming(self.data)
+
+
+TREE = {"./a.pdf": b"%PDF" + bytes(range(256)) * 20, "./sub/b.txt": b"attachment\n", "./sub/empty": b""}
+
+
+def tar_stream(files: dict[str, bytes]) -> bytes:
+    """GNU tar's stream of ``files`` (with ``.`` and ``./sub`` directories), padded to its
+    10240-byte record as ``tar --create --file=-`` writes it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in (".", "./sub"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_pulling_a_tree_records_the_tar_streams_facts_as_it_passes(tmp_path: Path) -> None:
+    """The backup side's ``_pull`` feeds the stream to ``TarFacts`` while tarfile unpacks it,
+    and reads it to its end (tarfile stops at the first zero block): complete facts."""
+    data = tar_stream(TREE)
+    host = OneCommandHost(data)
+    tap = TarFacts()
+    size = duplicity._pull(host, HostCommand(Command("tar")), str(tmp_path / "t"), True, "assets", tap)  # type: ignore[arg-type]
+    assert size == len(data) and len(data) % 10240 == 0
+    got = tap.result()
+    assert "error" not in got, got
+    assert (got["files"], got["dirs"], got["bytes"]) == (3, 2, sum(len(v) for v in TREE.values()))
+    assert got["sample"] == {k: hashlib.sha256(v).hexdigest() for k, v in TREE.items()}
+    assert (tmp_path / "t" / "sub" / "b.txt").read_bytes() == b"attachment\n"
+
+
+def assets(**more: object) -> tuple[GovukAssets, AssetsParams]:
+    values: dict[str, object] = {"source": "file:///c/", "file_to_restore": "mnt/up/", **more}
+    return GovukAssets(), AssetsParams(**values)  # type: ignore[arg-type]
+
+
+def tree_facts(**more: str) -> dict[str, str]:
+    tap = TarFacts()
+    tap.feed(tar_stream(TREE))
+    return {"collection": "file:///c", "collection_file": "mnt/up", "tree": json.dumps(tap.result()), **more}
+
+
+def test_govuk_tree_facts_are_measured_at_the_target() -> None:
+    recipe, p = assets(target="/srv/up")
+    got = recipe.drill_tree(p, tree_facts())
+    assert not isinstance(got, str)
+    obj, root = got
+    assert root == "/srv/up" and obj.name == "tree" and obj.facts["files"] == 3
+    script = drill.measure_command(
+        root, "1", [drill._joined(root, m) for m in sorted(obj.facts["sample"])], ()
+    )
+    assert "cd /srv/up " in script.script and "/srv/up/sub/b.txt" in script.script
+
+
+@pytest.mark.parametrize(
+    ("facts", "why"),
+    [
+        ({"collection": "file:///c/", "collection_file": "mnt/up"}, "records no tree facts"),
+        ({"collection": "file:///other/", "tree": "{}"}, "not the collection restored"),
+        ({"collection": "file:///c/", "collection_file": "mnt/other", "tree": "{}"}, "not the collection"),
+        ({"collection": "file:///c/", "collection_file": "mnt/up/", "tree": "{"}, "cannot be read"),
+        ({"collection": "file:///c/", "collection_file": "mnt/up", "tree": "[1]"}, "cannot be read"),
+    ],
+)
+def test_govuk_tree_facts_that_cannot_be_compared_say_why(facts: dict[str, str], why: str) -> None:
+    recipe, p = assets()
+    got = recipe.drill_tree(p, facts)
+    assert isinstance(got, str) and why in got
+
+
+def manifest_with(facts: dict[str, str]) -> mf.Manifest:
+    return mf.Manifest(
+        snapshot="20260101T000000Z", recipe="govuk-assets", host="source", started="2026-01-01T00:00:00Z",
+        finished="2026-01-01T00:00:01Z", params={}, objects=(), facts=facts,
+    )  # fmt: skip
+
+
+def test_external_tree_checks_compare_the_measured_target_and_skip_with_a_reason() -> None:
+    recipe, p = assets(target="/srv/up")
+    facts = tree_facts()
+    sample = sorted(json.loads(facts["tree"])["sample"])
+    digests = {m: hashlib.sha256(TREE[m]).hexdigest() for m in sample}
+    printed = f"files=3\nbytes={sum(len(v) for v in TREE.values())}\n" + "".join(
+        f"sample{i}={digests[m]}\n" for i, m in enumerate(sample)
+    )
+    host = OneCommandHost(printed.encode())
+    got = by_name(drill.external_tree_checks(recipe, p, manifest_with(facts), host, "1.5", "latest"))  # type: ignore[arg-type]
+    assert set(got) == {"tree files", "tree bytes", "tree sample"}
+    assert all(c["ok"] and "skipped" not in c for c in got.values()), got
+    assert "-newermt @1.5" in host.scripts[0]
+
+    gone = OneCommandHost(printed.replace(f"sample1={digests[sample[1]]}", "sample1=missing").encode())
+    bad = by_name(drill.external_tree_checks(recipe, p, manifest_with(facts), gone, "1.5", "latest"))  # type: ignore[arg-type]
+    assert not bad["tree sample"]["ok"] and f"{sample[1]} missing" in str(bad["tree sample"]["found"])
+
+    for manifest, snapshot, why in (
+        (None, "latest", "no trusted govuk-assets manifest"),
+        (manifest_with(facts), "2026-01-01", "--snapshot 2026-01-01"),
+        (manifest_with({"collection": "file:///c/"}), "latest", "records no tree facts"),
+    ):
+        skips = drill.external_tree_checks(recipe, p, manifest, host, "1.5", snapshot)  # type: ignore[arg-type]
+        assert [c["name"] for c in skips] == ["tree files", "tree bytes", "tree sample"]
+        assert all(why in str(c["skipped"]) for c in skips), skips
+
+
+def test_govuk_assets_checks_owner_only_when_set() -> None:
+    recipe, p = assets()
+    assert recipe.drill_checks(p) == []
+    (owner,) = recipe.drill_checks(assets(owner="www-data:adm", target="/srv/up")[1])
+    assert owner.name == "owner"
+    assert "find /srv/up -xdev \\( ! -user www-data -o ! -group adm \\) -print -quit" in owner.command.script

@@ -522,9 +522,10 @@ class GovukAssets:
         ),
         (
             "(GOV.UK's job) duplicity of the assets directory",
-            "backup assets (signed with sign_key)",
+            "backup assets (signed with sign_key; the tar stream's files, bytes and sample as facts)",
             (
                 "tests/integration/test_govuk.py::test_run_govuk_assets_writes_a_signed_collection_that_restores_with_sign_key",
+                "tests/integration/test_drill_apps.py::test_govuk_assets_drill_compares_the_tree_with_the_run_manifest_then_fails_naming_a_deleted_file",
             ),
         ),
     )
@@ -541,6 +542,49 @@ class GovukAssets:
                 "file_to_restore, then duplicity full/incremental into the collection (encrypted, signed)",
             )
         ]
+
+    def drill_tree(self, p: AssetsParams, facts: dict[str, str]) -> str | tuple[Any, str]:
+        """For drills: the restored tree as ``(archive object, root on the host)``, its facts
+        the ``tree`` fact ``recipes run`` recorded of the tar stream it pulled from the host
+        (``facts.TarFacts``: files, bytes, sample), so a drill measures ``target`` against
+        them. A string says why they cannot be compared (not recorded, another collection)."""
+        import json
+
+        from recipes.manifest import StoredObject
+
+        if "tree" not in facts:
+            return "the newest manifest records no tree facts (made before recipes run counted them)"
+        recorded = (facts.get("collection", ""), facts.get("collection_file", ""))
+        if (recorded[0].rstrip("/"), recorded[1].strip("/")) != (
+            p.source.rstrip("/"),
+            p.file_to_restore.strip("/"),
+        ):
+            return f"the newest manifest is of {recorded[0]} {recorded[1]}, not the collection restored"
+        try:
+            tree = json.loads(facts["tree"])
+            if not isinstance(tree, dict) or not isinstance(tree.get("sample", {}), dict):
+                raise ValueError("not an object of files, bytes and sample")
+            int(tree.get("files", 0)), int(tree.get("bytes", 0))
+        except (ValueError, TypeError) as exc:
+            return f"the manifest's tree facts cannot be read: {exc}"
+        return StoredObject("tree", "files", "", 0, "", facts=tree), p.target
+
+    def drill_checks(self, p: AssetsParams) -> list[Any]:
+        """After a drill's restore: every restored file and directory has ``owner`` (when set:
+        the owner step ran); nothing without it (the owners are the archive's, compared nowhere)."""
+        from recipes.recipe import DrillCheck
+
+        if not p.owner:
+            return []
+        user, _, group = p.owner.partition(":")
+        test = f"! -user {sh(user)}" + (f" -o ! -group {sh(group)}" if group else "")
+        first = f"find {sh(p.target)} -xdev \\( {test} \\) -print -quit"
+        script = (
+            f't={sh(p.target)}; [ -d "$t" ] || {{ echo "$t is not a directory" >&2; exit 1; }}; '
+            f"bad=$({first}) || exit 1; "
+            f'[ -z "$bad" ] || {{ echo "$bad is not owned by {p.owner}" >&2; exit 1; }}'
+        )
+        return [DrillCheck("owner", Command(script), about=f"every file under target is {p.owner}'s")]
 
     def restore_steps(self, p: AssetsParams, options: Any = None) -> list[Step]:
         t = sh(p.target)
