@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -238,10 +238,21 @@ def _short_homes() -> set[str]:
     return {str(p) for p in Path(SHORT_TMP).glob(f"{GNUPG_PREFIX}*")}
 
 
+def _gone(probe: Callable[[], object], patience: float = 30.0) -> bool:
+    """Whether ``probe()`` comes back empty: what this run leaked stays forever, while what a
+    concurrent run elsewhere on this machine holds (its agent, its short home) goes when it ends."""
+    deadline = time.monotonic() + patience
+    while probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _clean(world: World, tmp: Path, keyring: Path, before: dict[str, tuple[object, ...]]) -> None:
     assert list(tmp.iterdir()) == []  # no temporary keyring, key or restored file left
-    assert _agents(str(tmp)) == [] and _agents(GNUPG_PREFIX) == []
-    assert _short_homes() == set()
+    assert _agents(str(tmp)) == []
+    assert _gone(lambda: _agents(GNUPG_PREFIX)) and _gone(_short_homes)
     assert fingerprint(keyring) == before
 
 
