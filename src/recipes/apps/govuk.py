@@ -302,6 +302,37 @@ def revert_step(owner: str) -> ManualStep:
     )
 
 
+# The seed's controller-side lines both GOV.UK recipes honour the same way (their SEED_MAP opens with them).
+_SHARED_SEED_MAP: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "apt-get install duplicity python-pip python-boto mysql-server",
+        "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
+        ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
+    ),
+    (
+        "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
+        "parameters aws_key_env, aws_secret_env: duplicity's environment only",
+        (
+            "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
+            "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
+        ),
+    ),
+    (
+        "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
+        "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
+        (
+            "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
+            "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
+        ),
+    ),
+    (
+        "duplicity list-current-files s3://…",
+        "controller: duplicity collection-status (logged)",
+        ("tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",),
+    ),
+)
+
+
 class GovukDatastore:
     """Seed 004, datastores: automysqlbackup's latest.tbz2 from a duplicity collection into MySQL."""
 
@@ -315,34 +346,7 @@ class GovukDatastore:
     external_restore: ClassVar[bool] = True
     """Restores read a duplicity collection, not a snapshot of our repository."""
     SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
-        (
-            "apt-get install duplicity python-pip python-boto mysql-server",
-            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
-            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
-        ),
-        (
-            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
-            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
-            (
-                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
-                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
-            ),
-        ),
-        (
-            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
-            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
-            (
-                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
-                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
-            ),
-        ),
-        (
-            "duplicity list-current-files s3://…",
-            "controller: duplicity collection-status (logged)",
-            (
-                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
-            ),
-        ),
+        *_SHARED_SEED_MAP,
         (
             "duplicity restore --file-to-restore …/automysqlbackup/latest.tbz2 s3://… /tmp/latest.tbz2",
             "restore latest.tbz2 (--snapshot TIME is --time; sign_key refuses other signers)",
@@ -472,34 +476,7 @@ class GovukAssets:
     RestoreOptions: ClassVar[type[Any]] = OffsiteRestoreOptions
     external_restore: ClassVar[bool] = True
     SEED_MAP: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
-        (
-            "apt-get install duplicity python-pip python-boto mysql-server",
-            "controller: duplicity.check_tools (duplicity, gpg, gpgconf here; nothing installed on the host)",
-            ("tests/unit/test_govuk.py::test_a_missing_secret_variable_is_a_config_error",),
-        ),
-        (
-            "export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…",
-            "parameters aws_key_env, aws_secret_env: duplicity's environment only",
-            (
-                "tests/integration/test_govuk.py::test_missing_passphrase_variable_is_a_config_error",
-                "tests/unit/test_govuk.py::test_duplicity_argv_holds_no_secret_and_strips_slashes",
-            ),
-        ),
-        (
-            "gpg --allow-secret-key-import --import <key>; gpg --list-secret-keys",
-            "controller: a temporary GNUPGHOME, ended with gpgconf --kill all and removed",
-            (
-                "tests/integration/test_govuk.py::test_closing_the_workspace_kills_its_gpg_agent",
-                "tests/integration/test_govuk.py::test_wrong_passphrase_is_one_line_and_changes_nothing",
-            ),
-        ),
-        (
-            "duplicity list-current-files s3://…",
-            "controller: duplicity collection-status (logged)",
-            (
-                "tests/integration/test_govuk.py::test_datastore_restore_loads_the_newest_dump_of_each_database",
-            ),
-        ),
+        *_SHARED_SEED_MAP,
         (
             "duplicity restore --file-to-restore mnt/uploads/whitehall s3://… /mnt/uploads/whitehall",
             "restore assets (sign_key: another signer or none is exit 3)",
