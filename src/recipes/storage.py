@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -263,13 +264,17 @@ class GuardedFS:
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)
 
-    def call(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
-        """Run ``fn``; transient failures retried (bounded), storage failures raised as one line."""
+    def call(self, what: str, fn: Callable[[], T], retry: bool = True, alone: bool = False) -> T:
+        """Run ``fn``; transient failures retried (bounded), storage failures raised as one line.
+
+        ``alone``: ``fn`` bypasses s3fs's own retry (``send``), so read timeouts and dropped
+        connections are retried here too, still at most ``ATTEMPTS`` tries in all.
+        """
         transient = tenacity.retry_if_exception(
             lambda e: (
                 (f := classify(e, self.endpoint, self.read_timeout)) is not None
                 and f.transient
-                and not f.retried
+                and (alone or not f.retried)
             )  # read timeouts, dropped connections: s3fs tried again
         )
         attempts = ATTEMPTS if retry and not self.down else 1
@@ -363,6 +368,25 @@ class GuardedFS:
         fh = self.call(what, lambda: self.fs.open(path, mode, **kw), retry="r" in mode)
         return GuardedFile(self, fh, what)
 
+    def send(self, what: str, method: str, body: Callable[[], Any], **kwargs: Any) -> Any:
+        """One S3 request with a body (``upload_part``, ``put_object``), through s3fs's client
+        (its credentials, endpoint, options and extra request arguments) but not its retry
+        wrapper, which would send a file-like body again from where the failed try stopped:
+        each try here gets a fresh ``body()``. Bounded like ``call``, with a time limit per try.
+        """
+        import fsspec.asyn
+
+        fs = self.fs
+
+        async def once() -> Any:
+            await fs.set_session()
+            client = await fs.get_s3(kwargs.get("Bucket"))
+            fn = getattr(client, method)
+            return await fn(**fs._get_s3_method_kwargs(fn, Body=body(), **kwargs))
+
+        limit = REQUEST_FACTOR * self.read_timeout
+        return self.call(what, lambda: fsspec.asyn.sync(fs.loop, once, timeout=limit), alone=True)
+
     def check_bucket(self, bucket: str) -> None:
         """Refuse a bucket that does not exist (s3fs would create it on the first write)."""
         try:
@@ -454,6 +478,44 @@ PART_SIZE = 8 << 20
 IN_FLIGHT = 3
 """Part buffers per object: one filling while the others upload, concurrently."""
 MAX_PARTS = 10_000
+
+
+class PartBody(io.BytesIO):
+    """A part's bytes as a file, over its buffer without copying it.
+
+    Given bytes, aiohttp copies a body three times before it reaches the socket (a slice, a
+    join with the headers, the transport's buffer); given a ``BytesIO`` it sends 64 KiB at a
+    time and waits for the socket to drain. botocore reads it once more for the payload's
+    sha256 (SigV4 over plain HTTP) and seeks back. Each try of a request gets a new one.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._at = 0
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._at + n)
+        out = bytes(self._view[self._at : end])
+        self._at = max(self._at, end)
+        return out
+
+    def read1(self, n: int | None = -1, /) -> bytes:
+        return self.read(n)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def getbuffer(self) -> memoryview:
+        return self._view[:]
+
+    def getvalue(self) -> bytes:
+        return bytes(self._view)
 
 
 class S3Upload:
@@ -557,20 +619,15 @@ class S3Upload:
         return str(out["UploadId"])
 
     def _upload_part(self, number: int, buf: bytearray, length: int) -> dict[str, Any]:
-        # The buffer itself, never a copy (botocore takes bytes or bytearray, not a memoryview);
-        # only the short last part is copied once.
-        body = buf if length == len(buf) else bytes(memoryview(buf)[:length])
-        what = f"write {self.path} (part {number})"
-        out = self._fs.call(
-            what,
-            lambda: self._fs.fs.call_s3(
-                "upload_part",
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                Body=body,
-            ),
+        view = memoryview(buf)[:length]
+        out = self._fs.send(
+            f"write {self.path} (part {number})",
+            "upload_part",
+            lambda: PartBody(view),
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
         )
         return {"PartNumber": number, "ETag": out["ETag"]}
 
@@ -593,10 +650,13 @@ class S3Upload:
             return
         try:
             if self.upload_id is None:
-                body = bytes(memoryview(self._buf or b"")[: self._pos])
-                self._fs.call(
+                view = memoryview(self._buf or b"")[: self._pos]
+                self._fs.send(
                     f"write {self.path}",
-                    lambda: self._fs.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body),
+                    "put_object",
+                    lambda: PartBody(view),
+                    Bucket=self.bucket,
+                    Key=self.key,
                 )
             else:
                 if self._pos:

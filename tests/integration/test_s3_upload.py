@@ -101,8 +101,8 @@ def test_a_multipart_object_round_trips_byte_exact(
     assert len(parts(proxy)) == 3  # a small object is one put_object, no multipart upload
 
 
-@pytest.mark.parametrize("fault", ["500", "slowdown"])
-def test_a_5xx_on_one_part_is_retried_and_the_object_is_correct(
+@pytest.mark.parametrize("fault", ["500", "slowdown", "reset"])
+def test_a_5xx_or_a_reset_on_one_part_is_retried_and_the_object_is_correct(
     proxy: FaultyS3, s3_server: servers.S3Server, s3_bucket: str, fault: str
 ) -> None:
     repo = repository(proxy.endpoint, s3_bucket)
