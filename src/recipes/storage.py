@@ -475,7 +475,7 @@ def secrets_of(options: dict[str, Any]) -> tuple[str, ...]:
 
 PART_SIZE = 8 << 20
 """One part of a multipart upload (S3 allows 10,000 parts: 78 GiB an object at this size)."""
-IN_FLIGHT = 3
+IN_FLIGHT = 2
 """Part buffers per object: one filling while the others upload, concurrently."""
 MAX_PARTS = 10_000
 
