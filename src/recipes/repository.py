@@ -329,33 +329,47 @@ class Repository:
         found: list[tuple[str, str]] = []
         markers: dict[str, str] = {}
         while True:
-            page = self.fs.call(
-                f"list the unfinished uploads under {path}",
-                functools.partial(
-                    self.fs.fs.call_s3,
-                    "list_multipart_uploads",
-                    Bucket=bucket,
-                    Prefix=prefix.rstrip("/") + "/",
-                    **markers,
-                ),
-            )
+            try:
+                page = self._list_uploads(path, bucket, prefix, markers)
+            except FileNotFoundError:  # rclone answers NoSuchUpload when there are none
+                return found
+            except RepositoryError as exc:  # e.g. no s3:ListBucketMultipartUploads permission
+                log.warning("%s; a bucket lifecycle rule can abort them instead", exc)
+                return found
             found += [(f"{bucket}/{u['Key']}", str(u["UploadId"])) for u in page.get("Uploads", [])]
             if not page.get("IsTruncated"):
                 return found
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def _list_uploads(self, path: str, bucket: str, prefix: str, markers: dict[str, str]) -> Any:
+        return self.fs.call(
+            f"list the unfinished uploads under {path}",
+            functools.partial(
+                self.fs.fs.call_s3,
+                "list_multipart_uploads",
+                Bucket=bucket,
+                Prefix=prefix.rstrip("/") + "/",
+                **markers,
+            ),
+        )
 
     def abort_uploads(self, path: str) -> int:
         """Abort every multipart upload pending under ``path``; how many there were."""
         uploads = self.unfinished_uploads(path)
         for key, upload_id in uploads:
             bucket, name, _ = self.fs.fs.split_path(key)
-            self.fs.call(
-                f"abort the unfinished upload of {key}",
-                functools.partial(
-                    self.fs.fs.call_s3, "abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id
-                ),
-                retry=not self.fs.down,
-            )
+            with contextlib.suppress(FileNotFoundError):  # finished or aborted meanwhile
+                self.fs.call(
+                    f"abort the unfinished upload of {key}",
+                    functools.partial(
+                        self.fs.fs.call_s3,
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=name,
+                        UploadId=upload_id,
+                    ),
+                    retry=not self.fs.down,
+                )
         return len(uploads)
 
     @contextlib.contextmanager
