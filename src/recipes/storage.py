@@ -8,11 +8,15 @@ use them to mean "absent" and "already there".
 
 Retries are bounded and happen in exactly two places:
 
-* s3fs retries a request that timed out or lost its connection once (``S3FS_TRIES`` = 2 tries;
-  that also covers each part of a streamed upload);
+* s3fs retries a request that timed out or lost its connection once (``S3FS_TRIES`` = 2 tries);
 * ``GuardedFS`` retries whole idempotent calls (list, stat, read, whole-object write, delete)
   on the other transient failures: connection refused, HTTP 5xx, throttling; at most
   ``ATTEMPTS`` tries within ``RETRY_SECONDS``.
+
+Objects of a snapshot are written by ``S3Upload`` (our multipart writer): each part and each
+single PUT goes through ``GuardedFS.send``, which bypasses s3fs's retry and retries every
+transient failure itself (timeouts and dropped connections too), at most ``ATTEMPTS`` tries,
+sending the same buffer again.
 
 botocore's own retries are off. A connection reset is the one failure both places retry, so it
 costs at most ``ATTEMPTS`` x ``S3FS_TRIES`` (6) requests; every other failure at most ``ATTEMPTS``.
