@@ -31,6 +31,10 @@ class FaultyS3:
         self.after = 0
         """``always`` applies only once more than ``after`` requests arrived (a failure mid-copy)."""
         self.requests = 0
+        self.only: str | None = None
+        """Queued faults go only to requests whose ``METHOD /path?query`` contains this."""
+        self.seen: list[str] = []
+        """Every request's ``METHOD /path?query``, in the order they arrived."""
         self.lock = threading.Lock()
         proxy = self
 
@@ -43,10 +47,13 @@ class FaultyS3:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                line = f"{self.command} {self.path}"
                 with proxy.lock:
                     proxy.requests += 1
+                    proxy.seen.append(line)
                     always = proxy.always if proxy.requests > proxy.after else None
-                    fault = always or (proxy.queue.pop(0) if proxy.queue else None)
+                    aimed = proxy.queue and (proxy.only is None or proxy.only in line)
+                    fault = always or (proxy.queue.pop(0) if aimed else None)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()

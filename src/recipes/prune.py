@@ -114,7 +114,12 @@ def plan(
     bad = [_damaged(d) for d in damaged]
     listed = set(by_id) | {sid for sid, _ in bad}
     debris = []
-    for path in _dirs(repo, repo._path(recipe, host)):
+    base = repo._path(recipe, host)
+    # A killed upload leaves no object, only a pending multipart upload: its snapshot is debris too.
+    uploading = {
+        f"{base}/{key[len(base) + 1 :].split('/', 1)[0]}" for key, _ in repo.unfinished_uploads(base)
+    }
+    for path in sorted(set(_dirs(repo, base)) | uploading):
         sid = path.rsplit("/", 1)[-1]
         if sid in listed or not SNAPSHOT_ID.match(sid):
             continue  # a listed snapshot, or nothing of ours
@@ -147,6 +152,7 @@ def apply(repo: Repository, report: Report) -> Report:
         remove_snapshot(repo, report.recipe, report.host, entry.snapshot)
         log.info("removed snapshot %s of %s@%s: %s", entry.snapshot, report.recipe, report.host, entry.reason)
     for sid in report.debris:
+        repo.abort_uploads(repo._path(report.recipe, report.host, sid))
         _rm_tree(repo, repo._path(report.recipe, report.host, sid))
         log.info("removed debris %s of %s@%s (no manifest: a killed run)", sid, report.recipe, report.host)
     return attrs.evolve(report, dry_run=False)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import re
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -321,6 +320,58 @@ class Repository:
                     "(truncated or replaced)"
                 )
 
+    def unfinished_uploads(self, path: str) -> list[tuple[str, str]]:
+        """The multipart uploads pending under ``path`` (a killed run's; none on a local folder),
+        as (path, upload id): invisible, but billed until aborted."""
+        if self.local:
+            return []
+        bucket, prefix, _ = self.fs.fs.split_path(path)
+        found: list[tuple[str, str]] = []
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                page = self._list_uploads(path, bucket, prefix, markers)
+            except FileNotFoundError:  # rclone answers NoSuchUpload when there are none
+                return found
+            except RepositoryError as exc:  # e.g. no s3:ListBucketMultipartUploads permission
+                log.warning("%s; a bucket lifecycle rule can abort them instead", exc)
+                return found
+            found += [(f"{bucket}/{u['Key']}", str(u["UploadId"])) for u in page.get("Uploads", [])]
+            if not page.get("IsTruncated"):
+                return found
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def _list_uploads(self, path: str, bucket: str, prefix: str, markers: dict[str, str]) -> Any:
+        return self.fs.call(
+            f"list the unfinished uploads under {path}",
+            functools.partial(
+                self.fs.fs.call_s3,
+                "list_multipart_uploads",
+                Bucket=bucket,
+                Prefix=prefix.rstrip("/") + "/",
+                **markers,
+            ),
+        )
+
+    def abort_uploads(self, path: str) -> int:
+        """Abort every multipart upload pending under ``path``; how many there were."""
+        uploads = self.unfinished_uploads(path)
+        for key, upload_id in uploads:
+            bucket, name, _ = self.fs.fs.split_path(key)
+            with contextlib.suppress(FileNotFoundError):  # finished or aborted meanwhile
+                self.fs.call(
+                    f"abort the unfinished upload of {key}",
+                    functools.partial(
+                        self.fs.fs.call_s3,
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=name,
+                        UploadId=upload_id,
+                    ),
+                    retry=not self.fs.down,
+                )
+        return len(uploads)
+
     @contextlib.contextmanager
     def open_object(self, m: mf.Manifest, obj: mf.StoredObject) -> Iterator[BinaryIO]:
         path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot, obj.path)
@@ -330,82 +381,6 @@ class Repository:
             raise RepositoryError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
         with fh:
             yield fh
-
-
-PART_SIZE = 8 << 20
-"""s3fs's write buffer: one part of a multipart upload (10,000 parts at most: 78 GiB an object)."""
-
-
-class _Behind:
-    """Writes into ``fh`` from a thread, at most ``limit`` bytes behind the caller.
-
-    s3fs uploads each part synchronously inside ``write``: without this, reading, encrypting
-    and hashing stop for every part's round trip. Errors of the thread are raised to the caller
-    at its next ``write`` or at ``finish``; memory stays bounded by ``limit``.
-    """
-
-    def __init__(self, fh: Any, limit: int) -> None:
-        self._fh = fh
-        self._limit = limit
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._bytes = 0
-        self._closing = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="upload", daemon=True)
-        self._thread.start()
-
-    def write(self, data: bytes, /) -> int:
-        piece = bytes(data)  # the caller may reuse its buffer
-        with self._cond:
-            while self._bytes >= self._limit and self._error is None:
-                self._cond.wait()
-            if self._error is not None:
-                raise self._error
-            self._pending.append(piece)
-            self._bytes += len(piece)
-            self._cond.notify_all()
-        return len(piece)
-
-    def flush(self) -> None:
-        pass
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                piece = self._pending.popleft()
-            try:
-                self._fh.write(piece)
-            except BaseException as exc:
-                with self._cond:
-                    self._error = exc
-                    self._pending.clear()
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._bytes -= len(piece)
-                self._cond.notify_all()
-
-    def finish(self) -> None:
-        """Wait until everything is written into ``fh``; raise the thread's error, if any."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abandon(self) -> None:
-        """Drop what is not written yet and wait for the thread (the object is discarded)."""
-        with self._cond:
-            self._pending.clear()
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join()
 
 
 class SnapshotWriter:
@@ -421,19 +396,20 @@ class SnapshotWriter:
         """A new object of the snapshot; storage failures (disk full, S3 down) are one-line errors,
         and an object whose writing failed is discarded, never committed half-written."""
         full = f"{self.path}/{relpath}"
-        parent = full.rsplit("/", 1)[0]
-        self.repo.fs.makedirs(parent, exist_ok=True)
-        with self.repo.fs.open(full, "wb", block_size=PART_SIZE) as fh:
-            if self.repo.local:
+        if self.repo.local:
+            self.repo.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
+            with self.repo.fs.open(full, "wb") as fh:
                 yield fh
-                return
-            behind = _Behind(fh, PART_SIZE)
-            try:
-                yield behind  # type: ignore[misc]
-            except BaseException:
-                behind.abandon()
-                raise
-            behind.finish()
+            return
+        from recipes import storage
+
+        upload = storage.S3Upload(self.repo.fs, full)
+        try:
+            yield upload  # type: ignore[misc]
+        except BaseException:
+            upload.abort()
+            raise
+        upload.close()
 
     def commit(self, manifest: mf.Manifest, sign: Callable[[bytes], bytes]) -> None:
         """Write the signature, then the manifest, last; on a local folder via rename, so each
@@ -460,8 +436,7 @@ class SnapshotWriter:
             except OSError as exc:
                 raise RepositoryError(f"cannot write {final}: {exc.strerror or exc}") from exc
         else:
-            with fs.open(final, "wb") as fh:  # an S3 PUT is atomic
-                fh.write(data)
+            fs.pipe_file(final, data)  # one PUT, atomic (and retried: it is idempotent)
 
     def abort(self) -> None:
         """Remove what was written; the snapshot never had a manifest, so it was never listed.

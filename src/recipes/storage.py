@@ -8,11 +8,15 @@ use them to mean "absent" and "already there".
 
 Retries are bounded and happen in exactly two places:
 
-* s3fs retries a request that timed out or lost its connection once (``S3FS_TRIES`` = 2 tries;
-  that also covers each part of a streamed upload);
+* s3fs retries a request that timed out or lost its connection once (``S3FS_TRIES`` = 2 tries);
 * ``GuardedFS`` retries whole idempotent calls (list, stat, read, whole-object write, delete)
   on the other transient failures: connection refused, HTTP 5xx, throttling; at most
   ``ATTEMPTS`` tries within ``RETRY_SECONDS``.
+
+Objects of a snapshot are written by ``S3Upload`` (our multipart writer): each part and each
+single PUT goes through ``GuardedFS.send``, which bypasses s3fs's retry and retries every
+transient failure itself (timeouts and dropped connections too), at most ``ATTEMPTS`` tries,
+sending the same buffer again.
 
 botocore's own retries are off. A connection reset is the one failure both places retry, so it
 costs at most ``ATTEMPTS`` x ``S3FS_TRIES`` (6) requests; every other failure at most ``ATTEMPTS``.
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -88,6 +93,8 @@ def s3_options(options: dict[str, Any]) -> dict[str, Any]:
     # servers that send the whole object's checksum with a part (rclone serve s3: every object
     # of 4-8 MiB). Our sha256 over each whole object is the integrity check; this one is not.
     config.setdefault("response_checksum_validation", "when_required")
+    # Nor a CRC32 of every part we send: a pass over each byte that nothing reads back.
+    config.setdefault("request_checksum_calculation", "when_required")
     out["config_kwargs"] = config
     out.setdefault("skip_instance_cache", True)
     return out
@@ -261,13 +268,17 @@ class GuardedFS:
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)
 
-    def call(self, what: str, fn: Callable[[], T], retry: bool = True) -> T:
-        """Run ``fn``; transient failures retried (bounded), storage failures raised as one line."""
+    def call(self, what: str, fn: Callable[[], T], retry: bool = True, alone: bool = False) -> T:
+        """Run ``fn``; transient failures retried (bounded), storage failures raised as one line.
+
+        ``alone``: ``fn`` bypasses s3fs's own retry (``send``), so read timeouts and dropped
+        connections are retried here too, still at most ``ATTEMPTS`` tries in all.
+        """
         transient = tenacity.retry_if_exception(
             lambda e: (
                 (f := classify(e, self.endpoint, self.read_timeout)) is not None
                 and f.transient
-                and not f.retried
+                and (alone or not f.retried)
             )  # read timeouts, dropped connections: s3fs tried again
         )
         attempts = ATTEMPTS if retry and not self.down else 1
@@ -361,6 +372,25 @@ class GuardedFS:
         fh = self.call(what, lambda: self.fs.open(path, mode, **kw), retry="r" in mode)
         return GuardedFile(self, fh, what)
 
+    def send(self, what: str, method: str, body: Callable[[], Any], **kwargs: Any) -> Any:
+        """One S3 request with a body (``upload_part``, ``put_object``), through s3fs's client
+        (its credentials, endpoint, options and extra request arguments) but not its retry
+        wrapper, which would send a file-like body again from where the failed try stopped:
+        each try here gets a fresh ``body()``. Bounded like ``call``, with a time limit per try.
+        """
+        import fsspec.asyn
+
+        fs = self.fs
+
+        async def once() -> Any:
+            await fs.set_session()
+            client = await fs.get_s3(kwargs.get("Bucket"))
+            fn = getattr(client, method)
+            return await fn(**fs._get_s3_method_kwargs(fn, Body=body(), **kwargs))
+
+        limit = REQUEST_FACTOR * self.read_timeout
+        return self.call(what, lambda: fsspec.asyn.sync(fs.loop, once, timeout=limit), alone=True)
+
     def check_bucket(self, bucket: str) -> None:
         """Refuse a bucket that does not exist (s3fs would create it on the first write)."""
         try:
@@ -445,3 +475,253 @@ def secrets_of(options: dict[str, Any]) -> tuple[str, ...]:
     found = [str(options.get(k, "")) for k in ("secret", "password", "token")]
     found += [os.environ.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     return tuple(s for s in found if len(s) >= 4)
+
+
+PART_SIZE = 8 << 20
+"""One part of a multipart upload (S3 allows 10,000 parts: 78 GiB an object at this size)."""
+IN_FLIGHT = 2
+"""Part buffers per object: one filling while the others upload, concurrently."""
+MAX_PARTS = 10_000
+
+
+class PartBody(io.BytesIO):
+    """A part's bytes as a file, over its buffer without copying it.
+
+    Given bytes, aiohttp copies a body three times before it reaches the socket (a slice, a
+    join with the headers, the transport's buffer); given a ``BytesIO`` it sends 64 KiB at a
+    time and waits for the socket to drain. botocore reads it once more for the payload's
+    sha256 (SigV4 over plain HTTP) and seeks back. Each try of a request gets a new one.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._at = 0
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._at + n)
+        out = bytes(self._view[self._at : end])
+        self._at = max(self._at, end)
+        return out
+
+    def read1(self, n: int | None = -1, /) -> bytes:
+        return self.read(n)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def getbuffer(self) -> memoryview:
+        return self._view[:]
+
+    def getvalue(self) -> bytes:
+        return bytes(self._view)
+
+
+class S3Upload:
+    """One new S3 object, written as a stream: a multipart upload of our own, in bounded memory.
+
+    Each part is copied into one of ``in_flight`` buffers allocated once (``part_size`` each);
+    a full buffer is uploaded by a worker thread through the filesystem's own client
+    (``call_s3``: same credentials, endpoint, timeouts), so reading, encrypting and hashing go
+    on while up to ``in_flight`` parts are on the wire, and the writer waits when every buffer
+    is in use. A part's transient failure is retried by ``GuardedFS.call`` with the same buffer;
+    a permanent one fails the next ``write``/``close`` at once.
+
+    Nothing is visible before ``close`` completes the upload (an object smaller than one part
+    is one ``put_object`` at ``close``); ``abort`` (and any failure in ``close``) aborts the
+    multipart upload, so a failed or discarded object leaves neither an object nor a pending
+    upload. A killed process leaves a pending upload and no object: prune aborts those older
+    than a day (``Repository.abort_stale_uploads``), or a bucket lifecycle rule does.
+    """
+
+    def __init__(
+        self, fs: GuardedFS, path: str, part_size: int = PART_SIZE, in_flight: int = IN_FLIGHT
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if part_size < 5 << 20 or in_flight < 1:
+            raise ValueError("S3 parts are at least 5 MiB, and at least one is in flight")
+        self._fs = fs
+        self.path = path
+        self.bucket, self.key, _ = fs.fs.split_path(path)
+        self._part_size = part_size
+        self._in_flight = in_flight
+        self._buffers: list[bytearray] = []  # allocated on demand, at most in_flight
+        self._free: list[bytearray] = []
+        self._buf: bytearray | None = None
+        self._pos = 0
+        self._parts: list[dict[str, Any]] = []
+        self._pending: dict[Any, tuple[int, bytearray]] = {}  # future -> (part number, buffer)
+        self._number = 0
+        self.upload_id: str | None = None
+        self.closed = False
+        self.size = 0
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="s3-part")
+
+    # -- writing
+    def write(self, data: bytes, /) -> int:
+        if self.closed:
+            raise ValueError(f"write to a closed upload of {self.path}")
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            if self._buf is None:
+                self._buf = self._take_buffer()
+                self._pos = 0
+            n = min(len(view), self._part_size - self._pos)
+            self._buf[self._pos : self._pos + n] = view[:n]
+            self._pos += n
+            view = view[n:]
+            if self._pos == self._part_size:
+                self._ship()
+        self.size += total
+        return total
+
+    def flush(self) -> None:
+        """Nothing to do: parts go out as they fill (file-like callers call this)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def _take_buffer(self) -> bytearray:
+        """A free part buffer, waiting for an upload to finish when all are in use."""
+        while not self._free:
+            if len(self._buffers) < self._in_flight:
+                buf = bytearray(self._part_size)
+                self._buffers.append(buf)
+                return buf
+            self._reap(block=True)
+        return self._free.pop()
+
+    def _ship(self) -> None:
+        """Hand the full (or last) buffer to a worker as the next part."""
+        assert self._buf is not None
+        if self._number >= MAX_PARTS:
+            raise RepositoryError(
+                f"repository {self._fs.url}: write {self.path}: larger than {MAX_PARTS} parts of "
+                f"{self._part_size >> 20} MiB, the most one S3 object may have; split the step's output"
+            )
+        if self.upload_id is None:
+            self.upload_id = self._start()
+        self._number += 1
+        length, buf = self._pos, self._buf
+        self._buf, self._pos = None, 0
+        future = self._pool.submit(self._upload_part, self._number, buf, length)
+        self._pending[future] = (self._number, buf)
+        self._reap(block=False)
+
+    def _start(self) -> str:
+        what = f"write {self.path}"
+        out = self._fs.call(
+            what, lambda: self._fs.fs.call_s3("create_multipart_upload", Bucket=self.bucket, Key=self.key)
+        )
+        return str(out["UploadId"])
+
+    def _upload_part(self, number: int, buf: bytearray, length: int) -> dict[str, Any]:
+        view = memoryview(buf)[:length]
+        out = self._fs.send(
+            f"write {self.path} (part {number})",
+            "upload_part",
+            lambda: PartBody(view),
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+        )
+        return {"PartNumber": number, "ETag": out["ETag"]}
+
+    def _reap(self, block: bool) -> None:
+        """Collect finished parts (waiting for one when ``block``); a failed part raises here."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not self._pending:
+            return
+        done, _ = wait(list(self._pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            _, buf = self._pending.pop(future)
+            self._free.append(buf)
+            self._parts.append(future.result())  # a part's error, as a one-line RepositoryError
+
+    # -- finishing
+    def close(self) -> None:
+        """Complete the object (one PUT when it is smaller than a part); on failure, abort it."""
+        if self.closed:
+            return
+        try:
+            if self.upload_id is None:
+                view = memoryview(self._buf or b"")[: self._pos]
+                self._fs.send(
+                    f"write {self.path}",
+                    "put_object",
+                    lambda: PartBody(view),
+                    Bucket=self.bucket,
+                    Key=self.key,
+                )
+            else:
+                if self._pos:
+                    self._ship()
+                while self._pending:
+                    self._reap(block=True)
+                parts = sorted(self._parts, key=lambda p: int(p["PartNumber"]))
+                self._fs.call(
+                    f"write {self.path}",
+                    lambda: self._fs.fs.call_s3(
+                        "complete_multipart_upload",
+                        Bucket=self.bucket,
+                        Key=self.key,
+                        UploadId=self.upload_id,
+                        MultipartUpload={"Parts": parts},
+                    ),
+                )
+                self.upload_id = None
+        except BaseException:
+            self.abort()
+            raise
+        self._release()
+        self._fs.fs.invalidate_cache(self.path)
+
+    def abort(self) -> None:
+        """Drop the object: parts not started are cancelled, running ones awaited, then the
+        multipart upload is aborted (one try when the storage already failed). Never raises."""
+        if self.closed:
+            return
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            try:
+                self._fs.call(
+                    f"abort the upload of {self.path}",
+                    lambda: self._fs.fs.call_s3(
+                        "abort_multipart_upload", Bucket=self.bucket, Key=self.key, UploadId=upload_id
+                    ),
+                    retry=not self._fs.down,
+                )
+            except Exception as exc:  # best effort: prune aborts stale uploads
+                log.warning("could not abort the unfinished upload of %s: %s", self.path, exc)
+        self._release()
+
+    discard = abort
+
+    def _release(self) -> None:
+        self.closed = True
+        self._pool.shutdown(wait=False)
+        self._buffers.clear()
+        self._free.clear()
+        self._buf = None
+
+    def __enter__(self) -> S3Upload:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
