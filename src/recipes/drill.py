@@ -166,15 +166,17 @@ def _joined(root: str, path: str) -> str:
 
 def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Sequence[str]) -> Command:
     """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` not
-    modified since ``start`` (epoch seconds on that host), ``rewritten=`` how many of the
-    ``rewritten`` paths exist there modified since, ``volatile=`` the files modified since under
-    the ``rewritten`` directories (those ending in ``/``), and ``sample<i>=`` each sample path's sha256
+    modified since ``start`` (epoch seconds on that host; each inode once, as TarFacts counts a
+    hard link's later names as links), ``rewritten=`` how many of the ``rewritten`` paths exist
+    there modified since, ``volatile=`` the files modified since under the ``rewritten``
+    directories (those ending in ``/``), and ``sample<i>=`` each sample path's sha256
     (``missing`` when it is not a regular file)."""
     r = sh(root)
     lines = [
         f"cd {r} 2>/dev/null || exit 0",
-        f"find . -xdev -type f ! -newermt @{start} -printf '%s\\n' | "
-        "awk '{n++; b+=$1} END {printf \"files=%d\\nbytes=%.0f\\n\", n, b}'",
+        # each inode once, as tar stores it (a hard link's later names are links in the archive)
+        f"find . -xdev -type f ! -newermt @{start} -printf '%n %i %s\\n' | "
+        "awk '$1 == 1 || !seen[$2]++ {n++; b+=$3} END {printf \"files=%d\\nbytes=%.0f\\n\", n, b}'",
     ]
     inside = [p for p in rewritten if p == root or p.startswith(root.rstrip("/") + "/")]
     mine = [p for p in inside if not p.endswith("/")]
