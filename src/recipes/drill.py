@@ -528,6 +528,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+def _record_path_parts(recipe: str, host: str, stamp: str) -> tuple[str, str, str]:
+    """The last three parts of a record's path: recipe, host, ``<started>.json``."""
+    return safe_name(recipe), safe_name(host), f"{stamp}.json"
+
+
 def _record_path(repo: Repository, recipe: str, host: str, stamp: str = "") -> str:
     parts = ["drills", safe_name(recipe), safe_name(host)] + ([f"{stamp}.json"] if stamp else [])
     return "/".join([repo.root, *parts])
@@ -617,13 +622,32 @@ def listing(
                     signing.verify(data, signature, signers, NAMESPACE)
                 except VerifyError as exc:
                     problem = str(exc)
+        if problem is None and record is not None:
+            problem = _misplaced(path, record)
         out.append({"path": path, "verified": problem is None, "problem": problem, "record": record})
     return out
 
 
+def _misplaced(path: str, record: dict[str, Any]) -> str | None:
+    """Why a validly signed record does not belong where it lies (a copy of another recipe's,
+    host's or time's record, renamed to look newest), or None. A record lies at
+    ``drills/<recipe>/<host>/<started>.json``, as ``write_record`` put it."""
+    try:
+        started = dt.datetime.strptime(str(record["started"]), TIME).strftime(STAMP)
+        want = _record_path_parts(str(record["recipe"]), str(record["host"]), started)
+    except (KeyError, ValueError) as exc:
+        return f"damaged: {exc}"
+    got = tuple(path.rstrip("/").split("/")[-3:])
+    if got != want:
+        return f"signed for {'/'.join(want)}, but lies at {'/'.join(got)} (copied or renamed)"
+    return None
+
+
 def last(repo: Repository, recipe: str, host: str, trust: Any = None) -> dict[str, Any] | None:
-    """The newest drill record of recipe@host whose signature verifies (None when there is none)."""
+    """The newest drill record of recipe@host whose signature verifies and that lies where it
+    was written (None when there is none)."""
     good = [e["record"] for e in listing(repo, recipe, host, trust) if e["verified"]]
+    good.sort(key=lambda rec: str(rec["started"]))
     return good[-1] if good else None
 
 

@@ -130,6 +130,29 @@ def test_records_verify_and_a_changed_one_does_not(tmp_path: Path) -> None:
     assert not entry["verified"] and "bad signature" in entry["problem"]
 
 
+def test_a_signed_record_copied_elsewhere_is_not_the_last_drill(tmp_path: Path) -> None:
+    """An old passing record (of any recipe or host) and its signature, copied under a newer name,
+    must not become "the last drill": a record is trusted only where it was written."""
+    import shutil
+
+    key = generate_signing_key(tmp_path / "k", "test")
+    repo = Repository(str(tmp_path / "repo"))
+    base = {
+        "format": 1, "scratch": "s", "snapshot": "x", "finished": "2026-01-02T03:04:09Z",
+        "rto_seconds": 4.0, "steps": [], "checks": [],
+    }  # fmt: skip
+    good = {**base, "recipe": "looker", "host": "other", "started": "2026-01-01T00:00:00Z", "passed": True}
+    failed = {**base, "recipe": "django", "host": "web1", "started": "2026-01-02T03:04:05Z", "passed": False}
+    old = drill.write_record(repo, good, key)
+    drill.write_record(repo, failed, key)
+    forged = tmp_path / "repo/drills/django/web1/29991231T000000Z.json"
+    shutil.copyfile(old, forged)
+    shutil.copyfile(old + ".sig", str(forged) + ".sig")
+    assert drill.last(repo, "django", "web1", [key.public]) == failed
+    entry = next(e for e in drill.listing(repo, "django", "web1", [key.public]) if e["path"] == str(forged))
+    assert not entry["verified"] and "copied or renamed" in entry["problem"]
+
+
 # --------------------------------------------------------------------------- folders an application writes
 
 
