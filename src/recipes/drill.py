@@ -490,34 +490,66 @@ def refuse_same_key(source: HostSpec, scratch: Host) -> None:
         )
 
 
-def endpoints(params: dict[str, Any]) -> dict[str, str]:
-    """The places a restore with these parameters writes to, each as ``label -> key``: database
-    connections with an address (``host:port/db``; the local socket is the host's own), a
-    gateway's buckets, etcd and URLs. Read-only sources (a duplicity collection, a key store the
-    restore fetches from) are not places a restore writes to."""
-    found: dict[str, str] = {}
+_DEFAULT_PORTS = (("mysql", 3306), ("postgres", 5432), ("pg", 5432))
+
+
+def _places(host: str) -> set[str]:
+    """A host name as the addresses it resolves to (and its own lower-cased name, without a
+    trailing dot): ``db1``, ``db1.example.com.`` and its IP are one place."""
+    name = host.strip().rstrip(".").lower()
+    try:
+        found = {str(ai[4][0]) for ai in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        found = set()
+    return found | {name}
+
+
+def _url_places(url: str) -> set[str]:
+    """``scheme://host[:port]`` as ``address:port`` places (the scheme's default port filled in)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        return {url.rstrip("/").lower()}
+    return {f"{place}:{port}" for place in _places(u.hostname or "")}
+
+
+def endpoints(params: dict[str, Any]) -> dict[str, set[str]]:
+    """The places a restore with these parameters writes to, each as ``label -> keys``: database
+    connections with an address (``address:port/db``, the engine's default port filled in, the
+    name resolved; the local socket is the host's own), a gateway's buckets, etcd and URLs. Two
+    labels are the same place when their keys meet. Read-only sources (a duplicity collection, a
+    key store the restore fetches from) are not places a restore writes to."""
+    found: dict[str, set[str]] = {}
     for name, value in params.items():
         if isinstance(value, dict) and value.get("host"):
-            port = value.get("port") or ""
+            default = next((port for word, port in _DEFAULT_PORTS if word in name.lower()), "")
+            port = value.get("port") or default
             db = value.get("database") or "*"
-            found[f"{name} {value['host']}:{port}/{db}"] = f"db {str(value['host']).lower()}:{port}/{db}"
+            found[f"{name} {value['host']}:{port}/{db}"] = {
+                f"db {place}:{port}/{db}" for place in _places(str(value["host"]))
+            }
         elif name == "gateway" and isinstance(value, str) and value:
             for bucket in params.get("buckets") or ():
-                found[f"bucket {bucket} at {value}"] = f"bucket {value.rstrip('/').lower()}/{bucket}"
+                found[f"bucket {bucket} at {value}"] = {f"bucket {p}/{bucket}" for p in _url_places(value)}
         elif name == "etcd" and isinstance(value, str) and value:
-            found[f"etcd {value}"] = f"etcd {value.rstrip('/').lower()}"
+            found[f"etcd {value}"] = {f"etcd {p}" for p in _url_places(value)}
     return found
 
 
-def refuse_shared_endpoints(source_params: dict[str, Any], scratch_params: dict[str, Any]) -> None:
-    """ConfigError naming the first endpoint the scratch-side restore would write that the
-    source's snapshot records as its own."""
-    theirs = set(endpoints(source_params).values())
-    for label, key in endpoints(scratch_params).items():
-        if key in theirs:
+def refuse_shared_endpoints(
+    source_params: dict[str, Any], scratch_params: dict[str, Any], whose: str = "recorded in its snapshot"
+) -> None:
+    """ConfigError naming the first endpoint the scratch-side restore would write that is one of
+    the source's (``whose`` says where the source's come from)."""
+    theirs = set().union(*endpoints(source_params).values())
+    for label, keys in endpoints(scratch_params).items():
+        if keys & theirs:
             raise ConfigError(
-                f"drill: the scratch side's {label} is the source's (recorded in its snapshot): the "
-                "restore would write into the source; give the scratch host its own with --set"
+                f"drill: the scratch side's {label} is the source's ({whose}): the restore would "
+                "write into the source; give the scratch host its own with --set"
             )
 
 
@@ -713,6 +745,10 @@ def run(
     p = plan.restore_plan(r, params, dst_spec.name, cfg.compression(scratch), options)
     if manifest is not None:
         refuse_shared_endpoints(manifest.params, p.params)
+    # The configuration names the source's endpoints: without a --set of its own the scratch
+    # side would write there (a GOV.UK drill often has no manifest of ours to compare with).
+    configured, _ = split_options(r, config.recipe_values(cfg, recipe, []), given)
+    refuse_shared_endpoints(configured, p.params, f"[recipes.{recipe}] in {cfg.path or 'the defaults'}")
     roles: dict[str, list[Host]] = {}
     for role, names in roles_of(r, params).items():
         specs = [cfg.host(n) for n in names]

@@ -112,6 +112,24 @@ def test_endpoints_equal_to_the_source_are_refused_and_local_sockets_are_not() -
     drill.refuse_shared_endpoints({"postgres": True}, {"postgres": True})  # each host's own socket
 
 
+def test_the_same_endpoint_spelled_another_way_is_refused() -> None:
+    """Default ports, a trailing dot, case and a URL's default port do not make a second place."""
+    mysql = {"mysql": {"host": "localhost", "port": None, "database": "looker"}}
+    with pytest.raises(ConfigError, match="scratch side's mysql"):
+        drill.refuse_shared_endpoints(
+            mysql, {"mysql": {"host": "LOCALHOST.", "port": 3306, "database": "looker"}}
+        )
+    with pytest.raises(ConfigError, match="scratch side's mysql"):  # the name and its address
+        drill.refuse_shared_endpoints(
+            mysql, {"mysql": {"host": "127.0.0.1", "port": 3306, "database": "looker"}}
+        )
+    drill.refuse_shared_endpoints(mysql, {"mysql": {"host": "localhost", "port": 3307, "database": "looker"}})
+    gw = {"gateway": "http://gw.example", "buckets": ["registry"]}
+    with pytest.raises(ConfigError, match="bucket registry"):
+        drill.refuse_shared_endpoints(gw, {"gateway": "http://GW.example:80/", "buckets": ["registry"]})
+    drill.refuse_shared_endpoints(gw, {"gateway": "https://gw.example", "buckets": ["registry"]})
+
+
 def test_records_verify_and_a_changed_one_does_not(tmp_path: Path) -> None:
     key = generate_signing_key(tmp_path / "k", "test")
     repo = Repository(str(tmp_path / "repo"))
@@ -464,3 +482,33 @@ def test_govuk_assets_checks_owner_only_when_set() -> None:
     (owner,) = recipe.drill_checks(assets(owner="www-data:adm", target="/srv/up")[1])
     assert owner.name == "owner"
     assert "find /srv/up -xdev \\( ! -user www-data -o ! -group adm \\) -print -quit" in owner.command.script
+
+
+def test_a_drill_without_a_scratch_database_of_its_own_is_refused_before_any_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GOV.UK drills often have no manifest of ours: the configuration's connection (the
+    source's) is still refused as the scratch side's, before any host is opened."""
+    from recipes import config, hosts
+
+    key = generate_signing_key(tmp_path / "k", "test")
+    (tmp_path / "recipes.toml").write_text(
+        f'[repository]\nurl = "{tmp_path / "repo"}"\nsigners = ["{key.public.line}"]\n'
+        f'signing_key = "{tmp_path / "k"}"\n'
+        '[hosts.source]\naddress = "203.0.113.5"\n[hosts.scratch]\naddress = "203.0.113.6"\n'
+        '[recipes.govuk-datastore]\nmysql = { host = "db.example", password_env = "MYSQL_PW" }\n'
+        'passphrase_env = "PP"\ngpg_key_file = "/k.asc"\n'
+    )
+    cfg = config.load(str(tmp_path / "recipes.toml"))
+
+    def never(*_a: object, **_k: object) -> None:
+        raise AssertionError("a host was opened")
+
+    monkeypatch.setattr(hosts, "open_host", never)
+    with pytest.raises(
+        ConfigError, match=r"scratch side's mysql db.example:3306/\* is the source's \(\[recipes"
+    ):
+        drill.run(cfg, "govuk-datastore", "source", "scratch")
+    other = ['mysql.host="db2.example"', 'mysql.password_env="MYSQL_PW"']
+    with pytest.raises(AssertionError, match="a host was opened"):  # past every refusal
+        drill.run(cfg, "govuk-datastore", "source", "scratch", sets=other)
