@@ -19,6 +19,7 @@ changes), make a check *skipped* with its reason in the record, never a silent p
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -443,8 +444,41 @@ def _addresses(spec: HostSpec) -> tuple[set[str], int]:
     return found | {host.lower()}, port
 
 
+def _this_machine() -> set[str]:
+    """The names and addresses this controller answers to (``--host local`` is this machine)."""
+    names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    found = set(names) | {"127.0.0.1", "::1"}
+    for name in names:
+        with contextlib.suppress(OSError):
+            found |= {str(ai[4][0]) for ai in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+    return found
+
+
+def _is_this_machine(spec: HostSpec) -> bool:
+    """Whether an SSH host spec leads back to this machine, on any port (loopback included)."""
+    import ipaddress
+
+    addresses, _ = _addresses(spec)
+    for address in addresses:
+        try:
+            if ipaddress.ip_address(address.split("%", 1)[0]).is_loopback:
+                return True
+        except ValueError:
+            pass
+    return bool(addresses & _this_machine())
+
+
 def refuse_same_host(source: HostSpec, scratch: HostSpec) -> None:
-    """ConfigError when the scratch host's address:port is the source's."""
+    """ConfigError when the scratch host's address:port is the source's; when either is
+    ``local`` (this machine), when the other one is this machine too, on any port."""
+    if source.is_local or scratch.is_local:
+        other = scratch if source.is_local else source
+        if other.is_local or _is_this_machine(other):
+            raise ConfigError(
+                f"drill: the scratch host {scratch.name} and the source {source.name} are both this "
+                "machine: a drill restores onto another host; give --to-host a scratch machine"
+            )
+        return
     src, src_port = _addresses(source)
     dst, dst_port = _addresses(scratch)
     same = src & dst

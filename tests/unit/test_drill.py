@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import tarfile
 from pathlib import Path
 
@@ -512,3 +513,24 @@ def test_a_drill_without_a_scratch_database_of_its_own_is_refused_before_any_hos
     other = ['mysql.host="db2.example"', 'mysql.password_env="MYSQL_PW"']
     with pytest.raises(AssertionError, match="a host was opened"):  # past every refusal
         drill.run(cfg, "govuk-datastore", "source", "scratch", sets=other)
+
+
+def test_local_on_either_side_refuses_this_machine_on_any_port() -> None:
+    """``--host local`` is this machine: an SSH scratch on loopback or this machine's name (any
+    port) is the same machine, as are two locals; another machine is fine."""
+    from recipes.hosts import LOCAL, HostSpec
+
+    local = HostSpec(LOCAL)
+    for same in (
+        HostSpec("s", address="127.0.0.1", port=2222),
+        HostSpec("s", address="127.0.1.1"),
+        HostSpec("s", address="localhost", port=22),
+        HostSpec("s", address=socket.gethostname()),
+    ):
+        with pytest.raises(ConfigError, match="both this machine"):
+            drill.refuse_same_host(local, same)
+        with pytest.raises(ConfigError, match="both this machine"):
+            drill.refuse_same_host(same, local)
+    with pytest.raises(ConfigError, match="both this machine"):
+        drill.refuse_same_host(local, local)
+    drill.refuse_same_host(local, HostSpec("s", address="203.0.113.7"))
