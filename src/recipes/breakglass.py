@@ -213,6 +213,7 @@ class _Writer:
         if self.from_repo:
             need += ["IDENTITY", "ALLOWED_SIGNERS", *(["SNAPSHOT"] if self.manifest is None else [])]
         need += [_role_var(r) for r in sorted(self.roles)] + sorted(self.secrets)
+        lines.append("set -euo pipefail  # the first failed check or command stops the restore")
         lines += [f': "${{{name}:?set {name} first (see above)}}"' for name in need]
         if self.manifest is not None and self.from_repo:
             default = self.repo_url.rstrip("/") if not self.s3 else _rclone_path(self.repo_url, "repo")
@@ -241,7 +242,7 @@ class _Writer:
         return Block(
             "Set the variables every block uses",
             "\n".join(lines),
-            "no `set ... first` line; run every block in this one shell (bash -euo pipefail)",
+            "no `set ... first` line; save every block, in order, into one file and run it with bash",
         )
 
     def _s3_key_store(self) -> list[str]:
@@ -290,11 +291,14 @@ class _Writer:
                     lines.append(f'rclone copyto "$REPO/{rel}/{name}" "$S{i}/{name}"')
             else:
                 lines.append(f'S{i}="$REPO/{rel}"')
-            lines.append(f'{verify} -n {MANIFEST_NAMESPACE} -s "$S{i}/manifest.sig" < "$S{i}/manifest.json"')
+            lines.append(
+                f'{verify} -n {MANIFEST_NAMESPACE} -s "$S{i}/manifest.sig" < "$S{i}/manifest.json" || '
+                f"{{ echo 'the manifest of {m.snapshot} is not signed by a trusted key: stop' >&2; exit 1; }}"
+            )
             for obj in wanted:
                 lines.append(
-                    f'grep -qF \'"sha256": "{obj.sha256}"\' "$S{i}/manifest.json"  '
-                    f"# {obj.name}: the sum below is the signed one"
+                    f'grep -qF \'"sha256": "{obj.sha256}"\' "$S{i}/manifest.json" || '
+                    f"{{ echo '{obj.name}: its sum is not in the signed manifest: stop' >&2; exit 1; }}"
                 )
                 lines.append(
                     f'test "$(wc -c < "$S{i}/{obj.path}")" -eq {obj.size} || '
@@ -309,14 +313,21 @@ class _Writer:
                     lines.append(f'rclone copyto {sh(_rclone_path(obj.path, "repo"))} "{local}"')
                 else:
                     lines.append(f'cp -- {sh(obj.path.removeprefix("file://"))} "{local}"')
-                lines.append(f'grep -qF \'"sha256": "{obj.sha256}"\' "$S{last}/manifest.json"  # {obj.name}')
+                lines.append(
+                    f'grep -qF \'"sha256": "{obj.sha256}"\' "$S{last}/manifest.json" || '
+                    f"{{ echo 'key file {obj.name}: its sum is not in the signed manifest' >&2; exit 1; }}"
+                )
                 lines.append(
                     f'test "$(wc -c < "{local}")" -eq {obj.size} || '
                     f"{{ echo 'key file {obj.name} is not {obj.size} bytes' >&2; exit 1; }}"
                 )
                 sums.append(f"{obj.sha256}  {local}")
         if sums:
-            lines += ["sha256sum --check --strict <<EOF", *sums, "EOF"]
+            lines += [
+                "sha256sum --check --strict <<EOF || { echo 'a sha256 does not match' >&2; exit 1; }",
+                *sums,
+                "EOF",
+            ]
         return Block(
             "Check the manifest's signature and every object's size and sha256",
             "\n".join(lines),

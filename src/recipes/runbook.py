@@ -473,8 +473,10 @@ def _breakglass(
 ) -> list[Part]:
     parts: list[Part] = [
         Para(
-            "When `recipes` itself cannot run: the same restore with standard tools only. Run the "
-            "blocks in order, as written, in one shell; each says how to check it worked."
+            "When `recipes` itself cannot run: the same restore with standard tools only. Save the "
+            "blocks, in order and as written, into one file and run it with `bash FILE` (not pasted "
+            "into a terminal: the first failed check stops the script with `exit`); each block says "
+            "how to check it worked."
         )
     ]
     for block in breakglass.blocks(restore, repo_url, manifest, chain, sudo=sudo):
