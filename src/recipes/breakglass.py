@@ -93,7 +93,16 @@ def blocks(
     if manifest is not None and chain is None:
         chain = _chain(repo_url, manifest)
     whole = list(chain or ([manifest] if manifest else []))
+    for m in whole:  # written into the script unquoted: only plain names (the chain may be unread)
+        for name in (m.snapshot, *(o.path for o in (*m.objects, *m.external) if o not in m.external)):
+            if not _PLAIN.fullmatch(name) or ".." in name:
+                raise ValueError(
+                    f"snapshot {m.snapshot!r}: {name!r} is not a plain name; not written into a script"
+                )
     return _Writer(plan, repo_url, manifest, whole, sudo).blocks()
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
 
 def _chain(repo_url: str, manifest: mf.Manifest) -> list[mf.Manifest]:

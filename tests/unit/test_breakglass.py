@@ -232,3 +232,19 @@ def test_the_metadata_mapper_renames_only_keys(indent: str | None, tmp_path: Pat
         text=True,
     )
     assert json.loads(out.stdout) == {"Metadata": {}}
+
+
+def test_a_name_that_is_not_plain_is_never_written_into_a_script() -> None:
+    """Object paths and snapshot ids go into the script unquoted: anything but a plain name
+    (a forged or unread manifest's ``$(…)``, spaces, ``..``) is refused before a line is made."""
+    import attrs
+
+    r = apps.get("django")
+    plan = restore_plan(r, make_params(r, {"root": "/srv/x"}, "test"), "web2")
+    good = _manifest("20261122T101500Z-aaaaa0", 0, None, ["files.tar", "files.snar"])
+    for bad in ("files.tar.zst.age$(touch x)", "../files.tar.zst.age", "files tar.zst.age"):
+        obj = attrs.evolve(good.objects[0], path=bad)
+        forged = attrs.evolve(good, objects=(obj, *good.objects[1:]))
+        with pytest.raises(ValueError, match="not a plain name"):
+            breakglass.blocks(plan, "/repo", forged, chain=[forged])
+    assert breakglass.blocks(plan, "/repo", good, chain=[good])
