@@ -212,6 +212,8 @@ def row_checks(obj: mf.StoredObject, found: dict[str, str] | None, why_not: str 
         ]
     if found is None:
         return [skipped(f"{name} rows", f"{len(rows)} tables", why_not)]
+    if not rows:  # never no entry at all: an empty dump, or tables the counter did not see
+        return [skipped(f"{name} rows", "0 tables", "the backup recorded no table in this dump")]
     out = []
     system = [t for t in rows if obj.engine == "mysql" and t.split(".")[0] in _MYSQL_SYSTEM]
     for table, count in sorted(rows.items()):
@@ -955,8 +957,11 @@ def _checks(
             last_words = said.strip().splitlines()[-1:] or [""]
             found = f"exit {result.exit_status}" + (f": {last_words[0]}" if last_words[0] else "")
             out.append(check(c.name, result.exit_status == 0, "exit 0", found))
-    if external and not out:
-        out.append(
-            skipped("facts", "facts", "restored from a source outside the repository: no facts to compare")
+    if not out:  # a drill that compared nothing says so: it never passes by having no checks
+        why = (
+            "restored from a source outside the repository: no facts to compare"
+            if external
+            else "nothing recorded at backup time to compare, and the recipe has no health check"
         )
+        out.append(skipped("facts", "facts", why))
     return out

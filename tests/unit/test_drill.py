@@ -534,3 +534,9 @@ def test_local_on_either_side_refuses_this_machine_on_any_port() -> None:
     with pytest.raises(ConfigError, match="both this machine"):
         drill.refuse_same_host(local, local)
     drill.refuse_same_host(local, HostSpec("s", address="203.0.113.7"))
+
+
+def test_a_dump_whose_facts_name_no_table_is_reported_not_silently_passed() -> None:
+    obj = mf.StoredObject("dumps/x.sql", "dump", "dumps/x.sql.zst.age", 1, "0" * 64, facts={"rows": {}})
+    (only,) = drill.row_checks(obj, {})
+    assert only["name"] == "dumps/x.sql rows" and "recorded no table" in only["skipped"]
