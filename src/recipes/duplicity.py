@@ -13,6 +13,7 @@ each chosen automysqlbackup dump into ``mysql``, or the restored directory as a 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import json
 import logging
 import os
@@ -455,13 +456,13 @@ def _load_dumps(host: Host, dst: HostCommand, path: str, databases: tuple[str, .
     return f"ok ({'; '.join(loaded)})"
 
 
-def _feed(host: Host, dst: HostCommand, first: list[bytes], rest: BinaryIO | IO[bytes], what: str) -> None:
+@contextlib.contextmanager
+def _into(host: Host, dst: HostCommand, what: str) -> Iterator[Process]:
+    """``dst`` started on the host, its stdin for the block to write; then its exit and stderr
+    judged. A write the command stopped reading is its failure, quoted from its stderr."""
     proc: Process = host.start(dst.command)
     try:
-        for data in first:
-            proc.write(data)
-        while chunk := rest.read(CHUNK):
-            proc.write(chunk)
+        yield proc
         proc.close_stdin()
     except (OSError, EOFError) as exc:
         status = proc.wait(timeout=FAILED_WAIT)
@@ -472,6 +473,14 @@ def _feed(host: Host, dst: HostCommand, first: list[bytes], rest: BinaryIO | IO[
         proc.kill()
         raise
     _judge(host, dst, proc, what)
+
+
+def _feed(host: Host, dst: HostCommand, first: list[bytes], rest: BinaryIO | IO[bytes], what: str) -> None:
+    with _into(host, dst, what) as proc:
+        for data in first:
+            proc.write(data)
+        while chunk := rest.read(CHUNK):
+            proc.write(chunk)
 
 
 def _judge(host: Host, dst: HostCommand, proc: Process, what: str) -> None:
@@ -499,23 +508,14 @@ def _stream_tree(host: Host, dst: HostCommand, path: str, what: str) -> str:
         raise StepFailed(
             f"{what}: duplicity restored a file, not a directory (is file_to_restore a directory?)"
         )
-    proc: Process = host.start(dst.command)
     count = 0
-    try:
-        with tarfile.open(fileobj=_ToProcess(proc), mode="w|", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
-            for name in sorted(os.listdir(path)):
-                tar.add(os.path.join(path, name), arcname=name)
-                count += 1
-        proc.close_stdin()
-    except OSError as exc:
-        status = proc.wait(timeout=FAILED_WAIT)
-        raise StepFailed(
-            f"{what} failed on {host.name} (exit {status}): {last_line(proc.stderr()) or exc}"
-        ) from None
-    except BaseException:
-        proc.kill()
-        raise
-    _judge(host, dst, proc, what)
+    with (
+        _into(host, dst, what) as proc,
+        tarfile.open(fileobj=_ToProcess(proc), mode="w|", format=tarfile.GNU_FORMAT) as tar,  # type: ignore[call-overload]
+    ):
+        for name in sorted(os.listdir(path)):
+            tar.add(os.path.join(path, name), arcname=name)
+            count += 1
     return f"ok ({count} top-level entries)"
 
 

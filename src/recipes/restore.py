@@ -108,22 +108,7 @@ def restore(
             objects = [obj for n, name in needed if n is m and (obj := m.object(name)) is not None]
             log.info("verify %d objects of %s", len(objects), m.snapshot)
             repo.verify_objects(m, objects)
-        try:
-            interp.run_steps(plan.steps)
-        except BaseException as exc:
-            interp.finish(succeeded=False)
-            error = interp.failure(exc)
-            if isinstance(error, StepFailed) and interp.records:
-                raise StepFailed(
-                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), interp.undone())}"
-                ) from exc
-            if error is exc or error is None:
-                raise
-            raise error from exc
-        interp.finish(succeeded=True)
-        if (error := interp.failure(None)) is not None:
-            raise error
-        return interp.records
+        return _run(interp, plan)
 
 
 def restore_external(
@@ -152,26 +137,32 @@ def restore_external(
     with interrupts_as_exceptions():
         interp.reach()
         interp.preflight(plan.steps)
-        try:
-            interp.run_steps(plan.steps)
-        except BaseException as exc:
-            interp.finish(succeeded=False)
-            error = interp.failure(exc)
-            undone = interp.undone()
-            if isinstance(error, duplicity.BeforeHost):
-                back = f"; taken back after the failure: {', '.join(undone)}" if undone else ""
-                raise StepFailed(f"{error}{back}") from exc
-            if isinstance(error, StepFailed) and interp.records:
-                raise StepFailed(
-                    f"{error}; {_partial_state(plan, interp.records, len(interp.records), undone)}"
-                ) from exc
-            if error is exc or error is None:
-                raise
-            raise error from exc
-        interp.finish(succeeded=True)
-        if (error := interp.failure(None)) is not None:
-            raise error
-        return interp.records
+        return _run(interp, plan)
+
+
+def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
+    """Run the restore's steps; a failure's error line says what the target holds now (or, for
+    a failure before anything reached the host, what was taken back)."""
+    try:
+        interp.run_steps(plan.steps)
+    except BaseException as exc:
+        interp.finish(succeeded=False)
+        error = interp.failure(exc)
+        undone = interp.undone()
+        if isinstance(error, duplicity.BeforeHost):
+            back = f"; taken back after the failure: {', '.join(undone)}" if undone else ""
+            raise StepFailed(f"{error}{back}") from exc
+        if isinstance(error, StepFailed) and interp.records:
+            raise StepFailed(
+                f"{error}; {_partial_state(plan, interp.records, len(interp.records), undone)}"
+            ) from exc
+        if error is exc or error is None:
+            raise
+        raise error from exc
+    interp.finish(succeeded=True)
+    if (error := interp.failure(None)) is not None:
+        raise error
+    return interp.records
 
 
 def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int, undone: Sequence[str] = ()) -> str:
