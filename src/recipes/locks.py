@@ -15,12 +15,17 @@ Taking the lock must be atomic:
   (``link`` fails when the name exists: an O_EXCL create of a complete file); taking over a
   stale lock (read, judge, delete, create) happens under an ``flock`` of the locks folder, so
   two runs judging the same stale lease cannot both delete and take it;
-* S3 that honours ``If-None-Match: *`` (AWS since 2024): a conditional PUT;
-* S3 that ignores it (``rclone serve s3``, probed once per repository): check that no lock
-  exists, write ours, wait ``SETTLE_SECONDS``, read it back and keep it only if our token is
-  still there. Two controllers that both check within the same instant and both read back
-  before the other's write landed can still both win: that race, and the same one when two
-  controllers take over one stale lock, is what remains (see docs/configuration.md).
+* S3 (any server: many ignore ``If-None-Match``): the same read, judge, delete and create run
+  under a *claim*, a mutual exclusion made of unique objects. A run writes
+  ``locks/.claims/<recipe>@<host>/<token>``, lists that folder, and goes on only when it sees no
+  other live claim; a run that sees one deletes its own, waits a random moment and tries again.
+  Of two runs, the one that lists second sees the other's claim (its PUT completed before the
+  first run listed, which was before the second run's own PUT completed), so at most one goes
+  on; both may back off, never both proceed. This needs read-after-write and list-after-write
+  consistency, which AWS S3 (since December 2020), MinIO, Ceph RGW and ``rclone serve s3`` give.
+  It replaced a write, a two-second settle wait and a read back, which still let two runs win.
+  A claim left by a killed run is ignored once its process is gone from this controller, or
+  ``CLAIM_SECONDS`` after it was made.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import getpass
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import tempfile
@@ -51,8 +57,11 @@ log = logging.getLogger("recipes")
 
 LEASE_SECONDS = 600
 RENEW_SECONDS = 60
-SETTLE_SECONDS = 2.0
 LOCKS = "locks"
+CLAIMS = ".claims"
+CLAIM_SECONDS = 30
+"""A claim is held for a few requests; one older than this was left by a run that died."""
+CLAIM_TRIES = 6
 TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 Clock = Callable[[], dt.datetime]
@@ -151,10 +160,10 @@ class Lease:
 class Store:
     """The few lock operations, atomic where each kind of storage allows it."""
 
-    def __init__(self, repo: Repository, settle: float = SETTLE_SECONDS) -> None:
+    def __init__(self, repo: Repository, backoff: float = 0.2) -> None:
         self.repo = repo
         self.fs = repo.fs
-        self.settle = settle
+        self.backoff = backoff
 
     def path(self, recipe: str, host: str) -> str:
         from recipes.repository import safe_name
@@ -184,11 +193,12 @@ class Store:
                 self.fs.rm_file(path)
 
     @contextlib.contextmanager
-    def exclusive(self, path: str) -> Iterator[None]:
-        """On a local folder, hold an ``flock`` of the lock's folder for the block: one run at a
-        time reads, judges, deletes and creates. Elsewhere (S3) nothing: see the module's notes."""
+    def exclusive(self, path: str, lease: Lease, clock: Clock = utcnow) -> Iterator[None]:
+        """Hold, for the block, the right to read, judge, delete and create the lock at ``path``:
+        an ``flock`` of the lock's folder on a local folder, a claim on S3 (see the module)."""
         if not self.repo.local:
-            yield
+            with self._claim(path, lease, clock):
+                yield
             return
         folder = os.path.dirname(path)
         fd = self.fs.call(f"lock {folder}", lambda: _open_folder(folder), retry=False)
@@ -201,8 +211,72 @@ class Store:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _claim(self, path: str, lease: Lease, clock: Clock) -> Iterator[None]:
+        """Our claim object, alone among live ones in its folder, for the block."""
+        folder = f"{os.path.dirname(path)}/{CLAIMS}/{os.path.basename(path)}"
+        own = f"{folder}/{lease.token}"
+        rival: Lease | None = None
+        for attempt in range(CLAIM_TRIES):
+            self.fs.pipe_file(own, attrs.evolve(lease, purpose=f"claim for {lease.purpose}").dumps())
+            try:
+                rival = self._live_rival(folder, own, clock)
+            except BaseException:
+                self._drop(own)
+                raise
+            if rival is None:
+                break
+            self._drop(own)
+            time.sleep(random.uniform(0.5, 1.5) * self.backoff * (attempt + 1))
+        else:
+            holder = rival.holder() if rival is not None else "another run"
+            raise LockHeld(
+                f"{lease.recipe}@{lease.host}: {holder} is taking its lock at this moment: "
+                "wait for that run, or try again"
+            )
+        try:
+            yield
+        finally:
+            self._drop(own)
+
+    def _live_rival(self, folder: str, own: str, clock: Clock) -> Lease | None:
+        """Another live claim in ``folder``; a dead one (its run gone) is removed on the way."""
+        names = self.fs.ls(folder, detail=False, refresh=True)
+        for name in sorted(str(n) for n in names):
+            if name.rstrip("/").rsplit("/", 1)[-1] == own.rsplit("/", 1)[-1]:
+                continue
+            data = self.read(name)
+            if data is None:  # released while we listed
+                continue
+            try:
+                claim = Lease.loads(data)
+            except ValueError:
+                log.warning("removing an unreadable lock claim %s", name)
+                self._drop(name)
+                continue
+            age = (clock() - _time(claim.renewed)).total_seconds()
+            if claim.gone_from_here() or age > CLAIM_SECONDS:
+                log.warning("removing the lock claim of %s, left by a run that is gone", claim.holder())
+                self._drop(name)
+                continue
+            return claim
+        return None
+
+    def _drop(self, path: str) -> None:
+        """Delete a claim; a failure is a warning (a dead claim is ignored after CLAIM_SECONDS)."""
+        try:
+            self.delete(path)
+        except RepositoryError as exc:
+            log.warning(
+                "could not remove the lock claim %s (%s): ignored after %ds",
+                path,
+                exc,
+                CLAIM_SECONDS,
+            )
+
     def create(self, path: str, lease: Lease) -> bool:
-        """Write ``lease`` only if no lock exists; True when it is ours afterwards."""
+        """Write ``lease`` only if no lock exists; True when it is ours afterwards. On S3 this
+        runs under ``exclusive`` (the claim), which makes the check and the write one step."""
         data = lease.dumps()
         if self.repo.local:
             try:
@@ -210,43 +284,10 @@ class Store:
                 return True
             except FileExistsError:
                 return False
-        if self.conditional():
-            try:
-                self.fs.pipe_file(path, data, mode="create")
-                return True
-            except FileExistsError:  # someone else's, or ours from a retried PUT
-                return self._ours(path, lease)
         if self.read(path) is not None:
             return False
         self.fs.pipe_file(path, data)
-        time.sleep(self.settle)  # a rival's write in this window overwrites ours: we then lose
-        return self._ours(path, lease)
-
-    def _ours(self, path: str, lease: Lease) -> bool:
-        data = self.read(path)
-        try:
-            return data is not None and Lease.loads(data).token == lease.token
-        except ValueError:
-            return False
-
-    def conditional(self) -> bool:
-        """Does this S3 server honour ``If-None-Match: *``? Probed once per repository."""
-        if self.repo.conditional_writes is None:
-            probe = f"{self.repo.root}/{LOCKS}/.probe-{secrets.token_hex(8)}"
-            self.fs.pipe_file(probe, b"probe\n")
-            try:
-                self.fs.pipe_file(probe, b"again\n", mode="create")
-                honoured = False  # the second create of the same name succeeded
-            except FileExistsError:
-                honoured = True
-            except RepositoryError as exc:  # e.g. 501 NotImplemented for the header
-                log.debug("conditional write probe: %s", exc)
-                honoured = False
-            with contextlib.suppress(RepositoryError, FileNotFoundError):
-                self.fs.rm_file(probe)
-            self.repo.conditional_writes = honoured
-            log.debug("%s: conditional writes %s", self.repo.url, "honoured" if honoured else "ignored")
-        return bool(self.repo.conditional_writes)
+        return True
 
 
 def _machine() -> str:
@@ -314,7 +355,7 @@ def acquire(
     store = store or Store(repo)
     path = store.path(recipe, host)
     lease = Lease.new(recipe, host, purpose, clock())
-    with store.exclusive(path):
+    with store.exclusive(path, lease, clock):
         return _acquire(store, path, lease, recipe, host, clock)
 
 

@@ -140,7 +140,6 @@ class Repository:
         self.root = self.root.rstrip("/")
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.fs = storage.GuardedFS(fs, url, storage.secrets_of(opts))
-        self.conditional_writes: bool | None = None  # S3 honours If-None-Match (locks.py probes it)
         if s3:  # once per repository: never let a write create a mistyped bucket
             self.fs.check_bucket(self.root.split("/", 1)[0])
 

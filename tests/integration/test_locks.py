@@ -4,6 +4,7 @@ lock is taken over; SIGKILL leaves a lock that blocks until its lease runs out; 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,11 +116,13 @@ def test_a_sigkilled_runs_lock_is_freed_here_at_once_and_elsewhere_by_its_lease(
 
 
 def test_lock_on_s3_without_conditional_writes(s3_server: servers.S3Server, s3_bucket: str) -> None:
+    """rclone serve s3 ignores If-None-Match: the lock is taken under a claim."""
     opts = {**s3_server.options(), "config_kwargs": {"read_timeout": 5}}
     repo = Repository(f"s3://{s3_bucket}/repo", opts)
     stored = Path(s3_server.data_dir) / s3_bucket / "repo" / "locks" / "django@web1"
+    claims = Path(s3_server.data_dir) / s3_bucket / "repo" / "locks" / ".claims"
     with repo.lock("django", "web1") as lease:
-        assert repo.conditional_writes is False  # rclone serve s3 ignores If-None-Match: read back
+        assert not [p for p in claims.rglob("*") if p.is_file()]  # the claim went once the lock was written
         assert locks.Lease.loads(stored.read_bytes()).token == lease.token
         rival = Repository(f"s3://{s3_bucket}/repo", opts)  # another controller's view
         with pytest.raises(locks.LockHeld) as info, rival.lock("django", "web1"):
@@ -127,10 +130,142 @@ def test_lock_on_s3_without_conditional_writes(s3_server: servers.S3Server, s3_b
         assert lease.holder() in str(info.value)
         assert locks.Lease.loads(stored.read_bytes()).token == lease.token  # the rival wrote nothing
     assert not stored.exists()
-    assert not list((Path(s3_server.data_dir) / s3_bucket / "repo").rglob(".probe-*"))
 
     ghost = locks.Lease.new("django", "web1", "run", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     repo.fs.pipe_file(f"{s3_bucket}/repo/locks/django@web1", ghost.dumps())
     with repo.lock("django", "web1") as taken:
         assert locks.Lease.loads(stored.read_bytes()).token == taken.token != ghost.token
     assert not stored.exists()
+
+
+RACER = """
+import json, sys, time
+from recipes.repository import Repository
+from recipes import locks
+opts, url = json.loads(sys.stdin.readline())
+repo = Repository(url, opts)
+repo.fs.ls(url.removeprefix("s3://").split("/")[0])  # connected before the start line
+
+
+class Slow(locks.Store):
+    # a server slow to answer: the window between seeing no lock and writing one is wide
+
+    def read(self, path):
+        data = super().read(path)
+        if path.endswith("/django@web1"):
+            time.sleep(0.3)
+        return data
+
+
+print("ready", flush=True)
+sys.stdin.readline()  # the start line: every racer is connected and waiting
+try:
+    with locks.hold(repo, "django", "web1", store=Slow(repo)):
+        began = time.time()
+        time.sleep(0.4)
+        print(json.dumps(["held", began, time.time()]))
+except locks.LockHeld as exc:
+    print(json.dumps(["refused", str(exc)]))
+"""
+
+
+def test_runs_started_together_on_s3_never_hold_the_lock_at_once(
+    s3_server: servers.S3Server, s3_bucket: str
+) -> None:
+    """Six controllers (processes) take one recipe@host's lock at the same instant on a slow
+    server that ignores If-None-Match: the claims let at most one hold it at any time."""
+    import json
+    import subprocess
+    import sys
+
+    payload = json.dumps([s3_server.options(), f"s3://{s3_bucket}/race"]) + "\n"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    for p in procs:
+        assert p.stdin and p.stdout
+        p.stdin.write(payload)
+        p.stdin.flush()
+    for p in procs:
+        assert p.stdout and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    held = sorted((r[1], r[2]) for r in results if r[0] == "held")
+    assert held, results
+    for (_, end), (begin, _) in itertools.pairwise(held):
+        assert begin >= end, f"two runs held the lock at once: {held}"
+    refused = [r[1] for r in results if r[0] == "refused"]
+    assert all("django@web1" in line for line in refused)
+    root = Path(s3_server.data_dir) / s3_bucket / "race" / "locks"
+    assert not [p for p in root.rglob("*") if p.is_file()]  # no lock and no claim left
+
+
+def test_taking_over_a_stale_lock_on_s3_never_lets_two_runs_hold_it(
+    s3_server: servers.S3Server, s3_bucket: str
+) -> None:
+    """Run B judged the lock stale and is about to delete it when run A comes: A waits for B's
+    claim, then finds B's fresh lease; B never deletes a lease A wrote."""
+    import threading
+
+    opts = {**s3_server.options(), "config_kwargs": {"read_timeout": 5}}
+    repo = Repository(f"s3://{s3_bucket}/takeover", opts)
+    ghost = locks.Lease.new("django", "web1", "run", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    repo.fs.pipe_file(f"{s3_bucket}/takeover/locks/django@web1", ghost.dumps())
+    won: list[str] = []
+    refused: list[str] = []
+
+    def run_a() -> None:
+        try:
+            won.append(locks.acquire(repo, "django", "web1").token)
+        except locks.LockHeld as exc:
+            refused.append(str(exc))
+
+    class Interleaving(locks.Store):
+        def delete(self, path: str) -> None:
+            if path.endswith("/django@web1") and not hasattr(self, "rival"):
+                self.rival = threading.Thread(target=run_a)
+                self.rival.start()
+                self.rival.join(timeout=2)  # A completes now unless B's claim holds it off
+            super().delete(path)
+
+    store = Interleaving(repo)
+    won.append(locks.acquire(repo, "django", "web1", store=store).token)
+    store.rival.join(timeout=60)
+    assert not store.rival.is_alive()
+    assert len(won) == 1, (won, refused)
+    stored = Path(s3_server.data_dir) / s3_bucket / "takeover" / "locks" / "django@web1"
+    assert locks.Lease.loads(stored.read_bytes()).token == won[0]
+    assert refused and "is locked by" in refused[0]
+
+
+def test_a_claim_left_by_a_dead_run_is_ignored_and_a_live_one_is_waited_for(
+    s3_server: servers.S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    opts = {**s3_server.options(), "config_kwargs": {"read_timeout": 5}}
+    repo = Repository(f"s3://{s3_bucket}/claims", opts)
+    claims = f"{s3_bucket}/claims/locks/.claims/django@web1"
+    now = dt.datetime.now(dt.UTC)
+    old = locks.Lease.new("django", "web1", "run", now - dt.timedelta(seconds=locks.CLAIM_SECONDS + 5))
+    old = attrs.evolve(old, machine="0" * 16, controller="gone-box")
+    repo.fs.pipe_file(f"{claims}/{old.token}", old.dumps())
+    with repo.lock("django", "web1"):
+        pass
+    assert "gone-box" in caplog.text and "left by a run that is gone" in caplog.text
+    assert not repo.fs.exists(f"{claims}/{old.token}")
+
+    live = locks.Lease.new("django", "web1", "run", now)
+    live = attrs.evolve(live, machine="0" * 16, controller="busy-box")
+    repo.fs.pipe_file(f"{claims}/{live.token}", live.dumps())
+    with pytest.raises(locks.LockHeld) as info:
+        locks.acquire(repo, "django", "web1", store=locks.Store(repo, backoff=0.01))
+    assert "busy-box" in str(info.value) and "is taking its lock at this moment" in str(info.value)
+    assert repo.fs.exists(f"{claims}/{live.token}")  # someone else's live claim is left alone
+    assert not repo.fs.exists(f"{s3_bucket}/claims/locks/django@web1")  # and no lock was written
