@@ -19,7 +19,7 @@ from recipes.interrupts import interrupts_as_exceptions
 from recipes.parents import Chaining, decide, other_machine
 from recipes.plan import Plan
 from recipes.repository import Repository
-from recipes.tarstate import StateCache, default_cache_dir
+from recipes.tarstate import PendingSession, StateCache, default_cache_dir
 from recipes.trust import Trust
 from recipes.verified import VerifiedManifests
 
@@ -64,6 +64,7 @@ def backup(
         from recipes.config import DEFAULT_SIGNING_KEY
 
         signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
+    host.connect_soon()  # key exchange and login overlap taking the lock; nothing runs yet
     with repo.lock(plan.recipe, plan.host, "run"):
         return _backup(
             plan,
@@ -104,13 +105,18 @@ def _backup(
     chaining = chaining or Chaining()
     host.connect_soon()
     started = _now()
-    cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
-    if trust.verified is None:  # the chain decision reads every manifest: skip known signatures
-        trust = trust.remembering(VerifiedManifests(chaining.cache_dir or default_cache_dir(), repo.url))
-    decision, parent_states = decide(plan, repo, recipients, full, chaining, cache, trust)
-    writer = repo.begin(plan.recipe, plan.host)
-    staging, cached = _staging(cache, plan, writer.snapshot)
-    job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging)
+    control = PendingSession(host)  # its login and facts overlap the chain decision
+    try:
+        cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
+        if trust.verified is None:  # the chain decision reads every manifest: skip known signatures
+            trust = trust.remembering(VerifiedManifests(chaining.cache_dir or default_cache_dir(), repo.url))
+        decision, parent_states = decide(plan, repo, recipients, full, chaining, cache, trust)
+        writer = repo.begin(plan.recipe, plan.host)
+        staging, cached = _staging(cache, plan, writer.snapshot)
+    except BaseException:
+        control.discard()
+        raise
+    job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging, control)
     job.expected = progress.expected(decision.parent, decision.previous)
     interp = job.interpreter(roles or {}, deadman_seconds, writer.snapshot)
     committed = False

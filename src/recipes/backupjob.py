@@ -23,7 +23,7 @@ from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
 from recipes.steps import STATE_PLACEHOLDER, TAR_WARNING_EXIT
-from recipes.tarstate import RemoteState, sha256_file
+from recipes.tarstate import PendingSession, RemoteState, sha256_file
 
 log = logging.getLogger("recipes")
 STATE_FLAG = f"--listed-incremental={STATE_PLACEHOLDER}"
@@ -43,6 +43,7 @@ class Backup:
         compression: Compression,
         parent_states: dict[str, Path],
         staging: Path,
+        control: PendingSession | None = None,
     ):
         self.plan = plan
         self.host = host
@@ -54,6 +55,8 @@ class Backup:
         self.zstd_on_host = False
         self.versions: dict[str, str] = {}
         self.remote: RemoteState | None = None
+        self.control = control
+        """The control session started early (``PendingSession``), until ``prepare`` takes it."""
         self.states: list[str] = []
         self.objects: list[mf.StoredObject] = []
         self.external: list[mf.StoredObject] = []
@@ -70,7 +73,8 @@ class Backup:
         Every command costs a session on the host (here ~0.2 s, most of it the login shell's rc
         files), so facts, states in and states out all go through this one long-lived session.
         """
-        self.remote = RemoteState.open(self.host, self.parent_states, self.staging)
+        control, self.control = self.control, None
+        self.remote = RemoteState.open(self.host, self.parent_states, self.staging, control)
         facts = self.remote.facts
         self.zstd_on_host = resolve_zstd(self.host, self.compression, facts.get("zstd") == "yes")
         self.versions = {k: v.strip() for k, v in facts.items() if k in ("kernel", "tar") and v.strip()}
@@ -109,6 +113,9 @@ class Backup:
             )
 
     def cleanup(self) -> None:
+        if self.control is not None:
+            self.control.discard()
+            self.control = None
         if self.remote is not None:
             self.remote.close()
 

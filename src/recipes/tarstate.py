@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -169,6 +170,41 @@ def _states_tarball(parents: dict[str, Path], scratch: Path) -> Path:
     return path
 
 
+class PendingSession:
+    """The control session's command, started in a thread while the controller reads the
+    repository (the chain decision): the session's login and facts overlap that work. It only
+    prints facts and makes its private temp dir until ``RemoteState.open`` talks to it."""
+
+    def __init__(self, host: Host) -> None:
+        self._proc: Process | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(host,), name="control-session", daemon=True)
+        self._thread.start()
+
+    def _start(self, host: Host) -> None:
+        try:
+            self._proc = host.start(Command(CONTROL))
+        except BaseException as exc:  # raised again by take(), in the caller's thread
+            self._error = exc
+
+    def take(self) -> Process:
+        """The started session (once); the error of starting it, raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise StepFailed("the control session was already taken")
+        return proc
+
+    def discard(self) -> None:
+        """Not needed after all (the run failed before using it): end it; the host cleans up."""
+        self._thread.join()
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc = None
+
+
 class RemoteState:
     """The control session on the host and its private (0700) temp dir of tar states.
 
@@ -185,13 +221,18 @@ class RemoteState:
         self.closed = False
 
     @classmethod
-    def open(cls, host: Host, parents: dict[str, Path], scratch: Path) -> RemoteState:
-        """Start the control session, hand it the parents' states, and read the host's facts."""
+    def open(
+        cls, host: Host, parents: dict[str, Path], scratch: Path, pending: PendingSession | None = None
+    ) -> RemoteState:
+        """Start the control session (or take the ``pending`` one), hand it the parents' states,
+        and read the host's facts."""
         try:
             tarball = _states_tarball(parents, scratch) if parents else None
         except OSError as exc:
+            if pending is not None:
+                pending.discard()
             raise StepFailed(f"cannot read the parent's tar state on the controller: {exc}") from exc
-        proc = host.start(Command(CONTROL))
+        proc = pending.take() if pending is not None else host.start(Command(CONTROL))
         try:
             size = tarball.stat().st_size if tarball else 0
             proc.write(f"{size}\n".encode())

@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -251,3 +252,57 @@ def test_an_untrusted_latest_snapshot_means_a_full(world: World, site: tuple[str
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["level"] == 0
     assert f"full: the latest snapshot {full['snapshot']}: its signature does not verify" in again.stderr
+
+
+def test_a_run_failing_before_its_steps_ends_the_early_control_session(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """The control session starts while the repository is read; when the run fails there (here:
+    the snapshot folder cannot be made), the session ends and its state dir goes at once, while
+    the API caller still holds the host open (and the error, with its frames)."""
+    root, src, _ = site
+    seed_tree(src)
+    blocker = world.repo / "django" / "source"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"not a folder\n")
+    code = f"""
+import glob, sys, time
+from recipes import apps, config, engine, plan
+from recipes.errors import RepositoryError
+from recipes.hosts import open_host, run
+from recipes.model import Command
+from recipes.recipe import make_params
+from recipes.repository import Repository
+
+before = set(glob.glob({STATE_DIRS!r}))
+cfg = config.load()
+p = plan.backup_plan(apps.get("django"), make_params(apps.get("django"), {{"root": {root!r}}}, "t"), "source")
+host = open_host(cfg.host("source"))
+try:
+    run(host, Command("true"))  # connected: the early session starts while the repository is read
+    try:
+        engine.backup(p, host, Repository(cfg.repository_url()), list(cfg.repository.recipients),
+                      chaining=cfg.chaining(), signer=cfg.signer())
+    except RepositoryError as exc:
+        kept = exc  # a caller keeping the error keeps its frames: nothing may rely on their end
+        print("failed:", exc)
+    time.sleep(2)  # a session started late (not ended by the failure) would have its dir by now
+    deadline = time.monotonic() + 20
+    while set(glob.glob({STATE_DIRS!r})) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("left:", sorted(set(glob.glob({STATE_DIRS!r})) - before))
+finally:
+    host.close()
+"""
+    env = {**world.env(), "RECIPES_CONFIG": str(world.config)}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "failed: cannot write to repository" in out.stdout, out.stdout + out.stderr
+    assert "left: []" in out.stdout, out.stdout
