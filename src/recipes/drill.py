@@ -24,6 +24,8 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -597,7 +599,7 @@ def _now() -> dt.datetime:
 
 
 def _record_path_parts(recipe: str, host: str, stamp: str) -> tuple[str, str, str]:
-    """The last three parts of a record's path: recipe, host, ``<started>.json``."""
+    """The last three parts of a record's path: recipe, host, ``<id>.json``."""
     return safe_name(recipe), safe_name(host), f"{stamp}.json"
 
 
@@ -606,11 +608,27 @@ def _record_path(repo: Repository, recipe: str, host: str, stamp: str = "") -> s
     return "/".join([repo.root, *parts])
 
 
+def record_id(started: dt.datetime) -> str:
+    """A record's name: its start second and a random part, so two drills of one recipe@host
+    started in the same second (two controllers, a retry) never write over each other."""
+    return f"{started.strftime(STAMP)}-{secrets.token_hex(3)}"
+
+
+def _record_name(record: dict[str, Any]) -> str:
+    """``<id>`` (``<started>-<6 hex>``), or ``<started>`` for a record written before ids."""
+    stamp = dt.datetime.strptime(str(record["started"]), TIME).strftime(STAMP)
+    rid = record.get("id")
+    if rid is None:
+        return stamp
+    if not isinstance(rid, str) or not re.fullmatch(re.escape(stamp) + r"-[0-9a-f]{6}", rid):
+        raise ValueError(f"its id {rid!r} is not its start time and 6 hex digits")
+    return rid
+
+
 def write_record(repo: Repository, record: dict[str, Any], signer: Any) -> str:
     """The record and its signature into the repository, each appearing whole (signature first,
     so a listed record always has one). Returns the record's path."""
-    started = dt.datetime.strptime(record["started"], TIME)
-    path = _record_path(repo, record["recipe"], record["host"], started.strftime(STAMP))
+    path = _record_path(repo, record["recipe"], record["host"], _record_name(record))
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     signature = signer.sign(data, NAMESPACE)
     fs = repo.fs
@@ -699,10 +717,9 @@ def listing(
 def _misplaced(path: str, record: dict[str, Any]) -> str | None:
     """Why a validly signed record does not belong where it lies (a copy of another recipe's,
     host's or time's record, renamed to look newest), or None. A record lies at
-    ``drills/<recipe>/<host>/<started>.json``, as ``write_record`` put it."""
+    ``drills/<recipe>/<host>/<id>.json``, as ``write_record`` put it."""
     try:
-        started = dt.datetime.strptime(str(record["started"]), TIME).strftime(STAMP)
-        want = _record_path_parts(str(record["recipe"]), str(record["host"]), started)
+        want = _record_path_parts(str(record["recipe"]), str(record["host"]), _record_name(record))
     except (KeyError, ValueError) as exc:
         return f"damaged: {exc}"
     got = tuple(path.rstrip("/").split("/")[-3:])
@@ -715,7 +732,7 @@ def last(repo: Repository, recipe: str, host: str, trust: Any = None) -> dict[st
     """The newest drill record of recipe@host whose signature verifies and that lies where it
     was written (None when there is none)."""
     good = [e["record"] for e in listing(repo, recipe, host, trust) if e["verified"]]
-    good.sort(key=lambda rec: str(rec["started"]))
+    good.sort(key=lambda rec: (str(rec["started"]), str(rec.get("finished", "")), str(rec.get("id", ""))))
     return good[-1] if good else None
 
 
@@ -845,6 +862,7 @@ def _drill(
         "scratch": live.name,
         "snapshot": manifest.snapshot if manifest is not None and not external else snapshot,
         "started": started.strftime(TIME),
+        "id": record_id(started),
     }
     error: RecipeError | None = None
     records: list[mf.StepRecord] = []

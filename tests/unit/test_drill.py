@@ -3,6 +3,7 @@ dump row counts, the endpoint refusal and the record's signature."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -168,6 +169,40 @@ def test_a_signed_record_copied_elsewhere_is_not_the_last_drill(tmp_path: Path) 
     shutil.copyfile(old, forged)
     shutil.copyfile(old + ".sig", str(forged) + ".sig")
     assert drill.last(repo, "django", "web1", [key.public]) == failed
+    entry = next(e for e in drill.listing(repo, "django", "web1", [key.public]) if e["path"] == str(forged))
+    assert not entry["verified"] and "copied or renamed" in entry["problem"]
+
+
+def test_two_drills_started_in_the_same_second_keep_both_records(tmp_path: Path) -> None:
+    key = generate_signing_key(tmp_path / "k", "test")
+    repo = Repository(str(tmp_path / "repo"))
+    started = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    base = {
+        "format": 1, "recipe": "django", "host": "web1", "scratch": "s", "snapshot": "x",
+        "started": "2026-01-02T03:04:05Z", "rto_seconds": 4.0, "steps": [], "checks": [],
+    }  # fmt: skip
+    first = {**base, "id": drill.record_id(started), "finished": "2026-01-02T03:04:08Z", "passed": False}
+    second = {**base, "id": drill.record_id(started), "finished": "2026-01-02T03:04:09Z", "passed": True}
+    paths = {drill.write_record(repo, rec, key) for rec in (first, second)}
+    assert len(paths) == 2 and all("/20260102T030405Z-" in p for p in paths)
+    listed = drill.listing(repo, "django", "web1", [key.public])
+    assert len(listed) == 2 and all(e["verified"] for e in listed)
+    assert drill.last(repo, "django", "web1", [key.public]) == second
+    # an id that is not the record's own start time is refused on writing and not trusted when read
+    with pytest.raises(ValueError, match="not its start time"):
+        drill.write_record(repo, {**base, "id": "20990101T000000Z-abcdef"}, key)
+    moved = Path(next(iter(paths)))
+    data = json.loads(moved.read_text())
+    data["id"] = "20260102T030405Z-000000"
+    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    renamed = moved.with_name("20260102T030405Z-000000.json")
+    renamed.write_bytes(text)
+    renamed.with_name(renamed.name + ".sig").write_bytes(key.sign(text, drill.NAMESPACE))
+    entry = next(e for e in drill.listing(repo, "django", "web1", [key.public]) if e["path"] == str(renamed))
+    assert entry["verified"]  # signed with its own id, where that id says: a real record
+    forged = moved.with_name("20260102T030405Z-ffffff.json")
+    forged.write_bytes(text)
+    forged.with_name(forged.name + ".sig").write_bytes(key.sign(text, drill.NAMESPACE))
     entry = next(e for e in drill.listing(repo, "django", "web1", [key.public]) if e["path"] == str(forged))
     assert not entry["verified"] and "copied or renamed" in entry["problem"]
 
