@@ -335,14 +335,16 @@ def run_cmd(
 
     r, params, spec = _prepare(state, recipe, host, sets)
     p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
-    repository = _repo(state, repo)
-    recipients = list(state.config.repository.recipients)
-    engine.check_recipients(recipients)
-    signer = state.config.signer()
-    _log_config(state)
-    roles = _open_roles(state, r, params, spec.name)
     live = open_host(spec)
+    live.connect_soon()  # the key exchange and login overlap opening the repository
+    roles: dict[str, Any] = {}
     try:
+        repository = _repo(state, repo)
+        recipients = list(state.config.repository.recipients)
+        engine.check_recipients(recipients)
+        signer = state.config.signer()
+        _log_config(state)
+        roles = _open_roles(state, r, params, spec.name)
         with state.out.watching() as watcher:
             manifest = engine.backup(
                 p,
