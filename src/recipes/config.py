@@ -397,12 +397,12 @@ def _check_signers(config: Config, data: dict[str, Any], where: str) -> None:
 
 def _check_host_keys(config: Config, where: str) -> None:
     """A malformed ``host_key`` pin fails when the file is read, naming the key."""
-    from recipes.hostkeys import parse_public_key
+    from recipes.hostkeys import check_public_key
 
     for name, h in config.hosts.items():
         if h.host_key is not None:
             try:
-                parse_public_key(h.host_key)
+                check_public_key(h.host_key)
             except ValueError as exc:
                 raise ConfigError(f"{where}: hosts.{name}.host_key: {exc}") from None
 
