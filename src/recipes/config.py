@@ -297,11 +297,11 @@ def parse(data: dict[str, Any], where: str) -> Config:
 
 def _check_recipes(recipes: Any, where: str) -> dict[str, dict[str, Any]]:
     """``[recipes.NAME]`` tables of known recipes; their keys are checked when a recipe is used."""
-    from recipes import apps
-
     if not isinstance(recipes, dict):
         raise ConfigError(f"{where}: recipes: expected tables [recipes.NAME], got {recipes!r}")
     for name, table in recipes.items():
+        from recipes import apps  # only when there are tables to check: verify needs no recipe
+
         if name not in apps.names():
             raise ConfigError(
                 f"{where}: recipes.{key_text(name)}: unknown recipe; known recipes: {', '.join(apps.names())}"
