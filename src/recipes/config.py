@@ -171,13 +171,14 @@ class Config:
     def trust(self, allow_unsigned: bool = False, remember_for: str | None = None) -> Any:
         """Which snapshots to believe: signed by one of ``signers`` (``--allow-unsigned``: or none).
         ``remember_for`` (a repository URL) skips signatures this controller already verified there."""
-        from recipes.tarstate import default_cache_dir
         from recipes.trust import Trust
-        from recipes.verified import VerifiedManifests
 
         trust = Trust(tuple(self.signers()), allow_unsigned)
         if remember_for is None:
             return trust
+        from recipes.tarstate import default_cache_dir  # tarfile and the rest: only for the cache
+        from recipes.verified import VerifiedManifests
+
         cache = self.resolve_path(self.repository.cache_dir) if self.repository.cache_dir else None
         return trust.remembering(
             VerifiedManifests(Path(cache) if cache else default_cache_dir(), remember_for)
