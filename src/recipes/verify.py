@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Generator
 from typing import Any, cast
 
 import attrs
@@ -298,6 +299,8 @@ def _widen(pipe: Any) -> None:
 # per byte with 8 MiB than with 4 MiB (16 MiB: a little less again, but 50 MB more peak RSS;
 # 32 MiB was slower; see docs/performance.md).
 FEED_BLOCK = 8 << 20
+# Chunks (1 MiB) the feed's reader may run ahead of the pipe.
+AHEAD = 8
 
 
 class _Feed:
@@ -323,7 +326,7 @@ class _Feed:
         try:
             repo, m, obj = self._where
             with repo.open_object(m, obj, block_size=FEED_BLOCK) as fh:
-                while not (self._stop.is_set() or self._abort.is_set()) and (chunk := fh.read(1 << 20)):
+                for chunk in self._ahead(fh):
                     self.sha.update(chunk)
                     self.size += len(chunk)
                     pipe.write(chunk)
@@ -331,6 +334,37 @@ class _Feed:
             self.error = exc
         finally:
             pipe.close()
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self._abort.is_set()
+
+    def _ahead(self, fh: Any) -> Generator[bytes, None, None]:
+        """``fh``'s chunks, read by a thread of its own up to ``AHEAD`` chunks ahead: the next
+        GET is under way while this chunk goes into the pipe (age would wait for it otherwise)."""
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(AHEAD)
+        quit = threading.Event()
+
+        def read() -> None:
+            try:
+                while not (quit.is_set() or self._stopped()) and (chunk := fh.read(1 << 20)):
+                    chunks.put(chunk)
+            except BaseException as exc:
+                chunks.put(exc)
+            else:
+                chunks.put(None)
+
+        reader = threading.Thread(target=read, name="verify-read", daemon=True)
+        reader.start()
+        try:
+            while (item := chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            quit.set()
+            while reader.is_alive():  # let a reader blocked on a full queue see ``quit``
+                with contextlib.suppress(queue.Empty):
+                    chunks.get(timeout=0.05)
 
     def join(self) -> None:
         if self._thread is not None:

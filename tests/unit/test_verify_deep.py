@@ -139,3 +139,43 @@ def test_a_failing_object_stops_the_one_beside_it_and_is_raised() -> None:
     late = subprocess.Popen(["sleep", "60"])
     abort.add([late])  # started after the failure: killed at once
     assert late.wait(10) == -9
+
+
+class _Reads:
+    """A stored object's reads: ``n`` chunks of 1 MiB, then an error (``fail``) or the end."""
+
+    def __init__(self, n: int, fail: bool = False) -> None:
+        self.left, self.fail, self.reads = n, fail, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        self.reads += 1
+        if self.left == 0:
+            if self.fail:
+                raise RepositoryError("repository s3://b: read x: connection reset")
+            return b""
+        self.left -= 1
+        return b"x" * (1 << 20)
+
+
+def test_the_read_ahead_passes_every_chunk_and_raises_a_read_error() -> None:
+    feed = verify._Feed(None, None, None)  # type: ignore[arg-type]
+    assert sum(len(c) for c in feed._ahead(_Reads(20))) == 20 << 20
+    got = []
+    with pytest.raises(RepositoryError, match="connection reset"):
+        for chunk in feed._ahead(_Reads(3, fail=True)):
+            got.append(chunk)
+    assert len(got) == 3  # everything read before the failure was passed on
+
+
+def test_the_read_ahead_stops_reading_when_the_feed_gives_up() -> None:
+    feed = verify._Feed(None, None, None)  # type: ignore[arg-type]
+    reads = _Reads(1000)
+    chunks = feed._ahead(reads)
+    next(chunks)
+    feed._stop.set()
+    rest = sum(1 for _ in chunks)
+    assert rest <= verify.AHEAD + 1 and reads.reads <= verify.AHEAD + 3  # not the 1000 chunks
+    quitting = verify._Feed(None, None, None)._ahead(_Reads(1000))  # type: ignore[arg-type]
+    next(quitting)
+    quitting.close()  # the pipe's side gave up: the reader blocked on a full queue ends too
+    assert not [t for t in threading.enumerate() if t.name == "verify-read"]
