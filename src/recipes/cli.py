@@ -692,6 +692,7 @@ def verify_cmd(
     repository = _repo(state, repo)
     trust = cfg.trust(allow_unsigned)
     _log_config(state)
+    _settled()
     damaged: list[str] = []
     found = repository.listed(None, None, damaged)
     if snapshot:
@@ -702,6 +703,7 @@ def verify_cmd(
         verify.verify(repository, item, trust, deep=deep, identities=identities, identity_file=identity_file)
         for item in found
     ]
+    _settled()
     problems = [p.line() for r in reports for p in r.problems] + [f"{d} (damaged manifest)" for d in damaged]
     data = {
         "ok": not problems,
@@ -728,6 +730,14 @@ def verify_cmd(
     if problems:
         more = f" (and {len(problems) - 1} more problems: see above)" if len(problems) > 1 else ""
         raise VerifyError(problems[0] + more)
+
+
+def _settled() -> None:
+    """What is alive now lives until the process ends (the S3 client's models are big): keep it
+    out of the cyclic collector's passes, while running and at exit (0.1 s of teardown saved)."""
+    import gc
+
+    gc.freeze()
 
 
 @main.command("copy")

@@ -171,13 +171,14 @@ class Config:
     def trust(self, allow_unsigned: bool = False, remember_for: str | None = None) -> Any:
         """Which snapshots to believe: signed by one of ``signers`` (``--allow-unsigned``: or none).
         ``remember_for`` (a repository URL) skips signatures this controller already verified there."""
-        from recipes.tarstate import default_cache_dir
         from recipes.trust import Trust
-        from recipes.verified import VerifiedManifests
 
         trust = Trust(tuple(self.signers()), allow_unsigned)
         if remember_for is None:
             return trust
+        from recipes.tarstate import default_cache_dir  # tarfile and the rest: only for the cache
+        from recipes.verified import VerifiedManifests
+
         cache = self.resolve_path(self.repository.cache_dir) if self.repository.cache_dir else None
         return trust.remembering(
             VerifiedManifests(Path(cache) if cache else default_cache_dir(), remember_for)
@@ -297,11 +298,11 @@ def parse(data: dict[str, Any], where: str) -> Config:
 
 def _check_recipes(recipes: Any, where: str) -> dict[str, dict[str, Any]]:
     """``[recipes.NAME]`` tables of known recipes; their keys are checked when a recipe is used."""
-    from recipes import apps
-
     if not isinstance(recipes, dict):
         raise ConfigError(f"{where}: recipes: expected tables [recipes.NAME], got {recipes!r}")
     for name, table in recipes.items():
+        from recipes import apps  # only when there are tables to check: verify needs no recipe
+
         if name not in apps.names():
             raise ConfigError(
                 f"{where}: recipes.{key_text(name)}: unknown recipe; known recipes: {', '.join(apps.names())}"
@@ -397,12 +398,12 @@ def _check_signers(config: Config, data: dict[str, Any], where: str) -> None:
 
 def _check_host_keys(config: Config, where: str) -> None:
     """A malformed ``host_key`` pin fails when the file is read, naming the key."""
-    from recipes.hostkeys import parse_public_key
+    from recipes.hostkeys import check_public_key
 
     for name, h in config.hosts.items():
         if h.host_key is not None:
             try:
-                parse_public_key(h.host_key)
+                check_public_key(h.host_key)
             except ValueError as exc:
                 raise ConfigError(f"{where}: hosts.{name}.host_key: {exc}") from None
 

@@ -372,10 +372,13 @@ class Repository:
         return len(uploads)
 
     @contextlib.contextmanager
-    def open_object(self, m: mf.Manifest, obj: mf.StoredObject) -> Iterator[BinaryIO]:
+    def open_object(
+        self, m: mf.Manifest, obj: mf.StoredObject, block_size: int = 1 << 22
+    ) -> Iterator[BinaryIO]:
+        """One stored object for reading; ``block_size``: the bytes of each ranged GET on S3."""
         path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot, obj.path)
         try:
-            fh = self.fs.open(path, "rb", block_size=1 << 22)
+            fh = self.fs.open(path, "rb", block_size=block_size)
         except FileNotFoundError as exc:
             raise RepositoryError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
         with fh:

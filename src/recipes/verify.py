@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Generator
 from typing import Any, cast
 
 import attrs
@@ -84,22 +85,87 @@ def verify(
             chain.resolve(m, trust.lookup(lambda sid: repo.load_listed(m.recipe, m.host, sid)))
         except (RecipeError, ValueError) as exc:
             problems.append(Problem(m.snapshot, None, f"its chain: {exc}"))
-    total = 0
-    for obj in m.objects:
-        total += obj.size
+    read_deep = deep and reason is None
+    abort = _Abort()
+
+    def check(obj: mf.StoredObject) -> Problem | None:
         # Deep reads each object once: the decrypting pass checks size and sha256 as it goes (and
         # writes nothing anywhere). Only a bad object is read again, to name the cause precisely.
-        read_deep = deep and reason is None
-        why = _deep(repo, m, obj, identities or [], identity_file) if read_deep else None
+        why = _deep(repo, m, obj, identities or [], identity_file, abort) if read_deep else None
+        if abort.event.is_set():
+            return None  # another object's failure or an interrupt is raised instead
         if why is not None or not read_deep:
             try:
                 repo.verify_objects(m, [obj])
             except VerifyError as exc:
-                problems.append(Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1]))
-                continue
-        if why is not None:
-            problems.append(Problem(m.snapshot, obj.path, why))
+                return Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1])
+        return Problem(m.snapshot, obj.path, why) if why is not None else None
+
+    if read_deep and len(m.objects) > 1:
+        found = _together(m.objects, check, abort)
+    else:
+        found = [check(obj) for obj in m.objects]
+    problems += [p for p in found if p is not None]
+    total = sum(obj.size for obj in m.objects)
     return Report(m.recipe, m.host, m.snapshot, len(m.objects), total, deep, tuple(problems))
+
+
+# Objects read at once by ``verify --deep``: the big archive streams while the small ones (the
+# tar state, dumps) are checked beside it; more would only share the same two cores.
+TOGETHER = 2
+
+
+class _Abort:
+    """What a failed or interrupted snapshot check stops: the running programs and the reads."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+
+    def add(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        with self._lock:
+            self._procs += procs
+            if self.event.is_set():
+                self._kill(procs)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.event.set()
+            self._kill(self._procs)
+
+    @staticmethod
+    def _kill(procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.kill()
+
+
+def _together(
+    objects: tuple[mf.StoredObject, ...] | list[mf.StoredObject],
+    check: Any,
+    abort: _Abort,
+) -> list[Problem | None]:
+    """``check`` each object, ``TOGETHER`` at a time, the biggest first (the small ones run beside
+    it); results in the manifest's order. A failure or an interrupt stops the rest, then is raised."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    order = sorted(range(len(objects)), key=lambda i: -objects[i].size)
+    pool = ThreadPoolExecutor(TOGETHER, thread_name_prefix="verify")
+    futures: dict[int, Any] = {}
+    try:
+        for i in order:
+            futures[i] = pool.submit(check, objects[i])
+        for done in wait(futures.values(), return_when=FIRST_EXCEPTION).done:
+            done.result()  # the first failure is raised now, not once the slowest one is done
+        return [futures[i].result() for i in range(len(objects))]
+    except BaseException:
+        abort.fire()
+        for f in futures.values():
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _deep(
@@ -108,6 +174,7 @@ def _deep(
     obj: mf.StoredObject,
     identities: list[Any],
     identity_file: str | None = None,
+    abort: _Abort | None = None,
 ) -> str | None:
     """Decrypt and decompress one object and judge its content; the reason it is bad, or None.
 
@@ -117,7 +184,7 @@ def _deep(
     sink = _Edges() if obj.kind == "dump" else _Digest()
     try:
         if identity_file is not None and shutil.which("age") and shutil.which("zstd"):
-            why = _through_tools(repo, m, obj, identity_file, None if obj.kind == "files" else sink)
+            why = _through_tools(repo, m, obj, identity_file, None if obj.kind == "files" else sink, abort)
             if why is not None or obj.kind == "files":
                 return why
         elif obj.kind == "files":
@@ -146,7 +213,12 @@ TAR_LIST = ["tar", "--list", "--file=-", "--numeric-owner"]
 
 
 def _through_tools(
-    repo: Repository, m: mf.Manifest, obj: mf.StoredObject, identity_file: str, sink: Any
+    repo: Repository,
+    m: mf.Manifest,
+    obj: mf.StoredObject,
+    identity_file: str,
+    sink: Any,
+    abort: _Abort | None = None,
 ) -> str | None:
     """``age -d | zstd -d`` into ``sink`` (None: into ``tar --list``), fed by a thread that reads
     the stored object once and hashes it on the way; the reason it is bad, or None."""
@@ -157,8 +229,8 @@ def _through_tools(
         argvs.append(TAR_LIST)
     with contextlib.ExitStack() as files:
         errs = [files.enter_context(tempfile.TemporaryFile()) for _ in argvs]
-        feed = _Feed(repo, m, obj)
-        codes = _pipeline(argvs, errs, feed, sink)
+        feed = _Feed(repo, m, obj, abort.event if abort else None)
+        codes = _pipeline(argvs, errs, feed, sink, abort)
         said = []
         for f in errs:
             f.seek(0)
@@ -175,7 +247,9 @@ def _through_tools(
     return None
 
 
-def _pipeline(argvs: list[list[str]], errs: list[Any], feed: _Feed, sink: Any) -> list[int]:
+def _pipeline(
+    argvs: list[list[str]], errs: list[Any], feed: _Feed, sink: Any, abort: _Abort | None = None
+) -> list[int]:
     """Run ``argvs`` as one pipeline fed by ``feed``; the last one's stdout goes to ``sink``
     (None: nowhere). Every process is killed if anything goes wrong here; their exit codes."""
     procs: list[subprocess.Popen[bytes]] = []
@@ -190,12 +264,16 @@ def _pipeline(argvs: list[list[str]], errs: list[Any], feed: _Feed, sink: Any) -
                     stderr=errs[i],
                 )
             )
+            if abort is not None:
+                abort.add(procs[-1:])
             if i > 0:
                 prev = procs[-2].stdout
                 assert prev is not None
                 prev.close()  # the next process holds it now
-        with contextlib.suppress(AttributeError, OSError):  # fewer wake-ups of age: a 1 MiB pipe
-            fcntl.fcntl(procs[0].stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[union-attr]
+        # 1 MiB pipes between the stages: fewer wake-ups of each program than with 64 KiB
+        for pipe in [procs[0].stdin] + [p.stdout for p in procs]:
+            if pipe is not None and not pipe.closed:
+                _widen(pipe)
         feed.start(procs[0].stdin)
         out = procs[-1].stdout
         if out is not None:
@@ -211,17 +289,34 @@ def _pipeline(argvs: list[list[str]], errs: list[Any], feed: _Feed, sink: Any) -
         raise
 
 
+def _widen(pipe: Any) -> None:
+    """A 1 MiB pipe buffer where the kernel allows it (Linux); a no-op elsewhere."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+
+
+# Bytes of each ranged GET of the feed: s3fs's read-ahead cache costs about a quarter less CPU
+# per byte with 8 MiB than with 4 MiB (16 MiB: a little less again, but 50 MB more peak RSS;
+# 32 MiB was slower; see docs/performance.md).
+FEED_BLOCK = 8 << 20
+# Chunks (1 MiB) the feed's reader may run ahead of the pipe.
+AHEAD = 8
+
+
 class _Feed:
     """Reads a stored object once, hashing it, into a pipe; once the reader stops reading, the
     rest is still read and hashed, so size and sha256 are always checked whole."""
 
-    def __init__(self, repo: Repository, m: mf.Manifest, obj: mf.StoredObject) -> None:
+    def __init__(
+        self, repo: Repository, m: mf.Manifest, obj: mf.StoredObject, abort: threading.Event | None = None
+    ) -> None:
         self._where = (repo, m, obj)
         self.sha = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._abort = abort if abort is not None else self._stop
 
     def start(self, pipe: Any) -> None:
         self._thread = threading.Thread(target=self._work, args=(_UntilClosed(pipe),), daemon=True)
@@ -230,8 +325,8 @@ class _Feed:
     def _work(self, pipe: _UntilClosed) -> None:
         try:
             repo, m, obj = self._where
-            with repo.open_object(m, obj) as fh:
-                while not self._stop.is_set() and (chunk := fh.read(1 << 20)):
+            with repo.open_object(m, obj, block_size=FEED_BLOCK) as fh:
+                for chunk in self._ahead(fh):
                     self.sha.update(chunk)
                     self.size += len(chunk)
                     pipe.write(chunk)
@@ -239,6 +334,37 @@ class _Feed:
             self.error = exc
         finally:
             pipe.close()
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self._abort.is_set()
+
+    def _ahead(self, fh: Any) -> Generator[bytes, None, None]:
+        """``fh``'s chunks, read by a thread of its own up to ``AHEAD`` chunks ahead: the next
+        GET is under way while this chunk goes into the pipe (age would wait for it otherwise)."""
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(AHEAD)
+        quit = threading.Event()
+
+        def read() -> None:
+            try:
+                while not (quit.is_set() or self._stopped()) and (chunk := fh.read(1 << 20)):
+                    chunks.put(chunk)
+            except BaseException as exc:
+                chunks.put(exc)
+            else:
+                chunks.put(None)
+
+        reader = threading.Thread(target=read, name="verify-read", daemon=True)
+        reader.start()
+        try:
+            while (item := chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            quit.set()
+            while reader.is_alive():  # let a reader blocked on a full queue see ``quit``
+                with contextlib.suppress(queue.Empty):
+                    chunks.get(timeout=0.05)
 
     def join(self) -> None:
         if self._thread is not None:
@@ -261,8 +387,7 @@ def _list_archive(
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stderr is not None
-    with contextlib.suppress(AttributeError, OSError):  # fewer wake-ups of tar: a 1 MiB pipe
-        fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    _widen(proc.stdin)  # fewer wake-ups of tar: a 1 MiB pipe
     sink = _Unzstd(_UntilClosed(proc.stdin))
     try:
         with repo.open_object(m, obj) as fh:

@@ -157,3 +157,26 @@ def test_deep_in_process_when_age_and_zstd_are_not_programs_here(
     report = deep(full)
     assert [p.object for p in report.problems] == ["files.tar.zst.age"]
     assert "the manifest says" in report.problems[0].reason  # named by the re-check, precisely
+
+
+def test_deep_names_every_damaged_object_of_a_snapshot_checked_side_by_side(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """The objects of a snapshot are checked two at a time (the archive with a dump beside it):
+    an archive swapped and a dump flipped in the same snapshot are both named, exit 3."""
+    root, src, _ = site
+    seed_tree(src)
+    full, incr = _snapshots(world, root)
+    base = world.repo / "django/source" / incr
+    shutil.copyfile(world.repo / "django/source" / full / "files.tar.zst.age", base / "files.tar.zst.age")
+    dump = next((base / "dumps").glob("*.zst.age"))
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 1
+    dump.write_bytes(bytes(data))
+    bad = world.cli("--json", "verify", incr, "--deep")
+    assert bad.returncode == 3, bad.stderr
+    (report,) = json.loads(bad.stdout)["snapshots"]
+    named = {p["object"]: p["reason"] for p in report["problems"]}
+    assert set(named) == {"files.tar.zst.age", f"dumps/{dump.name}"}
+    assert "sha256 differs" in named[f"dumps/{dump.name}"]
+    assert f"of snapshot {incr}" in bad.stderr
