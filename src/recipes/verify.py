@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import attrs
 
-from recipes import chain, stream
+from recipes import chain, readahead, stream
 from recipes import manifest as mf
 from recipes.errors import RecipeError, VerifyError
 from recipes.repository import Listed, Repository
@@ -339,32 +339,9 @@ class _Feed:
         return self._stop.is_set() or self._abort.is_set()
 
     def _ahead(self, fh: Any) -> Generator[bytes, None, None]:
-        """``fh``'s chunks, read by a thread of its own up to ``AHEAD`` chunks ahead: the next
-        GET is under way while this chunk goes into the pipe (age would wait for it otherwise)."""
-        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(AHEAD)
-        quit = threading.Event()
-
-        def read() -> None:
-            try:
-                while not (quit.is_set() or self._stopped()) and (chunk := fh.read(1 << 20)):
-                    chunks.put(chunk)
-            except BaseException as exc:
-                chunks.put(exc)
-            else:
-                chunks.put(None)
-
-        reader = threading.Thread(target=read, name="verify-read", daemon=True)
-        reader.start()
-        try:
-            while (item := chunks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            quit.set()
-            while reader.is_alive():  # let a reader blocked on a full queue see ``quit``
-                with contextlib.suppress(queue.Empty):
-                    chunks.get(timeout=0.05)
+        """``fh``'s chunks, read up to ``AHEAD`` chunks ahead: the next GET is under way while
+        this chunk goes into the pipe (age would wait for it otherwise)."""
+        return readahead.chunks(fh, ahead=AHEAD, stopped=self._stopped)
 
     def join(self) -> None:
         if self._thread is not None:
