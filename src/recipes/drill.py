@@ -168,9 +168,11 @@ def _joined(root: str, path: str) -> str:
 
 
 def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Sequence[str]) -> Command:
-    """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` not
-    modified since ``start`` (epoch seconds on that host; each inode once, as TarFacts counts a
-    hard link's later names as links), ``rewritten=`` how many of the ``rewritten`` paths exist
+    """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` that the
+    restore wrote (changed since ``start``, epoch seconds on that host: tar sets a file's mtime
+    but never its ctime, so a file left from before, as by an earlier drill under ``--force``,
+    does not count) and not modified since (each inode once, as TarFacts counts a hard link's
+    later names as links), ``rewritten=`` how many of the ``rewritten`` paths exist
     there modified since, ``volatile=`` the files modified since under the ``rewritten``
     directories (those ending in ``/``), and ``sample<i>=`` each sample path's sha256
     (``missing`` when it is not a regular file)."""
@@ -178,7 +180,7 @@ def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Seq
     lines = [
         f"cd {r} 2>/dev/null || exit 0",
         # each inode once, as tar stores it (a hard link's later names are links in the archive)
-        f"find . -xdev -type f ! -newermt @{start} -printf '%n %i %s\\n' | "
+        f"find . -xdev -type f -newerct @{start} ! -newermt @{start} -printf '%n %i %s\\n' | "
         "awk '$1 == 1 || !seen[$2]++ {n++; b+=$3} END {printf \"files=%d\\nbytes=%.0f\\n\", n, b}'",
     ]
     inside = [p for p in rewritten if p == root or p.startswith(root.rstrip("/") + "/")]

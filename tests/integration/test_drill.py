@@ -192,6 +192,30 @@ def test_django_drill_fails_naming_a_deleted_file(
         _reset_pg(pg_target, db)
 
 
+def test_a_forced_drill_over_an_earlier_drills_files_counts_only_what_it_restored(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """``--force`` reuses a scratch host that still holds files (an earlier drill's, or others
+    with old times): only files the restore wrote count, so a stale file fails nothing."""
+    root, src, dst = site
+    seed_tree(src)
+    common = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    world.cli("run", "django", "--host", "source", *common, check=True)
+    first = world.cli("--json", "drill", "django", "--host", "source", "--to-host", "target", *common)
+    assert first.returncode == 0, first.stderr
+    stale = dst / "srv/data/left-from-an-earlier-drill.bin"
+    stale.write_bytes(b"not in the snapshot\n" * 100)
+    os.utime(stale, (1_600_000_000, 1_600_000_000))  # an old file, as tar restores them
+    again = world.cli(
+        "--json", "drill", "django", "--host", "source", "--to-host", "target", "--force", *common
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    checks = {c["name"]: c for c in json.loads(again.stdout)["checks"]}
+    assert checks["files.tar files"]["ok"], checks["files.tar files"]
+    assert checks["files.tar files"]["found"] == checks["files.tar files"]["expected"]
+    assert stale.exists()  # the drill wrote over the scratch tree, it removed nothing of its own
+
+
 # --------------------------------------------------------------------------- refusals
 
 
