@@ -378,18 +378,24 @@ class GuardedFS:
         wrapper, which would send a file-like body again from where the failed try stopped:
         each try here gets a fresh ``body()``. Bounded like ``call``, with a time limit per try.
         """
+        return self.call(what, self.once(method, body, **kwargs), alone=True)
+
+    def once(self, method: str, body: Callable[[], Any] | None = None, **kwargs: Any) -> Callable[[], Any]:
+        """One try of an S3 request on s3fs's client without s3fs's retry (``send``; a caller
+        that must know whether a request is tried again passes it to ``call(alone=True)``)."""
         import fsspec.asyn
 
         fs = self.fs
 
-        async def once() -> Any:
+        async def request() -> Any:
             await fs.set_session()
             client = await fs.get_s3(kwargs.get("Bucket"))
             fn = getattr(client, method)
-            return await fn(**fs._get_s3_method_kwargs(fn, Body=body(), **kwargs))
+            extra = {"Body": body()} if body is not None else {}
+            return await fn(**fs._get_s3_method_kwargs(fn, **extra, **kwargs))
 
         limit = REQUEST_FACTOR * self.read_timeout
-        return self.call(what, lambda: fsspec.asyn.sync(fs.loop, once, timeout=limit), alone=True)
+        return lambda: fsspec.asyn.sync(fs.loop, request, timeout=limit)
 
     def check_bucket(self, bucket: str) -> None:
         """Refuse a bucket that does not exist (s3fs would create it on the first write)."""
@@ -482,6 +488,32 @@ PART_SIZE = 8 << 20
 IN_FLIGHT = 2
 """Part buffers per object: one filling while the others upload, concurrently."""
 MAX_PARTS = 10_000
+
+
+def s3_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ``ClientError`` in ``exc``'s chain ("" when none)."""
+    for e in _chain(exc):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """S3's ETag of a multipart object: md5 of the parts' binary md5s, then "-" and the count
+    (None when a part's ETag is not a plain md5, as with SSE-KMS)."""
+    import hashlib
+
+    digests = []
+    for tag in part_etags:
+        tag = tag.strip('"')
+        if len(tag) != 32:
+            return None
+        try:
+            digests.append(bytes.fromhex(tag))
+        except ValueError:
+            return None
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 class PartBody(io.BytesIO):
@@ -667,23 +699,57 @@ class S3Upload:
                     self._ship()
                 while self._pending:
                     self._reap(block=True)
-                parts = sorted(self._parts, key=lambda p: int(p["PartNumber"]))
-                self._fs.call(
-                    f"write {self.path}",
-                    lambda: self._fs.fs.call_s3(
-                        "complete_multipart_upload",
-                        Bucket=self.bucket,
-                        Key=self.key,
-                        UploadId=self.upload_id,
-                        MultipartUpload={"Parts": parts},
-                    ),
-                )
+                self._complete(sorted(self._parts, key=lambda p: int(p["PartNumber"])))
                 self.upload_id = None
         except BaseException:
             self.abort()
             raise
         self._release()
         self._fs.fs.invalidate_cache(self.path)
+
+    def _complete(self, parts: list[dict[str, Any]]) -> None:
+        """CompleteMultipartUpload, tried again on transient failures. A try after one whose
+        answer was lost (a reset after the server completed it) gets NoSuchUpload: then the
+        object must be there as we sent it (``_landed``) to count as written; else it fails."""
+        once = self._fs.once(
+            "complete_multipart_upload",
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+        tries = 0
+
+        def complete() -> Any:
+            nonlocal tries
+            tries += 1
+            try:
+                return once()
+            except Exception as exc:
+                if tries > 1 and s3_code(exc) == "NoSuchUpload" and self._landed(parts):
+                    log.info(
+                        "storage: write %s: completed by an earlier try whose answer was lost", self.path
+                    )
+                    return None
+                raise
+
+        self._fs.call(f"write {self.path}", complete, alone=True)
+
+    def _landed(self, parts: list[dict[str, Any]]) -> bool:
+        """Whether the object at our key is the one these parts make: our size, and the
+        multipart ETag of these parts whenever the server answers with a multipart ETag."""
+        try:
+            head = self._fs.once("head_object", Bucket=self.bucket, Key=self.key)()
+        except Exception as exc:
+            if s3_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        if int(head.get("ContentLength", -1)) != self.size:
+            return False
+        etag = str(head.get("ETag", "")).strip('"')
+        if "-" not in etag:
+            return True  # no multipart ETag to compare (some servers send another digest)
+        return etag == multipart_etag([str(p["ETag"]) for p in parts])
 
     def abort(self) -> None:
         """Drop the object: parts not started are cancelled, running ones awaited, then the
