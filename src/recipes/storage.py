@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -98,6 +99,187 @@ def s3_options(options: dict[str, Any]) -> dict[str, Any]:
     out["config_kwargs"] = config
     out.setdefault("skip_instance_cache", True)
     return out
+
+
+# -- a leaner botocore: the S3 model and endpoints data this program can call, nothing else
+#
+# botocore keeps every JSON it loads as Python objects for the life of the client: the S3 model
+# (3.2 MiB, 100 operations with their documentation) and endpoints.json (6.7 MiB, every AWS
+# service in every region), about 12 MB of RSS. ``lean_session`` gives s3fs a session whose
+# data loader finds a trimmed copy first, generated once per botocore version and source files
+# into the controller cache (in a child process, so its peak is not ours); any doubt (a custom
+# data path, ~/.aws/models overrides, an operation missing) means botocore's own files.
+
+LEAN_FORMAT = 1
+# Operations botocore itself may call (S3 Express sessions, region redirects) on top of every
+# operation name written in s3fs's or our source.
+LEAN_ALWAYS = ("CreateSession", "GetBucketLocation", "HeadBucket")
+LEAN_ENDPOINTS = ("s3", "sts", "sso", "sso-oidc")  # credential providers call the last three
+
+
+def _lean_sources() -> tuple[str, str, str] | None:
+    """botocore's version and its own S3 model and endpoints files, or None when a custom
+    data path or a ~/.aws/models override could change what botocore would load."""
+    botocore = importlib.import_module("botocore")
+    loader = importlib.import_module("botocore.loaders").Loader
+    if os.environ.get("AWS_DATA_PATH"):
+        return None
+    custom = loader.CUSTOMER_DATA_PATH
+    if os.path.exists(os.path.join(custom, "s3")) or os.path.exists(os.path.join(custom, "endpoints.json")):
+        return None
+    model_dir = os.path.join(loader.BUILTIN_DATA_PATH, "s3", "2006-03-01")
+    model = next(
+        (
+            os.path.join(model_dir, n)
+            for n in ("service-2.json", "service-2.json.gz")
+            if os.path.exists(os.path.join(model_dir, n))
+        ),
+        None,
+    )
+    endpoints = os.path.join(loader.BUILTIN_DATA_PATH, "endpoints.json")
+    if model is None or not os.path.exists(endpoints) or len(os.listdir(os.path.dirname(model_dir))) != 1:
+        return None  # a second S3 API version: botocore would pick by version, not by path
+    return botocore.__version__, model, endpoints
+
+
+def _lean_dir(sources: tuple[str, str, str]) -> str:
+    import hashlib
+
+    from recipes.tarstate import default_cache_dir
+
+    h = hashlib.sha256(f"{LEAN_FORMAT}\0{sources[0]}\0".encode())
+    for path in sources[1:]:
+        with open(path, "rb") as fh:
+            h.update(fh.read())
+    return str(default_cache_dir() / "botocore" / f"{sources[0]}-{h.hexdigest()[:16]}")
+
+
+def _lean_operations(names: list[str]) -> set[str]:
+    """The operations whose snake_case name is written, quoted, in s3fs's or recipes' source."""
+    import re
+
+    xform_name = importlib.import_module("botocore").xform_name
+    quoted: set[str] = set()
+    for pkg in ("s3fs", "recipes"):
+        spec = importlib.util.find_spec(pkg)  # its files only: importing s3fs costs 0.3 s
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"{pkg} not found")
+        root = os.path.dirname(spec.origin)
+        for base, _, files in os.walk(root):
+            for f in files:
+                if f.endswith(".py"):
+                    with open(os.path.join(base, f), encoding="utf-8") as fh:
+                        quoted.update(re.findall(r"[\"']([a-z0-9_]+)[\"']", fh.read()))
+    return {n for n in names if xform_name(n) in quoted} | set(LEAN_ALWAYS)
+
+
+def write_lean_data(target: str) -> None:
+    """Write the trimmed S3 model and endpoints data under ``target`` (atomically, a marker
+    last). Raises when anything looks unlike what this expects: the caller then uses the full data."""
+    import gzip
+    import json
+
+    sources = _lean_sources()
+    if sources is None:
+        raise RuntimeError("custom botocore data in use")
+    _, model_path, endpoints_path = sources
+    opener: Any = gzip.open if model_path.endswith(".gz") else open
+    with opener(model_path, "rb") as fh:
+        model = json.load(fh)
+    operations = model["operations"]
+    keep = _lean_operations(list(operations))
+    if not keep <= set(operations) or "UploadPart" not in keep or "ListObjectsV2" not in keep:
+        raise RuntimeError("the S3 model lacks an operation this program calls")
+    shapes = model["shapes"]
+    seen: set[str] = set()
+    todo = [
+        ref["shape"]
+        for name in keep
+        for ref in [
+            operations[name].get("input"),
+            operations[name].get("output"),
+            *operations[name].get("errors", []),
+        ]
+        if ref
+    ]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        shape = shapes[name]  # a KeyError (a dangling reference) means: keep the full model
+        todo.extend(shape[k]["shape"] for k in ("member", "key", "value") if k in shape)
+        todo.extend(m["shape"] for m in shape.get("members", {}).values())
+
+    def undocumented(x: Any) -> Any:  # botocore reads some "documentation" keys: keep them, empty
+        if isinstance(x, dict):
+            return {k: "" if k == "documentation" else undocumented(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [undocumented(v) for v in x]
+        return x
+
+    model["operations"] = {k: v for k, v in operations.items() if k in keep}
+    model["shapes"] = {k: v for k, v in shapes.items() if k in seen}
+    model = undocumented(model)
+    with open(endpoints_path, "rb") as fh:
+        endpoints = json.load(fh)
+    for partition in endpoints["partitions"]:
+        partition["services"] = {k: v for k, v in partition["services"].items() if k in LEAN_ENDPOINTS}
+    os.makedirs(os.path.join(target, "s3", "2006-03-01"), mode=0o700, exist_ok=True)
+    for rel, data in (
+        ("s3/2006-03-01/service-2.json", model),
+        ("endpoints.json", endpoints),
+        ("complete", {}),
+    ):
+        path = os.path.join(target, rel)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(data, out, separators=(",", ":"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+
+
+def lean_session(fs: Any) -> bool:
+    """Give an s3fs filesystem (before its first request) the session s3fs would make, with a
+    data loader that reads the trimmed S3 model and endpoints first; False (botocore's full
+    data) when they cannot be made or any doubt arises."""
+    import subprocess
+    import sys
+
+    try:
+        if getattr(fs, "session", None) is not None or getattr(fs, "_s3", None) is not None:
+            return False
+        sources = _lean_sources()
+        if sources is None:
+            return False
+        target = _lean_dir(sources)
+        if not os.path.exists(os.path.join(target, "complete")):
+            code = f"from recipes.storage import write_lean_data; write_lean_data({target!r})"
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
+            if done.returncode != 0 or not os.path.exists(os.path.join(target, "complete")):
+                log.debug(
+                    "storage: no trimmed botocore data: %s", done.stderr.decode(errors="replace")[-300:]
+                )
+                return False
+        base: Any = importlib.import_module("botocore.loaders").Loader
+
+        class LeanLoader(base):  # type: ignore[misc]
+            """botocore's loader, reading the trimmed copies first; they count as built-in
+            (they are botocore's own data, less what this program never calls)."""
+
+            def is_builtin_path(self, path: str) -> bool:
+                return bool(super().is_builtin_path(path)) or path.startswith(target + os.sep)
+
+        session = importlib.import_module("aiobotocore.session").AioSession(**fs.kwargs)
+        if session.get_config_variable("data_path"):
+            return False
+        session.register_component("data_loader", LeanLoader(extra_search_paths=[target]))
+        fs.session = session
+        return True
+    except Exception as exc:  # never worse than botocore's own data
+        log.debug("storage: no trimmed botocore data: %s", exc)
+        return False
 
 
 class Failure:

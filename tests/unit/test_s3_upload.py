@@ -32,7 +32,7 @@ class FakeClient:
 
 
 class FakeGuarded:
-    """GuardedFS's surface: call (no retries here), send, url, down."""
+    """GuardedFS's surface: call (no retries here), once, send, url, down."""
 
     url = "s3://bucket/repo"
     down = False
@@ -40,8 +40,11 @@ class FakeGuarded:
     def __init__(self) -> None:
         self.fs = FakeClient()
 
-    def call(self, what: str, fn: Any, retry: bool = True) -> Any:
+    def call(self, what: str, fn: Any, retry: bool = True, alone: bool = False) -> Any:
         return fn()
+
+    def once(self, method: str, body: Any = None, **kw: Any) -> Any:
+        return lambda: self.fs.call_s3(method, **kw)
 
     def send(self, what: str, method: str, body: Any, **kw: Any) -> dict[str, Any]:
         self.fs.calls.append(method)
