@@ -665,11 +665,28 @@ def secrets_of(options: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in found if len(s) >= 4)
 
 
-PART_SIZE = 8 << 20
-"""One part of a multipart upload (S3 allows 10,000 parts: 78 GiB an object at this size)."""
+PART_SIZE = 5 << 20
+"""The first parts of a multipart upload: S3's least, so two buffers hold 10 MiB."""
+GROW_EVERY = 2_000
+"""Parts double in size every ``GROW_EVERY`` parts (5 MiB up to 9.8 GiB, then 10, 20, 40, 80
+MiB): S3's 10,000 parts then hold 303 GiB, and only objects past 9.8 GiB use bigger buffers."""
 IN_FLIGHT = 2
 """Part buffers per object: one filling while the others upload, concurrently."""
 MAX_PARTS = 10_000
+
+
+def part_size(number: int, first: int = PART_SIZE) -> int:
+    """The size of part ``number`` (from 1) of an upload whose first parts are ``first`` bytes."""
+    return first << ((number - 1) // GROW_EVERY)
+
+
+def _human(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
+
+
+def most_bytes(first: int = PART_SIZE) -> int:
+    """The largest object ``MAX_PARTS`` parts of ``part_size`` hold."""
+    return sum(part_size(n, first) for n in range(1, MAX_PARTS + 1))
 
 
 def s3_code(exc: BaseException) -> str:
@@ -739,7 +756,8 @@ class PartBody(io.BytesIO):
 class S3Upload:
     """One new S3 object, written as a stream: a multipart upload of our own, in bounded memory.
 
-    Each part is copied into one of ``in_flight`` buffers allocated once (``part_size`` each);
+    Each part is copied into one of ``in_flight`` buffers allocated once (``part_size`` each,
+    bigger ones past ``GROW_EVERY`` parts: ``part_size()``);
     a full buffer is uploaded by a worker thread through the filesystem's own client
     (``call_s3``: same credentials, endpoint, timeouts), so reading, encrypting and hashing go
     on while up to ``in_flight`` parts are on the wire, and the writer waits when every buffer
@@ -763,7 +781,8 @@ class S3Upload:
         self._fs = fs
         self.path = path
         self.bucket, self.key, _ = fs.fs.split_path(path)
-        self._part_size = part_size
+        self._part_size = part_size  # the first parts'; later ones grow (``part_size()``)
+        self._limit = part_size  # the size of the part being filled
         self._in_flight = in_flight
         self._buffers: list[bytearray] = []  # allocated on demand, at most in_flight
         self._free: list[bytearray] = []
@@ -787,11 +806,11 @@ class S3Upload:
             if self._buf is None:
                 self._buf = self._take_buffer()
                 self._pos = 0
-            n = min(len(view), self._part_size - self._pos)
+            n = min(len(view), self._limit - self._pos)
             self._buf[self._pos : self._pos + n] = view[:n]
             self._pos += n
             view = view[n:]
-            if self._pos == self._part_size:
+            if self._pos == self._limit:
                 self._ship()
         self.size += total
         return total
@@ -802,24 +821,36 @@ class S3Upload:
     def writable(self) -> bool:
         return True
 
+    def _refuse_past_last(self) -> None:
+        """Part ``MAX_PARTS`` + 1 is refused in one line (S3 would fail only at ``complete``)."""
+        if self._number >= MAX_PARTS:
+            raise RepositoryError(
+                f"repository {self._fs.url}: write {self.path}: larger than {MAX_PARTS} parts "
+                f"({_human(most_bytes(self._part_size))}), the most one S3 object may "
+                "have; split the step's output"
+            )
+
     def _take_buffer(self) -> bytearray:
         """A free part buffer, waiting for an upload to finish when all are in use."""
-        while not self._free:
+        self._refuse_past_last()  # before buffering a byte of a part S3 would not take
+        self._limit = part_size(self._number + 1, self._part_size)
+        while True:
+            small = [b for b in self._free if len(b) < self._limit]  # parts only grow: drop them
+            if small:
+                self._free = [b for b in self._free if len(b) >= self._limit]
+                self._buffers = [b for b in self._buffers if all(b is not x for x in small)]
+            if self._free:
+                return self._free.pop()
             if len(self._buffers) < self._in_flight:
-                buf = bytearray(self._part_size)
+                buf = bytearray(self._limit)
                 self._buffers.append(buf)
                 return buf
             self._reap(block=True)
-        return self._free.pop()
 
     def _ship(self) -> None:
         """Hand the full (or last) buffer to a worker as the next part."""
         assert self._buf is not None
-        if self._number >= MAX_PARTS:
-            raise RepositoryError(
-                f"repository {self._fs.url}: write {self.path}: larger than {MAX_PARTS} parts of "
-                f"{self._part_size >> 20} MiB, the most one S3 object may have; split the step's output"
-            )
+        self._refuse_past_last()
         if self.upload_id is None:
             self.upload_id = self._start()
         self._number += 1
