@@ -240,6 +240,28 @@ def write_lean_data(target: str) -> None:
         os.replace(tmp, path)
 
 
+ARENAS = 2
+"""glibc malloc arenas for the process once an S3 client exists (glibc's default: 8 per core)."""
+
+
+def fewer_arenas() -> bool:
+    """Cap glibc's malloc arenas at ``ARENAS``: each thread of the S3 path (the client's event
+    loop, the part uploads, the facts and ssh threads) would get an arena of its own, each
+    keeping what it freed (2-3 MB of peak RSS on a backup; no CPU cost measured). Not on other
+    C libraries, and never over the operator's own ``MALLOC_ARENA_MAX``."""
+    import ctypes
+    import platform
+
+    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_arena_max = -8  # malloc.h
+    return bool(mallopt(m_arena_max, ARENAS))
+
+
 def lean_session(fs: Any) -> bool:
     """Give an s3fs filesystem (before its first request) the session s3fs would make, with a
     data loader that reads the trimmed S3 model and endpoints first; False (botocore's full

@@ -62,7 +62,7 @@ class _Tapped:
     instead of adding to it, in constant memory; a tap's failure never fails the stream (its
     facts are then left out), and a worker that died never blocks the stream."""
 
-    LIMIT = 2 << 20
+    LIMIT = 1 << 20
 
     def __init__(self, source: Readable, taps: list[Any], compressed: bool) -> None:
         import collections

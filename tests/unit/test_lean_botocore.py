@@ -1,5 +1,6 @@
 """The trimmed botocore data (``storage.lean_session``): the S3 client it makes knows every
-operation recipes and s3fs call, and any doubt gives botocore's full data instead."""
+operation recipes and s3fs call, and any doubt gives botocore's full data instead; the malloc
+arena cap (``storage.fewer_arenas``) yields to the operator's own setting."""
 
 from __future__ import annotations
 
@@ -95,3 +96,12 @@ def test_a_half_written_copy_is_never_used_and_is_written_again(cache: Path) -> 
     assert storage.lean_session(fs)
     assert set(client_of(fs).meta.service_model.operation_names) >= CALLED
     assert os.path.exists(target / "complete")
+
+
+def test_the_arena_cap_leaves_the_operators_own_setting_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not storage.fewer_arenas()
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert storage.fewer_arenas() is (platform.libc_ver()[0] == "glibc")
