@@ -1,6 +1,8 @@
 """A tiny fault-injecting HTTP proxy for S3 tests: it forwards each request to the real S3
 server (rclone serve s3) unchanged (the Host header too, so signatures still verify) unless a
-fault is queued for it: a 503 SlowDown, a 500, a 403, a reset connection or a silent wait."""
+fault is queued for it: a 503 SlowDown, a 500, a 403, a reset connection, a silent wait, or a
+lost answer (the server did the request, the client sees a reset); "pass" forwards one request
+unchanged (to aim the next fault at a later request)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ERROR = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message></Error>'
@@ -35,6 +38,8 @@ class FaultyS3:
         """Queued faults go only to requests whose ``METHOD /path?query`` contains this."""
         self.seen: list[str] = []
         """Every request's ``METHOD /path?query``, in the order they arrived."""
+        self.on_lost: Callable[[], object] | None = None
+        """Called after a "lost" request was done upstream, before the client sees the reset."""
         self.lock = threading.Lock()
         proxy = self
 
@@ -54,7 +59,13 @@ class FaultyS3:
                     always = proxy.always if proxy.requests > proxy.after else None
                     aimed = proxy.queue and (proxy.only is None or proxy.only in line)
                     fault = always or (proxy.queue.pop(0) if aimed else None)
-                if fault == "reset":
+                if fault == "pass":
+                    fault = None
+                if fault in ("reset", "lost"):
+                    if fault == "lost":  # the server does it; its answer never arrives
+                        self._forward(body)
+                        if proxy.on_lost is not None:
+                            proxy.on_lost()
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.connection.close()
                     self.close_connection = True
@@ -73,14 +84,7 @@ class FaultyS3:
                     if self.command != "HEAD":
                         self.wfile.write(data)
                     return
-                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                finally:
-                    conn.close()
+                resp, data = self._forward(body)
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -93,6 +97,16 @@ class FaultyS3:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _forward(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    return resp, resp.read()
+                finally:
+                    conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

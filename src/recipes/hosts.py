@@ -36,6 +36,7 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 # 105 MB, 4 MiB at 74 MB, all at the same speed. 4 MiB still fills ~1 Gbit/s at 30 ms RTT.
 WINDOW = 4 << 20
 PACKET = 256 << 10
+READ_MAX = 512 << 10  # the most one SshProcess.read returns
 STDERR_TAIL = 64 << 10
 # The first bytes of stderr are kept too: the root cause is usually the first error.
 STDERR_HEAD = 16 << 10
@@ -310,10 +311,12 @@ class SshProcess:
             self.write(stdin_prefix)
 
     def read(self, n: int = -1, /) -> bytes:
-        # Always take everything buffered: paramiko's BufferedPipe.read(n) with less than the
-        # buffered amount memmoves the rest of its buffer on every call (quadratic-ish work).
+        # At most READ_MAX (512 KiB) a call, not the whole window (4 MiB): each chunk is held
+        # by the reader and queued for the facts thread, so its size is what the stream holds.
+        # paramiko's BufferedPipe.read(n) below the buffered amount memmoves the rest of its
+        # buffer once per call, at memory speed: no CPU time measurable (docs/performance.md).
         try:
-            return bytes(self._chan.recv(WINDOW))
+            return bytes(self._chan.recv(READ_MAX if n is None or n <= 0 else min(n, READ_MAX)))
         except OSError as exc:
             raise HostError(f"connection lost while reading: {exc}") from exc
 

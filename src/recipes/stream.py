@@ -58,24 +58,67 @@ class _NonEmpty:
 class _Tapped:
     """Feeds the plain bytes of a passing stream to fact taps (``facts.py``): as they are, or
     decompressed when the host compressed them. The work runs in a thread of its own behind a
-    bounded queue (constant memory), so it overlaps with encryption instead of adding to it;
-    a tap's failure never fails the stream (its facts are then left out)."""
+    queue bounded in bytes (``LIMIT``; one chunk always fits), so it overlaps with encryption
+    instead of adding to it, in constant memory; a tap's failure never fails the stream (its
+    facts are then left out), and a worker that died never blocks the stream."""
 
-    DEPTH = 4
+    LIMIT = 1 << 20
 
     def __init__(self, source: Readable, taps: list[Any], compressed: bool) -> None:
-        import queue
+        import collections
         import threading
 
         self._source = source
         self._taps = taps
         self._compressed = compressed
-        self._queue: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self.queued = 0  # bytes handed over and not yet taken by the worker
+        self._ended = False  # no chunk comes after the ones queued
+        self._gone = False  # the worker stopped: nothing waits for it any more
         self._thread = threading.Thread(target=self._work, name="facts", daemon=True)
         self._thread.start()
-        self._ended = False
+
+    def _put(self, data: bytes) -> None:
+        with self._cond:
+            while self.queued and self.queued + len(data) > self.LIMIT and not self._gone:
+                self._cond.wait()
+            if not self._gone:
+                self._chunks.append(data)
+                self.queued += len(data)
+                self._cond.notify_all()
+
+    def _get(self) -> bytes | None:
+        with self._cond:
+            while not self._chunks and not self._ended:
+                self._cond.wait()
+            if not self._chunks:
+                return None
+            data = self._chunks.popleft()
+            self.queued -= len(data)
+            self._cond.notify_all()
+            return data
+
+    def _end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
 
     def _work(self) -> None:
+        complete = False
+        try:
+            self._feed()
+            complete = True
+        finally:  # even on an error no tap catches: the stream goes on, these facts are left out
+            with self._cond:
+                self._gone = True
+                self._chunks.clear()
+                self.queued = 0
+                self._cond.notify_all()
+            if not complete:
+                self._taps.clear()
+
+    def _feed(self) -> None:
         import zstandard
 
         taps = self._taps
@@ -94,7 +137,7 @@ class _Tapped:
             else None
         )
         broken = False
-        while (data := self._queue.get()) is not None:
+        while (data := self._get()) is not None:
             if broken:
                 continue
             try:
@@ -109,17 +152,14 @@ class _Tapped:
     def read(self, n: int = -1, /) -> bytes:
         data = self._source.read(n)
         if data:
-            self._queue.put(data)
-        elif not self._ended:
-            self._ended = True
-            self._queue.put(None)
+            self._put(data)
+        else:
+            self._end()
         return data
 
     def close(self) -> None:
         """Wait for the taps to have seen everything (after the stream ended)."""
-        if not self._ended:
-            self._ended = True
-            self._queue.put(None)
+        self._end()
         self._thread.join()
 
 

@@ -199,3 +199,56 @@ def test_a_sigkilled_writer_leaves_no_visible_object_and_prune_aborts_its_upload
     assert [r.debris for r in done] == [(path.rsplit("/", 1)[-1],)]
     assert pending(s3_server, s3_bucket) == []
     assert [item.manifest.snapshot for item in repo.listed()] == [old[0].snapshot]
+
+
+def server_client(server: servers.S3Server) -> Any:
+    """A client of the server itself (not through the proxy, not through our code)."""
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=server.key,
+        aws_secret_access_key=server.secret,
+        region_name="us-east-1",
+    )
+
+
+def test_a_complete_whose_answer_was_lost_is_tried_again_and_the_object_counts_as_written(
+    proxy: FaultyS3, s3_server: servers.S3Server, s3_bucket: str
+) -> None:
+    repo = repository(proxy.endpoint, s3_bucket)
+    data = os.urandom(SIZE)
+    # The first POST starts the upload; the second completes it on the server, then resets.
+    proxy.only, proxy.queue = "POST ", ["pass", "lost"]
+    path = write(repo, data)
+    assert proxy.queue == []  # the answer was lost
+    completes = [line for line in proxy.seen if line.startswith("POST") and "uploadId=" in line]
+    assert len(completes) == 2  # tried again, and that try got NoSuchUpload
+    assert stored(s3_server, path).read_bytes() == data
+    assert pending(s3_server, s3_bucket) == []
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "replaced"])
+def test_a_lost_complete_whose_object_is_not_ours_fails_the_write(
+    proxy: FaultyS3, s3_server: servers.S3Server, s3_bucket: str, meanwhile: str
+) -> None:
+    repo = repository(proxy.endpoint, s3_bucket)
+    data = os.urandom(SIZE)
+    client = server_client(s3_server)
+    where: dict[str, str] = {}
+
+    def change() -> None:  # between the lost answer and the retry, the object changes
+        key = where["key"]
+        if meanwhile == "deleted":
+            client.delete_object(Bucket=s3_bucket, Key=key)
+        else:  # another object (rclone's HEAD ETag is the whole md5: the size tells them apart)
+            client.put_object(Bucket=s3_bucket, Key=key, Body=os.urandom(SIZE - 1))
+
+    proxy.only, proxy.queue, proxy.on_lost = "POST ", ["pass", "lost"], change
+    writer = repo.begin("django", "web1")
+    where["key"] = f"{writer.path.split('/', 1)[1]}/files.tar.zst.age"
+    with pytest.raises(RepositoryError, match="NoSuchUpload"), writer.open("files.tar.zst.age") as fh:
+        for i in range(0, len(data), 1 << 16):
+            fh.write(data[i : i + (1 << 16)])
+    assert proxy.queue == []

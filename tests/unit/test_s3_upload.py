@@ -32,19 +32,24 @@ class FakeClient:
 
 
 class FakeGuarded:
-    """GuardedFS's surface: call (no retries here), send, url, down."""
+    """GuardedFS's surface: call (no retries here), once, send, url, down."""
 
     url = "s3://bucket/repo"
     down = False
 
     def __init__(self) -> None:
         self.fs = FakeClient()
+        self.sizes: list[int] = []
 
-    def call(self, what: str, fn: Any, retry: bool = True) -> Any:
+    def call(self, what: str, fn: Any, retry: bool = True, alone: bool = False) -> Any:
         return fn()
+
+    def once(self, method: str, body: Any = None, **kw: Any) -> Any:
+        return lambda: self.fs.call_s3(method, **kw)
 
     def send(self, what: str, method: str, body: Any, **kw: Any) -> dict[str, Any]:
         self.fs.calls.append(method)
+        self.sizes.append(len(body().getbuffer()))
         return {"ETag": f'"{kw.get("PartNumber", 0)}"'}
 
 
@@ -55,7 +60,7 @@ def test_the_part_after_the_last_one_s3_allows_is_refused_and_the_upload_aborted
     guarded = FakeGuarded()
     up = storage.S3Upload(guarded, "bucket/repo/obj", part_size=5 * MiB)  # type: ignore[arg-type]
     up.write(bytes(10 * MiB))  # two full parts: allowed
-    with pytest.raises(RepositoryError, match="larger than 2 parts of 5 MiB"):
+    with pytest.raises(RepositoryError, match=r"larger than 2 parts \(10 MiB\)"):
         up.write(bytes(5 * MiB))
     up.abort()
     calls = guarded.fs.calls
@@ -70,3 +75,36 @@ def test_an_object_of_exactly_the_most_parts_completes(monkeypatch: pytest.Monke
         up.write(bytes(9 * MiB))
     calls = guarded.fs.calls
     assert calls.count("upload_part") == 2 and calls[-1] == "complete_multipart_upload"
+
+
+def test_parts_grow_so_ten_thousand_hold_far_more_than_eight_mib_parts_did() -> None:
+    assert storage.part_size(1) == storage.part_size(2_000) == 5 * MiB
+    assert storage.part_size(2_001) == 10 * MiB and storage.part_size(10_000) == 80 * MiB
+    assert storage.most_bytes() > 300 << 30 > storage.MAX_PARTS * 8 * MiB  # 8 MiB parts: 78 GiB
+
+
+def test_an_upload_sends_growing_parts_and_refuses_the_part_after_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(storage, "GROW_EVERY", 2)
+    monkeypatch.setattr(storage, "MAX_PARTS", 5)
+    guarded = FakeGuarded()
+    up = storage.S3Upload(guarded, "bucket/repo/obj", part_size=5 * MiB)  # type: ignore[arg-type]
+    most = storage.most_bytes(5 * MiB)
+    assert most == (5 + 5 + 10 + 10 + 20) * MiB
+    for _ in range(most // MiB):
+        up.write(bytes(MiB))
+    with pytest.raises(RepositoryError, match=r"larger than 5 parts \(50 MiB\)"):
+        up.write(b"x")
+    up.abort()
+    sent = sorted(guarded.sizes)  # the last one may have been cancelled, never a sixth
+    assert len(sent) >= 4 and sent == sorted(s * MiB for s in (5, 5, 10, 10, 20))[: len(sent)]
+    assert "complete_multipart_upload" not in guarded.fs.calls
+
+
+def test_growing_parts_complete_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "GROW_EVERY", 1)
+    guarded = FakeGuarded()
+    with storage.S3Upload(guarded, "bucket/repo/obj", part_size=5 * MiB) as up:  # type: ignore[arg-type]
+        up.write(bytes(5 * MiB + 10 * MiB + 3))
+    assert guarded.sizes == [5 * MiB, 10 * MiB, 3]

@@ -130,3 +130,67 @@ def test_fetch_refuses_a_valid_object_whose_sha256_is_not_the_manifests() -> Non
         stream.fetch(
             io.BytesIO(second.getvalue()), io.BytesIO(), [ident], info.sha256, len(second.getvalue())
         )
+
+
+class SlowTap:
+    """A fact tap that takes its time and records how much the stream had queued for it."""
+
+    def __init__(self, tapped: list[stream._Tapped]) -> None:
+        self.seen = bytearray()
+        self.most = 0
+        self._tapped = tapped
+
+    def feed(self, chunk: bytes) -> None:
+        import time
+
+        time.sleep(0.002)
+        self.most = max(self.most, self._tapped[0].queued if self._tapped else 0)
+        self.seen += chunk
+
+    def result(self) -> dict[str, object]:
+        return {}
+
+
+def test_the_facts_queue_is_bounded_in_bytes_and_the_taps_see_every_byte() -> None:
+    data = os.urandom(12 << 20)
+    holder: list[stream._Tapped] = []
+    tap = SlowTap(holder)
+    tapped = stream._Tapped(Chunks(data, 1 << 20), [tap], compressed=False)
+    holder.append(tapped)
+    out = bytearray()
+    while chunk := tapped.read(1 << 20):
+        out += chunk
+        assert tapped.queued <= stream._Tapped.LIMIT
+    tapped.close()
+    assert out == data and tap.seen == data  # nothing dropped either side
+    assert 0 < tap.most <= stream._Tapped.LIMIT
+
+
+class DyingTap:
+    """A tap whose error no handler catches (as a bug in a tap would be): the worker thread ends."""
+
+    def feed(self, chunk: bytes) -> None:
+        raise KeyboardInterrupt("a tap gave up")
+
+    def result(self) -> dict[str, object]:
+        return {}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_facts_worker_that_died_never_blocks_the_stream_and_its_facts_are_left_out() -> None:
+    import threading
+
+    recipient, _ = _key()
+    data = os.urandom(10 << 20)
+    taps: list[object] = [DyingTap()]
+    done: list[stream.Stored] = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            stream.store(Chunks(data, 1 << 20), io.BytesIO(), [recipient], compressed=False, taps=taps)
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert done, "the stream stalled behind a dead facts thread"
+    assert taps == []  # left out, not half-counted
