@@ -57,27 +57,37 @@ def backup(
     trust: Trust | None = None,
     deadman_seconds: float = DEADMAN_SECONDS,
     roles: dict[str, list[Host]] | None = None,
+    control: PendingSession | None = None,
 ) -> mf.Manifest:
-    """``_backup`` under the lock of recipe@host: taken before the host is touched, released last."""
+    """``_backup`` under the lock of recipe@host: taken before the application is touched,
+    released last. ``control``: the host's control session, already started by the caller (the
+    CLI starts it before opening the repository); else it starts here, while the lock is taken.
+    Before the lock it only reads facts and makes its private temp dir, which it removes when
+    it ends (here, whenever the run fails before its steps)."""
     check_recipients(recipients)
     if signer is None:
         from recipes.config import DEFAULT_SIGNING_KEY
 
         signer = signing.load_signing_key(os.path.expanduser(DEFAULT_SIGNING_KEY))
-    host.connect_soon()  # key exchange and login overlap taking the lock; nothing runs yet
-    with repo.lock(plan.recipe, plan.host, "run"):
-        return _backup(
-            plan,
-            host,
-            repo,
-            recipients,
-            full=full,
-            chaining=chaining,
-            signer=signer,
-            trust=trust,
-            deadman_seconds=deadman_seconds,
-            roles=roles,
-        )
+    host.connect_soon()  # key exchange and login overlap taking the lock
+    control = control or PendingSession(host)
+    try:
+        with repo.lock(plan.recipe, plan.host, "run"):
+            return _backup(
+                plan,
+                host,
+                repo,
+                recipients,
+                full=full,
+                chaining=chaining,
+                signer=signer,
+                trust=trust,
+                deadman_seconds=deadman_seconds,
+                roles=roles,
+                control=control,
+            )
+    finally:
+        control.discard()  # not taken by the job (a failure before its steps): end it now
 
 
 def _backup(
@@ -92,6 +102,7 @@ def _backup(
     trust: Trust | None,
     deadman_seconds: float,
     roles: dict[str, list[Host]] | None = None,
+    control: PendingSession | None = None,
 ) -> mf.Manifest:
     """Run a backup plan; the snapshot exists only if every step and every undo succeeded.
 
@@ -105,17 +116,12 @@ def _backup(
     chaining = chaining or Chaining()
     host.connect_soon()
     started = _now()
-    control = PendingSession(host)  # its login and facts overlap the chain decision
-    try:
-        cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
-        if trust.verified is None:  # the chain decision reads every manifest: skip known signatures
-            trust = trust.remembering(VerifiedManifests(chaining.cache_dir or default_cache_dir(), repo.url))
-        decision, parent_states = decide(plan, repo, recipients, full, chaining, cache, trust)
-        writer = repo.begin(plan.recipe, plan.host)
-        staging, cached = _staging(cache, plan, writer.snapshot)
-    except BaseException:
-        control.discard()
-        raise
+    cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
+    if trust.verified is None:  # the chain decision reads every manifest: skip known signatures
+        trust = trust.remembering(VerifiedManifests(chaining.cache_dir or default_cache_dir(), repo.url))
+    decision, parent_states = decide(plan, repo, recipients, full, chaining, cache, trust)
+    writer = repo.begin(plan.recipe, plan.host)
+    staging, cached = _staging(cache, plan, writer.snapshot)
     job = Backup(plan, host, writer, recipients, plan.compression, parent_states, staging, control)
     job.expected = progress.expected(decision.parent, decision.previous)
     interp = job.interpreter(roles or {}, deadman_seconds, writer.snapshot)

@@ -332,11 +332,13 @@ def run_cmd(
     """Back up RECIPE from a host into the repository."""
     from recipes import engine, plan
     from recipes.hosts import open_host
+    from recipes.tarstate import PendingSession
 
     r, params, spec = _prepare(state, recipe, host, sets)
     p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
     live = open_host(spec)
     live.connect_soon()  # the key exchange and login overlap opening the repository
+    control = PendingSession(live)  # and so does the control session's start (facts only)
     roles: dict[str, Any] = {}
     try:
         repository = _repo(state, repo)
@@ -357,8 +359,10 @@ def run_cmd(
                 trust=state.config.trust(),
                 deadman_seconds=state.config.engine.deadman_seconds,
                 roles=roles,
+                control=control,
             )
     finally:
+        control.discard()
         live.close()
         _close_roles(roles)
     from recipes import output
