@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import importlib
 import importlib.util
 import io
@@ -115,6 +116,7 @@ LEAN_FORMAT = 1
 # operation name written in s3fs's or our source.
 LEAN_ALWAYS = ("CreateSession", "GetBucketLocation", "HeadBucket")
 LEAN_ENDPOINTS = ("s3", "sts", "sso", "sso-oidc")  # credential providers call the last three
+LEAN_FILES = ("s3/2006-03-01/service-2.json", "endpoints.json")
 
 
 def _lean_sources() -> tuple[str, str, str] | None:
@@ -143,8 +145,6 @@ def _lean_sources() -> tuple[str, str, str] | None:
 
 
 def _lean_dir(sources: tuple[str, str, str]) -> str:
-    import hashlib
-
     from recipes.tarstate import default_cache_dir
 
     h = hashlib.sha256(f"{LEAN_FORMAT}\0{sources[0]}\0".encode())
@@ -226,18 +226,38 @@ def write_lean_data(target: str) -> None:
     for partition in endpoints["partitions"]:
         partition["services"] = {k: v for k, v in partition["services"].items() if k in LEAN_ENDPOINTS}
     os.makedirs(os.path.join(target, "s3", "2006-03-01"), mode=0o700, exist_ok=True)
+    digests: dict[str, str] = {}
     for rel, data in (
-        ("s3/2006-03-01/service-2.json", model),
-        ("endpoints.json", endpoints),
-        ("complete", {}),
+        (LEAN_FILES[0], model),
+        (LEAN_FILES[1], endpoints),
+        ("complete", {"sha256": digests}),  # last: the files are whole and their digests known
     ):
+        text = json.dumps(data, separators=(",", ":")).encode()
+        digests[rel] = hashlib.sha256(text).hexdigest()
         path = os.path.join(target, rel)
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(data, out, separators=(",", ":"))
+        with open(tmp, "wb") as out:
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+
+
+def _lean_intact(target: str) -> bool:
+    """The trimmed files are there and are what was written (their digests in ``complete``):
+    a damaged copy would make every client creation fail."""
+    import json
+
+    try:
+        with open(os.path.join(target, "complete"), "rb") as fh:
+            digests = json.load(fh)["sha256"]
+        for rel in LEAN_FILES:
+            with open(os.path.join(target, rel), "rb") as fh:
+                if hashlib.sha256(fh.read()).hexdigest() != digests[rel]:
+                    return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 ARENAS = 2
@@ -276,10 +296,10 @@ def lean_session(fs: Any) -> bool:
         if sources is None:
             return False
         target = _lean_dir(sources)
-        if not os.path.exists(os.path.join(target, "complete")):
+        if not _lean_intact(target):  # never made, or damaged since: make it (again)
             code = f"from recipes.storage import write_lean_data; write_lean_data({target!r})"
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
-            if done.returncode != 0 or not os.path.exists(os.path.join(target, "complete")):
+            if done.returncode != 0 or not _lean_intact(target):
                 log.debug(
                     "storage: no trimmed botocore data: %s", done.stderr.decode(errors="replace")[-300:]
                 )

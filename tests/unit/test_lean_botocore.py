@@ -98,6 +98,20 @@ def test_a_half_written_copy_is_never_used_and_is_written_again(cache: Path) -> 
     assert os.path.exists(target / "complete")
 
 
+def test_a_copy_damaged_after_it_was_written_is_written_again(cache: Path) -> None:
+    """A trimmed file changed after its marker (a full disk, a stray edit) must not break every
+    client: its digest no longer matches the marker's, so it is made again."""
+    assert storage.lean_session(filesystem())
+    sources = storage._lean_sources()
+    assert sources is not None
+    model = Path(storage._lean_dir(sources)) / "s3" / "2006-03-01" / "service-2.json"
+    model.write_text('{"metadata": ')
+    fs = filesystem()
+    assert storage.lean_session(fs)
+    assert set(client_of(fs).meta.service_model.operation_names) >= CALLED
+    assert json.loads(model.read_text())["operations"]
+
+
 def test_the_arena_cap_leaves_the_operators_own_setting_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 
