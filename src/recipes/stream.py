@@ -42,7 +42,7 @@ class _NonEmpty:
         import zstandard
 
         self._source = source
-        self._probe = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        self._probe: Any = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         self.seen = False
 
     def read(self, n: int = -1, /) -> bytes:
@@ -52,6 +52,8 @@ class _NonEmpty:
                 self.seen = bool(self._probe.decompress(data))
             except Exception as exc:  # zstandard.ZstdError
                 raise StepFailed(f"the host's zstd stream is corrupt: {exc}") from exc
+            if self.seen:
+                self._probe = None  # its window (about 1 MB) is not needed any more
         return data
 
 
