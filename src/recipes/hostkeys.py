@@ -75,8 +75,9 @@ def check_public_key(text: str) -> None:
         from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
         try:
+            base64.b64decode(fields[1], validate=True)  # cryptography's decoding is lenient
             load_ssh_public_key(f"{fields[0]} {fields[1]}".encode("ascii"))
-        except (ValueError, UnicodeEncodeError, TypeError):
+        except (ValueError, UnicodeEncodeError, TypeError, binascii.Error):
             pass  # paramiko words why
         except Exception as exc:  # cryptography's other refusals: let paramiko judge
             log.debug("host key %s: %s", fields[0], exc)

@@ -51,6 +51,9 @@ BAD = [
     "ssh-ed25519 " + base64.b64encode(_string(b"ssh-ed25519") + _string(bytes(31))).decode(),
     "ssh-foo " + ED.split()[1],  # a type nobody knows
     "ssh-ed25519 " + base64.b64encode("é".encode()).decode() + "é",
+    # stray characters inside valid base64: cryptography's decoder skips them, paramiko refuses
+    "ssh-ed25519 " + ED.split()[1][:20] + "-" + ED.split()[1][20:],
+    "ssh-ed25519 " + ED.split()[1][:20] + "!" + ED.split()[1][20:],
 ]
 
 
