@@ -210,9 +210,16 @@ def verify_ratio(
     text = mf.dumps(m).encode()
     (d / "manifest.sig").write_bytes(key.sign(text, signing.MANIFEST_NAMESPACE))
     (d / "manifest.json").write_bytes(text)
-    bucket = Path(server.data_dir) / "bench"
-    shutil.copytree(local, bucket / "verify")
     files = [str(p) for p in sorted(d.glob("*.zst.age"))]
+    remote = "benchs3"
+    rclone_env = {**os.environ, **_rclone_env(server, remote)}
+    # through the server (not into its folder): its listing then knows the names at once
+    subprocess.run(
+        [servers.rclone_binary(), "copy", str(local), f"{remote}:bench/verify"],
+        env=rclone_env,
+        capture_output=True,
+        check=True,
+    )
 
     def sha() -> float:
         t0 = time.perf_counter()
@@ -228,20 +235,26 @@ def verify_ratio(
         key,
         f'options = {{ endpoint_url = "{server.endpoint}" }}',
     )
-    remote = "benchs3"
-    rclone_env = {**os.environ, **_rclone_env(server, remote)}
     rel = d.relative_to(local)
     script = " && ".join(
-        f"{servers.rclone_binary()} cat {remote}:bench/verify/{rel}/{Path(f).name} | sha256sum >/dev/null"
-        for f in files
+        f"{servers.rclone_binary()} cat {remote}:bench/verify/{rel}/{Path(f).name} | sha256sum" for f in files
     )
+    want = [o.sha256 for o in sorted(stored, key=lambda o: o.path)]
 
     def sha_s3() -> float:
         t0 = time.perf_counter()
-        subprocess.run(
-            ["bash", "-c", "set -o pipefail; " + script], env=rclone_env, capture_output=True, check=True
+        done = subprocess.run(
+            ["bash", "-c", "set -o pipefail; " + script],
+            env=rclone_env,
+            capture_output=True,
+            check=True,
+            text=True,
         )
-        return time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        got = [line.split()[0] for line in done.stdout.splitlines()]
+        if got != want:  # rclone cat of a name it cannot see prints nothing and succeeds
+            raise SystemExit(f"rclone cat | sha256sum did not read the objects: {got} != {want}")
+        return took
 
     base = min(sha() for _ in range(3))
     base_s3 = min(sha_s3() for _ in range(3))
