@@ -25,7 +25,7 @@ Taking the lock must be atomic:
   consistency, which AWS S3 (since December 2020), MinIO, Ceph RGW and ``rclone serve s3`` give.
   It replaced a write, a two-second settle wait and a read back, which still let two runs win.
   A claim left by a killed run is ignored once its process is gone from this controller, or
-  ``CLAIM_SECONDS`` after it was made.
+  when the server stamped it ``CLAIM_SECONDS`` (a lease's time) before the new claim.
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ LEASE_SECONDS = 600
 RENEW_SECONDS = 60
 LOCKS = "locks"
 CLAIMS = ".claims"
-CLAIM_SECONDS = 30
-"""A claim is held for a few requests; one older than this was left by a run that died."""
+CLAIM_SECONDS = LEASE_SECONDS
+"""A claim is held for a few requests (each with its bounded retries); one the server stamped
+this long before ours was left by a run that died elsewhere (as long as a lease: no faster)."""
 CLAIM_TRIES = 6
 TIME = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -215,23 +216,23 @@ class Store:
     def _claim(self, path: str, lease: Lease, clock: Clock) -> Iterator[None]:
         """Our claim object, alone among live ones in its folder, for the block."""
         folder = f"{os.path.dirname(path)}/{CLAIMS}/{os.path.basename(path)}"
-        own = f"{folder}/{lease.token}"
-        rival: Lease | None = None
+        body = attrs.evolve(lease, purpose=f"claim for {lease.purpose}").dumps()
+        rival: str | None = None
         for attempt in range(CLAIM_TRIES):
-            self.fs.pipe_file(own, attrs.evolve(lease, purpose=f"claim for {lease.purpose}").dumps())
+            own = f"{folder}/{lease.token}-{attempt}"  # an earlier try's late delete spares it
             try:
-                rival = self._live_rival(folder, own, clock)
+                self.fs.pipe_file(own, body)
+                rival = self._live_rival(folder, own)
             except BaseException:
-                self._drop(own)
+                self._drop(own)  # a PUT that landed although its answer was lost, too
                 raise
             if rival is None:
                 break
             self._drop(own)
             time.sleep(random.uniform(0.5, 1.5) * self.backoff * (attempt + 1))
         else:
-            holder = rival.holder() if rival is not None else "another run"
             raise LockHeld(
-                f"{lease.recipe}@{lease.host}: {holder} is taking its lock at this moment: "
+                f"{lease.recipe}@{lease.host}: {rival or 'another run'} is taking its lock at this moment: "
                 "wait for that run, or try again"
             )
         try:
@@ -239,27 +240,31 @@ class Store:
         finally:
             self._drop(own)
 
-    def _live_rival(self, folder: str, own: str, clock: Clock) -> Lease | None:
-        """Another live claim in ``folder``; a dead one (its run gone) is removed on the way."""
-        names = self.fs.ls(folder, detail=False, refresh=True)
-        for name in sorted(str(n) for n in names):
-            if name.rstrip("/").rsplit("/", 1)[-1] == own.rsplit("/", 1)[-1]:
+    def _live_rival(self, folder: str, own: str) -> str | None:
+        """Who holds another live claim in ``folder`` (None: ours is alone); a dead one is removed
+        on the way. Dead: its process is gone from this controller, or the server stamped it
+        ``CLAIM_SECONDS`` before ours (server times only: controllers' clocks may differ). A
+        claim that cannot be read is a rival until then (a newer version may have written it)."""
+        entries = self.fs.ls(folder, detail=True, refresh=True)
+        stamps = {str(e["name"]).rstrip("/"): e.get("LastModified") or e.get("mtime") for e in entries}
+        mine = stamps.get(own.rstrip("/"))
+        for name in sorted(stamps):
+            if name.rsplit("/", 1)[-1] == own.rsplit("/", 1)[-1]:
                 continue
+            old = _older_by(stamps[name], mine, CLAIM_SECONDS)
             data = self.read(name)
             if data is None:  # released while we listed
                 continue
             try:
-                claim = Lease.loads(data)
+                claim: Lease | None = Lease.loads(data)
             except ValueError:
-                log.warning("removing an unreadable lock claim %s", name)
+                claim = None
+            if (claim is not None and claim.gone_from_here()) or old:
+                who = claim.holder() if claim is not None else f"an unreadable claim {name}"
+                log.warning("removing the lock claim of %s, left by a run that is gone", who)
                 self._drop(name)
                 continue
-            age = (clock() - _time(claim.renewed)).total_seconds()
-            if claim.gone_from_here() or age > CLAIM_SECONDS:
-                log.warning("removing the lock claim of %s, left by a run that is gone", claim.holder())
-                self._drop(name)
-                continue
-            return claim
+            return claim.holder() if claim is not None else f"the run that wrote {name}"
         return None
 
     def _drop(self, path: str) -> None:
@@ -288,6 +293,21 @@ class Store:
             return False
         self.fs.pipe_file(path, data)
         return True
+
+
+def _older_by(theirs: object, mine: object, seconds: float) -> bool:
+    """Whether a listing's time ``theirs`` is more than ``seconds`` before ``mine`` (both the
+    server's; False when either is missing or unreadable: then nothing is judged dead by age)."""
+
+    def stamp(x: object) -> float | None:
+        if isinstance(x, dt.datetime):
+            return x.timestamp()
+        if isinstance(x, (int, float)):
+            return float(x)
+        return None
+
+    t, m = stamp(theirs), stamp(mine)
+    return t is not None and m is not None and m - t > seconds
 
 
 def _machine() -> str:

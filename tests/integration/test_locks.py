@@ -253,19 +253,28 @@ def test_a_claim_left_by_a_dead_run_is_ignored_and_a_live_one_is_waited_for(
     repo = Repository(f"s3://{s3_bucket}/claims", opts)
     claims = f"{s3_bucket}/claims/locks/.claims/django@web1"
     now = dt.datetime.now(dt.UTC)
-    old = locks.Lease.new("django", "web1", "run", now - dt.timedelta(seconds=locks.CLAIM_SECONDS + 5))
-    old = attrs.evolve(old, machine="0" * 16, controller="gone-box")
-    repo.fs.pipe_file(f"{claims}/{old.token}", old.dumps())
+    # a run of this controller that was SIGKILLed while it held its claim: its process is gone
+    dead = attrs.evolve(locks.Lease.new("django", "web1", "run", now), pid_start="1", controller="gone-box")
+    repo.fs.pipe_file(f"{claims}/{dead.token}-0", dead.dumps())
     with repo.lock("django", "web1"):
         pass
     assert "gone-box" in caplog.text and "left by a run that is gone" in caplog.text
-    assert not repo.fs.exists(f"{claims}/{old.token}")
+    assert not repo.fs.exists(f"{claims}/{dead.token}-0")
 
-    live = locks.Lease.new("django", "web1", "run", now)
+    # another controller's claim, however old its own clock says it is, is waited for
+    live = locks.Lease.new("django", "web1", "run", now - dt.timedelta(hours=1))
     live = attrs.evolve(live, machine="0" * 16, controller="busy-box")
-    repo.fs.pipe_file(f"{claims}/{live.token}", live.dumps())
+    repo.fs.pipe_file(f"{claims}/{live.token}-0", live.dumps())
     with pytest.raises(locks.LockHeld) as info:
         locks.acquire(repo, "django", "web1", store=locks.Store(repo, backoff=0.01))
     assert "busy-box" in str(info.value) and "is taking its lock at this moment" in str(info.value)
-    assert repo.fs.exists(f"{claims}/{live.token}")  # someone else's live claim is left alone
+    assert repo.fs.exists(f"{claims}/{live.token}-0")  # someone else's live claim is left alone
     assert not repo.fs.exists(f"{s3_bucket}/claims/locks/django@web1")  # and no lock was written
+    repo.fs.rm_file(f"{claims}/{live.token}-0")
+
+    # a claim this version cannot read (a newer one's) is a rival too, not garbage
+    repo.fs.pipe_file(f"{claims}/future-0", b'{"format": 2}\n')
+    with pytest.raises(locks.LockHeld) as info:
+        locks.acquire(repo, "django", "web1", store=locks.Store(repo, backoff=0.01))
+    assert "future-0" in str(info.value)
+    assert repo.fs.exists(f"{claims}/future-0")

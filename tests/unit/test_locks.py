@@ -162,3 +162,53 @@ def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(tmp_path: Path) 
     assert not store.rival.is_alive()
     assert len(won) == 1
     assert locks.Lease.loads(lock_file(tmp_path).read_bytes()).token == won[0]
+
+
+class _StampedFS:
+    """The few S3 calls a claim makes, over a dict, each object with the server's time."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, dt.datetime]] = {}
+        self.now = T0
+
+    def pipe_file(self, path: str, data: bytes, **_: object) -> None:
+        self.files[path] = (data, self.now)
+
+    def cat_file(self, path: str) -> bytes:
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        return self.files[path][0]
+
+    def rm_file(self, path: str) -> None:
+        self.files.pop(path, None)
+
+    def ls(self, folder: str, detail: bool = False, **_: object) -> list[dict[str, object]]:
+        inside = [(p, t) for p, (_, t) in self.files.items() if p.startswith(folder + "/")]
+        return [{"name": p, "LastModified": t} for p, t in inside]
+
+
+def test_on_s3_a_claim_is_dead_by_the_servers_times_never_by_a_controllers_clock() -> None:
+    """A claim another controller wrote long ago by its own (wrong) clock is live while the
+    server's stamps are close; one the server stamped a lease's time before ours is dead."""
+
+    class FakeRepo:
+        local = False
+        root = "bucket/repo"
+
+        def __init__(self) -> None:
+            self.fs = _StampedFS()
+
+    repo = FakeRepo()
+    store = locks.Store(repo, backoff=0.001)  # type: ignore[arg-type]
+    folder = "bucket/repo/locks/.claims/django@web1"
+    other = attrs.evolve(locks.Lease.new("django", "web1", "run", T0 - dt.timedelta(days=1)), machine="x")
+    repo.fs.pipe_file(f"{folder}/{other.token}-0", other.dumps())
+    repo.fs.now = T0 + dt.timedelta(seconds=locks.CLAIM_SECONDS - 5)
+    lease = locks.Lease.new("django", "web1", "run", T0)
+    with pytest.raises(locks.LockHeld), store.exclusive("bucket/repo/locks/django@web1", lease):
+        pass
+    assert f"{folder}/{other.token}-0" in repo.fs.files
+    repo.fs.now = T0 + dt.timedelta(seconds=locks.CLAIM_SECONDS + 5)
+    with store.exclusive("bucket/repo/locks/django@web1", lease):
+        assert f"{folder}/{other.token}-0" not in repo.fs.files
+    assert not repo.fs.files  # ours went too
