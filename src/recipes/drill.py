@@ -47,6 +47,8 @@ NAMESPACE = "recipes-drill"
 """sshsig namespace of drill records: a manifest's signature can never pass as a drill's."""
 FORMAT = 1
 STAMP = "%Y%m%dT%H%M%SZ"
+WRITTEN_MARGIN = 5
+"""Seconds before a forced drill's start from which a file's change time counts as written by it."""
 TIME = "%Y-%m-%dT%H:%M:%SZ"
 # MySQL's own schemas: rebuilt or statistics, not the application's data.
 _MYSQL_SYSTEM = ("mysql", "sys", "performance_schema", "information_schema")
@@ -167,20 +169,25 @@ def _joined(root: str, path: str) -> str:
     return os.path.normpath("/" + "/".join(p for p in (root.strip("/"), path) if p))
 
 
-def measure_command(root: str, start: str, sample: Iterable[str], rewritten: Sequence[str]) -> Command:
-    """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` that the
-    restore wrote (changed since ``start``, epoch seconds on that host: tar sets a file's mtime
-    but never its ctime, so a file left from before, as by an earlier drill under ``--force``,
-    does not count) and not modified since (each inode once, as TarFacts counts a hard link's
-    later names as links), ``rewritten=`` how many of the ``rewritten`` paths exist
-    there modified since, ``volatile=`` the files modified since under the ``rewritten``
-    directories (those ending in ``/``), and ``sample<i>=`` each sample path's sha256
-    (``missing`` when it is not a regular file)."""
+def measure_command(
+    root: str, start: str, sample: Iterable[str], rewritten: Sequence[str], written_only: bool = False
+) -> Command:
+    """One read-only command: ``files=``/``bytes=`` of the regular files under ``root`` not
+    modified since ``start`` (epoch seconds on that host; each inode once, as TarFacts counts a
+    hard link's later names as links) and, with ``written_only`` (``--force`` over a scratch
+    tree that was not empty), changed since ``start`` less a margin: tar sets a file's mtime but
+    never its ctime, so a file left from before (an earlier drill's) does not count;
+    ``rewritten=`` how many of the ``rewritten`` paths exist there modified since,
+    ``volatile=`` the files modified since under the ``rewritten`` directories (those ending
+    in ``/``), and ``sample<i>=`` each sample path's sha256 (``missing`` when it is not a
+    regular file)."""
     r = sh(root)
+    # the margin: a file system whose times lag this host's clock, or count whole seconds
+    written = f"-newerct @{int(float(start)) - WRITTEN_MARGIN}" if written_only else ""
     lines = [
         f"cd {r} 2>/dev/null || exit 0",
         # each inode once, as tar stores it (a hard link's later names are links in the archive)
-        f"find . -xdev -type f -newerct @{start} ! -newermt @{start} -printf '%n %i %s\\n' | "
+        f"find . -xdev -type f {written} ! -newermt @{start} -printf '%n %i %s\\n' | "
         "awk '$1 == 1 || !seen[$2]++ {n++; b+=$3} END {printf \"files=%d\\nbytes=%.0f\\n\", n, b}'",
     ]
     inside = [p for p in rewritten if p == root or p.startswith(root.rstrip("/") + "/")]
@@ -403,7 +410,13 @@ def external_row_checks(
 
 
 def external_tree_checks(
-    r: Recipe, params: Any, manifest: mf.Manifest | None, host: Host, start: str, snapshot: str
+    r: Recipe,
+    params: Any,
+    manifest: mf.Manifest | None,
+    host: Host,
+    start: str,
+    snapshot: str,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Files, bytes and the content sample of a tree a restore from outside the repository wrote
     (govuk-assets' duplicity collection), against the tar facts the newest trusted manifest of
@@ -426,7 +439,7 @@ def external_tree_checks(
         return [skipped(f"tree {what}", "tree facts", why) for what in names]
     obj, root = got
     members = [_joined(root, m) for m in sorted(obj.facts.get("sample", {}))]
-    result = run_on(host, measure_command(root, start, members, ()))
+    result = run_on(host, measure_command(root, start, members, (), written_only=force))
     measured = key_values(result.stdout) if result.exit_status == 0 else {}
     return archive_checks(obj, root, measured, level=0, shared=False)
 
@@ -896,7 +909,7 @@ def _drill(
         if after_restore is not None:
             after_restore(live)
         hosts = {**roles, "main": [live]}
-        checks = _checks(r, p, params, manifest, hosts, start, external, snapshot)
+        checks = _checks(r, p, params, manifest, hosts, start, external, snapshot, force)
     record.update(
         finished=_now().strftime(TIME),
         passed=error is None and not failed({"checks": checks}),
@@ -928,6 +941,7 @@ def _checks(
     start: str,
     external: bool,
     snapshot: str = "latest",
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Every check of a finished restore, each command read-only."""
     from recipes.recipe import drill_checks, drill_rewrites
@@ -944,7 +958,7 @@ def _checks(
             sample = dict(obj.facts.get("sample", {}))
             mine = [x for x in rewritten if x.startswith(step.root.rstrip("/") + "/")]
             members = [_joined(step.root, m) for m in sorted(sample)]
-            result = run_on(host, measure_command(step.root, start, members, mine))
+            result = run_on(host, measure_command(step.root, start, members, mine, written_only=force))
             measured = key_values(result.stdout) if result.exit_status == 0 else {}
             shared = not step.must_be_empty and step.root not in emptied
             level = manifest.level if step.incremental else 0
@@ -961,7 +975,7 @@ def _checks(
             out += row_checks(obj, parse_counts(result.stdout))
     if external:
         out += external_row_checks(r, params, manifest, hosts["main"][0], snapshot)
-        out += external_tree_checks(r, params, manifest, hosts["main"][0], start, snapshot)
+        out += external_tree_checks(r, params, manifest, hosts["main"][0], start, snapshot, force)
     buckets = [s for s in p.steps if isinstance(s, RestoreBucket)]
     if buckets and manifest is not None:
         out += _bucket_checks(p, buckets, manifest, hosts)
