@@ -387,12 +387,17 @@ class SshHost:
         self._lock = threading.Lock()
         self._early: threading.Thread | None = None
         self._early_error: RecipeError | None = None
+        self._tried_early = False
+        self._state = threading.Lock()  # guards the next two between close() and a connect
+        self._connecting = False
+        self._abandon = False
 
     def connect_soon(self) -> None:
         """Connect (import Fabric, key exchange, auth: ~0.3 s) in a thread while the caller reads
         the repository; the first command waits for it, and gets its error if it failed."""
-        if self._conn is not None or self._early is not None:
+        if self._conn is not None or self._tried_early:
             return
+        self._tried_early = True
 
         def connect() -> None:
             try:
@@ -496,7 +501,18 @@ class SshHost:
             if transport is None or not transport.is_active():
                 if self._conn is not None:
                     self._conn.close()
-                self._conn = self._connect()
+                with self._state:
+                    self._connecting = True
+                try:
+                    conn = self._connect()
+                finally:
+                    with self._state:
+                        self._connecting = False
+                        abandon, self._abandon = self._abandon, False
+                if abandon:  # closed while it connected (see close): not needed any more
+                    conn.close()
+                    raise HostError(f"{self.name}: the connection was closed while it was made")
+                self._conn = conn
                 transport = self._conn.client.get_transport()
             return transport
 
@@ -512,10 +528,19 @@ class SshHost:
         return SshProcess(channel, prefix)
 
     def close(self) -> None:
-        with self._lock:
+        """Close the connection; never wait for one still being made in another thread (a run
+        refused for bad input must not wait out a slow host): that thread closes it itself."""
+        while not self._lock.acquire(timeout=0.05):
+            with self._state:
+                if self._connecting:
+                    self._abandon = True
+                    return
+        try:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        finally:
+            self._lock.release()
 
 
 def parse_target(text: str) -> HostSpec:

@@ -178,31 +178,44 @@ class PendingSession:
     def __init__(self, host: Host) -> None:
         self._proc: Process | None = None
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._discarded = False
         self._thread = threading.Thread(target=self._start, args=(host,), name="control-session", daemon=True)
         self._thread.start()
 
     def _start(self, host: Host) -> None:
         try:
-            self._proc = host.start(Command(CONTROL))
+            proc = host.start(Command(CONTROL))
         except BaseException as exc:  # raised again by take(), in the caller's thread
             self._error = exc
+            return
+        with self._lock:
+            late = self._discarded
+            if not late:
+                self._proc = proc
+        if late:  # discarded while it started: end it here
+            proc.kill()
 
     def take(self) -> Process:
         """The started session (once); the error of starting it, raised here."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        proc, self._proc = self._proc, None
+        with self._lock:
+            proc, self._proc = self._proc, None
+            self._discarded = True
         if proc is None:
             raise StepFailed("the control session was already taken")
         return proc
 
     def discard(self) -> None:
-        """Not needed after all (the run failed before using it): end it; the host cleans up."""
-        self._thread.join()
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc = None
+        """Not needed after all (the run failed before using it): end it, the host cleans up.
+        Never waits for a session still starting (a slow host): it ends itself once started."""
+        with self._lock:
+            self._discarded = True
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
 
 
 class RemoteState:

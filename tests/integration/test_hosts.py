@@ -113,3 +113,24 @@ def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost) ->
         )
     finally:
         shutil.rmtree(src, ignore_errors=True)
+
+
+def test_bad_input_is_reported_at_once_while_the_host_is_still_being_connected(world: World) -> None:
+    """``run`` connects to the host while it opens the repository; a repository refused for bad
+    input is reported without waiting out a host that accepts TCP and never speaks SSH."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    port = silent.getsockname()[1]
+    try:
+        began = time.monotonic()
+        out = world.cli("run", "django", "--host", f"root@127.0.0.1:{port}", "--repo", "nosuchproto://x")
+        took = time.monotonic() - began
+        assert out.returncode == 2, out.stderr
+        assert "repository nosuchproto://x" in out.stderr and "Traceback" not in out.stderr
+        assert took < 10, f"waited {took:.1f}s for a host that never answers (its banner timeout is 15 s)"
+    finally:
+        silent.close()
