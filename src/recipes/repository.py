@@ -290,7 +290,9 @@ class Repository:
         """The manifest of ``find_listed`` (not yet checked: see ``trust.Trust``)."""
         return self.find_listed(recipe, host, snapshot).manifest
 
-    def verify_objects(self, m: mf.Manifest, objects: list[mf.StoredObject]) -> None:
+    def verify_objects(
+        self, m: mf.Manifest, objects: list[mf.StoredObject], stopped: Callable[[], bool] | None = None
+    ) -> None:
         """Every object is present with its recorded size and sha256 (read once, written nowhere).
 
         A restore runs this before anything reaches a host, so a damaged or swapped object
@@ -302,7 +304,9 @@ class Repository:
         for obj in objects:
             h = hashlib.sha256()
             with self.open_object(m, obj, block_size=8 << 20) as fh:
-                for chunk in readahead.chunks(fh):  # the next GET overlaps hashing this chunk
+                # the next GET overlaps hashing this chunk; a stop ends the reads early, and the
+                # digest of what was read then never matches (``stopped``: verify's abort)
+                for chunk in readahead.chunks(fh, stopped=stopped or (lambda: False)):
                     h.update(chunk)
             if h.hexdigest() != obj.sha256:
                 raise VerifyError(

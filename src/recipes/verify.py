@@ -91,13 +91,16 @@ def verify(
     def check(obj: mf.StoredObject) -> Problem | None:
         # Deep reads each object once: the decrypting pass checks size and sha256 as it goes (and
         # writes nothing anywhere). Only a bad object is read again, to name the cause precisely.
-        why = _deep(repo, m, obj, identities or [], identity_file, abort) if read_deep else None
+        stoppable = cast(Repository, _Stoppable(repo, abort.event))
+        why = _deep(stoppable, m, obj, identities or [], identity_file, abort) if read_deep else None
         if abort.event.is_set():
             return None  # another object's failure or an interrupt is raised instead
         if why is not None or not read_deep:
             try:
-                repo.verify_objects(m, [obj])
+                repo.verify_objects(m, [obj], stopped=abort.event.is_set)
             except VerifyError as exc:
+                if abort.event.is_set():
+                    return None  # a read cut short by the stop: not this object's fault
                 return Problem(m.snapshot, obj.path, str(exc).split(": ", 1)[-1])
         return Problem(m.snapshot, obj.path, why) if why is not None else None
 
@@ -108,6 +111,43 @@ def verify(
     problems += [p for p in found if p is not None]
     total = sum(obj.size for obj in m.objects)
     return Report(m.recipe, m.host, m.snapshot, len(m.objects), total, deep, tuple(problems))
+
+
+class _Stopped(RecipeError):
+    """The snapshot's check was stopped (another object failed, or an interrupt)."""
+
+
+class _Stoppable:
+    """The repository as ``_deep`` reads it, with reads that stop once ``event`` is set: the
+    in-process paths (no ``age``/``zstd`` programs) give up at the next chunk, as the programs'
+    feed does, instead of reading a whole archive after the snapshot's check has failed."""
+
+    def __init__(self, repo: Repository, event: threading.Event) -> None:
+        self._repo = repo
+        self._event = event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repo, name)
+
+    @contextlib.contextmanager
+    def open_object(self, m: mf.Manifest, obj: mf.StoredObject, **kw: Any) -> Any:
+        with self._repo.open_object(m, obj, **kw) as fh:
+            yield _StoppableFile(fh, self._event)
+
+
+class _StoppableFile:
+    def __init__(self, fh: Any, event: threading.Event) -> None:
+        self._fh = fh
+        self._event = event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._event.is_set():
+            raise _Stopped("stopped")
+        data: bytes = self._fh.read(n)
+        return data
 
 
 # Objects read at once by ``verify --deep``: the big archive streams while the small ones (the

@@ -182,3 +182,32 @@ def test_the_read_ahead_stops_reading_when_the_feed_gives_up() -> None:
     next(quitting)
     quitting.close()  # the pipe's side gave up: the reader blocked on a full queue ends too
     assert not [t for t in threading.enumerate() if t.name == "verify-read"]
+
+
+def test_a_stopped_check_stops_in_process_reads_and_never_passes_a_short_read(tmp_path: Path) -> None:
+    """Once the snapshot's check is stopped (another object failed, Ctrl-C), the in-process
+    reads give up at the next chunk, and the size-and-sha256 pass cut short never says "good"."""
+    import hashlib
+
+    from recipes.errors import VerifyError
+    from recipes.repository import Repository
+
+    repo = Repository(str(tmp_path / "repo"))
+    data = b"y" * (24 << 20)
+    obj = mf.StoredObject(
+        name="files.tar", kind="files", path="o.age", size=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+    stamp = "2026-01-01T00:00:00Z"
+    m = mf.Manifest("20260101T000000Z-aaaaaa", "django", "web1", stamp, stamp, {}, (obj,))
+    folder = tmp_path / "repo" / "django" / "web1" / m.snapshot
+    folder.mkdir(parents=True)
+    (folder / "o.age").write_bytes(data)
+    repo.verify_objects(m, [obj])  # whole: good
+    with pytest.raises(VerifyError, match="does not match"):
+        repo.verify_objects(m, [obj], stopped=lambda: True)
+    event = threading.Event()
+    with verify._Stoppable(repo, event).open_object(m, obj) as fh:
+        assert len(fh.read(1 << 20)) == 1 << 20
+        event.set()
+        with pytest.raises(verify._Stopped):
+            fh.read(1 << 20)
