@@ -296,6 +296,11 @@ def lean_session(fs: Any) -> bool:
         if sources is None:
             return False
         target = _lean_dir(sources)
+        # the cache lives under an existing home (or XDG_CACHE_HOME): a service account whose
+        # home is /nonexistent must not get one made for it
+        home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(target))))
+        if not os.path.isdir(home):
+            return False
         if not _lean_intact(target):  # never made, or damaged since: make it (again)
             code = f"from recipes.storage import write_lean_data; write_lean_data({target!r})"
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)

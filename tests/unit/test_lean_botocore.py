@@ -119,3 +119,17 @@ def test_the_arena_cap_leaves_the_operators_own_setting_alone(monkeypatch: pytes
     assert not storage.fewer_arenas()
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert storage.fewer_arenas() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_a_home_that_does_not_exist_gets_no_cache_made_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service account's home is often /nonexistent: the trimmed data is then not written
+    (botocore's own files are used) and no folder is made there."""
+    home = tmp_path / "nonexistent"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(home))
+    fs = filesystem()
+    assert not storage.lean_session(fs)
+    assert not home.exists()
+    assert set(client_of(fs).meta.service_model.operation_names) >= CALLED  # the full model

@@ -3,6 +3,7 @@ client: the real server's behaviour is in tests/integration/test_s3_upload.py)."
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -94,6 +95,11 @@ def test_an_upload_sends_growing_parts_and_refuses_the_part_after_the_last(
     assert most == (5 + 5 + 10 + 10 + 20) * MiB
     for _ in range(most // MiB):
         up.write(bytes(MiB))
+    # two buffers: the fifth part could be filled only once the third was sent, and the fourth
+    # is on its way; let it arrive (a loaded machine schedules the worker late)
+    deadline = time.monotonic() + 30
+    while len(guarded.sizes) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
     with pytest.raises(RepositoryError, match=r"larger than 5 parts \(50 MiB\)"):
         up.write(b"x")
     up.abort()
