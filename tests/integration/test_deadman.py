@@ -118,6 +118,10 @@ def _no_run_outlives_its_test() -> Iterator[None]:
             proc.wait()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """The real CLI in a child process, its stderr in a file the test reads while it runs."""
 
@@ -134,6 +138,9 @@ class Run:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env={"XDG_CACHE_HOME": str(tmp / "cache"), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+                # as at an operator's terminal: a test suite started in the background (`cmd &`
+                # in a script) inherits SIGINT ignored, and recipes then rightly ignores Ctrl-C
+                preexec_fn=_default_sigint,
             )
         _RUNS.append(self.proc)
 
