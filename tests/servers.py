@@ -47,6 +47,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SSHD = "/usr/sbin/sshd"
@@ -693,17 +694,21 @@ class S3Server:
         """fsspec/s3fs options for this server, credentials included (for in-process use)."""
         return {"key": self.key, "secret": self.secret, "endpoint_url": self.endpoint}
 
-    def make_bucket(self, name: str) -> None:
-        """Create a bucket through the S3 API (rclone's directory cache then knows it)."""
+    def client(self) -> Any:
+        """A botocore client of the server itself (not through a proxy, not through our code)."""
         import botocore.session
 
-        client = botocore.session.get_session().create_client(
+        return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.key,
             aws_secret_access_key=self.secret,
             region_name="us-east-1",
         )
+
+    def make_bucket(self, name: str) -> None:
+        """Create a bucket through the S3 API (rclone's directory cache then knows it)."""
+        client = self.client()
         try:
             client.create_bucket(Bucket=name)
         finally:

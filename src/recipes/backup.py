@@ -114,7 +114,6 @@ def _backup(
     if trust is None:
         trust = Trust((signer.public,))
     chaining = chaining or Chaining()
-    host.connect_soon()
     started = _now()
     cache = StateCache(chaining.cache_dir or default_cache_dir(), repo.url)
     if trust.verified is None:  # the chain decision reads every manifest: skip known signatures

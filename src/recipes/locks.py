@@ -194,11 +194,11 @@ class Store:
                 self.fs.rm_file(path)
 
     @contextlib.contextmanager
-    def exclusive(self, path: str, lease: Lease, clock: Clock = utcnow) -> Iterator[None]:
+    def exclusive(self, path: str, lease: Lease) -> Iterator[None]:
         """Hold, for the block, the right to read, judge, delete and create the lock at ``path``:
         an ``flock`` of the lock's folder on a local folder, a claim on S3 (see the module)."""
         if not self.repo.local:
-            with self._claim(path, lease, clock):
+            with self._claim(path, lease):
                 yield
             return
         folder = os.path.dirname(path)
@@ -213,7 +213,7 @@ class Store:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _claim(self, path: str, lease: Lease, clock: Clock) -> Iterator[None]:
+    def _claim(self, path: str, lease: Lease) -> Iterator[None]:
         """Our claim object, alone among live ones in its folder, for the block."""
         folder = f"{os.path.dirname(path)}/{CLAIMS}/{os.path.basename(path)}"
         body = attrs.evolve(lease, purpose=f"claim for {lease.purpose}").dumps()
@@ -375,7 +375,7 @@ def acquire(
     store = store or Store(repo)
     path = store.path(recipe, host)
     lease = Lease.new(recipe, host, purpose, clock())
-    with store.exclusive(path, lease, clock):
+    with store.exclusive(path, lease):
         return _acquire(store, path, lease, recipe, host, clock)
 
 

@@ -52,15 +52,7 @@ def repository(endpoint: str, bucket: str) -> Repository:
 
 def pending(server: servers.S3Server, bucket: str) -> list[dict[str, Any]]:
     """The bucket's pending multipart uploads, asked of the server directly (not through our code)."""
-    import botocore.session
-
-    client = botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.key,
-        aws_secret_access_key=server.secret,
-        region_name="us-east-1",
-    )
+    client = server.client()
     uploads: list[dict[str, Any]] = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     return uploads
 
@@ -201,19 +193,6 @@ def test_a_sigkilled_writer_leaves_no_visible_object_and_prune_aborts_its_upload
     assert [item.manifest.snapshot for item in repo.listed()] == [old[0].snapshot]
 
 
-def server_client(server: servers.S3Server) -> Any:
-    """A client of the server itself (not through the proxy, not through our code)."""
-    import botocore.session
-
-    return botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.key,
-        aws_secret_access_key=server.secret,
-        region_name="us-east-1",
-    )
-
-
 def test_a_complete_whose_answer_was_lost_is_tried_again_and_the_object_counts_as_written(
     proxy: FaultyS3, s3_server: servers.S3Server, s3_bucket: str
 ) -> None:
@@ -235,7 +214,7 @@ def test_a_lost_complete_whose_object_is_not_ours_fails_the_write(
 ) -> None:
     repo = repository(proxy.endpoint, s3_bucket)
     data = os.urandom(SIZE)
-    client = server_client(s3_server)
+    client = s3_server.client()
     where: dict[str, str] = {}
 
     def change() -> None:  # between the lost answer and the retry, the object changes
