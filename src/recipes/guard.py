@@ -240,6 +240,9 @@ class Guard:
         self.on_lost: Callable[[], None] | None = None
         self._answers: queue.Queue[str] = queue.Queue()
         self._write_lock = threading.Lock()
+        # One question at a time: a ``track`` from another thread's new command must not take
+        # an answer to ``disarm`` (or ``push``) meant for this one, nor be asked once disarming began.
+        self._ask_lock = threading.Lock()
         self._sent_unacked: float | None = None
         self._next_id = 0
         self._reader = threading.Thread(target=self._read, name=f"guard-read-{host.name}", daemon=True)
@@ -347,8 +350,9 @@ class Guard:
         entry = Entry(self._next_id, undo)
         line, _ = undo.command.wire(sudo=False)
         payload = base64.b64encode(line.encode()).decode()
-        self._send(f"push {entry.id:06d} {payload}")
-        answer = self._answer(f"push {undo.what}")
+        with self._ask_lock:
+            self._send(f"push {entry.id:06d} {payload}")
+            answer = self._answer(f"push {undo.what}")
         if answer != f"pushed {entry.id:06d}":
             raise StepFailed(
                 f"the guard on {self.host.name} did not take the undo of {undo.what} ({answer}): "
@@ -358,9 +362,12 @@ class Guard:
 
     def track(self) -> None:
         """Record the sessions of this connection now (a command just started): if the controller
-        vanishes from here on, firing kills that command too."""
-        self._send("track")
-        answer = self._answer("track")
+        vanishes from here on, firing kills that command too. Nothing once disarming began."""
+        with self._ask_lock:
+            if self.closed.is_set():
+                return
+            self._send("track")
+            answer = self._answer("track")
         if answer != "tracked":
             raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
 
@@ -390,13 +397,14 @@ class Guard:
         through a new session. Raises HostError when the host cannot be reached, StepFailed when
         the guard's directory is gone (it fired, waited, and cleaned up).
         """
-        self.closed.set()
         try:
-            self._send("disarm")
-            lines = []
-            while (line := self._answer("disarm")) not in ("disarmed", "gone"):
+            with self._ask_lock:  # after a track under way: its answer is its own
+                self.closed.set()
+                self._send("disarm")
+                lines = []
+                while (line := self._answer("disarm")) not in ("disarmed", "gone"):
+                    lines.append(line)
                 lines.append(line)
-            lines.append(line)
         except (HostError, StepFailed):  # the feeder is gone (the guard fired, or the connection went)
             self.proc.kill()
             script = f"d={shlex.quote(self.dir)}\n{DISARM.strip()}\ndisarm"

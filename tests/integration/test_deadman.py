@@ -300,3 +300,65 @@ def test_ctrl_c_during_a_long_stream_acts_at_once(
     assert run.last_line() == "recipes: interrupted (everything that was stopped was started again)"
     assert running(outside) and starts(outside) == 1
     assert not _snapshots(world)
+
+
+def test_a_command_started_while_the_guard_disarms_gets_its_own_answer(ssh_source: servers.SshHost) -> None:
+    """A command started by another thread just before the guard is disarmed asks the guard to
+    record it; disarming waits for that answer instead of taking it (it used to end the run with
+    "the guard's session ended (track)" once starting a command became fast)."""
+    import threading
+
+    from recipes import hosts
+    from recipes.model import Command
+
+    spec = hosts.HostSpec(
+        name="source",
+        address="127.0.0.1",
+        port=ssh_source.port,
+        user="root",
+        key_file=ssh_source.key_file,
+        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
+    )
+    host = hosts.open_host(spec)
+    try:
+        g = guard.Guard.arm(host, 60)
+        asked, go = threading.Event(), threading.Event()
+        answer = g._answer
+
+        def held(what: str) -> str:  # hold the track's answer until disarming has begun
+            if what == "track":
+                asked.set()
+                go.wait(10)
+            return answer(what)
+
+        g._answer = held  # type: ignore[method-assign]
+        errors: list[BaseException] = []
+        procs: list[hosts.Process] = []
+
+        def start() -> None:
+            try:
+                procs.append(guard.Tracked(host, g).start(Command("sleep 30")))
+            except BaseException as exc:
+                errors.append(exc)
+
+        def disarm() -> None:
+            try:
+                g.disarm()
+            except BaseException as exc:
+                errors.append(exc)
+
+        starter = threading.Thread(target=start)
+        starter.start()
+        assert asked.wait(20)
+        disarming = threading.Thread(target=disarm)
+        disarming.start()
+        disarming.join(timeout=2)  # with the answers shared, disarm is done by now
+        go.set()
+        starter.join(timeout=30)
+        disarming.join(timeout=30)
+        assert not errors, errors
+        assert not starter.is_alive() and not disarming.is_alive()
+        for proc in procs:
+            proc.kill()
+    finally:
+        host.close()
