@@ -7,6 +7,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import attrs
 
+from recipes import agestream
 from recipes.errors import ConfigError, StepFailed, VerifyError
 
 CHUNK = 1 << 20
@@ -272,6 +273,7 @@ def store(
     """
 
     parsed = [_recipient(r) for r in recipients]
+    keys = [agestream.x25519_key(r) for r in recipients]
     tapped = _Tapped(source, taps, compressed) if taps else None
     if tapped is not None:
         source = tapped
@@ -279,10 +281,32 @@ def store(
     probe = _NonEmpty(counted) if compressed else None
     upstream: Readable = probe if probe is not None else _Compressing(counted, level)
     try:
+        if all(keys):  # X25519 only: encrypted here, off the GIL (agestream.py)
+            return _seal(upstream, sink, cast(list[bytes], keys), probe, counted, compressed)
         return _encrypt(upstream, sink, parsed, probe, counted, compressed)
     finally:
         if tapped is not None:
             tapped.close()
+
+
+def _seal(
+    upstream: Readable,
+    sink: Writable,
+    keys: list[bytes],
+    probe: _NonEmpty | None,
+    counted: _Counting,
+    compressed: bool,
+) -> Stored:
+    hashing = _Hashing(sink)
+    agestream.encrypt(upstream.read, hashing.write, keys, CHUNK)
+    return _stored(hashing, probe, counted, compressed)
+
+
+def _stored(hashing: _Hashing, probe: _NonEmpty | None, counted: _Counting, compressed: bool) -> Stored:
+    empty = not probe.seen if probe is not None else counted.raw_seen == 0
+    if empty:
+        raise StepFailed("the command produced no output")
+    return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=compressed)
 
 
 def _encrypt(
@@ -304,10 +328,7 @@ def _encrypt(
     # pyrage ignores an error from the last write (its finish step): look for it ourselves.
     if hashing.error is not None:
         raise hashing.error
-    empty = not probe.seen if probe is not None else counted.raw_seen == 0
-    if empty:
-        raise StepFailed("the command produced no output")
-    return Stored(size=hashing.size, sha256=hashing.sha.hexdigest(), compressed_remotely=compressed)
+    return _stored(hashing, probe, counted, compressed)
 
 
 class _Counting:
