@@ -4,6 +4,7 @@ paramiko channels carry the bytes) and a local one. Neither buffers bulk data.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -45,6 +46,22 @@ FAILED_WAIT = 30.0
 # Seconds a local command has between TERM and KILL.
 KILL_GRACE = 2.0
 LOCAL = "local"
+# A spare session: the login shell started ahead of need (its rc files cost ~0.1 s a session on
+# a typical host), waiting for its command on stdin: the command's byte length in 12 decimal
+# digits, then the command itself, exactly the line an exec request would carry. It first says
+# SPARE_READY, so only a shell that runs this script is ever handed a command (a forced command
+# or a chatty rc file says something else: that spare is closed, the command gets a session of
+# its own). ``head -c`` never reads past what it is asked for and, unlike bash's ``read``, never
+# times out (TMOUT): the spare ends only when its stdin does (the controller or the connection
+# gone), so a command handed to it always runs, and its exit status is the command's.
+SPARE_READY = b"recipes-spare-ready\n"
+# How long a command waits for the spare's shell to be ready before starting one of its own
+# (about what a session of its own costs on a slow host).
+SPARE_WAIT = 2.0
+SPARE = (
+    "printf 'recipes-spare-ready\\n' && "
+    'n=$(head -c 12) && case "$n" in *[!0-9]*|"") exit 1;; esac && c=$(head -c "$n") && eval "$c"'
+)
 
 
 @attrs.frozen
@@ -313,8 +330,7 @@ class SshProcess:
     def read(self, n: int = -1, /) -> bytes:
         # At most READ_MAX (512 KiB) a call, not the whole window (4 MiB): each chunk is held
         # by the reader and queued for the facts thread, so its size is what the stream holds.
-        # paramiko's BufferedPipe.read(n) below the buffered amount memmoves the rest of its
-        # buffer once per call, at memory speed: no CPU time measurable (docs/performance.md).
+        # The channel's pipe (_chunk_pipe) joins the packets it takes: one copy, no memmove.
         try:
             return bytes(self._chan.recv(READ_MAX if n is None or n <= 0 else min(n, READ_MAX)))
         except OSError as exc:
@@ -359,6 +375,119 @@ class SshProcess:
         self._chan.close()
 
 
+@functools.cache
+def _chunk_pipe() -> Any:
+    """The class of a paramiko ``BufferedPipe`` that queues the packets' own bytes: paramiko's copies every
+    packet into an ``array`` and memmoves the rest of it on every partial read, all under the GIL
+    the SSH reader, the encryption and the upload share (12% of a backup's GIL time, measured)."""
+    import collections
+    import time
+
+    from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
+
+    class ChunkPipe(BufferedPipe):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self._chunks: collections.deque[bytes] = collections.deque()
+            self._size = 0
+            self._off = 0  # bytes of the first chunk already read
+
+        def set_event(self, event: threading.Event) -> None:
+            with self._lock:
+                self._event = event
+                if self._closed or self._size:
+                    event.set()
+                else:
+                    event.clear()
+
+        def feed(self, data: bytes) -> None:
+            with self._lock:
+                if self._event is not None:
+                    self._event.set()
+                if data:
+                    self._chunks.append(bytes(data))
+                    self._size += len(data)
+                self._cv.notify_all()
+
+        def read_ready(self) -> bool:
+            with self._lock:
+                return self._size > 0
+
+        def read(self, nbytes: int, timeout: float | None = None) -> bytes:
+            with self._lock:
+                if not self._size:
+                    if self._closed:
+                        return b""
+                    if timeout == 0.0:
+                        raise PipeTimeout()
+                    while not self._size and not self._closed:
+                        then = time.time()
+                        self._cv.wait(timeout)
+                        if timeout is not None:
+                            timeout -= time.time() - then
+                            if timeout <= 0.0:
+                                raise PipeTimeout()
+                out = self._take(nbytes)
+                if not self._size and self._event is not None and not self._closed:
+                    self._event.clear()
+                return out
+
+        def _take(self, n: int) -> bytes:
+            want = left = min(n, self._size)
+            parts = []
+            while left:
+                head = self._chunks[0]
+                if len(head) - self._off <= left:
+                    parts.append(head[self._off :] if self._off else head)
+                    left -= len(head) - self._off
+                    self._chunks.popleft()
+                    self._off = 0
+                else:
+                    parts.append(head[self._off : self._off + left])
+                    self._off += left
+                    left = 0
+            self._size -= want
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+        def empty(self) -> bytes:
+            with self._lock:
+                out = self._take(self._size)
+                if self._event is not None and not self._closed:
+                    self._event.clear()
+                return out
+
+        def __len__(self) -> int:
+            with self._lock:
+                return self._size
+
+    return ChunkPipe
+
+
+def _session(transport: Any) -> Any:
+    """A session channel with our window and packet sizes and the chunk pipe for its stdout."""
+    channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)
+    channel.in_buffer = _chunk_pipe()()  # before any command: nothing has arrived yet
+    return channel
+
+
+def _spare_ready(spare: Any) -> bool:
+    """Whether a spare session's first output is exactly ``SPARE_READY`` (read, so the command's
+    output starts clean), waiting ``SPARE_WAIT`` s at most; its shell then waits for a command."""
+    got = b""
+    spare.settimeout(SPARE_WAIT)
+    try:
+        while len(got) < len(SPARE_READY):
+            chunk = spare.recv(len(SPARE_READY) - len(got))
+            got += chunk
+            if not chunk or not SPARE_READY.startswith(got):
+                return False
+    except OSError:  # socket.timeout included
+        return False
+    finally:
+        spare.settimeout(None)
+    return True
+
+
 def _authenticated(client: Any) -> bool:
     """Whether a paramiko SSHClient got as far as authenticating (past its host key check)."""
     transport = client.get_transport()
@@ -391,6 +520,8 @@ class SshHost:
         self._state = threading.Lock()  # guards the next two between close() and a connect
         self._connecting = False
         self._abandon = False
+        self._spare: Any = None  # a session waiting for its command (SPARE), or None
+        self._spare_lock = threading.Lock()
 
     def connect_soon(self) -> None:
         """Connect (import Fabric, key exchange, auth: ~0.3 s) in a thread while the caller reads
@@ -401,7 +532,7 @@ class SshHost:
 
         def connect() -> None:
             try:
-                self._transport()
+                self._refill(self._transport())  # the first command's login runs meanwhile
             except RecipeError as exc:  # HostError, HostKeyError
                 self._early_error = exc
             except Exception as exc:  # surfaced by the first command, which connects again
@@ -520,12 +651,47 @@ class SshHost:
         line, prefix = command.wire(sudo=self.spec.sudo)
         said(self.name, command)
         transport = self._transport()
+        spare = self._take_spare(transport)
+        if spare is not None:
+            text = line.encode()
+            try:
+                spare.sendall(b"%012d" % len(text) + text)
+            except OSError:  # the spare went away: a session of its own, as below
+                spare.close()
+            else:
+                threading.Thread(target=self._refill, args=(transport,), name="spare", daemon=True).start()
+                return SshProcess(spare, prefix)
         try:
-            channel = transport.open_session(window_size=WINDOW, max_packet_size=PACKET)
+            channel = _session(transport)
             channel.exec_command(line)
         except Exception as exc:
             raise HostError(f"cannot start a command on {self.name}: {exc}") from exc
         return SshProcess(channel, prefix)
+
+    def _refill(self, transport: Any) -> None:
+        """Start the spare session for the next command; a host that refuses it (MaxSessions, a
+        forced command) just starts each command in a session of its own."""
+        try:
+            channel = _session(transport)
+            channel.exec_command(SPARE)
+        except Exception as exc:
+            log.debug("no spare session on %s: %s", self.name, exc)
+            return
+        with self._spare_lock:
+            old, self._spare = self._spare, channel
+        if old is not None:
+            old.close()
+
+    def _take_spare(self, transport: Any) -> Any:
+        """The spare session, if it is on this connection and its shell said it waits."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.get_transport() is transport and not spare.closed and _spare_ready(spare):
+            return spare
+        spare.close()
+        return None
 
     def close(self) -> None:
         """Close the connection; never wait for one still being made in another thread (a run

@@ -134,3 +134,73 @@ def test_bad_input_is_reported_at_once_while_the_host_is_still_being_connected(w
         assert took < 10, f"waited {took:.1f}s for a host that never answers (its banner timeout is 15 s)"
     finally:
         silent.close()
+
+
+def _waiting_spares() -> set[int]:
+    """Pids of shells on this machine waiting in SPARE for their command: the topmost ancestor
+    of a ``head -c 12`` whose command line is SPARE's (a command substitution may fork one)."""
+
+    def parent_of(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    found: set[int] = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().split(b"\0")[:3] != [b"head", b"-c", b"12"]:
+                continue
+            shell = parent_of(int(cmdline.parent.name))
+            while b"head -c 12" in Path(f"/proc/{parent_of(shell)}/cmdline").read_bytes():
+                shell = parent_of(shell)
+        except (OSError, IndexError, ValueError):
+            continue
+        found.add(shell)
+    return found
+
+
+def _new_spare(before: set[int]) -> int:
+    """The one spare shell that appeared since ``before`` (waits for its login to finish)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        new = _waiting_spares() - before
+        if new:
+            assert len(new) == 1, new
+            return new.pop()
+        time.sleep(0.02)
+    raise AssertionError("no spare session started on the host")
+
+
+def test_commands_run_in_the_spare_session_started_ahead_of_them(ssh_source: servers.SshHost) -> None:
+    """A host starts the next command's login shell ahead of need: the command runs in that
+    shell (not a session of its own), with its own stdin, stdout, exit status and quoting, and
+    every command taken leaves a new spare for the next."""
+    from recipes import hosts
+    from recipes.model import Command
+
+    spec = hosts.HostSpec(
+        name="source",
+        address="127.0.0.1",
+        port=ssh_source.port,
+        user="root",
+        key_file=ssh_source.key_file,
+        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
+    )
+    before = _waiting_spares()
+    host = hosts.open_host(spec)
+    try:
+        host.connect_soon()
+        spare = _new_spare(before)
+        # Command.wire runs each command in a bash of its own: its parent is the shell it ran in
+        first = hosts.run(host, Command('echo "$PPID"; exit 7'))
+        assert (first.exit_status, first.stdout) == (7, f"{spare}\n".encode())
+        second_spare = _new_spare(before | {spare})
+        text = "two lines\nand 'quotes' \"too\" ünï\n"
+        second = hosts.run(host, Command("echo \"$PPID\"\ncat\nprintf '%s' done"), stdin=text.encode())
+        assert second.exit_status == 0, second.stderr
+        assert second.stdout == f"{second_spare}\n{text}done".encode()
+        big = "x" * 100_000  # several packets (a single argument may have 128 KiB at most)
+        third = hosts.run(host, Command(f": {big}; echo ok"))
+        assert (third.exit_status, third.stdout) == (0, b"ok\n")
+    finally:
+        host.close()
