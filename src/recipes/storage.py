@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from recipes.arenas import fewer_arenas as fewer_arenas  # re-exported: called on opening S3
 from recipes.errors import RepositoryError
 
 log = logging.getLogger("recipes")
@@ -258,28 +259,6 @@ def _lean_intact(target: str) -> bool:
         return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-ARENAS = 2
-"""glibc malloc arenas for the process once an S3 client exists (glibc's default: 8 per core)."""
-
-
-def fewer_arenas() -> bool:
-    """Cap glibc's malloc arenas at ``ARENAS``: each thread of the S3 path (the client's event
-    loop, the part uploads, the facts and ssh threads) would get an arena of its own, each
-    keeping what it freed (2-3 MB of peak RSS on a backup; no CPU cost measured). Not on other
-    C libraries, and never over the operator's own ``MALLOC_ARENA_MAX``."""
-    import ctypes
-    import platform
-
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_arena_max = -8  # malloc.h
-    return bool(mallopt(m_arena_max, ARENAS))
 
 
 def lean_session(fs: Any) -> bool:
