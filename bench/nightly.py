@@ -424,7 +424,8 @@ def deep_ratio(
     runner: Any, cfg: Path, stored: Path, identity: Path, env: dict[str, str], remote: str
 ) -> dict[str, Any]:
     """``verify --deep`` (over S3) vs ``rclone cat | age -d | zstd -d | tar t`` per object (over the
-    same S3 server) and ``age -d FILE | zstd -d | tar t`` (the objects' files in rclone's folder)."""
+    same S3 server) and ``age -d FILE | zstd -d | tar t`` (the objects' files in rclone's folder);
+    and ``verify --deep`` over those files as a local-folder repository vs the latter."""
     from tests import servers
 
     snap = next(stored.glob(f"{RECIPE}/*/*/manifest.json")).parent
@@ -437,8 +438,22 @@ def deep_ratio(
         age = f"age -d -i {shlex.quote(str(identity))}"
         s3_parts.append(f"{servers.rclone_binary()} cat {remote}:backup/{rel}/{obj['path']} | {age}{tail}")
         local_parts.append(f"{age} {shlex.quote(str(snap / obj['path']))}{tail}")
+    # The same objects as a local-folder repository (rclone's folder is the bucket's layout).
+    local_cfg = cfg.with_name(cfg.stem + "-local.toml")
+    local_cfg.write_text(
+        "\n".join(
+            f'url = "{stored}"' if line.startswith("url = ") else line
+            for line in cfg.read_text().splitlines()
+            if not line.startswith("options = ")
+        )
+        + "\n"
+    )
     cases = {
         "verify_deep": [sys.executable, "-m", "recipes", "--config", str(cfg), "verify", "--deep", "--all"],
+        "verify_deep_local": [
+            *(sys.executable, "-m", "recipes", "--config", str(local_cfg)),
+            *("verify", "--deep", "--all"),
+        ],
         "pipeline_s3": ["bash", "-c", "set -o pipefail; " + " && ".join(s3_parts)],
         "pipeline_local": ["bash", "-c", "set -o pipefail; " + " && ".join(local_parts)],
     }
@@ -451,6 +466,7 @@ def deep_ratio(
         out[f"{name}_peak_rss_mb"] = round(max(s.max_rss_kb for s in samples) / 1024, 1)
     out["ratio_vs_pipeline_s3"] = round(best["verify_deep"] / best["pipeline_s3"], 2)
     out["ratio_vs_pipeline_local"] = round(best["verify_deep"] / best["pipeline_local"], 2)
+    out["ratio_local_vs_pipeline_local"] = round(best["verify_deep_local"] / best["pipeline_local"], 2)
     return out
 
 
