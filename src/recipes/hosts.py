@@ -58,6 +58,9 @@ SPARE_READY = b"recipes-spare-ready\n"
 # How long a command waits for the spare's shell to be ready before starting one of its own
 # (about what a session of its own costs on a slow host).
 SPARE_WAIT = 2.0
+# Spares opened as the connection comes up: the control session's and the first command's
+# logins then run at once, beside each other. Later, one is opened whenever the last is taken.
+SPARES = 2
 SPARE = (
     "printf 'recipes-spare-ready\\n' && "
     'n=$(head -c 12) && case "$n" in *[!0-9]*|"") exit 1;; esac && c=$(head -c "$n") && eval "$c"'
@@ -520,8 +523,9 @@ class SshHost:
         self._state = threading.Lock()  # guards the next two between close() and a connect
         self._connecting = False
         self._abandon = False
-        self._spare: Any = None  # a session waiting for its command (SPARE), or None
-        self._spare_lock = threading.Lock()
+        self._spares: list[Any] = []  # sessions waiting for their command (SPARE), oldest first
+        self._refilling = 0  # spares being opened
+        self._spare_lock = threading.Condition()
 
     def connect_soon(self) -> None:
         """Connect (import Fabric, key exchange, auth: ~0.3 s) in a thread while the caller reads
@@ -532,7 +536,7 @@ class SshHost:
 
         def connect() -> None:
             try:
-                self._refill(self._transport())  # the first command's login runs meanwhile
+                self._refill_soon(self._transport(), SPARES)  # the first logins run meanwhile
             except RecipeError as exc:  # HostError, HostKeyError
                 self._early_error = exc
             except Exception as exc:  # surfaced by the first command, which connects again
@@ -659,7 +663,6 @@ class SshHost:
             except OSError:  # the spare went away: a session of its own, as below
                 spare.close()
             else:
-                threading.Thread(target=self._refill, args=(transport,), name="spare", daemon=True).start()
                 return SshProcess(spare, prefix)
         try:
             channel = _session(transport)
@@ -668,30 +671,49 @@ class SshHost:
             raise HostError(f"cannot start a command on {self.name}: {exc}") from exc
         return SshProcess(channel, prefix)
 
+    def _refill_soon(self, transport: Any, count: int = 1) -> None:
+        """Open ``count`` spare sessions, each in a thread of its own (an open is a round trip
+        and sshd's fork: no caller waits for it)."""
+        with self._spare_lock:
+            self._refilling += count
+        for _ in range(count):
+            threading.Thread(target=self._refill, args=(transport,), name="spare", daemon=True).start()
+
     def _refill(self, transport: Any) -> None:
-        """Start the spare session for the next command; a host that refuses it (MaxSessions, a
-        forced command) just starts each command in a session of its own."""
+        """Open one spare session; a host that refuses it (MaxSessions, a forced command) just
+        starts each command in a session of its own."""
+        channel = None
         try:
             channel = _session(transport)
             channel.exec_command(SPARE)
         except Exception as exc:
             log.debug("no spare session on %s: %s", self.name, exc)
-            return
-        with self._spare_lock:
-            old, self._spare = self._spare, channel
-        if old is not None:
-            old.close()
+            if channel is not None:
+                channel.close()
+            channel = None
+        finally:
+            with self._spare_lock:
+                self._refilling -= 1
+                if channel is not None:
+                    self._spares.append(channel)
+                self._spare_lock.notify_all()
 
     def _take_spare(self, transport: Any) -> Any:
-        """The spare session, if it is on this connection and its shell said it waits."""
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        if spare.get_transport() is transport and not spare.closed and _spare_ready(spare):
-            return spare
-        spare.close()
-        return None
+        """The oldest spare session on this connection whose shell said it waits, or None; when
+        it was the last one, the next is opened. A spare being opened is waited for (a session
+        of its own would cost the same round trip, and one more login on the host)."""
+        while True:
+            with self._spare_lock:
+                self._spare_lock.wait_for(lambda: self._spares or not self._refilling, SPARE_WAIT)
+                if not self._spares:
+                    return None
+                spare = self._spares.pop(0)
+                last = not self._spares and not self._refilling
+            if spare.get_transport() is transport and not spare.closed and _spare_ready(spare):
+                if last:
+                    self._refill_soon(transport)
+                return spare
+            spare.close()
 
     def close(self) -> None:
         """Close the connection; never wait for one still being made in another thread (a run

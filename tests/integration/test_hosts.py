@@ -157,24 +157,24 @@ def _waiting_spares() -> set[int]:
     return found
 
 
-def _new_spare(before: set[int]) -> int:
-    """The one spare shell that appeared since ``before`` (waits for its login to finish)."""
+def _new_spares(before: set[int], count: int) -> set[int]:
+    """The ``count`` spare shells that appeared since ``before`` (waits for their logins)."""
     import time
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         new = _waiting_spares() - before
-        if new:
-            assert len(new) == 1, new
-            return new.pop()
+        if len(new) >= count:
+            assert len(new) == count, new
+            return new
         time.sleep(0.02)
-    raise AssertionError("no spare session started on the host")
+    raise AssertionError(f"{count} spare sessions did not start on the host")
 
 
 def test_commands_run_in_the_spare_session_started_ahead_of_them(ssh_source: servers.SshHost) -> None:
     """A host starts the next command's login shell ahead of need: the command runs in that
-    shell (not a session of its own), with its own stdin, stdout, exit status and quoting, and
-    every command taken leaves a new spare for the next."""
+    shell (not a session of its own), with its own stdin, stdout, exit status and quoting; two
+    are ready as the connection comes up, and taking the last one opens the next."""
     from recipes import hosts
     from recipes.model import Command
 
@@ -190,17 +190,19 @@ def test_commands_run_in_the_spare_session_started_ahead_of_them(ssh_source: ser
     host = hosts.open_host(spec)
     try:
         host.connect_soon()
-        spare = _new_spare(before)
+        ahead = _new_spares(before, hosts.SPARES)  # the control session's and the first command's
         # Command.wire runs each command in a bash of its own: its parent is the shell it ran in
         first = hosts.run(host, Command('echo "$PPID"; exit 7'))
-        assert (first.exit_status, first.stdout) == (7, f"{spare}\n".encode())
-        second_spare = _new_spare(before | {spare})
+        assert first.exit_status == 7 and int(first.stdout) in ahead
         text = "two lines\nand 'quotes' \"too\" ünï\n"
         second = hosts.run(host, Command("echo \"$PPID\"\ncat\nprintf '%s' done"), stdin=text.encode())
         assert second.exit_status == 0, second.stderr
-        assert second.stdout == f"{second_spare}\n{text}done".encode()
+        assert second.stdout == f"{(ahead - {int(first.stdout)}).pop()}\n{text}done".encode()
+        (third_spare,) = _new_spares(before | ahead, 1)  # opened when the last one was taken
+        third = hosts.run(host, Command('echo "$PPID"'))
+        assert third.stdout == f"{third_spare}\n".encode()
         big = "x" * 100_000  # several packets (a single argument may have 128 KiB at most)
-        third = hosts.run(host, Command(f": {big}; echo ok"))
-        assert (third.exit_status, third.stdout) == (0, b"ok\n")
+        fourth = hosts.run(host, Command(f": {big}; echo ok"))
+        assert (fourth.exit_status, fourth.stdout) == (0, b"ok\n")
     finally:
         host.close()

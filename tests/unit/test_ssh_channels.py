@@ -102,20 +102,32 @@ def _host(transport: FakeTransport) -> hosts.SshHost:
     return host
 
 
-def test_a_command_goes_to_the_spare_then_a_new_spare_is_started() -> None:
+def _settled(host: hosts.SshHost) -> None:
+    """Wait for the spares being opened (each in a thread of its own)."""
+    for _ in range(500):
+        if not host._refilling:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("a spare was never opened")
+
+
+def test_spares_serve_commands_oldest_first_and_the_last_one_taken_is_replaced() -> None:
     transport = FakeTransport()
     host = _host(transport)
-    host._refill(transport)
-    spare = transport.opened[0]
-    assert spare.exec == hosts.SPARE
-    host.start(Command("echo hi"))
-    line, _ = Command("echo hi").wire(sudo=False)
-    assert spare.sent == b"%012d" % len(line.encode()) + line.encode()
-    for _ in range(100):  # the refill runs in a thread of its own
-        if len(transport.opened) == 2 and host._spare is not None:
-            break
-        threading.Event().wait(0.01)
-    assert host._spare is transport.opened[1] and transport.opened[1].exec == hosts.SPARE
+    host._refill_soon(transport, hosts.SPARES)  # as the connection comes up
+    _settled(host)
+    first, second = transport.opened
+    assert first.exec == second.exec == hosts.SPARE
+    host.start(Command("echo one"))
+    line, _ = Command("echo one").wire(sudo=False)
+    assert first.sent == b"%012d" % len(line.encode()) + line.encode()
+    _settled(host)
+    assert len(transport.opened) == 2  # one spare left: nothing new opened
+    host.start(Command("echo two"))
+    assert second.sent.endswith(b"echo two'")
+    _settled(host)
+    assert len(transport.opened) == 3 and host._spares == [transport.opened[2]]
+    assert transport.opened[2].exec == hosts.SPARE
 
 
 @pytest.mark.parametrize(
@@ -129,18 +141,22 @@ def test_a_command_goes_to_the_spare_then_a_new_spare_is_started() -> None:
 def test_a_spare_that_did_not_say_it_is_ready_is_not_used(said: bytes) -> None:
     transport = FakeTransport()
     host = _host(transport)
-    host._refill(transport)
+    host._refill_soon(transport)
+    _settled(host)
     transport.opened[0].out = said
     host.start(Command("echo hi"))
     assert transport.opened[0].sent == b"" and transport.opened[0].closed
     assert transport.opened[1].exec == Command("echo hi").wire(sudo=False)[0]
+    _settled(host)
+    assert len(transport.opened) == 2  # no new spare for a host whose spares do not work
 
 
 def test_a_host_that_refuses_the_spare_runs_each_command_in_a_session_of_its_own() -> None:
     transport = FakeTransport(refuse_after=0)
     host = _host(transport)
-    host._refill(transport)  # refused: logged, no spare
-    assert host._spare is None
+    host._refill_soon(transport, hosts.SPARES)  # refused: logged, no spare
+    _settled(host)
+    assert host._spares == []
     transport.refuse_after = 1
     host.start(Command("echo hi"))
     assert transport.opened[0].exec == Command("echo hi").wire(sudo=False)[0]
