@@ -55,9 +55,11 @@ LOCAL = "local"
 # times out (TMOUT): the spare ends only when its stdin does (the controller or the connection
 # gone), so a command handed to it always runs, and its exit status is the command's.
 SPARE_READY = b"recipes-spare-ready\n"
-# How long a command waits for the spare's shell to be ready before starting one of its own
-# (about what a session of its own costs on a slow host).
-SPARE_WAIT = 2.0
+# How long a command waits for a spare's shell to say it is ready (seconds): as long as a
+# connection may take, since a spare started before the command is always sooner than a new
+# session would be. A spare that fails this (silent, or saying anything else) ends the use of
+# spares on that connection: every later command gets a session of its own at once.
+SPARE_WAIT = 15.0
 # Spares opened as the connection comes up: the control session's and the first command's
 # logins then run at once, beside each other. Later, one is opened whenever the last is taken.
 SPARES = 2
@@ -525,6 +527,7 @@ class SshHost:
         self._abandon = False
         self._spares: list[Any] = []  # sessions waiting for their command (SPARE), oldest first
         self._refilling = 0  # spares being opened
+        self._no_spares = False  # a spare failed to say it was ready: none any more
         self._spare_lock = threading.Condition()
 
     def connect_soon(self) -> None:
@@ -675,6 +678,8 @@ class SshHost:
         """Open ``count`` spare sessions, each in a thread of its own (an open is a round trip
         and sshd's fork: no caller waits for it)."""
         with self._spare_lock:
+            if self._no_spares:
+                return
             self._refilling += count
         for _ in range(count):
             threading.Thread(target=self._refill, args=(transport,), name="spare", daemon=True).start()
@@ -709,11 +714,20 @@ class SshHost:
                     return None
                 spare = self._spares.pop(0)
                 last = not self._spares and not self._refilling
-            if spare.get_transport() is transport and not spare.closed and _spare_ready(spare):
+            if spare.get_transport() is not transport or spare.closed:
+                spare.close()  # from a connection that was replaced
+                continue
+            if _spare_ready(spare):
                 if last:
                     self._refill_soon(transport)
                 return spare
             spare.close()
+            with self._spare_lock:  # this host does not run the spare's script as it should
+                self._no_spares = True
+                dropped, self._spares = self._spares, []
+            for other in dropped:
+                other.close()
+            return None
 
     def close(self) -> None:
         """Close the connection; never wait for one still being made in another thread (a run

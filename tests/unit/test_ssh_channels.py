@@ -149,6 +149,11 @@ def test_a_spare_that_did_not_say_it_is_ready_is_not_used(said: bytes) -> None:
     assert transport.opened[1].exec == Command("echo hi").wire(sudo=False)[0]
     _settled(host)
     assert len(transport.opened) == 2  # no new spare for a host whose spares do not work
+    host._refill_soon(transport, hosts.SPARES)  # nor when the connection would open them
+    host.start(Command("echo again"))
+    assert (
+        len(transport.opened) == 3 and transport.opened[2].exec == Command("echo again").wire(sudo=False)[0]
+    )
 
 
 def test_a_host_that_refuses_the_spare_runs_each_command_in_a_session_of_its_own() -> None:
