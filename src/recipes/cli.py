@@ -330,21 +330,21 @@ def run_cmd(
     state: State, recipe: str, host: str, repo: str | None, sets: tuple[str, ...], full: bool
 ) -> None:
     """Back up RECIPE from a host into the repository."""
+    from recipes import plan
     from recipes.arenas import fewer_arenas
     from recipes.hosts import open_host
+    from recipes.tarstate import PendingSession
 
     r, params, spec = _prepare(state, recipe, host, sets)
+    p = plan.backup_plan(r, params, spec.name, state.config.compression(host))  # bad input: no connect
     fewer_arenas()  # before the threads below start, each of which would get an arena
     live = open_host(spec)
     live.connect_soon()  # the key exchange and login overlap the imports and opening the repository
-    from recipes.tarstate import PendingSession
-
     control = PendingSession(live)  # and so does the control session's start (facts only)
     roles: dict[str, Any] = {}
     try:
-        from recipes import engine, plan
+        from recipes import engine
 
-        p = plan.backup_plan(r, params, spec.name, state.config.compression(host))
         repository = _repo(state, repo)
         recipients = list(state.config.repository.recipients)
         engine.check_recipients(recipients)

@@ -48,12 +48,15 @@ KILL_GRACE = 2.0
 LOCAL = "local"
 # A spare session: the login shell started ahead of need (its rc files cost ~0.1 s a session on
 # a typical host), waiting for its command on stdin: the command's byte length in 12 decimal
-# digits, then the command itself, exactly the line an exec request would carry. It first says
-# SPARE_READY, so only a shell that runs this script is ever handed a command (a forced command
-# or a chatty rc file says something else: that spare is closed, the command gets a session of
-# its own). ``head -c`` never reads past what it is asked for and, unlike bash's ``read``, never
-# times out (TMOUT): the spare ends only when its stdin does (the controller or the connection
-# gone), so a command handed to it always runs, and its exit status is the command's.
+# digits, then the command itself (exactly the line an exec request would carry) and SPARE_END.
+# It first says SPARE_READY, so only a shell that runs this script is ever handed a command (a
+# forced command or a chatty rc file says something else: the command gets a session of its
+# own). ``dd bs=1`` reads one byte at a time, never past what it was asked for (``head -c`` reads
+# ahead on busybox and BSD, swallowing the command or a secret behind it) and never times out
+# like bash's ``read`` under TMOUT. A command that did not arrive whole (no SPARE_END) is not run:
+# exit 125, never a silent 0. Otherwise the shell ``exec``s it, so the command leads the session
+# sshd made and its exit status or signal is reported as with an exec request. The spare ends
+# only when its stdin does (the controller or the connection gone).
 SPARE_READY = b"recipes-spare-ready\n"
 # How long a command waits for a spare's shell to say it is ready (seconds): as long as a
 # connection may take, since a spare started before the command is always sooner than a new
@@ -63,9 +66,12 @@ SPARE_WAIT = 15.0
 # Spares opened as the connection comes up: the control session's and the first command's
 # logins then run at once, beside each other. Later, one is opened whenever the last is taken.
 SPARES = 2
+SPARE_END = b"\n#recipes-spare-end"
 SPARE = (
     "printf 'recipes-spare-ready\\n' && "
-    'n=$(head -c 12) && case "$n" in *[!0-9]*|"") exit 1;; esac && c=$(head -c "$n") && eval "$c"'
+    'n=$(dd bs=1 count=12 2>/dev/null) && case "$n" in *[!0-9]*|"") exit 125;; esac && '
+    'c=$(dd bs=1 count="$n" 2>/dev/null) && case "$c" in *"#recipes-spare-end") eval "exec $c";; '
+    '*) echo "recipes: the command did not arrive whole" >&2; exit 125;; esac'
 )
 
 
@@ -652,6 +658,8 @@ class SshHost:
                     raise HostError(f"{self.name}: the connection was closed while it was made")
                 self._conn = conn
                 transport = self._conn.client.get_transport()
+                with self._spare_lock:  # a new connection: spares are tried afresh on it
+                    self._no_spares = False
             return transport
 
     def start(self, command: Command) -> Process:
@@ -660,7 +668,7 @@ class SshHost:
         transport = self._transport()
         spare = self._take_spare(transport)
         if spare is not None:
-            text = line.encode()
+            text = line.encode() + SPARE_END
             try:
                 spare.sendall(b"%012d" % len(text) + text)
             except OSError:  # the spare went away: a session of its own, as below
@@ -699,7 +707,9 @@ class SshHost:
         finally:
             with self._spare_lock:
                 self._refilling -= 1
-                if channel is not None:
+                if channel is not None and self._no_spares:
+                    channel.close()  # opened before the host was found not to run spares
+                elif channel is not None:
                     self._spares.append(channel)
                 self._spare_lock.notify_all()
 
@@ -710,7 +720,7 @@ class SshHost:
         while True:
             with self._spare_lock:
                 self._spare_lock.wait_for(lambda: self._spares or not self._refilling, SPARE_WAIT)
-                if not self._spares:
+                if not self._spares or self._no_spares:
                     return None
                 spare = self._spares.pop(0)
                 last = not self._spares and not self._refilling

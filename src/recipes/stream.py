@@ -281,7 +281,7 @@ def store(
     probe = _NonEmpty(counted) if compressed else None
     upstream: Readable = probe if probe is not None else _Compressing(counted, level)
     try:
-        if all(keys):  # X25519 only: encrypted here, off the GIL (agestream.py)
+        if keys and all(keys):  # X25519 only: encrypted here, off the GIL (agestream.py)
             return _seal(upstream, sink, cast(list[bytes], keys), probe, counted, compressed)
         return _encrypt(upstream, sink, parsed, probe, counted, compressed)
     finally:

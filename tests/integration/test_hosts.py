@@ -138,7 +138,7 @@ def test_bad_input_is_reported_at_once_while_the_host_is_still_being_connected(w
 
 def _waiting_spares() -> set[int]:
     """Pids of shells on this machine waiting in SPARE for their command: the topmost ancestor
-    of a ``head -c 12`` whose command line is SPARE's (a command substitution may fork one)."""
+    of a ``dd bs=1 count=12`` whose command line is SPARE's (a command substitution may fork one)."""
 
     def parent_of(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -146,10 +146,10 @@ def _waiting_spares() -> set[int]:
     found: set[int] = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if cmdline.read_bytes().split(b"\0")[:3] != [b"head", b"-c", b"12"]:
+            if cmdline.read_bytes().split(b"\0")[:3] != [b"dd", b"bs=1", b"count=12"]:
                 continue
             shell = parent_of(int(cmdline.parent.name))
-            while b"head -c 12" in Path(f"/proc/{parent_of(shell)}/cmdline").read_bytes():
+            while b"dd bs=1 count=12" in Path(f"/proc/{parent_of(shell)}/cmdline").read_bytes():
                 shell = parent_of(shell)
         except (OSError, IndexError, ValueError):
             continue
@@ -191,18 +191,52 @@ def test_commands_run_in_the_spare_session_started_ahead_of_them(ssh_source: ser
     try:
         host.connect_soon()
         ahead = _new_spares(before, hosts.SPARES)  # the control session's and the first command's
-        # Command.wire runs each command in a bash of its own: its parent is the shell it ran in
-        first = hosts.run(host, Command('echo "$PPID"; exit 7'))
+        # The spare shell execs the command (Command.wire's bash -c): it keeps the shell's pid
+        first = hosts.run(host, Command('echo "$$"; exit 7'))
         assert first.exit_status == 7 and int(first.stdout) in ahead
         text = "two lines\nand 'quotes' \"too\" ünï\n"
-        second = hosts.run(host, Command("echo \"$PPID\"\ncat\nprintf '%s' done"), stdin=text.encode())
+        second = hosts.run(host, Command("echo \"$$\"\ncat\nprintf '%s' done"), stdin=text.encode())
         assert second.exit_status == 0, second.stderr
         assert second.stdout == f"{(ahead - {int(first.stdout)}).pop()}\n{text}done".encode()
         (third_spare,) = _new_spares(before | ahead, 1)  # opened when the last one was taken
-        third = hosts.run(host, Command('echo "$PPID"'))
+        third = hosts.run(host, Command('echo "$$"'))
         assert third.stdout == f"{third_spare}\n".encode()
         big = "x" * 100_000  # several packets (a single argument may have 128 KiB at most)
         fourth = hosts.run(host, Command(f": {big}; echo ok"))
         assert (fourth.exit_status, fourth.stdout) == (0, b"ok\n")
+    finally:
+        host.close()
+
+
+def test_a_command_that_did_not_arrive_whole_in_a_spare_is_not_run(
+    ssh_source: servers.SshHost, tmp_path: Path
+) -> None:
+    """The spare runs a command only when its end marker came with it: a command cut short (the
+    channel lost mid-send) fails with exit 125, never runs in part, never exits 0."""
+    from recipes import hosts
+
+    spec = hosts.HostSpec(
+        name="source",
+        address="127.0.0.1",
+        port=ssh_source.port,
+        user="root",
+        key_file=ssh_source.key_file,
+        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
+    )
+    host = hosts.open_host(spec)
+    marker = tmp_path / "ran"  # the sshd shares this machine's /tmp
+    try:
+        host.connect_soon()
+        transport = host._transport()
+        spare = host._take_spare(transport)
+        assert spare is not None
+        text = f"touch {marker}".encode()  # no SPARE_END: as if the rest never came
+        spare.sendall(b"%012d" % len(text) + text)
+        proc = hosts.SshProcess(spare, b"")
+        proc.close_stdin()
+        assert proc.read(1 << 16) == b""
+        assert proc.wait(timeout=30) == 125
+        assert "did not arrive whole" in proc.stderr()
+        assert not marker.exists()
     finally:
         host.close()

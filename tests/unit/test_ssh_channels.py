@@ -120,11 +120,12 @@ def test_spares_serve_commands_oldest_first_and_the_last_one_taken_is_replaced()
     assert first.exec == second.exec == hosts.SPARE
     host.start(Command("echo one"))
     line, _ = Command("echo one").wire(sudo=False)
-    assert first.sent == b"%012d" % len(line.encode()) + line.encode()
+    text = line.encode() + hosts.SPARE_END
+    assert first.sent == b"%012d" % len(text) + text
     _settled(host)
     assert len(transport.opened) == 2  # one spare left: nothing new opened
     host.start(Command("echo two"))
-    assert second.sent.endswith(b"echo two'")
+    assert second.sent.endswith(b"echo two'" + hosts.SPARE_END)
     _settled(host)
     assert len(transport.opened) == 3 and host._spares == [transport.opened[2]]
     assert transport.opened[2].exec == hosts.SPARE
