@@ -188,6 +188,19 @@ class SshHost:
         """PID of the listening sshd (0 if not started)."""
         return self.proc.pid if self.proc is not None else 0
 
+    def spec(self, name: str = "source") -> Any:
+        """How the engine reaches this host: a ``recipes.hosts.HostSpec``, its key pinned."""
+        from recipes.hosts import HostSpec
+
+        return HostSpec(
+            name=name,
+            address=self.address,
+            port=self.port,
+            user=self.user,
+            key_file=self.key_file,
+            host_key=" ".join(self.host_public_key.split()[:2]),
+        )
+
     def known_hosts_line(self) -> str:
         """Return a known_hosts line for this host (``[127.0.0.1]:PORT type key``)."""
         keytype, key = self.host_public_key.split()[:2]

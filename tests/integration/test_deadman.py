@@ -311,15 +311,7 @@ def test_a_command_started_while_the_guard_disarms_gets_its_own_answer(ssh_sourc
     from recipes import hosts
     from recipes.model import Command
 
-    spec = hosts.HostSpec(
-        name="source",
-        address="127.0.0.1",
-        port=ssh_source.port,
-        user="root",
-        key_file=ssh_source.key_file,
-        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
-    )
-    host = hosts.open_host(spec)
+    host = hosts.open_host(ssh_source.spec())
     try:
         g = guard.Guard.arm(host, 60)
         asked, go = threading.Event(), threading.Event()

@@ -24,15 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def host(ssh_source: servers.SshHost) -> Iterator[hosts.Host]:
     """The source host as the engine reaches it: paramiko, root, host key pinned."""
-    spec = hosts.HostSpec(
-        name="source",
-        address=ssh_source.address,
-        port=ssh_source.port,
-        user=ssh_source.user,
-        key_file=ssh_source.key_file,
-        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
-    )
-    h = hosts.open_host(spec)
+    h = hosts.open_host(ssh_source.spec())
     yield h
     h.close()
 

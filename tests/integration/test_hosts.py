@@ -178,16 +178,8 @@ def test_commands_run_in_the_spare_session_started_ahead_of_them(ssh_source: ser
     from recipes import hosts
     from recipes.model import Command
 
-    spec = hosts.HostSpec(
-        name="source",
-        address="127.0.0.1",
-        port=ssh_source.port,
-        user="root",
-        key_file=ssh_source.key_file,
-        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
-    )
     before = _waiting_spares()
-    host = hosts.open_host(spec)
+    host = hosts.open_host(ssh_source.spec())
     try:
         host.connect_soon()
         ahead = _new_spares(before, hosts.SPARES)  # the control session's and the first command's
@@ -215,15 +207,7 @@ def test_a_command_that_did_not_arrive_whole_in_a_spare_is_not_run(
     channel lost mid-send) fails with exit 125, never runs in part, never exits 0."""
     from recipes import hosts
 
-    spec = hosts.HostSpec(
-        name="source",
-        address="127.0.0.1",
-        port=ssh_source.port,
-        user="root",
-        key_file=ssh_source.key_file,
-        host_key=" ".join(ssh_source.host_public_key.split()[:2]),
-    )
-    host = hosts.open_host(spec)
+    host = hosts.open_host(ssh_source.spec())
     marker = tmp_path / "ran"  # the sshd shares this machine's /tmp
     try:
         host.connect_soon()
