@@ -55,8 +55,11 @@ LOCAL = "local"
 # ahead on busybox and BSD, swallowing the command or a secret behind it) and never times out
 # like bash's ``read`` under TMOUT. A command that did not arrive whole (no SPARE_END) is not run:
 # exit 125, never a silent 0. Otherwise the shell ``exec``s it, so the command leads the session
-# sshd made and its exit status or signal is reported as with an exec request. The spare ends
-# only when its stdin does (the controller or the connection gone).
+# sshd made and its exit status or signal is reported as with an exec request. SHLVL=2 tells the
+# command's own ``bash -c`` (Command.wire) that it is not the login shell: bash run by sshd with
+# a level below 2 reads ~/.bashrc again (85 ms a command on this host, as with an exec request,
+# where the login's bash execs it the same way); the login already did, and its environment is
+# inherited. The spare ends only when its stdin does (the controller or the connection gone).
 SPARE_READY = b"recipes-spare-ready\n"
 # How long a command waits for a spare's shell to say it is ready (seconds): as long as a
 # connection may take, since a spare started before the command is always sooner than a new
@@ -70,7 +73,8 @@ SPARE_END = b"\n#recipes-spare-end"
 SPARE = (
     "printf 'recipes-spare-ready\\n' && "
     'n=$(dd bs=1 count=12 2>/dev/null) && case "$n" in *[!0-9]*|"") exit 125;; esac && '
-    'c=$(dd bs=1 count="$n" 2>/dev/null) && case "$c" in *"#recipes-spare-end") eval "exec $c";; '
+    'c=$(dd bs=1 count="$n" 2>/dev/null) && case "$c" in '
+    '*"#recipes-spare-end") export SHLVL=2; eval "exec $c";; '
     '*) echo "recipes: the command did not arrive whole" >&2; exit 125;; esac'
 )
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,12 @@ def operator(ssh_source: servers.SshHost) -> Iterator[str]:
         yield USER
     finally:
         SUDOERS.unlink(missing_ok=True)
-        subprocess.run(["userdel", "-r", USER], check=False, capture_output=True)
+        # sshd may still be ending the user's sessions (spares included): userdel refuses then
+        subprocess.run(["pkill", "-KILL", "-u", USER], check=False, capture_output=True)
+        for _ in range(50):
+            if subprocess.run(["userdel", "-r", USER], check=False, capture_output=True).returncode in (0, 6):
+                break
+            time.sleep(0.1)
         Path(os.path.join(ssh_source.dir, "keys", USER)).unlink(missing_ok=True)
 
 
@@ -224,3 +230,29 @@ def test_a_command_that_did_not_arrive_whole_in_a_spare_is_not_run(
         assert not marker.exists()
     finally:
         host.close()
+
+
+def test_a_command_in_a_spare_does_not_log_in_again(ssh_source: servers.SshHost, operator: str) -> None:
+    """The spare's shell read the login's rc files; the command it runs (Command.wire's own
+    ``bash -c``) must not read them again: bash run by sshd does so below shell level 2, which
+    cost each command another ~85 ms on a host with a heavy ~/.bashrc."""
+    import attrs
+
+    from recipes import hosts
+    from recipes.model import Command
+
+    rc = Path(f"/home/{operator}/.bashrc")
+    rc.write_text('RC_READ_BY="$$"\n')  # not exported: only the bash that read it has it
+    host = hosts.open_host(attrs.evolve(ssh_source.spec(), user=operator))
+    try:
+        host.connect_soon()
+        for _ in range(3):
+            out = hosts.run(host, Command('echo "${RC_READ_BY:-not read}"'))
+            assert (out.exit_status, out.stdout) == (0, b"not read\n"), out
+        plain = host._transport().open_session()  # an exec request, as ssh(1) sends it
+        plain.exec_command('echo "${RC_READ_BY:-not read}"')
+        assert plain.makefile("rb").read().strip().isdigit()  # the rc file does run at a login
+        plain.close()
+    finally:
+        host.close()
+        rc.unlink(missing_ok=True)
