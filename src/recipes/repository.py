@@ -124,7 +124,7 @@ class Repository:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         import fsspec
 
-        from recipes import storage
+        from recipes import arenas, storage
 
         self.url = url
         expanded = os.path.expanduser(url) if "://" not in url else url
@@ -140,7 +140,7 @@ class Repository:
         self.root = self.root.rstrip("/")
         if s3:  # the S3 model and endpoints this program calls, not all of AWS (9 MB less RSS)
             storage.lean_session(fs)
-            storage.fewer_arenas()
+            arenas.fewer_arenas()
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.fs = storage.GuardedFS(fs, url, storage.secrets_of(opts))
         if s3:  # once per repository: never let a write create a mistyped bucket

@@ -45,7 +45,6 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from recipes.arenas import fewer_arenas as fewer_arenas  # re-exported: called on opening S3
 from recipes.errors import RepositoryError
 
 log = logging.getLogger("recipes")

@@ -282,24 +282,13 @@ def store(
     upstream: Readable = probe if probe is not None else _Compressing(counted, level)
     try:
         if keys and all(keys):  # X25519 only: encrypted here, off the GIL (agestream.py)
-            return _seal(upstream, sink, cast(list[bytes], keys), probe, counted, compressed)
+            hashing = _Hashing(sink)
+            agestream.encrypt(upstream.read, hashing.write, cast(list[bytes], keys), CHUNK)
+            return _stored(hashing, probe, counted, compressed)
         return _encrypt(upstream, sink, parsed, probe, counted, compressed)
     finally:
         if tapped is not None:
             tapped.close()
-
-
-def _seal(
-    upstream: Readable,
-    sink: Writable,
-    keys: list[bytes],
-    probe: _NonEmpty | None,
-    counted: _Counting,
-    compressed: bool,
-) -> Stored:
-    hashing = _Hashing(sink)
-    agestream.encrypt(upstream.read, hashing.write, keys, CHUNK)
-    return _stored(hashing, probe, counted, compressed)
 
 
 def _stored(hashing: _Hashing, probe: _NonEmpty | None, counted: _Counting, compressed: bool) -> Stored:

@@ -1,6 +1,6 @@
 """The trimmed botocore data (``storage.lean_session``): the S3 client it makes knows every
 operation recipes and s3fs call, and any doubt gives botocore's full data instead; the malloc
-arena cap (``storage.fewer_arenas``) yields to the operator's own setting."""
+arena cap (``arenas.fewer_arenas``) yields to the operator's own setting."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from recipes import storage
+from recipes import arenas, storage
 
 # Every operation a run of tests/integration/test_s3*.py made (logged at botocore's
 # _make_api_call), and those S3Upload and the lock make.
@@ -116,9 +116,9 @@ def test_the_arena_cap_leaves_the_operators_own_setting_alone(monkeypatch: pytes
     import platform
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert not storage.fewer_arenas()
+    assert not arenas.fewer_arenas()
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    assert storage.fewer_arenas() is (platform.libc_ver()[0] == "glibc")
+    assert arenas.fewer_arenas() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_a_home_that_does_not_exist_gets_no_cache_made_for_it(
