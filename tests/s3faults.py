@@ -1,7 +1,8 @@
 """A tiny fault-injecting HTTP proxy for S3 tests: it forwards each request to the real S3
 server (rclone serve s3) unchanged (the Host header too, so signatures still verify) unless a
-fault is queued for it: a 503 SlowDown, a 500, a 403, a reset connection, a silent wait, or a
-lost answer (the server did the request, the client sees a reset); "pass" forwards one request
+fault is queued for it: a 503 SlowDown, a 500, a 403, a reset connection, a silent wait, a
+lost answer (the server did the request, the client sees a reset), or a short answer (the
+server's headers, then half its body and a closed connection); "pass" forwards one request
 unchanged (to aim the next fault at a later request)."""
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class FaultyS3:
                     time.sleep(proxy.hold_seconds)
                     self.close_connection = True
                     return
-                if fault is not None:
+                if fault is not None and fault != "short":
                     status, code, msg = FAULTS[fault]
                     data = ERROR.format(code=code, msg=msg).encode()
                     self.send_response(status)
@@ -96,6 +97,9 @@ class FaultyS3:
                 )
                 self.end_headers()
                 if self.command != "HEAD":
+                    if fault == "short" and data:
+                        data = data[: len(data) // 2]
+                        self.close_connection = True
                     self.wfile.write(data)
 
             def _forward(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:

@@ -40,6 +40,7 @@ import importlib.util
 import io
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -320,6 +321,11 @@ class Failure:
         self.retried = retried  # s3fs already tried again (a read timeout, a dropped connection)
 
 
+def _aiohttp_errors() -> Any:
+    """aiohttp's module when s3fs loaded it (its errors can only come from there), else None."""
+    return sys.modules.get("aiohttp")
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     cur: BaseException | None = exc
@@ -395,6 +401,14 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
                     "check [repository] options and the endpoint",
                     transient=False,
                 )
+        aio = _aiohttp_errors()
+        if aio is not None and isinstance(e, aio.ClientPayloadError):
+            return Failure(
+                f"the S3 endpoint {endpoint} ended an answer before its end (connection lost?)",
+                "try again; check the network and the S3 service if it persists",
+                transient=True,
+                retried=True,  # s3fs tried again already
+            )
         if isinstance(e, asyncio.TimeoutError) or type(e).__name__ == "FSTimeoutError":
             return Failure(
                 f"the S3 endpoint {endpoint} did not answer: a request took longer than "

@@ -132,7 +132,9 @@ def snapshots(cfg: Path, server: servers.S3Server, tmp_path: Path) -> subprocess
 
 
 @pytest.mark.parametrize(
-    "faults", [["slowdown", "slowdown"], ["500", "500"], ["reset"], ["timeout"]], ids=lambda f: "+".join(f)
+    "faults",
+    [["slowdown", "slowdown"], ["500", "500"], ["reset"], ["timeout"], ["pass", "short"]],
+    ids=lambda f: "+".join(f),
 )
 def test_transient_faults_are_retried(
     faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, tmp_path: Path, faults: list[str]
@@ -146,10 +148,11 @@ def test_transient_faults_are_retried(
     out = snapshots(cfg, s3_server, tmp_path)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)) == 3
-    assert proxy.queue == [] and proxy.requests == calls + len(faults)  # each fault cost one retry
+    # each fault cost one retry ("pass" aims the short answer past the bucket check, a HEAD)
+    assert proxy.queue == [] and proxy.requests == calls + len([f for f in faults if f != "pass"])
 
 
-@pytest.mark.parametrize("fault", ["slowdown", "500", "reset"])
+@pytest.mark.parametrize("fault", ["slowdown", "500", "reset", "short"])
 def test_a_fault_that_persists_fails_in_one_line_after_bounded_tries(
     faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, tmp_path: Path, fault: str
 ) -> None:
@@ -162,6 +165,26 @@ def test_a_fault_that_persists_fails_in_one_line_after_bounded_tries(
     # the first call (the bucket check) is tried ATTEMPTS times at most, each by s3fs at most
     # S3FS_TRIES times (a dropped connection), and nothing runs after it fails
     assert 2 <= proxy.requests <= storage.ATTEMPTS * storage.S3FS_TRIES
+
+
+@pytest.mark.parametrize("persists", [False, True], ids=["once", "persists"])
+def test_an_object_answer_cut_short_is_retried_then_one_line(
+    faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, tmp_path: Path, persists: bool
+) -> None:
+    """The server sends a manifest's headers and half its body, then closes the connection (an
+    object's read, not a listing: aiohttp raises its own error there, not botocore's)."""
+    proxy, cfg = faulty
+    proxy.only = "/manifest.json"
+    proxy.queue = ["short"] * (50 if persists else 1)
+    out = snapshots(cfg, s3_server, tmp_path)
+    if not persists:
+        assert out.returncode == 0, out.stderr
+        assert len(json.loads(out.stdout)) == 3 and proxy.queue == []
+        return
+    assert out.returncode == 1, out.stderr
+    line = one_line_error(out.stderr)
+    assert f"the S3 endpoint {proxy.endpoint} ended an answer before its end" in line
+    assert 50 - len(proxy.queue) <= 3 * storage.S3FS_TRIES  # bounded: at most 3 manifests, each tried by s3fs
 
 
 def test_access_denied_fails_at_once(
