@@ -366,13 +366,20 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
                     transient=True,
                     down=True,
                 )
-            if isinstance(e, (be.EndpointConnectionError, be.ConnectionClosedError)):
+            if isinstance(e, be.ConnectionClosedError):
+                return Failure(
+                    f"the S3 endpoint {endpoint} closed the connection before it answered",
+                    "check that the service is up and the network between; try again",
+                    transient=True,
+                    down=True,
+                    retried=True,
+                )
+            if isinstance(e, be.EndpointConnectionError):
                 return Failure(
                     f"cannot reach the S3 endpoint {endpoint}",
                     "check [repository] options.endpoint_url and that the service is up",
                     transient=True,
                     down=True,
-                    retried=isinstance(e, be.ConnectionClosedError),
                 )
             if isinstance(e, be.ClientError):
                 err = e.response.get("Error", {})
