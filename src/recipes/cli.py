@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from typing import Any, NoReturn
 
@@ -939,8 +938,14 @@ def schedule_cmd(
     files = schedule.generate(
         recipe, spec.name, config=config, at=at, fmt=fmt, verify=verify, env_file=env_file
     )
-    if fmt == "systemd" and not re.match(r"^(hourly|daily|weekly|\d{1,2}:\d{2})$", at):
-        check = subprocess.run(["systemd-analyze", "calendar", at], capture_output=True, text=True)
+    if fmt == "systemd" and not schedule.is_simple(at):
+        try:
+            check = subprocess.run(["systemd-analyze", "calendar", at], capture_output=True, text=True)
+        except OSError as exc:  # a controller without systemd: the expression cannot be checked
+            raise ConfigError(
+                f"schedule --at {at!r}: cannot check this calendar expression ({exc.strerror or exc}: "
+                "systemd-analyze); give HH:MM, hourly, daily or weekly, or run this where systemd is"
+            ) from None
         if check.returncode != 0:
             raise ConfigError(
                 f"schedule --at {at!r}: not a systemd calendar expression ({check.stderr.strip()})"

@@ -18,6 +18,13 @@ FORMATS = ("systemd", "cron")
 # cron has no calendar expressions: the few names it can say, plus HH:MM every day
 _CRON = {"hourly": "7 * * * *", "daily": "17 3 * * *", "weekly": "47 4 * * 0"}
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+# What needs no check by systemd-analyze: these names, and a valid HH:MM every day.
+SIMPLE = ("hourly", "daily", "weekly")
+
+
+def is_simple(at: str) -> bool:
+    """``at`` is a name both formats know, or a valid HH:MM (25:00 is not)."""
+    return at in SIMPLE or bool(_HHMM.match(at))
 
 
 @attrs.frozen

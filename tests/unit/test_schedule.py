@@ -63,8 +63,24 @@ def test_cron_file_stops_at_the_first_failure_and_reads_the_env_file(tmp_path: P
     [
         (["--format", "cron", "--at", "Mon *-*-* 03:00"], "cron takes hourly, daily, weekly or HH:MM"),
         (["--at", "not a calendar"], "not a systemd calendar expression"),
+        (["--at", "25:00"], "not a systemd calendar expression"),  # looks like HH:MM, is not
+        (["--at", "12:60"], "not a systemd calendar expression"),
     ],
 )
 def test_bad_schedules_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     code, out = _run(tmp_path, *args)
     assert code == 2 and message in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_a_calendar_expression_without_systemd_analyze_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller without systemd cannot check an expression: refused in one line, not a
+    traceback; HH:MM needs no check and still works there."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, out = _run(tmp_path, "--at", "Mon *-*-* 03:00")
+    assert code == 2 and "cannot check this calendar expression" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    code, out = _run(tmp_path, "--at", "03:00", "-o", str(tmp_path / "units"))
+    assert code == 0, out
+    assert "OnCalendar=*-*-* 03:00" in (tmp_path / "units/recipes-django-web1.timer").read_text()
