@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,6 +19,40 @@ if TYPE_CHECKING:
     from recipes import manifest as mf
 
 NOISY = ("paramiko", "fsspec", "s3fs", "botocore", "aiobotocore", "invoke", "fabric", "asyncio")
+# Never logged, even at -vv: botocore's signing steps (canonical request, string to sign, signature).
+QUIET_ALWAYS = ("botocore.auth",)
+# What a signed S3 request's debug line carries that must not reach a log: the access key id in
+# the credential scope, signatures (replayable for minutes), session tokens, the header itself.
+_SIGNED = (
+    (re.compile(r"(Credential=)[^,\s'\"]+"), r"\1***"),
+    (re.compile(r"(Signature=)[0-9a-fA-F]+"), r"\1***"),
+    (re.compile(r"((?:Authorization|X-Amz-Security-Token)['\"]?\s*:\s*b?['\"])[^'\"]*", re.I), r"\1***"),
+)
+# Controller environment variables whose values are secrets wherever they appear.
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def redact(text: str) -> str:
+    """``text`` without S3 signatures, credentials or session tokens (for -vv debug lines)."""
+    for pattern, repl in _SIGNED:
+        text = pattern.sub(repl, text)
+    for name in _SECRET_ENV:
+        value = os.environ.get(name, "")
+        if len(value) >= 8:
+            text = text.replace(value, "***")
+    return text
+
+
+class _Redacting(logging.Filter):
+    """Scrubs each record our handlers write (libraries' debug lines quote signed requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO or not record.name.startswith("recipes"):
+            message = record.getMessage()
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
 
 
 def human_size(n: float) -> str:
@@ -122,6 +158,8 @@ class Output:
         logging.getLogger("paramiko.transport").setLevel(
             logging.DEBUG if self.verbose > 1 else logging.CRITICAL
         )
+        for name in QUIET_ALWAYS:
+            logging.getLogger(name).setLevel(logging.INFO)
         if root.handlers:
             return
         handler: logging.Handler
@@ -132,6 +170,7 @@ class Output:
             handler = logging.StreamHandler(self.stream)
             handler.setFormatter(Timestamped("%(message)s"))
         for h in (handler, self.collected):
+            h.addFilter(_Redacting())
             setattr(h, "_recipes", True)  # noqa: B010 (ours to remove on the next setup)
             root.addHandler(h)
 

@@ -193,6 +193,25 @@ def test_an_object_answer_cut_short_is_retried_then_one_line(
     assert 50 - len(proxy.queue) <= 3 * storage.S3FS_TRIES  # bounded: at most 3 manifests, each tried by s3fs
 
 
+def test_debug_output_carries_no_signature_key_id_or_secret(
+    faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, tmp_path: Path
+) -> None:
+    """-vv shows botocore's requests, but never what a signed request carries: the access key
+    id, the signature (replayable for minutes) or the secret."""
+    _proxy, cfg = faulty
+    out = subprocess.run(
+        [sys.executable, "-m", "recipes", "-vv", "--config", str(cfg), "snapshots"],
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **env(s3_server, tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Sending http request" in out.stderr and "Authorization': b'***'" in out.stderr
+    for leak in (s3_server.key, s3_server.secret, "Signature=", "Credential=", "StringToSign"):
+        assert leak not in out.stderr + out.stdout, leak
+
+
 def test_access_denied_fails_at_once(
     faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, tmp_path: Path
 ) -> None:
