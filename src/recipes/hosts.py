@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from recipes.errors import HostError, RecipeError, StepFailed
+from recipes.errors import ConfigError, HostError, RecipeError, StepFailed
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
@@ -574,13 +574,19 @@ class SshHost:
             )
         prefer = None
         for attempt in range(2):
-            conn = fabric.Connection(
-                self.spec.address or self.spec.name,
-                user=self.spec.user,
-                port=self.spec.port,
-                connect_kwargs=kwargs,
-                connect_timeout=15,
-            )
+            try:
+                conn = fabric.Connection(
+                    self.spec.address or self.spec.name,
+                    user=self.spec.user,
+                    port=self.spec.port,
+                    connect_kwargs=kwargs,
+                    connect_timeout=15,
+                )
+            except (UnicodeDecodeError, ValueError) as exc:  # a damaged ssh_config (a bad Port, binary)
+                raise ConfigError(
+                    f"{self.name}: the SSH client configuration (~/.ssh/config, /etc/ssh/ssh_config) "
+                    f"cannot be read: {exc}; fix the file"
+                ) from None
             keys = HostKeyCheck.create(
                 self.name,
                 conn.host,
@@ -614,6 +620,13 @@ class SshHost:
                 conn.client.close()
                 target = f"{conn.user}@{conn.host}:{conn.port}"
                 raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
+            except (UnicodeDecodeError, ValueError) as exc:  # paramiko reading a binary key file
+                conn.client.close()
+                which = self.spec.key_file or "a key in ~/.ssh"
+                raise ConfigError(
+                    f"{self.name}: {which} is not an SSH private key ({exc.__class__.__name__}); "
+                    "point key_file at the private key (OpenSSH format)"
+                ) from None
             return conn
         raise AssertionError("unreachable")
 
@@ -763,8 +776,6 @@ def parse_target(text: str) -> HostSpec:
     """``[user@]address[:port]``, ``[user@][v6address]:port`` or an ``~/.ssh/config`` name as a
     HostSpec; a malformed one is a one-line ConfigError (exit 2), never a connection attempt."""
     import ipaddress
-
-    from recipes.errors import ConfigError
 
     if text == LOCAL:
         return HostSpec(LOCAL)

@@ -121,6 +121,36 @@ def test_host_name_from_ssh_config(world: World, ssh_source: servers.SshHost) ->
         shutil.rmtree(src, ignore_errors=True)
 
 
+@pytest.mark.parametrize("config", [b"Host *\n  Port abc\n", b"\xff\xfe\n"], ids=["bad-port", "not-utf8"])
+def test_a_damaged_ssh_client_config_is_one_line(world: World, config: bytes) -> None:
+    (world.home / ".ssh").mkdir(parents=True, exist_ok=True)
+    (world.home / ".ssh/config").write_bytes(config)
+    try:
+        # no port given: the config's Port applies (and is read before any connection)
+        out = world.cli("run", "django", "--host", "root@127.0.0.1", "--set", "root=/x")
+    finally:
+        (world.home / ".ssh/config").unlink()
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "the SSH client configuration (~/.ssh/config" in out.stderr.splitlines()[-1]
+
+
+def test_a_key_file_that_is_not_a_key_is_one_line(
+    world: World, ssh_source: servers.SshHost, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk_key"
+    junk.write_bytes(bytes(range(256)))
+    with world.config.open("a") as fh:
+        fh.write(
+            f'\n[hosts.junkkey]\naddress = "127.0.0.1"\nuser = "root"\nport = {ssh_source.port}\n'
+            f'key_file = "{junk}"\nhost_key = "{ssh_source.host_public_key}"\n'
+        )
+    out = world.cli("run", "django", "--host", "junkkey", "--set", "root=/x")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"junkkey: {junk} is not an SSH private key" in out.stderr.splitlines()[-1]
+
+
 def test_bad_input_is_reported_at_once_while_the_host_is_still_being_connected(world: World) -> None:
     """``run`` connects to the host while it opens the repository; a repository refused for bad
     input is reported without waiting out a host that accepts TCP and never speaks SSH."""
