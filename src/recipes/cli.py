@@ -784,14 +784,35 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     emit(state, data, "\n".join(lines) if lines else f"no snapshots in {source.url}", report=True)
 
 
+class _Amount(click.FloatRange):
+    """A price or a count: a finite number >= 0 (``nan`` and ``inf`` would make the estimate
+    meaningless, and ``NaN`` is not JSON)."""
+
+    name = "amount"
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+_AMOUNT = _Amount()
+
+
 @main.command("estimate")
 @click.argument("recipe")
 @click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
 @set_option
 @click.option("--repo", metavar="URL", help="Repository URL (dump sizes from its latest snapshot).")
-@click.option("--price-gb-month", type=click.FloatRange(min=0), default=0.005, show_default=True)
-@click.option("--price-gb-download", type=click.FloatRange(min=0), default=0.05, show_default=True)
-@click.option("--downloads-per-year", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--price-gb-month", type=_AMOUNT, default=0.005, show_default=True)
+@click.option("--price-gb-download", type=_AMOUNT, default=0.05, show_default=True)
+@click.option("--downloads-per-year", type=_AMOUNT, default=2.0, show_default=True)
 @pass_state
 def estimate_cmd(
     state: State,

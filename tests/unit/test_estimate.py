@@ -28,3 +28,17 @@ def test_an_estimate_adds_compressed_files_and_dumps_per_full() -> None:
     )
     assert e.per_full == 6 * estimate.GB and e.stored == 48 * estimate.GB
     assert e.cost == pytest.approx(6 * 0.58)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "abc"])
+@pytest.mark.parametrize("option", ["--price-gb-month", "--price-gb-download", "--downloads-per-year"])
+def test_prices_and_counts_are_finite_numbers_at_least_zero(option: str, value: str) -> None:
+    """``nan`` would make every figure meaningless (and ``--json`` print ``NaN``, not JSON):
+    refused in one line, exit 2, before the host is reached."""
+    from click.testing import CliRunner
+
+    from recipes import cli
+
+    result = CliRunner().invoke(cli.main, ["estimate", "django", "--host", "local", f"{option}={value}"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
