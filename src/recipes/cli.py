@@ -913,6 +913,9 @@ def runbook_cmd(
         state.config, recipe, host, snapshot=snapshot, repo=repo, fmt=fmt, last_drill=last_drill, sets=sets
     )
     _log_config(state)
+    if output is None and state.json:  # the runbook itself, inside the JSON document
+        emit(state, {"recipe": recipe, "host": host, "format": fmt, "file": None, "text": text}, text)
+        return
     if output is None:
         click.echo(text, nl=False)
         return

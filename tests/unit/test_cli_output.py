@@ -3,6 +3,7 @@ wrong), the default adds progress lines, and -q with -v is a usage error."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,15 @@ def test_json_is_accepted_after_the_command_name_too(tmp_path: Path) -> None:
     assert before.returncode == after.returncode == 0, after.stderr
     assert before.stdout == after.stdout == "[]\n"
     assert _cli(tmp_path, "list", "--json").stdout.lstrip().startswith("[")
+
+
+def test_runbook_with_json_is_a_json_document_holding_the_runbook(tmp_path: Path) -> None:
+    plain = _cli(tmp_path, "runbook", "django", "--host", "local")
+    as_json = _cli(tmp_path, "runbook", "django", "--host", "local", "--json")
+    assert plain.returncode == as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["text"] == plain.stdout and doc["format"] == "md" and doc["file"] is None
+    assert doc["text"].startswith("# Restore runbook: django on local")
 
 
 # ---- formatting (recipes.output) and counting (recipes.progress)
