@@ -134,6 +134,44 @@ def _scan_local(root: str, recipe: str | None, host: str | None) -> dict[str, by
     return out
 
 
+class DamagedSnapshot(VerifyError):
+    """The snapshot asked for (by id, prefix or as the latest) has a manifest that cannot be read."""
+
+    def __init__(self, message: str, entry: str) -> None:
+        super().__init__(message)
+        self.entry = entry  # as in ``listed``'s damaged list: ``recipe/host/snapshot: reason``
+
+
+def choose(found: list[Listed], damaged: list[str], snapshot: str, where: str, listing: str) -> Listed:
+    """The one snapshot whose id starts with ``snapshot``, or the newest for ``latest``, among
+    ``found`` and the ``damaged`` entries of the same listing. A damaged one chosen is never
+    passed over for another: ``DamagedSnapshot`` (exit 3) names it, as ``verify --all`` does.
+    ``where`` ("of django@web1", "in URL") and ``listing`` (the command that lists) word the error."""
+    bad = {entry.split(": ", 1)[0].rsplit("/", 1)[-1]: entry for entry in damaged}
+    if snapshot == "latest":
+        newest = found[-1].snapshot_dir if found else ""
+        late = max((sid for sid in bad if sid > newest), default=None)
+        if late is not None:
+            raise DamagedSnapshot(
+                f"the latest snapshot {where} is damaged: {bad[late]} (damaged manifest); pass "
+                f"--snapshot ID to use an older one explicitly (`{listing}` lists them)",
+                bad[late],
+            )
+        if not found:
+            raise RepositoryError(f"no snapshot {where}: run `{listing}` to see what is there")
+        return found[-1]
+    matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
+    broken = [sid for sid in bad if sid.startswith(snapshot)]
+    if not matches and len(broken) == 1:
+        raise DamagedSnapshot(f"{bad[broken[0]]} (damaged manifest)", bad[broken[0]])
+    if len(matches) + len(broken) != 1:
+        raise RepositoryError(
+            f"snapshot {snapshot!r} matches {len(matches) + len(broken)} snapshots {where}: "
+            f"run `{listing}` and give more of its id"
+        )
+    return matches[0]
+
+
 class Repository:
     """A repository at an fsspec URL (a plain path means a local folder)."""
 
@@ -302,22 +340,16 @@ class Repository:
         return item.manifest if item is not None else None
 
     def find_listed(self, recipe: str, host: str | None, snapshot: str = "latest") -> Listed:
-        """The snapshot of recipe (at host, or any host) with this id or unique prefix, or the latest."""
-        found = self.listed(recipe, host)
+        """The snapshot of recipe (at host, or any host) with this id or unique prefix, or the
+        latest; ``DamagedSnapshot`` when that is one whose manifest cannot be read."""
+        damaged: list[str] = []
+        found = self.listed(recipe, host, damaged)
         where = f"{recipe}@{host}" if host else recipe
-        if not found:
+        if not found and not damaged:
             raise RepositoryError(
                 f"no snapshot of {where} in {self.url}: run `recipes snapshots` to see what is there"
             )
-        if snapshot == "latest":
-            return found[-1]
-        matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
-        if len(matches) != 1:
-            raise RepositoryError(
-                f"snapshot {snapshot!r} matches {len(matches)} snapshots of {where}: "
-                f"run `recipes snapshots {recipe}` and give more of its id"
-            )
-        return matches[0]
+        return choose(found, damaged, snapshot, f"of {where}", f"recipes snapshots {recipe}")
 
     def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
         """The manifest of ``find_listed`` (not yet checked: see ``trust.Trust``)."""

@@ -186,3 +186,36 @@ def test_an_unsupported_url_scheme_is_exit_2_naming_the_supported_ones(ctl: Cont
     for args in (["snapshots"], ctl.run_args()):
         line = ctl.fails(2, *args, "--repo", url)
         assert url in line and "file:///path" in line and "s3://bucket/prefix" in line, line
+
+
+def test_a_damaged_snapshot_asked_for_by_id_is_exit_3_naming_it(ctl: Controller) -> None:
+    (ctl.here / ctl.s2 / "manifest.json").write_text(GARBLED)
+    named = f"django/local/{ctl.s2}: malformed manifest"
+    for args in (
+        ["verify", ctl.s2],
+        ["verify", ctl.s2[:18]],
+        ["restore", "django", "--host", "local", "--snapshot", ctl.s2, "--set", f"root={ctl.tmp}/out"],
+        ["copy", ctl.s2, "--to", str(ctl.tmp / "copy")],
+        ["runbook", "django", "--host", "local", "--snapshot", ctl.s2],
+    ):
+        line = ctl.fails(3, *args)
+        assert named in line and "(damaged manifest)" in line, (args, line)
+    assert not (ctl.tmp / "out").exists() and not (ctl.tmp / "copy").exists()
+    as_json = json.loads(ctl.cli("--json", "verify", ctl.s2).stdout)
+    assert not as_json["ok"] and as_json["damaged"][0].startswith(named)
+    # an unknown id is still "matches 0", exit 1
+    assert "matches 0 snapshots" in ctl.fails(1, "verify", "20990101")
+
+
+def test_the_latest_snapshot_damaged_is_refused_not_passed_over(ctl: Controller) -> None:
+    (ctl.here / ctl.s2 / "manifest.json").write_text(GARBLED)
+    out = ctl.tmp / "out"
+    line = ctl.fails(3, "restore", "django", "--host", "local", "--set", f"root={out}")
+    assert f"the latest snapshot of django@local is damaged: django/local/{ctl.s2}" in line
+    assert "--snapshot ID" in line
+    assert not out.exists()  # nothing restored, not even the older snapshot
+    line = ctl.fails(3, "runbook", "django", "--host", "local", "--snapshot", "latest")
+    assert f"the latest snapshot of django@local is damaged: django/local/{ctl.s2}" in line
+    older = ctl.cli("restore", "django", "--host", "local", "--snapshot", ctl.s1, "--set", f"root={out}")
+    assert older.returncode == 0, older.stderr
+    assert (out / "f3.txt").read_text() == "file 3\n"

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from bench import nightly
 from recipes import manifest as mf
 from recipes import signing
-from recipes.repository import Listed, Repository
+from recipes.errors import RepositoryError
+from recipes.repository import DamagedSnapshot, Listed, Repository
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -120,6 +121,14 @@ def test_a_folder_in_place_of_a_manifest_or_signature_is_damaged_not_a_failed_li
         f"django/web1/{snaps[2].name}: manifest.sig is a folder, not a file",
     ]
     assert r.load_listed("django", "web1", snaps[2].name) is None  # as a garbled one: None
+    with pytest.raises(DamagedSnapshot, match="the latest snapshot of django@web1 is damaged") as info:
+        r.find_listed("django", "web1")
+    assert info.value.exit_code == 3 and info.value.entry == damaged[1]
+    with pytest.raises(DamagedSnapshot, match=f"{snaps[1].name}: manifest.json is a folder"):
+        r.find_listed("django", "web1", snaps[1].name[:20])
+    assert r.find_listed("django", "web1", snaps[0].name).snapshot_dir == snaps[0].name
+    with pytest.raises(RepositoryError, match="matches 3 snapshots"):  # two of them damaged
+        r.find_listed("django", "web1", snaps[0].name[:4])
 
 
 GOOD = json.loads(mf.dumps(nightly.synthetic(3, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "p", 1)))
