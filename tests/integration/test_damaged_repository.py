@@ -3,7 +3,8 @@ signature, an object or a lock goes; a file where a folder goes) and snapshots w
 cannot be read: each is one ``recipes: error:`` line naming the path, or a snapshot listed and
 skipped as DAMAGED, never a traceback, and a damaged snapshot asked for is never passed over.
 
-Real CLI runs through the local host, on a controller of their own (``recipes init``)."""
+Real CLI runs through the local host, on a controller of their own (``recipes init``); the drill,
+which needs a scratch host apart from the source, over real SSH (the ``world`` fixture)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.django_site import SQLITE_DB, seed_tree
+from tests.integration.world import World
 
 GARBLED = '{"x\n'
 
@@ -219,3 +223,22 @@ def test_the_latest_snapshot_damaged_is_refused_not_passed_over(ctl: Controller)
     older = ctl.cli("restore", "django", "--host", "local", "--snapshot", ctl.s1, "--set", f"root={out}")
     assert older.returncode == 0, older.stderr
     assert (out / "f3.txt").read_text() == "file 3\n"
+
+
+def test_a_drill_of_the_damaged_latest_snapshot_is_refused_before_the_scratch_host_is_touched(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """Over real SSH: ``drill`` resolves "latest" as ``restore`` does."""
+    root, src, dst = site
+    seed_tree(src)
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    for _ in range(2):
+        world.cli("run", "django", "--host", "source", *sets, check=True)
+    _, newest = sorted(p.name for p in (world.repo / "django" / "source").iterdir())
+    (world.repo / "django" / "source" / newest / "manifest.json").write_text(GARBLED)
+    got = world.cli("drill", "django", "--host", "source", "--to-host", "target", *sets)
+    assert "Traceback" not in got.stderr and got.returncode == 3, got.stderr
+    line = got.stderr.strip().splitlines()[-1]
+    assert f"the latest snapshot of django@source is damaged: django/source/{newest}" in line, line
+    assert not dst.exists() or not any(dst.iterdir())  # nothing restored onto the scratch host
+    assert not (world.repo / "drills").exists()  # and no drill recorded
