@@ -307,11 +307,11 @@ def _identities(state: State, identity: str | None, what: str) -> list[Any]:
 
 
 def _one_snapshot(found: list[Any], damaged: list[str], snapshot: str, url: str) -> list[Any]:
-    """The one listed snapshot whose id starts with ``snapshot`` (any recipe, any host);
-    ``DamagedSnapshot`` (exit 3) when it is one of ``damaged``."""
+    """The one listed snapshot whose id starts with ``snapshot`` (any recipe, any host: no
+    "latest" here); ``DamagedSnapshot`` (exit 3) when it is one of ``damaged``."""
     from recipes.repository import choose
 
-    return [choose(found, damaged, snapshot, f"in {url}", "recipes snapshots")]
+    return [choose(found, damaged, snapshot, f"in {url}", "recipes snapshots", latest=False)]
 
 
 @main.command("run")

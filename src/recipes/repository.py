@@ -142,13 +142,16 @@ class DamagedSnapshot(VerifyError):
         self.entry = entry  # as in ``listed``'s damaged list: ``recipe/host/snapshot: reason``
 
 
-def choose(found: list[Listed], damaged: list[str], snapshot: str, where: str, listing: str) -> Listed:
-    """The one snapshot whose id starts with ``snapshot``, or the newest for ``latest``, among
-    ``found`` and the ``damaged`` entries of the same listing. A damaged one chosen is never
-    passed over for another: ``DamagedSnapshot`` (exit 3) names it, as ``verify --all`` does.
-    ``where`` ("of django@web1", "in URL") and ``listing`` (the command that lists) word the error."""
+def choose(
+    found: list[Listed], damaged: list[str], snapshot: str, where: str, listing: str, latest: bool = True
+) -> Listed:
+    """The one snapshot whose id starts with ``snapshot``, or the newest for ``latest`` (when
+    ``latest`` allows it), among ``found`` and the ``damaged`` entries of the same listing. A
+    damaged one chosen is never passed over for another: ``DamagedSnapshot`` (exit 3) names it,
+    as ``verify --all`` does. ``where`` ("of django@web1", "in URL") and ``listing`` (the
+    command that lists them) word the errors."""
     bad = {entry.split(": ", 1)[0].rsplit("/", 1)[-1]: entry for entry in damaged}
-    if snapshot == "latest":
+    if latest and snapshot == "latest":
         newest = found[-1].snapshot_dir if found else ""
         late = max((sid for sid in bad if sid > newest), default=None)
         if late is not None:

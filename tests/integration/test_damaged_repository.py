@@ -209,6 +209,7 @@ def test_a_damaged_snapshot_asked_for_by_id_is_exit_3_naming_it(ctl: Controller)
     assert not as_json["ok"] and as_json["damaged"][0].startswith(named)
     # an unknown id is still "matches 0", exit 1
     assert "matches 0 snapshots" in ctl.fails(1, "verify", "20990101")
+    assert "matches 0 snapshots" in ctl.fails(1, "verify", "latest")  # an id, never "the newest"
 
 
 def test_the_latest_snapshot_damaged_is_refused_not_passed_over(ctl: Controller) -> None:
