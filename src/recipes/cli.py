@@ -305,17 +305,12 @@ def _identities(state: State, identity: str | None, what: str) -> list[Any]:
     return identities
 
 
-def _one_snapshot(found: list[Any], snapshot: str, url: str) -> list[Any]:
-    """The one listed snapshot whose id starts with ``snapshot`` (any recipe, any host)."""
-    from recipes.errors import RepositoryError
+def _one_snapshot(found: list[Any], damaged: list[str], snapshot: str, url: str) -> list[Any]:
+    """The one listed snapshot whose id starts with ``snapshot`` (any recipe, any host: no
+    "latest" here); ``DamagedSnapshot`` (exit 3) when it is one of ``damaged``."""
+    from recipes.repository import choose
 
-    matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
-    if len(matches) != 1:
-        raise RepositoryError(
-            f"snapshot {snapshot!r} matches {len(matches)} snapshots in {url}: "
-            "run `recipes snapshots` and give more of its id"
-        )
-    return matches
+    return [choose(found, damaged, snapshot, f"in {url}", "recipes snapshots", latest=False)]
 
 
 @main.command("run")
@@ -703,8 +698,12 @@ def verify_cmd(
     damaged: list[str] = []
     found = repository.listed(None, None, damaged)
     if snapshot:
-        found = _one_snapshot(found, snapshot, repository.url)
-        damaged = []
+        from recipes.repository import DamagedSnapshot
+
+        try:
+            found, damaged = _one_snapshot(found, damaged, snapshot, repository.url), []
+        except DamagedSnapshot as exc:  # reported as `verify --all` reports it
+            found, damaged = [], [exc.entry]
     identity_file = cfg.identity_path(identity) if deep else None
     reports = [
         verify.verify(repository, item, trust, deep=deep, identities=identities, identity_file=identity_file)
@@ -772,9 +771,10 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     dest = Repository(dest_url, options)
     trust = cfg.trust()
     _log_config(state)
-    found = source.listed()
+    damaged: list[str] = []
+    found = source.listed(None, None, damaged)
     if snapshot:
-        found = _one_snapshot(found, snapshot, source.url)
+        found = _one_snapshot(found, damaged, snapshot, source.url)
     done = [copying.copy(source, dest, item) for item in copying.with_chains(source, found, trust)]
     data = [
         {"recipe": c.recipe, "host": c.host, "snapshot": c.snapshot, "outcome": c.outcome, "bytes": c.bytes}

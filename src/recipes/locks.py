@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import getpass
 import json
@@ -331,8 +332,17 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def _makedirs(folder: str) -> None:
+    """``folder`` and its parents; a file in the place of one is ENOTDIR, said as such by
+    ``storage.classify`` (never EEXIST, which ``create`` takes for a lock already held)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder) from None
+
+
 def _open_folder(folder: str) -> int:
-    os.makedirs(folder, exist_ok=True)
+    _makedirs(folder)
     return os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
 
 
@@ -344,7 +354,7 @@ def _read_local(path: str) -> bytes:
 def _write_local(path: str, data: bytes, exclusive: bool) -> None:
     """A complete file under a temporary name, then linked (exclusive) or renamed into place."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
+    _makedirs(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lock-")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import functools
 import hashlib
 import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -26,6 +28,9 @@ log = logging.getLogger("recipes")
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 DEFAULT_URL = "~/.local/share/recipes/repo"
+SCHEMES = ("file", "local", "s3", "s3a")
+"""The URL schemes a repository may have (a plain path is a local folder): the storage this
+program's failures, atomic writes and locks are made for."""
 
 
 ID_TIME = "%Y%m%dT%H%M%SZ"
@@ -56,6 +61,14 @@ def safe_name(text: str) -> str:
 
 
 @attrs.frozen
+class Unreadable:
+    """A manifest or signature that is there but cannot be a file's bytes (a folder in its
+    place): its snapshot is listed as damaged, like one whose manifest is garbled."""
+
+    reason: str
+
+
+@attrs.frozen
 class Listed:
     """A committed snapshot as read: its manifest, the exact bytes it was parsed from, its
     signature (None when the snapshot has none) and where it lies, for ``trust.check``."""
@@ -78,13 +91,16 @@ def _listing_order(path: str) -> tuple[str, str]:
     return path.rsplit("/", 2)[-2], path
 
 
-def _read_if_there(path: str) -> bytes | None:
-    """A whole small file's bytes, or None when it is absent (removed meanwhile, or never written)."""
+def _read_if_there(path: str) -> bytes | Unreadable | None:
+    """A whole small file's bytes, or None when it is absent (removed meanwhile, or never
+    written); ``Unreadable`` when a folder is in its place."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        return Unreadable(f"{path.rsplit('/', 1)[-1]} is a folder, not a file")
 
 
 def _subdirs(path: str, only: str | None) -> list[str]:
@@ -100,13 +116,13 @@ def _subdirs(path: str, only: str | None) -> list[str]:
         return []
 
 
-def _scan_local(root: str, recipe: str | None, host: str | None) -> dict[str, bytes | None]:
+def _scan_local(root: str, recipe: str | None, host: str | None) -> dict[str, bytes | Unreadable | None]:
     """Every ``root/RECIPE/HOST/SNAPSHOT/manifest.json`` of a local folder with its bytes, and the
     ``manifest.sig`` beside each (None when absent): what ``glob`` then ``cat_many`` return, in
     one walk. A folder without a manifest (a run still writing, or killed) is left out."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(root)
-    out: dict[str, bytes | None] = {}
+    if not stat.S_ISDIR(os.stat(root).st_mode):  # absent: FileNotFoundError (no snapshots yet)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), root)
+    out: dict[str, bytes | Unreadable | None] = {}
     for r in _subdirs(root, recipe):
         for h in _subdirs(f"{root}/{r}", host):
             for s in _subdirs(f"{root}/{r}/{h}", None):
@@ -116,6 +132,47 @@ def _scan_local(root: str, recipe: str | None, host: str | None) -> dict[str, by
                     out[base + MANIFEST] = raw
                     out[base + SIGNATURE] = _read_if_there(base + SIGNATURE)
     return out
+
+
+class DamagedSnapshot(VerifyError):
+    """The snapshot asked for (by id, prefix or as the latest) has a manifest that cannot be read."""
+
+    def __init__(self, message: str, entry: str) -> None:
+        super().__init__(message)
+        self.entry = entry  # as in ``listed``'s damaged list: ``recipe/host/snapshot: reason``
+
+
+def choose(
+    found: list[Listed], damaged: list[str], snapshot: str, where: str, listing: str, latest: bool = True
+) -> Listed:
+    """The one snapshot whose id starts with ``snapshot``, or the newest for ``latest`` (when
+    ``latest`` allows it), among ``found`` and the ``damaged`` entries of the same listing. A
+    damaged one chosen is never passed over for another: ``DamagedSnapshot`` (exit 3) names it,
+    as ``verify --all`` does. ``where`` ("of django@web1", "in URL") and ``listing`` (the
+    command that lists them) word the errors."""
+    bad = {entry.split(": ", 1)[0].rsplit("/", 1)[-1]: entry for entry in damaged}
+    if latest and snapshot == "latest":
+        newest = found[-1].snapshot_dir if found else ""
+        late = max((sid for sid in bad if sid > newest), default=None)
+        if late is not None:
+            raise DamagedSnapshot(
+                f"the latest snapshot {where} is damaged: {bad[late]} (damaged manifest); pass "
+                f"--snapshot ID to use an older one explicitly (`{listing}` lists them)",
+                bad[late],
+            )
+        if not found:
+            raise RepositoryError(f"no snapshot {where}: run `{listing}` to see what is there")
+        return found[-1]
+    matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
+    broken = [sid for sid in bad if sid.startswith(snapshot)]
+    if not matches and len(broken) == 1:
+        raise DamagedSnapshot(f"{bad[broken[0]]} (damaged manifest)", bad[broken[0]])
+    if len(matches) + len(broken) != 1:
+        raise RepositoryError(
+            f"snapshot {snapshot!r} matches {len(matches) + len(broken)} snapshots {where}: "
+            f"run `{listing}` and give more of its id"
+        )
+    return matches[0]
 
 
 class Repository:
@@ -129,7 +186,13 @@ class Repository:
         self.url = url
         expanded = os.path.expanduser(url) if "://" not in url else url
         opts = dict(options or {})
-        s3 = expanded.split("://", 1)[0] in ("s3", "s3a")
+        scheme = expanded.split("://", 1)[0] if "://" in expanded else "file"
+        if scheme not in SCHEMES:
+            raise ConfigError(
+                f"repository {url}: {scheme}:// is not a supported repository URL: give a local "
+                "folder (a path or file:///path) or s3://bucket/prefix"
+            )
+        s3 = scheme in ("s3", "s3a")
         if s3:  # timeouts and bounded retries by default; [repository] options override them
             opts = storage.s3_options(opts)
         try:
@@ -194,7 +257,7 @@ class Repository:
         pattern = self._path(
             safe_name(recipe) if recipe else "*", safe_name(host) if host else "*", "*", MANIFEST
         )
-        blobs: dict[str, bytes | None]
+        blobs: dict[str, bytes | Unreadable | None]
         try:
             if self.local:  # one scandir walk and plain reads: fsspec's glob costs 10x more
                 blobs = self.fs.call(
@@ -208,7 +271,7 @@ class Repository:
                 paths = sorted(self.fs.glob(pattern), key=_listing_order)
                 # Every manifest and signature in one call: S3 fetches them concurrently.
                 wanted = [p for path in paths for p in (path, _beside(path, SIGNATURE))]
-                blobs = self.fs.cat_many(wanted) if wanted else {}
+                blobs = dict(self.fs.cat_many(wanted)) if wanted else {}
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -234,13 +297,21 @@ class Repository:
         return self._parse_listed(path, raw, self._read_bytes(_beside(path, SIGNATURE)), damaged)
 
     def _parse_listed(
-        self, path: str, raw: bytes | None, signature: bytes | None, damaged: list[str] | None
+        self,
+        path: str,
+        raw: bytes | Unreadable | None,
+        signature: bytes | Unreadable | None,
+        damaged: list[str] | None,
     ) -> Listed | None:
         """A snapshot from its manifest's and signature's bytes (None: no manifest, or damaged)."""
         if raw is None:  # removed between the listing and the read
             return None
         recipe_dir, host_dir, snapshot_dir = path.rsplit("/", 4)[-4:-1]
         try:
+            if isinstance(raw, Unreadable):
+                raise ValueError(raw.reason)
+            if isinstance(signature, Unreadable):
+                raise ValueError(signature.reason)
             manifest = mf.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             where = f"{recipe_dir}/{host_dir}/{snapshot_dir}"
@@ -250,8 +321,11 @@ class Repository:
             return None
         return Listed(manifest, raw, signature, recipe_dir, host_dir, snapshot_dir)
 
-    def _read_bytes(self, path: str) -> bytes | None:
+    def _read_bytes(self, path: str) -> bytes | Unreadable | None:
+        """A manifest's or signature's bytes (None: absent; ``Unreadable``: a folder in its place)."""
         try:
+            if self.local:  # as the listing reads it
+                return self.fs.call(f"read {path}", lambda: _read_if_there(path))
             with self.fs.open(path, "rb") as fh:
                 data: bytes = fh.read()
                 return data
@@ -269,22 +343,16 @@ class Repository:
         return item.manifest if item is not None else None
 
     def find_listed(self, recipe: str, host: str | None, snapshot: str = "latest") -> Listed:
-        """The snapshot of recipe (at host, or any host) with this id or unique prefix, or the latest."""
-        found = self.listed(recipe, host)
+        """The snapshot of recipe (at host, or any host) with this id or unique prefix, or the
+        latest; ``DamagedSnapshot`` when that is one whose manifest cannot be read."""
+        damaged: list[str] = []
+        found = self.listed(recipe, host, damaged)
         where = f"{recipe}@{host}" if host else recipe
-        if not found:
+        if not found and not damaged:
             raise RepositoryError(
                 f"no snapshot of {where} in {self.url}: run `recipes snapshots` to see what is there"
             )
-        if snapshot == "latest":
-            return found[-1]
-        matches = [item for item in found if item.manifest.snapshot.startswith(snapshot)]
-        if len(matches) != 1:
-            raise RepositoryError(
-                f"snapshot {snapshot!r} matches {len(matches)} snapshots of {where}: "
-                f"run `recipes snapshots {recipe}` and give more of its id"
-            )
-        return matches[0]
+        return choose(found, damaged, snapshot, f"of {where}", f"recipes snapshots {recipe}")
 
     def find(self, recipe: str, host: str, snapshot: str = "latest") -> mf.Manifest:
         """The manifest of ``find_listed`` (not yet checked: see ``trust.Trust``)."""
@@ -390,6 +458,10 @@ class Repository:
             fh = self.fs.open(path, "rb", block_size=block_size)
         except FileNotFoundError as exc:
             raise RepositoryError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
+        except RepositoryError:
+            if self.local:  # a folder in its place: the same verdict (exit 3) as its size gives
+                self.check_sizes(m, [obj])
+            raise
         with fh:
             yield fh
 

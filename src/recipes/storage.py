@@ -445,7 +445,31 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
                 "run as a user that may write there, or fix the directory's owner and mode",
                 transient=False,
             )
+        # A local repository with the wrong kind of entry in a place (what another tool or a
+        # hand left there): say which path and that it is to be moved away, never retried.
+        if num == errno.ENOTDIR:
+            return Failure(
+                f"{_file_in_the_way(str(exc.filename or ''))} is a file where a folder must be",
+                "move that file away, or point --repo / [repository] url at a folder",
+                transient=False,
+            )
+        if num == errno.EISDIR:
+            return Failure(
+                f"{exc.filename or 'a path'} is a folder where a file must be",
+                "move that folder away (recipes never makes one there)",
+                transient=False,
+            )
     return None
+
+
+def _file_in_the_way(path: str) -> str:
+    """The nearest of ``path`` and its parents that is there but no folder (ENOTDIR's cause)."""
+    here = path
+    while here and here != os.path.dirname(here):
+        if os.path.lexists(here) and not os.path.isdir(here):
+            return here
+        here = os.path.dirname(here)
+    return path or "a path"
 
 
 class GuardedFS:

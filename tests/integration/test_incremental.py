@@ -304,5 +304,6 @@ finally:
         stdin=subprocess.DEVNULL,
     )
     assert out.returncode == 0, out.stderr
-    assert "failed: cannot write to repository" in out.stdout, out.stdout + out.stderr
+    assert f"failed: repository {world.repo}: write {blocker}/" in out.stdout, out.stdout + out.stderr
+    assert f"{blocker} is a file where a folder must be" in out.stdout  # the file in the way, named
     assert "left: []" in out.stdout, out.stdout

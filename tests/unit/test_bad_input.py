@@ -400,10 +400,13 @@ def test_snapshots_skips_a_damaged_manifest_and_lists_the_good_one(
     as_json = json.loads(run("--json", "snapshots", "--repo", str(repo)).output)
     assert [d["snapshot"] for d in as_json if "damaged" not in d] == [GOOD_MANIFEST.snapshot]
     assert len([d for d in as_json if "damaged" in d]) == 2
-    # the latest good snapshot is still found for a restore
-    from recipes.repository import Repository
+    # a restore of "latest" refuses the damaged newest one (never an older one in its place);
+    # the good one is still found by its id
+    from recipes.repository import DamagedSnapshot, Repository
 
-    assert Repository(str(repo)).find("django", "local").snapshot == GOOD_MANIFEST.snapshot
+    with pytest.raises(DamagedSnapshot, match="latest snapshot of django@local is damaged"):
+        Repository(str(repo)).find("django", "local")
+    assert Repository(str(repo)).find("django", "local", GOOD_MANIFEST.snapshot) == GOOD_MANIFEST
 
 
 def test_deep_merge_keeps_the_config_table(tmp_path: Path) -> None:

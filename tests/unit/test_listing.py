@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from bench import nightly
 from recipes import manifest as mf
 from recipes import signing
-from recipes.repository import Listed, Repository
+from recipes.errors import RepositoryError
+from recipes.repository import DamagedSnapshot, Listed, Repository
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -91,13 +92,43 @@ def test_an_unreadable_repository_is_one_line(tmp_path: Path) -> None:
 
     from recipes.errors import RepositoryError
 
-    if os.geteuid() == 0:  # root reads anything: a manifest that is a directory instead
-        (tmp_path / "django" / "web1" / "20261122T101500Z-abcdef" / "manifest.json").mkdir(parents=True)
+    if os.geteuid() == 0:  # root reads anything: a manifest that is a symlink loop instead
+        snap = tmp_path / "django" / "web1" / "20261122T101500Z-abcdef"
+        snap.mkdir(parents=True)
+        (snap / "manifest.json").symlink_to(snap / "manifest.json")
     else:
         (tmp_path / "django").mkdir()
         (tmp_path / "django").chmod(0)
     with pytest.raises(RepositoryError, match="repository"):
         Repository(str(tmp_path)).listed()
+
+
+def test_a_folder_in_place_of_a_manifest_or_signature_is_damaged_not_a_failed_listing(tmp_path: Path) -> None:
+    """Listed, loaded by id and chosen alike: the snapshot is damaged; the others are listed."""
+    key = signing.generate_signing_key(tmp_path / "signing", "test")
+    repo = tmp_path / "repo"
+    manifests = nightly.chain_of(3, dt.datetime.now(dt.UTC))
+    nightly.write_local(repo, manifests, key)
+    snaps = sorted((repo / "django" / "web1").iterdir())
+    for snap, name in ((snaps[1], "manifest.json"), (snaps[2], "manifest.sig")):
+        (snap / name).unlink()
+        (snap / name).mkdir()
+    r = Repository(str(repo))
+    damaged: list[str] = []
+    assert [i.snapshot_dir for i in r.listed(None, None, damaged)] == [snaps[0].name]
+    assert damaged == [
+        f"django/web1/{snaps[1].name}: manifest.json is a folder, not a file",
+        f"django/web1/{snaps[2].name}: manifest.sig is a folder, not a file",
+    ]
+    assert r.load_listed("django", "web1", snaps[2].name) is None  # as a garbled one: None
+    with pytest.raises(DamagedSnapshot, match="the latest snapshot of django@web1 is damaged") as info:
+        r.find_listed("django", "web1")
+    assert info.value.exit_code == 3 and info.value.entry == damaged[1]
+    with pytest.raises(DamagedSnapshot, match=f"{snaps[1].name}: manifest.json is a folder"):
+        r.find_listed("django", "web1", snaps[1].name[:20])
+    assert r.find_listed("django", "web1", snaps[0].name).snapshot_dir == snaps[0].name
+    with pytest.raises(RepositoryError, match="matches 3 snapshots"):  # two of them damaged
+        r.find_listed("django", "web1", snaps[0].name[:4])
 
 
 GOOD = json.loads(mf.dumps(nightly.synthetic(3, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "p", 1)))

@@ -122,6 +122,25 @@ def test_unreadable_lock_file_refuses_with_one_line(tmp_path: Path) -> None:
     assert "unreadable lock file" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_file_or_folder_in_the_way_of_a_lock_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A file where the locks folder goes (EEXIST from makedirs, never taken for a held lock), a
+    folder where the lock file goes, a repository under a file: a RepositoryError naming the path."""
+    from recipes.errors import RepositoryError
+
+    (tmp_path / "locks").write_text("x\n")
+    with pytest.raises(RepositoryError, match=f"{tmp_path}/locks is a file where a folder must be"):
+        locks.acquire(Repository(str(tmp_path)), "django", "web1")
+    (tmp_path / "locks").unlink()
+    (lock_file(tmp_path) / "stray").mkdir(parents=True)
+    with pytest.raises(RepositoryError, match=f"{lock_file(tmp_path)} is a folder where a file must be"):
+        locks.acquire(Repository(str(tmp_path)), "django", "web1")
+    under = Repository(str(tmp_path / "locks" / "django@web1" / "stray" / "f" / "repo"))
+    (tmp_path / "locks" / "django@web1" / "stray" / "f").write_text("a file")
+    with pytest.raises(RepositoryError, match="stray/f is a file where a folder must be") as info:
+        locks.acquire(under, "django", "web1")
+    assert "\n" not in str(info.value) and "move that file away" in str(info.value)
+
+
 def test_a_dead_holder_on_this_controller_is_gone_but_not_one_elsewhere_or_alive() -> None:
     import os
 
