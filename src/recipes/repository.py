@@ -28,9 +28,9 @@ log = logging.getLogger("recipes")
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 DEFAULT_URL = "~/.local/share/recipes/repo"
-SCHEMES = ("file", "local", "s3", "s3a")
-"""The URL schemes a repository may have (a plain path is a local folder): the storage this
-program's failures, atomic writes and locks are made for."""
+TESTED = ("file", "local", "s3", "s3a")
+"""The URL schemes the test suite runs a repository on (a plain path is a local folder); any
+other fsspec URL is accepted as the design says, and failing to open it is one line."""
 
 
 ID_TIME = "%Y%m%dT%H%M%SZ"
@@ -187,12 +187,9 @@ class Repository:
         expanded = os.path.expanduser(url) if "://" not in url else url
         opts = dict(options or {})
         scheme = expanded.split("://", 1)[0] if "://" in expanded else "file"
-        if scheme not in SCHEMES:
-            raise ConfigError(
-                f"repository {url}: {scheme}:// is not a supported repository URL: give a local "
-                "folder (a path or file:///path) or s3://bucket/prefix"
-            )
         s3 = scheme in ("s3", "s3a")
+        if s3 and not expanded.split("://", 1)[1].split("/", 1)[0]:
+            raise ConfigError(f"repository {url}: no bucket in the URL; give s3://BUCKET/prefix")
         if s3:  # timeouts and bounded retries by default; [repository] options override them
             opts = storage.s3_options(opts)
         try:
@@ -200,6 +197,17 @@ class Repository:
         except (ImportError, ValueError, TypeError) as exc:
             reason = storage.scrub(str(exc), storage.secrets_of(opts))
             raise ConfigError(f"repository {url}: {reason}") from exc
+        except OSError as exc:  # a filesystem that connects as it is made (ftp://, sftp://)
+            reason = storage.scrub(str(exc), storage.secrets_of(opts))
+            raise RepositoryError(f"repository {url}: cannot open it: {reason}") from exc
+        except Exception as exc:  # any other fsspec filesystem refusing these arguments
+            if scheme in TESTED:
+                raise
+            reason = storage.scrub(f"{type(exc).__name__}: {exc}", storage.secrets_of(opts))
+            raise ConfigError(
+                f"repository {url}: fsspec cannot open a {scheme}:// filesystem from it ({reason}); "
+                "check the URL and [repository] options (tested: a local folder and s3://)"
+            ) from exc
         self.root = self.root.rstrip("/")
         if s3:  # the S3 model and endpoints this program calls, not all of AWS (9 MB less RSS)
             storage.lean_session(fs)

@@ -185,11 +185,28 @@ def test_an_object_replaced_by_a_folder_is_exit_3_naming_it_in_deep_verify_and_c
     assert sorted(p.name for p in (ctl.tmp / "copy/django/local").iterdir()) == [ctl.s1]  # S2 never listed
 
 
-@pytest.mark.parametrize("url", ["zip://x", "ftp://127.0.0.1:1/x"])
-def test_an_unsupported_url_scheme_is_exit_2_naming_the_supported_ones(ctl: Controller, url: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "code", "words"),
+    [
+        ("zip://x", 1, "cannot open it"),  # fsspec's zip filesystem, given no archive
+        ("ftp://127.0.0.1:1/x", 1, "cannot open it: [Errno 111] Connection refused"),
+        ("nosuchproto://x", 2, "Protocol not known"),
+        ("s3://", 2, "no bucket in the URL; give s3://BUCKET/prefix"),
+    ],
+)
+def test_a_repository_url_that_cannot_be_opened_is_one_line(
+    ctl: Controller, url: str, code: int, words: str
+) -> None:
+    """Any fsspec URL is a repository (the design's contract); one that cannot be opened is one
+    line naming it, never a traceback."""
     for args in (["snapshots"], ctl.run_args()):
-        line = ctl.fails(2, *args, "--repo", url)
-        assert url in line and "file:///path" in line and "s3://bucket/prefix" in line, line
+        line = ctl.fails(code, *args, "--repo", url)
+        assert f"repository {url}: " in line and words in line, line
+
+
+def test_any_fsspec_url_is_a_repository(ctl: Controller) -> None:
+    out = ctl.cli("snapshots", "--repo", "memory://somewhere")
+    assert out.returncode == 0 and "no snapshots in memory://somewhere" in out.stdout, out.stderr
 
 
 def test_a_damaged_snapshot_asked_for_by_id_is_exit_3_naming_it(ctl: Controller) -> None:
