@@ -54,16 +54,10 @@ def _backed_up_and_running_on_target(
     return lk, there
 
 
-def test_sigterm_mid_extract_says_partly_restored_and_that_looker_was_started_again(
-    world: World,
-    sites: tuple[Site, Site],  # noqa: F811
-    ssh_target: servers.SshHost,
-    looker_user: str,  # noqa: F811
-) -> None:
-    lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
-    big = there.home_dir / "big.bin"
+def _launch_restore(world: World, lk: LookerInstall) -> subprocess.Popen[str]:
+    """``recipes restore looker --force`` onto the target, as a process of its own."""
     args = ["restore", "looker", "--host", "target", "--from", "source", "--force", *looker_args(lk)]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "recipes", "--config", str(world.config), *args],
         cwd=ROOT,
         env=world.env(),
@@ -72,6 +66,17 @@ def test_sigterm_mid_extract_says_partly_restored_and_that_looker_was_started_ag
         text=True,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_sigterm_mid_extract_says_partly_restored_and_that_looker_was_started_again(
+    world: World,
+    sites: tuple[Site, Site],  # noqa: F811
+    ssh_target: servers.SshHost,
+    looker_user: str,  # noqa: F811
+) -> None:
+    lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
+    big = there.home_dir / "big.bin"
+    proc = _launch_restore(world, lk)
     try:
         # The target has started receiving the home: the big file is there and growing.
         _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
@@ -145,4 +150,37 @@ def test_a_failure_before_anything_is_written_claims_no_partial_restore(
     assert "still running after ./looker stop: not restoring over a live home" in line, line
     assert "PARTLY" not in line, line
     assert (there.home_dir / "looker/looker.jar").read_bytes() == before  # nothing written
+    assert status(ssh_target, there) == 0
+
+
+def test_a_connection_lost_mid_extract_says_partly_restored_and_that_looker_was_started_again(
+    world: World,
+    sites: tuple[Site, Site],  # noqa: F811
+    ssh_target: servers.SshHost,
+    looker_user: str,  # noqa: F811
+) -> None:
+    """The target's per-connection sshd processes are killed while the home is being written
+    (the TCP connection drops): the engine reconnects to start Looker again, and the one line
+    says the connection was lost, that the target is PARTLY restored and that Looker runs."""
+    lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
+    big = there.home_dir / "big.bin"
+    proc = _launch_restore(world, lk)
+    try:
+        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
+        kids = subprocess.run(["pgrep", "-P", str(ssh_target.pid)], capture_output=True, text=True).stdout
+        assert kids.split(), "expected a per-connection sshd child"
+        for kid in kids.split():
+            os.kill(int(kid), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    line = _line(err, "recipes: error:")
+    assert line.startswith("recipes: error: connection lost before the command finished; "), line
+    done = "done quiesce looker, run looker-stopped; failed extract files"
+    assert f"the target is PARTLY restored: {done}" in line, line
+    assert "start-looker" not in line, line
+    assert "started again after the failure: looker on target" in line, line
+    assert big.stat().st_size < BIG
     assert status(ssh_target, there) == 0
