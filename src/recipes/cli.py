@@ -86,11 +86,14 @@ class Group(click.Group):
             usage_error(exc)
         except KeyboardInterrupt as exc:
             # Only the engine knows whether what it stopped runs again (engine.Interrupted).
+            # A restore cut short after it began writing also says what the target holds.
             left = getattr(exc, "still_stopped", None)
+            partial = getattr(exc, "partial", "")
             if left is None:
                 click.echo("recipes: interrupted", err=True)
-            elif left:
-                click.echo(f"recipes: interrupted: {'; '.join(left)}", err=True)
+            elif left or partial:
+                said = [*left, partial] if partial else list(left)
+                click.echo(f"recipes: interrupted: {'; '.join(said)}", err=True)
             else:
                 click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)
             sys.exit(130)

@@ -195,6 +195,14 @@ class Interpreter:
             if e.id in comp.failure_only and e.id in comp.finished
         ]
 
+    def restarted(self) -> list[tuple[str, str]]:
+        """(name, host) of each stopped thing its undo started again (``looker``, ``bench``)."""
+        return [
+            (when.removeprefix("running "), host)
+            for (host, entry_id), when in self._down.items()
+            if entry_id in self.comps[host].succeeded
+        ]
+
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given every host's undo outcome."""
         error = cause

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, cast
 from recipes import buckets, chain, duplicity, keystore, progress, stream
 from recipes import manifest as mf
 from recipes.compression import Compression
-from recipes.errors import ConfigError, RepositoryError, StepFailed
+from recipes.errors import ConfigError, RecipeError, RepositoryError, StepFailed
 from recipes.execute import Interpreter
 from recipes.guard import DEADMAN_SECONDS
 from recipes.hosts import FAILED_WAIT, Host, Process, check, last_line
@@ -22,6 +22,7 @@ from recipes.plan import Plan
 from recipes.render import kind
 from recipes.repository import Repository
 from recipes.trust import Trust
+from recipes.undo import Interrupted
 
 log = logging.getLogger("recipes")
 
@@ -141,23 +142,35 @@ def restore_external(
 
 
 def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
-    """Run the restore's steps; a failure's error line says what the target holds now (or, for
-    a failure before anything reached the host, what was taken back)."""
+    """Run the restore's steps. However it ends after the first step that writes to the target
+    began (a failed step, an interrupt, a lost connection), the one line says what the target
+    holds now and what was started again on it; before that, what was taken back."""
     try:
         interp.run_steps(plan.steps)
     except BaseException as exc:
         interp.finish(succeeded=False)
         error = interp.failure(exc)
         undone = interp.undone()
+        restarted = [f"{name} on {host}" for name, host in interp.restarted()]
         if isinstance(error, duplicity.BeforeHost):
             back = f"; taken back after the failure: {', '.join(undone)}" if undone else ""
             raise StepFailed(f"{error}{back}") from exc
-        if isinstance(error, StepFailed) and interp.records:
-            raise StepFailed(
-                f"{error}; {_partial_state(plan, interp.records, len(interp.records), undone)}"
-            ) from exc
+        at = len(interp.records)
+        if at < _first_write(plan):
+            # Nothing reached the target: no partial state, only what was put back as it was.
+            if isinstance(error, RecipeError) and undone:
+                raise type(error)(f"{error}{_after(undone, (), 'the failure')}") from exc
+            if error is exc or error is None:
+                raise
+            raise error from exc
+        if isinstance(error, KeyboardInterrupt):
+            state = _partial_state(plan, interp.records, at, undone, restarted, interrupted=True)
+            raise Interrupted(tuple(getattr(error, "still_stopped", ())), state) from exc
+        if isinstance(error, RecipeError):
+            state = _partial_state(plan, interp.records, at, undone, restarted)
+            raise type(error)(f"{error}; {state}") from exc
         if error is exc or error is None:
-            raise
+            raise  # a bug: its traceback, not a line
         raise error from exc
     interp.finish(succeeded=True)
     if (error := interp.failure(None)) is not None:
@@ -165,22 +178,55 @@ def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
     return interp.records
 
 
-def _partial_state(plan: Plan, done: list[mf.StepRecord], failed_at: int, undone: Sequence[str] = ()) -> str:
-    """What a restore that failed part way left on the target, for its error line; ``undone``:
-    what was taken back after the failure (a moved-aside DATA_DIR moved back over what was
-    extracted into it)."""
+def _first_write(plan: Plan) -> int:
+    """Index of the first step that moves bytes onto the target (what runs before it only stops,
+    checks or moves aside); every step counts when none does."""
+    for i, step in enumerate(plan.steps):
+        if any(isinstance(op, Transfer) for op in step.ops()):
+            return i
+    return 0
+
+
+def _after(undone: Sequence[str], restarted: Sequence[str], why: str) -> str:
+    """``; taken back after <why>: ...; started again after <why>: ...`` (what the undo did)."""
+    return (f"; taken back after {why}: {', '.join(undone)}" if undone else "") + (
+        f"; started again after {why}: {', '.join(restarted)}" if restarted else ""
+    )
+
+
+def _partial_state(
+    plan: Plan,
+    done: list[mf.StepRecord],
+    failed_at: int,
+    undone: Sequence[str] = (),
+    restarted: Sequence[str] = (),
+    interrupted: bool = False,
+) -> str:
+    """What a restore that stopped part way left on the target, for its error line: the steps
+    done, the one under way, those not run (less a start step the undo did in its place),
+    ``undone`` (a moved-aside DATA_DIR moved back) and ``restarted`` (what runs again on it)."""
     failed = plan.steps[failed_at] if failed_at < len(plan.steps) else plan.steps[-1]
-    rest = [s.name for s in plan.steps[failed_at + 1 :]]
+    started = {r.split(" on ", 1)[0] for r in restarted}
+    rest = [
+        f"{kind(s)} {s.name}"
+        for s in plan.steps[failed_at + 1 :]
+        if s.name.removeprefix("start-") not in started
+    ]
+    why = "the interruption" if interrupted else "the failure"
+    if undone:
+        fix = " (what was there before is back; fix the cause and restore again)"
+    elif restarted:
+        fix = " (it runs on the partly restored files: fix the cause and restore again with --force)"
+    else:
+        fix = " (fix the cause and restore again with --force)"
     return (
-        f"the target is PARTLY restored: done {', '.join(f'{r.kind} {r.name}' for r in done)}; "
-        f"failed {kind(failed)} {failed.name}"
+        "the target is PARTLY restored: "
+        + (f"done {', '.join(f'{r.kind} {r.name}' for r in done)}; " if done else "")
+        + ("interrupted during" if interrupted else "failed")
+        + f" {kind(failed)} {failed.name}"
         + (f"; not run {', '.join(rest)}" if rest else "")
-        + (f"; taken back after the failure: {', '.join(undone)}" if undone else "")
-        + (
-            " (what was there before is back; fix the cause and restore again)"
-            if undone
-            else " (fix the cause and restore again with --force)"
-        )
+        + _after(undone, restarted, why)
+        + fix
     )
 
 

@@ -19,11 +19,14 @@ UNDO_BUDGET = 60.0
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM/SIGHUP during a run, with what could not be started again (empty: all was)."""
+    """SIGINT/SIGTERM/SIGHUP during a run, with what could not be started again (empty: all was)
+    and, for a restore cut short after it began writing, what the target holds (``partial``)."""
 
-    def __init__(self, still_stopped: tuple[str, ...]) -> None:
-        super().__init__("; ".join(still_stopped) or "everything that was stopped was started again")
+    def __init__(self, still_stopped: tuple[str, ...], partial: str = "") -> None:
+        said = "; ".join(still_stopped) or "everything that was stopped was started again"
+        super().__init__(f"{said}; {partial}" if partial else said)
         self.still_stopped = still_stopped
+        self.partial = partial
 
 
 class Compensation:
@@ -45,6 +48,8 @@ class Compensation:
         self.failure_only: set[int] = set()
         self.finished: dict[int, float] = {}
         """time.monotonic() when each undo that ran finished (for downtime)."""
+        self.succeeded: set[int] = set()
+        """Ids of the undos whose command exited 0 (what was really started again)."""
         self._reported: set[int] = set()
 
     def register(self, undo: Undo, on: str = "always") -> Entry:
@@ -150,6 +155,7 @@ class Compensation:
                 attempt += 1
         self.finished[entry.id] = time.monotonic()
         if result.exit_status == 0:
+            self.succeeded.add(entry.id)
             log.info("undo %s on %s: done", what, self.host.name)
         elif result.exit_status == TAKEN_BY_GUARD:
             when, _, status = result.stdout.decode("utf-8", "replace").strip().partition(" exit=")
