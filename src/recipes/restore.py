@@ -159,7 +159,7 @@ def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
         if at < _first_write(plan):
             # Nothing reached the target: no partial state, only what was put back as it was.
             if isinstance(error, RecipeError) and undone:
-                raise type(error)(f"{error}{_after(undone, (), 'the failure')}") from exc
+                raise _said(error, f"{error}{_after(undone, (), 'the failure')}") from exc
             if error is exc or error is None:
                 raise
             raise error from exc
@@ -168,7 +168,7 @@ def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
             raise Interrupted(tuple(getattr(error, "still_stopped", ())), state) from exc
         if isinstance(error, RecipeError):
             state = _partial_state(plan, interp.records, at, undone, restarted)
-            raise type(error)(f"{error}; {state}") from exc
+            raise _said(error, f"{error}; {state}") from exc
         if error is exc or error is None:
             raise  # a bug: its traceback, not a line
         raise error from exc
@@ -176,6 +176,15 @@ def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
     if (error := interp.failure(None)) is not None:
         raise error
     return interp.records
+
+
+def _said(error: RecipeError, text: str) -> RecipeError:
+    """``error``'s class (so its exit code) with ``text``; a StepFailed when that class takes
+    more than a message."""
+    try:
+        return type(error)(text)
+    except TypeError:
+        return StepFailed(text)
 
 
 def _first_write(plan: Plan) -> int:
