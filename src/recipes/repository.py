@@ -481,6 +481,8 @@ class SnapshotWriter:
         self.repo = repo
         self.path = path
         self.snapshot = snapshot
+        self.manifest_sent = False
+        """The manifest's write began: it may be there even if it failed (an answer lost)."""
 
     @contextlib.contextmanager
     def open(self, relpath: str) -> Iterator[BinaryIO]:
@@ -513,6 +515,7 @@ class SnapshotWriter:
         them as they were signed)."""
         if signature is not None:
             self._put(SIGNATURE, signature)
+        self.manifest_sent = True
         self._put(MANIFEST, manifest)
 
     def _put(self, name: str, data: bytes) -> None:
@@ -532,11 +535,23 @@ class SnapshotWriter:
     def abort(self) -> None:
         """Remove what was written; the snapshot never had a manifest, so it was never listed.
 
-        Best effort (one try when the storage already failed); what stays is invisible anyway.
+        Best effort (one try when the storage already failed); what stays is invisible anyway,
+        unless the manifest's write failed only in its answer: then the manifest goes first (the
+        snapshot is unlisted before anything else goes), and if it cannot, the warning says so.
         """
         try:
+            if self.manifest_sent:
+                with contextlib.suppress(FileNotFoundError):
+                    self.repo.fs.rm_file(f"{self.path}/{MANIFEST}")
             self.repo.fs.rm(self.path, recursive=True)
         except FileNotFoundError:
             pass
         except Exception as exc:
-            log.warning("could not remove the unfinished snapshot %s: %s", self.path, exc)
+            maybe = (
+                f"; its manifest may have been written all the same (the answer to it was lost): "
+                f"if `recipes snapshots` lists {self.snapshot}, check it with `recipes verify "
+                f"{self.snapshot}` (a verified snapshot is complete) or remove {self.path}"
+                if self.manifest_sent
+                else ""
+            )
+            log.warning("could not remove the unfinished snapshot %s: %s%s", self.path, exc, maybe)

@@ -231,3 +231,36 @@ def test_a_lost_complete_whose_object_is_not_ours_fails_the_write(
         for i in range(0, len(data), 1 << 16):
             fh.write(data[i : i + (1 << 16)])
     assert proxy.queue == []
+
+
+def test_a_manifest_whose_answer_was_lost_goes_first_or_the_warning_says_it_may_be_there(
+    proxy: FaultyS3, s3_server: servers.S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server wrote the manifest but its answer was lost, and every try after fails: the
+    snapshot is committed though the run failed. The clean-up removes the manifest first; when
+    it cannot, its warning says the snapshot may be there and how to tell."""
+    repo = repository(proxy.endpoint, s3_bucket)
+    writer = write_snapshot(repo)
+    proxy.only, proxy.queue = "/manifest.json", ["lost"] + ["500"] * 40
+    with pytest.raises(RepositoryError):
+        writer.commit_raw(b'{"not": "checked here"}', b"sig")
+    assert stored(s3_server, f"{writer.path}/manifest.json").exists()  # the lost write landed
+    with caplog.at_level("WARNING", logger="recipes"):
+        writer.abort()
+    assert stored(s3_server, f"{writer.path}/manifest.json").exists()  # its delete failed too
+    (warning,) = [r.getMessage() for r in caplog.records if "unfinished snapshot" in r.getMessage()]
+    assert "its manifest may have been written all the same" in warning
+    assert f"recipes verify {writer.snapshot}" in warning
+    proxy.queue = []  # the endpoint answers again: the clean-up removes the manifest first
+    writer.abort()
+    assert not stored(s3_server, writer.path).exists()
+    deletes = [line for line in proxy.seen if line.startswith("DELETE") and "/manifest.json" in line]
+    assert deletes, proxy.seen
+
+
+def write_snapshot(repo: Repository) -> Any:
+    """A snapshot writer with one small object written (no manifest yet)."""
+    writer = repo.begin("django", "web1")
+    with writer.open("files.tar.zst.age") as fh:
+        fh.write(os.urandom(1000))
+    return writer
