@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from recipes.errors import ConfigError, RecipeError
+from recipes.errors import ConfigError, RecipeError, masked
 from recipes.output import Output, human_size
 
 log = logging.getLogger("recipes")
@@ -50,7 +50,7 @@ def one_line(text: str) -> str:
 
 
 def fail(exc: RecipeError) -> NoReturn:
-    click.echo(f"recipes: error: {one_line(str(exc))}", err=True)
+    click.echo(f"recipes: error: {masked(one_line(str(exc)))}", err=True)
     sys.exit(exc.exit_code)
 
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+# ``scheme://user:password@host``: the password part of a URL's user info.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*):[^\s/@]+@")
+
+
+def masked(text: str) -> str:
+    """``text`` with every URL's password shown as ``***`` (``ftp://me:***@host/x``)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
 
 class RecipeError(Exception):
     """An expected failure with a one-line message for the operator."""

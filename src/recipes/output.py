@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from recipes import progress
+from recipes.errors import masked
 
 if TYPE_CHECKING:
     from recipes import manifest as mf
@@ -33,7 +34,8 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"
 
 
 def redact(text: str) -> str:
-    """``text`` without S3 signatures, credentials or session tokens (for -vv debug lines)."""
+    """``text`` without S3 signatures, credentials, session tokens or URL passwords."""
+    text = masked(text)
     for pattern, repl in _SIGNED:
         text = pattern.sub(repl, text)
     for name in _SECRET_ENV:
@@ -47,11 +49,14 @@ class _Redacting(logging.Filter):
     """Scrubs each record our handlers write (libraries' debug lines quote signed requests)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.INFO or not record.name.startswith("recipes"):
-            message = record.getMessage()
-            clean = redact(message)
-            if clean != message:
-                record.msg, record.args = clean, None
+        message = record.getMessage()
+        clean = (
+            redact(message)
+            if record.levelno < logging.INFO or not record.name.startswith("recipes")
+            else masked(message)
+        )
+        if clean != message:
+            record.msg, record.args = clean, None
         return True
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import attrs
 
 from recipes import manifest as mf
-from recipes.errors import ConfigError, RepositoryError, VerifyError
+from recipes.errors import ConfigError, RepositoryError, VerifyError, masked
 
 if TYPE_CHECKING:
     from recipes import locks
@@ -175,6 +175,17 @@ def choose(
     return matches[0]
 
 
+def url_passwords(url: str) -> tuple[str, ...]:
+    """The password in ``url``'s user info (``ftp://me:PASSWORD@host``), to scrub from messages."""
+    import urllib.parse
+
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password,) if password else ()
+
+
 class Repository:
     """A repository at an fsspec URL (a plain path means a local folder)."""
 
@@ -183,8 +194,8 @@ class Repository:
 
         from recipes import arenas, storage
 
-        self.url = url
         expanded = os.path.expanduser(url) if "://" not in url else url
+        self.url = url = masked(url)  # what messages show: a password in the URL as ***
         opts = dict(options or {})
         scheme = expanded.split("://", 1)[0] if "://" in expanded else "file"
         s3 = scheme in ("s3", "s3a")
@@ -195,15 +206,17 @@ class Repository:
         try:
             fs, self.root = fsspec.core.url_to_fs(expanded, **opts)
         except (ImportError, ValueError, TypeError) as exc:
-            reason = storage.scrub(str(exc), storage.secrets_of(opts))
+            reason = storage.scrub(str(exc), storage.secrets_of(opts) + url_passwords(expanded))
             raise ConfigError(f"repository {url}: {reason}") from exc
         except OSError as exc:  # a filesystem that connects as it is made (ftp://, sftp://)
-            reason = storage.scrub(str(exc), storage.secrets_of(opts))
+            reason = storage.scrub(str(exc), storage.secrets_of(opts) + url_passwords(expanded))
             raise RepositoryError(f"repository {url}: cannot open it: {reason}") from exc
         except Exception as exc:  # any other fsspec filesystem refusing these arguments
             if scheme in TESTED:
                 raise
-            reason = storage.scrub(f"{type(exc).__name__}: {exc}", storage.secrets_of(opts))
+            reason = storage.scrub(
+                f"{type(exc).__name__}: {exc}", storage.secrets_of(opts) + url_passwords(expanded)
+            )
             raise ConfigError(
                 f"repository {url}: fsspec cannot open a {scheme}:// filesystem from it ({reason}); "
                 "check the URL and [repository] options (tested: a local folder and s3://)"
@@ -213,7 +226,8 @@ class Repository:
             storage.lean_session(fs)
             arenas.fewer_arenas()
         self.local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-        self.fs = storage.GuardedFS(fs, url, storage.secrets_of(opts))
+        secrets = storage.secrets_of(opts) + url_passwords(expanded)
+        self.fs = storage.GuardedFS(fs, url, secrets)
         if s3:  # once per repository: never let a write create a mistyped bucket
             self.fs.check_bucket(self.root.split("/", 1)[0])
 

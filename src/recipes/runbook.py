@@ -26,7 +26,7 @@ from recipes import breakglass, ops
 from recipes import manifest as mf
 from recipes import render as rendering
 from recipes.compression import DEFAULT_COMPRESSION, Compression
-from recipes.errors import ConfigError
+from recipes.errors import ConfigError, masked
 from recipes.model import Command, sh
 from recipes.plan import Plan, backup_plan, options_of, restore_plan
 from recipes.recipe import Recipe
@@ -115,7 +115,7 @@ def settings_of(cfg: Any, host: str, repo: str | None = None) -> Settings:
     retention = {k: v for k, v in attrs.asdict(cfg.retention).items() if v is not None}
     h = cfg.hosts.get(host)
     return Settings(
-        repo_url=cfg.repository_url(repo),
+        repo_url=masked(cfg.repository_url(repo)),  # a password in the URL never reaches a runbook
         config_path=cfg.path,
         identity_file=cfg.repository.identity_file or DEFAULT_IDENTITY,
         signing_key=cfg.repository.signing_key or DEFAULT_SIGNING_KEY,

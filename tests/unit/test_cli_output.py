@@ -236,3 +236,22 @@ def test_a_command_is_logged_masked_for_verbose(caplog: Any, monkeypatch: Any) -
     lines = [r.getMessage() for r in caplog.records if r.name == "recipes.commands"]
     assert lines == ["run on local: PGPASSWORD=*** true"]
     assert "hunter2" not in caplog.text
+
+
+def test_a_password_in_a_repository_url_is_never_shown(tmp_path: Path) -> None:
+    """Errors, logs and runbooks show ``ftp://me:***@host``; the URL still reaches fsspec whole."""
+    url = "ftp://me:SeCrEt-42@127.0.0.1:1/repo"
+    listed = _cli(tmp_path, "snapshots", "--repo", url)
+    assert listed.returncode == 1 and "ftp://me:***@127.0.0.1:1/repo" in listed.stderr, listed.stderr
+    in_memory = "memory://me:SeCrEt-42@x/repo"  # opens without a server: the runbook renders
+    book = _cli(tmp_path, "-v", "runbook", "django", "--host", "local", "--repo", in_memory)
+    assert book.returncode == 0 and "memory://me:***@x/repo" in book.stdout, book.stderr
+    for out in (listed, book):
+        assert "SeCrEt-42" not in out.stdout + out.stderr
+
+
+def test_masked_hides_only_the_password_of_each_url() -> None:
+    from recipes.errors import masked
+
+    text = "a http://u:p4ss@h:1/x and s3://k:s3cr%2Fet@b/p, user@host:22 and me@example.org stay"
+    assert masked(text) == "a http://u:***@h:1/x and s3://k:***@b/p, user@host:22 and me@example.org stay"
