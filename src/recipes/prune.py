@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 from typing import Any
 
 import attrs
 
 from recipes import retention
+from recipes.errors import RepositoryError
 from recipes.locks import LOCKS
 from recipes.repository import ID_TIME, MANIFEST, SIGNATURE, SNAPSHOT_ID, Repository, safe_name
 from recipes.trust import Trust
@@ -68,6 +70,11 @@ class Report:
 
 def pairs(repo: Repository, recipe: str | None = None, host: str | None = None) -> list[tuple[str, str]]:
     """Every recipe@host folder in the repository (as stored: safe names), sorted."""
+    if repo.local and os.path.isfile(repo.root):  # ls would list the file itself: "no snapshots"
+        raise RepositoryError(
+            f"repository {repo.url}: {repo.root} is a file where a folder must be; move that file "
+            "away, or point --repo / [repository] url at a folder"
+        )
     found = []
     for recipe_dir in _dirs(repo, repo.root):
         name = recipe_dir.rsplit("/", 1)[-1]

@@ -143,6 +143,7 @@ def test_a_folder_manifest_under_another_recipe_breaks_no_whole_repository_comma
     [
         ("repo-is-a-file", "run", "afile", "is a file where a folder must be"),
         ("repo-is-a-file", "snapshots", "afile", "is a file where a folder must be"),
+        ("repo-is-a-file", "prune", "afile", "is a file where a folder must be"),
         ("repo-under-a-file", "run", "afile", "is a file where a folder must be"),
         ("repo-under-a-file", "snapshots", "afile", "is a file where a folder must be"),
         ("locks-is-a-file", "run", "repo/locks", "is a file where a folder must be"),
