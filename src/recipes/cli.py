@@ -525,6 +525,8 @@ def restore_cmd(
     cfg = state.config
     r = apps.get(recipe)
     spec = cfg.host(host)
+    if from_host is not None and not from_host.strip():  # a script's empty variable, say
+        raise ConfigError("restore --from: an empty host name; give the host whose snapshot to take")
     if getattr(r, "external_restore", False):
         if from_host or repo or identity or allow_unsigned:
             raise ConfigError(
