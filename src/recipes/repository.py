@@ -478,8 +478,8 @@ class Repository:
         path = self._path(safe_name(m.recipe), safe_name(m.host), m.snapshot, obj.path)
         try:
             fh = self.fs.open(path, "rb", block_size=block_size)
-        except FileNotFoundError as exc:
-            raise RepositoryError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
+        except FileNotFoundError as exc:  # a signed snapshot without it is damaged: exit 3
+            raise VerifyError(f"object missing from snapshot {m.snapshot}: {obj.path}") from exc
         except RepositoryError:
             if self.local:  # a folder in its place: the same verdict (exit 3) as its size gives
                 self.check_sizes(m, [obj])

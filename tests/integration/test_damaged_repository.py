@@ -261,3 +261,13 @@ def test_a_drill_of_the_damaged_latest_snapshot_is_refused_before_the_scratch_ho
     assert f"the latest snapshot of django@source is damaged: django/source/{newest}" in line, line
     assert not dst.exists() or not any(dst.iterdir())  # nothing restored onto the scratch host
     assert not (world.repo / "drills").exists()  # and no drill recorded
+
+
+def test_an_object_missing_from_a_snapshot_is_exit_3_in_copy_and_deep_verify(ctl: Controller) -> None:
+    """A signed snapshot without one of its objects is damaged (exit 3), not a storage failure."""
+    (ctl.here / ctl.s2 / "files.snar.zst.age").unlink()
+    line = ctl.fails(3, "copy", "--all", "--to", str(ctl.tmp / "copy"))
+    assert ctl.s2 in line and "files.snar.zst.age" in line, line
+    assert sorted(p.name for p in (ctl.tmp / "copy/django/local").iterdir()) == [ctl.s1]  # S2 never listed
+    line = ctl.fails(3, "verify", ctl.s2, "--deep")
+    assert ctl.s2 in line and "files.snar.zst.age" in line, line
