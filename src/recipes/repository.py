@@ -201,6 +201,8 @@ class Repository:
         s3 = scheme in ("s3", "s3a")
         if s3 and not expanded.split("://", 1)[1].split("/", 1)[0]:
             raise ConfigError(f"repository {url}: no bucket in the URL; give s3://BUCKET/prefix")
+        if "://" in expanded and not expanded.split("://", 1)[1].strip():  # file:// would be the cwd
+            raise ConfigError(f"repository {url}: no path in the URL; give {scheme}:///absolute/path")
         if s3:  # timeouts and bounded retries by default; [repository] options override them
             opts = storage.s3_options(opts)
         try:

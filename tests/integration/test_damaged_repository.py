@@ -193,6 +193,7 @@ def test_an_object_replaced_by_a_folder_is_exit_3_naming_it_in_deep_verify_and_c
         ("ftp://127.0.0.1:1/x", 1, "cannot open it: [Errno 111] Connection refused"),
         ("nosuchproto://x", 2, "Protocol not known"),
         ("s3://", 2, "no bucket in the URL; give s3://BUCKET/prefix"),
+        ("file://", 2, "no path in the URL; give file:///absolute/path"),  # not the cwd
     ],
 )
 def test_a_repository_url_that_cannot_be_opened_is_one_line(
