@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 # ``scheme://user:password@host``: the password part of a URL's user info.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*):[^\s/@]+@")
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*):[^\s/]*@")  # to the last @
 
 
 def masked(text: str) -> str:

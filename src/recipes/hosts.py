@@ -584,8 +584,9 @@ class SshHost:
                 )
             except (UnicodeDecodeError, ValueError) as exc:  # a damaged ssh_config (a bad Port, binary)
                 raise ConfigError(
-                    f"{self.name}: the SSH client configuration (~/.ssh/config, /etc/ssh/ssh_config) "
-                    f"cannot be read: {exc}; fix the file"
+                    f"{self.name}: cannot make the SSH connection's settings: {exc}; check this "
+                    "host's address and port (recipes.toml [hosts], --host) and the SSH client "
+                    "configuration (~/.ssh/config, /etc/ssh/ssh_config)"
                 ) from None
             keys = HostKeyCheck.create(
                 self.name,
@@ -620,13 +621,16 @@ class SshHost:
                 conn.client.close()
                 target = f"{conn.user}@{conn.host}:{conn.port}"
                 raise HostError(f"cannot connect to {self.name} ({target}): {exc}") from exc
-            except (UnicodeDecodeError, ValueError) as exc:  # paramiko reading a binary key file
+            except UnicodeDecodeError as exc:  # paramiko reading a binary key file
                 conn.client.close()
                 which = self.spec.key_file or "a key in ~/.ssh"
                 raise ConfigError(
                     f"{self.name}: {which} is not an SSH private key ({exc.__class__.__name__}); "
                     "point key_file at the private key (OpenSSH format)"
                 ) from None
+            except UnicodeError as exc:  # the resolver refusing the name (an empty label: a..b)
+                conn.client.close()
+                raise ConfigError(f"{self.name}: {conn.host!r} is not a valid host name ({exc})") from None
             return conn
         raise AssertionError("unreachable")
 

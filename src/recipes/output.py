@@ -49,12 +49,12 @@ class _Redacting(logging.Filter):
     """Scrubs each record our handlers write (libraries' debug lines quote signed requests)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = (
-            redact(message)
-            if record.levelno < logging.INFO or not record.name.startswith("recipes")
-            else masked(message)
-        )
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it itself; a filter must not raise
+            return True
+        ours = record.levelno >= logging.INFO and record.name.startswith("recipes")
+        clean = masked(message) if ours else redact(message)
         if clean != message:
             record.msg, record.args = clean, None
         return True

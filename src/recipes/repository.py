@@ -180,10 +180,14 @@ def url_passwords(url: str) -> tuple[str, ...]:
     import urllib.parse
 
     try:
-        password = urllib.parse.urlsplit(url).password
+        parts = urllib.parse.urlsplit(url)
+        user, password = parts.username or "", parts.password
     except ValueError:
         return ()
-    return (password,) if password else ()
+    if not password:
+        return ()
+    # ``user:password`` whole always; the password alone only when too long to garble words
+    return (f"{user}:{password}",) + ((password,) if len(password) >= 4 else ())
 
 
 class Repository:
@@ -555,10 +559,12 @@ class SnapshotWriter:
         unless the manifest's write failed only in its answer: then the manifest goes first (the
         snapshot is unlisted before anything else goes), and if it cannot, the warning says so.
         """
+        unlisted = not self.manifest_sent
         try:
             if self.manifest_sent:
                 with contextlib.suppress(FileNotFoundError):
                     self.repo.fs.rm_file(f"{self.path}/{MANIFEST}")
+                unlisted = True
             self.repo.fs.rm(self.path, recursive=True)
         except FileNotFoundError:
             pass
@@ -567,7 +573,7 @@ class SnapshotWriter:
                 f"; its manifest may have been written all the same (the answer to it was lost): "
                 f"if `recipes snapshots` lists {self.snapshot}, check it with `recipes verify "
                 f"{self.snapshot}` (a verified snapshot is complete) or remove {self.path}"
-                if self.manifest_sent
+                if not unlisted
                 else ""
             )
             log.warning("could not remove the unfinished snapshot %s: %s%s", self.path, exc, maybe)

@@ -135,6 +135,13 @@ def test_a_damaged_ssh_client_config_is_one_line(world: World, config: bytes) ->
     assert "the SSH client configuration (~/.ssh/config" in out.stderr.splitlines()[-1]
 
 
+def test_a_host_name_with_an_empty_label_is_one_line(world: World) -> None:
+    out = world.cli("run", "django", "--host", "me@web1..example.com", "--set", "root=/x")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "'web1..example.com' is not a valid host name" in out.stderr.splitlines()[-1]
+
+
 def test_a_key_file_that_is_not_a_key_is_one_line(
     world: World, ssh_source: servers.SshHost, tmp_path: Path
 ) -> None:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -255,3 +257,35 @@ def test_masked_hides_only_the_password_of_each_url() -> None:
 
     text = "a http://u:p4ss@h:1/x and s3://k:s3cr%2Fet@b/p, user@host:22 and me@example.org stay"
     assert masked(text) == "a http://u:***@h:1/x and s3://k:***@b/p, user@host:22 and me@example.org stay"
+
+
+def test_our_log_handlers_never_raise_on_a_malformed_call_and_still_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The redacting filter runs outside logging's own error handling: a library's bad format
+    call must stay logging's problem (reported, not raised), and URL passwords stay hidden."""
+    import io
+    import logging
+
+    from recipes.output import Output
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # ours is added (pytest's are put back after)
+    stream = io.StringIO()
+    Output(2, False, stream).setup_logging()
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    logging.getLogger("somelib").debug("bad %d args", "x")  # must not raise
+    logging.getLogger("recipes").info("stored in ftp://me:p@ss@host/x")
+    logging.getLogger("somelib").debug(
+        "Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=ab12'"
+    )
+    text = stream.getvalue()
+    assert "ftp://me:***@host/x" in text and "p@ss" not in text
+    assert "AKIA" not in text and "ab12" not in text
+
+
+def test_a_one_letter_url_password_is_hidden_without_garbling_the_line(tmp_path: Path) -> None:
+    out = _cli(tmp_path, "snapshots", "--repo", "s3://me:a@bucket/x")  # s3fs quotes the bucket
+    line = out.stderr.strip().splitlines()[-1]
+    assert "repository s3://me:***@bucket/x: check bucket ***@bucket: " in line, line
+    assert "check [repository] options and the endpoint" in line  # the a's are still there
