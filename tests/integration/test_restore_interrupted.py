@@ -17,6 +17,7 @@ from tests import servers
 from tests.integration import standins
 from tests.integration.standins import LookerInstall, Site
 from tests.integration.test_compensation import _wait_for
+from tests.integration.test_deadman import DEADMAN, SLACK, _config
 from tests.integration.test_looker import looker_args, looker_user, sites, status  # noqa: F401
 from tests.integration.test_standins import ok
 from tests.integration.world import World
@@ -54,11 +55,11 @@ def _backed_up_and_running_on_target(
     return lk, there
 
 
-def _launch_restore(world: World, lk: LookerInstall) -> subprocess.Popen[str]:
+def _launch_restore(world: World, lk: LookerInstall, config: Path | None = None) -> subprocess.Popen[str]:
     """``recipes restore looker --force`` onto the target, as a process of its own."""
     args = ["restore", "looker", "--host", "target", "--from", "source", "--force", *looker_args(lk)]
     return subprocess.Popen(
-        [sys.executable, "-m", "recipes", "--config", str(world.config), *args],
+        [sys.executable, "-m", "recipes", "--config", str(config or world.config), *args],
         cwd=ROOT,
         env=world.env(),
         stdout=subprocess.PIPE,
@@ -184,3 +185,31 @@ def test_a_connection_lost_mid_extract_says_partly_restored_and_that_looker_was_
     assert "started again after the failure: looker on target" in line, line
     assert big.stat().st_size < BIG
     assert status(ssh_target, there) == 0
+
+
+def test_sigkill_mid_extract_the_targets_guard_starts_looker_again_and_a_new_restore_completes(
+    world: World,
+    sites: tuple[Site, Site],  # noqa: F811
+    ssh_target: servers.SshHost,
+    looker_user: str,  # noqa: F811
+) -> None:
+    """No exit path of the controller at all: the guard the restore armed on the target (at
+    the stop's undo) starts Looker again once the controller is silent for the deadman time;
+    the half-written home is then restored whole by running the restore again."""
+    lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
+    big = there.home_dir / "big.bin"
+    proc = _launch_restore(world, lk, _config(world))  # a short deadman
+    try:
+        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
+        assert status(ssh_target, there) != 0  # stopped for the restore
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait_for(lambda: status(ssh_target, there) == 0, timeout=DEADMAN + SLACK)
+    assert big.stat().st_size < BIG  # the controller died mid-extract
+    again = _launch_restore(world, lk)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert big.stat().st_size == BIG and status(ssh_target, there) == 0
