@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,26 @@ def _launch_restore(world: World, lk: LookerInstall, config: Path | None = None)
     )
 
 
+def _restore_cut_short(
+    world: World,
+    lk: LookerInstall,
+    big: Path,
+    cut: Callable[[subprocess.Popen[str]], object],
+    config: Path | None = None,
+) -> tuple[int, str]:
+    """Start the restore, wait until the target receives the home (``big`` is there and
+    growing), then ``cut`` it short; the controller's exit code and stderr."""
+    proc = _launch_restore(world, lk, config)
+    try:
+        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
+        cut(proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 def test_sigterm_mid_extract_says_partly_restored_and_that_looker_was_started_again(
     world: World,
     sites: tuple[Site, Site],  # noqa: F811
@@ -77,16 +98,8 @@ def test_sigterm_mid_extract_says_partly_restored_and_that_looker_was_started_ag
 ) -> None:
     lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
     big = there.home_dir / "big.bin"
-    proc = _launch_restore(world, lk)
-    try:
-        # The target has started receiving the home: the big file is there and growing.
-        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    code, err = _restore_cut_short(world, lk, big, lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == 130, err
     line = _line(err, "recipes: interrupted")
     assert "the target is PARTLY restored" in line, line
     assert "done quiesce looker, run looker-stopped; interrupted during extract files" in line, line
@@ -165,18 +178,15 @@ def test_a_connection_lost_mid_extract_says_partly_restored_and_that_looker_was_
     says the connection was lost, that the target is PARTLY restored and that Looker runs."""
     lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
     big = there.home_dir / "big.bin"
-    proc = _launch_restore(world, lk)
-    try:
-        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
+
+    def drop_connection(_proc: subprocess.Popen[str]) -> None:
         kids = subprocess.run(["pgrep", "-P", str(ssh_target.pid)], capture_output=True, text=True).stdout
         assert kids.split(), "expected a per-connection sshd child"
         for kid in kids.split():
             os.kill(int(kid), signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
+
+    code, err = _restore_cut_short(world, lk, big, drop_connection)
+    assert code == 1, err
     line = _line(err, "recipes: error:")
     assert line.startswith("recipes: error: connection lost before the command finished; "), line
     done = "done quiesce looker, run looker-stopped; failed extract files"
@@ -198,15 +208,12 @@ def test_sigkill_mid_extract_the_targets_guard_starts_looker_again_and_a_new_res
     the half-written home is then restored whole by running the restore again."""
     lk, there = _backed_up_and_running_on_target(world, sites, ssh_target, looker_user, BIG)
     big = there.home_dir / "big.bin"
-    proc = _launch_restore(world, lk, _config(world))  # a short deadman
-    try:
-        _wait_for(lambda: big.exists() and big.stat().st_size > 0, timeout=120)
+
+    def kill(proc: subprocess.Popen[str]) -> None:
         assert status(ssh_target, there) != 0  # stopped for the restore
         proc.kill()
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    _restore_cut_short(world, lk, big, kill, _config(world))  # a short deadman
     _wait_for(lambda: status(ssh_target, there) == 0, timeout=DEADMAN + SLACK)
     assert big.stat().st_size < BIG  # the controller died mid-extract
     again = _launch_restore(world, lk)
