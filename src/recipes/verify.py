@@ -269,7 +269,12 @@ def _through_tools(
         argvs.append(TAR_LIST)
     with contextlib.ExitStack() as files:
         errs = [files.enter_context(tempfile.TemporaryFile()) for _ in argvs]
-        feed = _Feed(repo, m, obj, abort.event if abort else None)
+        feed: _Feed | _FileFeed
+        if repo.local:
+            fh = files.enter_context(repo.open_object(m, obj))
+            feed = _FileFeed(fh.fileno(), abort.event if abort else None)
+        else:
+            feed = _Feed(repo, m, obj, abort.event if abort else None)
         codes = _pipeline(argvs, errs, feed, sink, abort)
         said = []
         for f in errs:
@@ -288,7 +293,11 @@ def _through_tools(
 
 
 def _pipeline(
-    argvs: list[list[str]], errs: list[Any], feed: _Feed, sink: Any, abort: _Abort | None = None
+    argvs: list[list[str]],
+    errs: list[Any],
+    feed: _Feed | _FileFeed,
+    sink: Any,
+    abort: _Abort | None = None,
 ) -> list[int]:
     """Run ``argvs`` as one pipeline fed by ``feed``; the last one's stdout goes to ``sink``
     (None: nowhere). Every process is killed if anything goes wrong here; their exit codes."""
@@ -299,7 +308,7 @@ def _pipeline(
             procs.append(
                 subprocess.Popen(
                     argv,
-                    stdin=subprocess.PIPE if i == 0 else procs[-1].stdout,
+                    stdin=feed.stdin if i == 0 else procs[-1].stdout,
                     stdout=end if i == len(argvs) - 1 else subprocess.PIPE,
                     stderr=errs[i],
                 )
@@ -347,6 +356,8 @@ class _Feed:
     """Reads a stored object once, hashing it, into a pipe; once the reader stops reading, the
     rest is still read and hashed, so size and sha256 are always checked whole."""
 
+    stdin = subprocess.PIPE
+
     def __init__(
         self, repo: Repository, m: mf.Manifest, obj: mf.StoredObject, abort: threading.Event | None = None
     ) -> None:
@@ -389,6 +400,48 @@ class _Feed:
 
     def stop(self) -> None:
         """Give up (the pipeline failed or was interrupted): stop reading, then wait."""
+        self._stop.set()
+        self.join()
+
+
+class _FileFeed:
+    """A local object: ``age`` reads the open file itself (its stdin), and a thread hashes the
+    same open file with ``pread``, so no byte is copied through this process into a pipe; both
+    read one inode, whatever happens to the path meanwhile."""
+
+    def __init__(self, fd: int, abort: threading.Event | None = None) -> None:
+        self.stdin = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._abort = abort if abort is not None else self._stop
+
+    def start(self, pipe: Any) -> None:
+        self._thread = threading.Thread(target=self._work, name="hash", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        import os
+
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        try:
+            while not (self._stop.is_set() or self._abort.is_set()):
+                n = os.preadv(self.stdin, [buf], self.size)
+                if not n:
+                    break
+                self.sha.update(view[:n])
+                self.size += n
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self) -> None:
         self._stop.set()
         self.join()
 

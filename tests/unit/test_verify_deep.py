@@ -211,3 +211,33 @@ def test_a_stopped_check_stops_in_process_reads_and_never_passes_a_short_read(tm
         event.set()
         with pytest.raises(verify._Stopped):
             fh.read(1 << 20)
+
+
+def test_a_local_object_is_hashed_whole_from_its_open_file_whatever_the_program_reads(
+    tmp_path: Path,
+) -> None:
+    """Over a local folder the first program reads the object's open file itself: the size and
+    sha256 still cover every byte (a program that stops early, then one that reads all), the
+    path replaced meanwhile changes nothing, and a stop ends the hashing at the next chunk."""
+    import hashlib
+    import os
+
+    path = tmp_path / "o.age"
+    data = os.urandom(3 << 20) + b"z" * (5 << 20)
+    path.write_bytes(data)
+    for argv in (["head", "-c", "1"], ["cat"]):
+        with path.open("rb") as fh:
+            feed = verify._FileFeed(fh.fileno())
+            path.with_name("other").write_bytes(b"other")
+            os.replace(path.with_name("other"), path)  # the path now names another file
+            codes = verify._pipeline([argv], [subprocess.DEVNULL], feed, None)
+        path.write_bytes(data)
+        assert codes == [0]
+        assert feed.error is None
+        assert (feed.size, feed.sha.hexdigest()) == (len(data), hashlib.sha256(data).hexdigest())
+    stop = threading.Event()
+    stop.set()
+    with path.open("rb") as fh:
+        stopped = verify._FileFeed(fh.fileno(), stop)
+        verify._pipeline([["cat"]], [subprocess.DEVNULL], stopped, None)
+    assert stopped.size < len(data)  # never the whole: the check it feeds cannot pass
