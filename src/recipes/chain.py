@@ -26,6 +26,10 @@ _UNITS = {
 _DURATION = re.compile(r"(\d+)([smhDWMY])")
 
 
+# The longest duration taken: ``now - LONGEST`` is still a date (9999Y would not be).
+LONGEST = dt.timedelta(days=1000 * 365)
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """``"3M"`` -> 90 days; duplicity's units, case-sensitive (``m`` minutes, ``M`` months)."""
     text = text.strip()
@@ -34,10 +38,13 @@ def parse_duration(text: str) -> dt.timedelta:
             f"{text!r} is not a duration: use a number and a unit, as in duply "
             "(s m h D W M Y: 12h, 7D, 2W, 3M, 1Y)"
         )
-    return sum(
-        (int(n) * _UNITS[unit] for n, unit in _DURATION.findall(text)),
-        dt.timedelta(),
-    )
+    try:
+        total = sum((int(n) * _UNITS[unit] for n, unit in _DURATION.findall(text)), dt.timedelta())
+    except OverflowError:
+        total = LONGEST + LONGEST
+    if total > LONGEST:  # further back than any date arithmetic from today can go
+        raise ValueError(f"{text!r} is longer than 1000 years, the longest duration recipes takes")
+    return total
 
 
 def parse_time(stamp: str) -> dt.datetime:

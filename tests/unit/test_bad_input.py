@@ -85,6 +85,7 @@ CONFIGS: list[tuple[str, str | bytes, str]] = [
     ("duration-empty", "[retention]\nfull_every = ''\n", "retention.full_every"),
     ("duration-unit", "[retention]\nmax_age = '2X'\n", "retention.max_age"),
     ("duration-overflow", "[retention]\nfull_every = '99999999999999Y'\n", "retention.full_every"),
+    ("duration-past-dates", "[retention]\nmax_age = '9999Y'\n", "longer than 1000 years"),
     ("keep-negative", "[retention]\nkeep_daily = -1\n", "retention.keep_daily"),
     ("keep-string", "[retention]\nkeep_daily = '7'\n", "retention.keep_daily"),
     ("retention-unknown", "[retention]\nkeep_forever = true\n", "unknown keys (keep_forever)"),

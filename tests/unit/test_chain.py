@@ -77,6 +77,14 @@ def test_bad_durations_are_refused_with_the_units(text: str) -> None:
         chain.parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["1001Y", "9999Y", "99999999Y", "999999999999999999999D"])
+def test_durations_past_1000_years_are_refused_in_one_line(text: str) -> None:
+    """Past 1000 years ``now - max_age`` is no longer a date (9999Y overflowed prune), and huge
+    numbers overflowed timedelta itself: both are a config error naming the value."""
+    with pytest.raises(ValueError, match=f"'{text}' is longer than 1000 years"):
+        chain.parse_duration(text)
+
+
 def test_first_backup_is_full_and_the_next_builds_on_it() -> None:
     assert choose([]).level == 0
     full = snap("20261122T120000Z-aaaaaa")

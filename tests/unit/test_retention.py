@@ -287,3 +287,10 @@ def test_the_kept_set_is_closed_under_parents(
     assert all(v.reason for v in verdicts)
     if not policy.duply and not policy.keeps:
         assert len(ids) == len(snapshots)
+
+
+def test_the_longest_max_age_keeps_everything_without_overflowing() -> None:
+    """``max_age = "1000Y"``, the longest taken, is a date arithmetic away from any snapshot."""
+    snapshots = history(400)
+    longest = Policy(max_age=chain.parse_duration("1000Y"), max_age_text="1000Y")
+    assert kept(decide(snapshots, longest, NOW)) == {m.snapshot for m in snapshots}
