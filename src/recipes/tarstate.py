@@ -137,7 +137,8 @@ def _file_name(state: str) -> str:
 
 # The control session: one command that lives for the whole backup. It prints the host's facts
 # as key=value lines, makes a private temp dir, fills it with the parents' states (a tar stream of
-# the size announced on the first stdin line; ``head -c`` never reads past it), says ``ready``,
+# the size announced on the first stdin line; a ``head -c`` that reads ahead (busybox, BSD)
+# finds nothing past it, since ``go`` is sent only after ``ready``), says ``ready``,
 # then waits. ``go`` makes it send the directory back as a tar stream; anything else, or the end
 # of stdin (the controller or the connection is gone), makes it exit. The directory goes on exit.
 CONTROL = (
