@@ -270,11 +270,12 @@ def _through_tools(
     with contextlib.ExitStack() as files:
         errs = [files.enter_context(tempfile.TemporaryFile()) for _ in argvs]
         feed: _Feed | _FileFeed
-        if repo.local:
-            fh = files.enter_context(repo.open_object(m, obj))
-            feed = _FileFeed(fh.fileno(), abort.event if abort else None)
-        else:
-            feed = _Feed(repo, m, obj, abort.event if abort else None)
+        fd = _file_of(files, repo, m, obj) if repo.local else None
+        feed = (
+            _FileFeed(fd, abort.event if abort else None)
+            if fd is not None
+            else _Feed(repo, m, obj, abort.event if abort else None)
+        )
         codes = _pipeline(argvs, errs, feed, sink, abort)
         said = []
         for f in errs:
@@ -290,6 +291,21 @@ def _through_tools(
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             return f"{what}: {lines[0] if lines else 'exit ' + str(code)}"
     return None
+
+
+def _file_of(
+    files: contextlib.ExitStack, repo: Repository, m: mf.Manifest, obj: mf.StoredObject
+) -> int | None:
+    """The open file's descriptor of a local object (held open by ``files``), or None where the
+    filesystem gives no real file (a wrapped or cached one): then it is read through a pipe."""
+    import io
+
+    fh = files.enter_context(repo.open_object(m, obj))
+    try:
+        fd = fh.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return fd if isinstance(fd, int) else None
 
 
 def _pipeline(

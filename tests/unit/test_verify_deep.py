@@ -241,3 +241,27 @@ def test_a_local_object_is_hashed_whole_from_its_open_file_whatever_the_program_
         stopped = verify._FileFeed(fh.fileno(), stop)
         verify._pipeline([["cat"]], [subprocess.DEVNULL], stopped, None)
     assert stopped.size < len(data)  # never the whole: the check it feeds cannot pass
+
+
+def test_a_local_filesystem_without_real_files_is_read_through_the_pipe_instead() -> None:
+    """A local-protocol filesystem whose files have no descriptor (a wrapped or cached one) gives
+    no fd: ``verify --deep`` then feeds age through the pipe rather than failing."""
+    import contextlib
+    import io
+
+    class NoFiles:
+        local = True
+
+        @contextlib.contextmanager
+        def open_object(self, m: object, obj: object, **kw: object) -> object:
+            yield io.BytesIO(b"data")
+
+    class RealFile(NoFiles):
+        @contextlib.contextmanager
+        def open_object(self, m: object, obj: object, **kw: object) -> object:
+            with open(__file__, "rb") as fh:
+                yield fh
+
+    with contextlib.ExitStack() as files:
+        assert verify._file_of(files, NoFiles(), None, None) is None  # type: ignore[arg-type]
+        assert isinstance(verify._file_of(files, RealFile(), None, None), int)  # type: ignore[arg-type]
