@@ -167,10 +167,14 @@ def choose(
     broken = [sid for sid in bad if sid.startswith(snapshot)]
     if not matches and len(broken) == 1:
         raise DamagedSnapshot(f"{bad[broken[0]]} (damaged manifest)", bad[broken[0]])
-    if len(matches) + len(broken) != 1:
+    if not matches and not broken:
         raise RepositoryError(
+            f"snapshot {snapshot!r} matches 0 snapshots {where}: run `{listing}` to see what is there"
+        )
+    if len(matches) + len(broken) > 1:  # the caller's input cannot pick one: a usage error
+        raise ConfigError(
             f"snapshot {snapshot!r} matches {len(matches) + len(broken)} snapshots {where}: "
-            f"run `{listing}` and give more of its id"
+            f"give more of its id (`{listing}` lists them)"
         )
     return matches[0]
 

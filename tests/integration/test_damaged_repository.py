@@ -226,9 +226,14 @@ def test_a_damaged_snapshot_asked_for_by_id_is_exit_3_naming_it(ctl: Controller)
     assert not (ctl.tmp / "out").exists() and not (ctl.tmp / "copy").exists()
     as_json = json.loads(ctl.cli("--json", "verify", ctl.s2).stdout)
     assert not as_json["ok"] and as_json["damaged"][0].startswith(named)
-    # an unknown id is still "matches 0", exit 1
+    # an unknown id is still "matches 0", exit 1, and says how to see what is there
     assert "matches 0 snapshots" in ctl.fails(1, "verify", "20990101")
     assert "matches 0 snapshots" in ctl.fails(1, "verify", "latest")  # an id, never "the newest"
+    assert "give more" not in ctl.fails(1, "verify", "20990101")
+    # a prefix of more than one is a usage error, exit 2, asking for more of the id
+    for args in (["verify", "20"], ["restore", "django", "--host", "local", "--snapshot", "20"]):
+        line = ctl.fails(2, *args)
+        assert "matches 2 snapshots" in line and "give more of its id" in line, (args, line)
 
 
 def test_the_latest_snapshot_damaged_is_refused_not_passed_over(ctl: Controller) -> None:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bench import nightly
 from recipes import manifest as mf
 from recipes import signing
-from recipes.errors import RepositoryError
+from recipes.errors import ConfigError
 from recipes.repository import DamagedSnapshot, Listed, Repository
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,8 +127,9 @@ def test_a_folder_in_place_of_a_manifest_or_signature_is_damaged_not_a_failed_li
     with pytest.raises(DamagedSnapshot, match=f"{snaps[1].name}: manifest.json is a folder"):
         r.find_listed("django", "web1", snaps[1].name[:20])
     assert r.find_listed("django", "web1", snaps[0].name).snapshot_dir == snaps[0].name
-    with pytest.raises(RepositoryError, match="matches 3 snapshots"):  # two of them damaged
+    with pytest.raises(ConfigError, match="matches 3 snapshots") as many:  # two of them damaged
         r.find_listed("django", "web1", snaps[0].name[:4])
+    assert many.value.exit_code == 2 and "give more of its id" in str(many.value)
 
 
 GOOD = json.loads(mf.dumps(nightly.synthetic(3, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "p", 1)))
