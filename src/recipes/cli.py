@@ -109,7 +109,8 @@ class Group(click.Group):
 def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
     """Back up and restore applications the way their own documentation says.
 
-    Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 verification failed.
+    Exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 verification failed,
+    130 interrupted.
     """
     if quiet and verbose:
         raise click.UsageError("-q and -v contradict each other: give one")
