@@ -150,7 +150,11 @@ set_option = click.option(
 
 
 @main.command("init")
-@click.option("--force", is_flag=True, help="Start over: new config, identity and signing key.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start over: new config, identity and signing key (the old ones kept as NAME.replaced-TIME).",
+)
 @click.option("--repo", metavar="URL", help="Repository URL to write into the config.")
 @pass_state
 def init_cmd(state: State, force: bool, repo: str | None) -> None:
