@@ -15,6 +15,9 @@ import attrs
 from recipes.errors import ConfigError
 
 FORMATS = ("systemd", "cron")
+# Where --install writes (tests point them at a folder of their own).
+SYSTEMD_DIR = "/etc/systemd/system"
+CRON_DIR = "/etc/cron.d"
 # cron has no calendar expressions: the few names it can say, plus HH:MM every day
 _CRON = {"hourly": "7 * * * *", "daily": "17 3 * * *", "weekly": "47 4 * * 0"}
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
