@@ -39,7 +39,8 @@ class Files:
 
 
 def unit_name(recipe: str, host: str) -> str:
-    """``recipes-django-web1``: only characters systemd and cron file names accept."""
+    """``recipes-django-web1``: only characters systemd unit names accept (a cron file's name
+    has no dot either: see ``generate``)."""
     return "recipes-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{recipe}-{host}").strip("-")
 
 
@@ -64,6 +65,8 @@ def generate(
     name = unit_name(recipe, host)
     nightly, weekly = commands(recipe, host, config, verify)
     if fmt == "cron":
+        # cron ignores a file in /etc/cron.d whose name is not run-parts' [A-Za-z0-9_-]+ (no dot)
+        name = name.replace(".", "-")
         when = _cron_time(at)
         lines = [
             f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",

@@ -125,3 +125,18 @@ def test_install_whose_systemctl_fails_says_what_is_left_to_do(
     assert len(out.strip().splitlines()) == 1, out
     assert "systemctl daemon-reload failed (System has not been booted" in out
     assert f"written in {units} but not enabled; fix that and run `systemctl daemon-reload" in out
+
+
+def test_a_cron_file_for_a_dotted_host_has_a_name_cron_runs(tmp_path: Path) -> None:
+    """Debian's cron skips a file in /etc/cron.d whose name has a dot (run-parts' naming rules):
+    a host given as an address or a domain name was silently never backed up."""
+    config = tmp_path / "recipes.toml"
+    config.write_text("")
+    out_dir = tmp_path / "cron.d"
+    args = ["schedule", "django", "--host", "root@10.0.0.5:2222", "--format", "cron", "-o", str(out_dir)]
+    result = CliRunner().invoke(cli.main, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    (written,) = out_dir.iterdir()
+    listed = subprocess.run(["run-parts", "--list", str(out_dir)], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == [str(written)], written.name
+    assert "--host root@10.0.0.5:2222" in written.read_text()
