@@ -151,7 +151,11 @@ set_option = click.option(
 
 
 @main.command("init")
-@click.option("--force", is_flag=True, help="Start over: new config, identity and signing key.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start over: new config, identity and signing key (the old ones kept as NAME.replaced-TIME).",
+)
 @click.option("--repo", metavar="URL", help="Repository URL to write into the config.")
 @pass_state
 def init_cmd(state: State, force: bool, repo: str | None) -> None:
@@ -980,7 +984,7 @@ def schedule_cmd(
             raise ConfigError(
                 f"schedule --at {at!r}: not a systemd calendar expression ({check.stderr.strip()})"
             )
-    target = "/etc/systemd/system" if fmt == "systemd" else "/etc/cron.d"
+    target = schedule.SYSTEMD_DIR if fmt == "systemd" else schedule.CRON_DIR
     where = out_dir or (target if install else None)
     if where is not None:
         folder = Path(where)
@@ -993,10 +997,20 @@ def schedule_cmd(
             raise ConfigError(f"cannot write {folder}: {exc.strerror or exc}") from exc
     if install and fmt == "systemd":
         timers = [n for n in files.files if n.endswith(".timer")]
+        finish = f"systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"
         for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", *timers]):
-            done = subprocess.run(argv, capture_output=True, text=True)
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True)
+            except OSError as exc:  # a controller without systemd
+                raise StepFailed(
+                    f"cannot run {argv[0]} ({exc.strerror or exc}): the units are written in {where} "
+                    f"but not enabled; where systemd runs, run `{finish}`, or use --format cron"
+                ) from None
             if done.returncode != 0:
-                raise StepFailed(f"{' '.join(argv)} failed: {done.stderr.strip() or done.returncode}")
+                raise StepFailed(
+                    f"{' '.join(argv)} failed ({done.stderr.strip() or f'exit {done.returncode}'}): the "
+                    f"units are written in {where} but not enabled; fix that and run `{finish}`"
+                )
     data = {"format": files.format, "directory": where, "files": files.files}
     if where is None:
         text = "\n".join(f"# ---- {name}\n{body}" for name, body in files.files.items())

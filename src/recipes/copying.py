@@ -16,8 +16,8 @@ import attrs
 
 from recipes import chain
 from recipes import manifest as mf
-from recipes.errors import RecipeError, VerifyError
-from recipes.repository import Listed, Repository
+from recipes.errors import RecipeError, RepositoryError, VerifyError
+from recipes.repository import MANIFEST, SIGNATURE, Listed, Repository, safe_name
 from recipes.trust import Trust
 
 log = logging.getLogger("recipes")
@@ -56,15 +56,33 @@ def with_chains(src: Repository, items: list[Listed], trust: Trust) -> list[List
 
 
 def copy(src: Repository, dst: Repository, item: Listed) -> Copied:
-    """Copy one (trusted) snapshot; objects verified on arrival, manifest and signature last."""
+    """Copy one (trusted) snapshot; objects verified on arrival, manifest and signature last.
+
+    A destination that holds another snapshot under this id (a different manifest) is refused
+    before anything is written there; one that holds this snapshot with damaged objects is
+    unlisted first (its manifest goes), and only the objects that do not verify are copied again.
+    """
     m = item.manifest
-    if _already_there(dst, item):
+    there = dst.load_listed(m.recipe, m.host, m.snapshot)
+    if there is not None and there.raw != item.raw:
+        place = f"{dst.url}/{safe_name(m.recipe)}/{safe_name(m.host)}/{m.snapshot}"
+        raise RepositoryError(
+            f"{place} already holds a different snapshot {m.snapshot} of {m.recipe}@{m.host} "
+            f"(its manifest differs from the one in {src.url}): nothing was written there; move "
+            "that folder away (or copy to another repository) and copy again"
+        )
+    good = _verified_there(dst, item) if there is not None else set()
+    if there is not None and len(good) == len(m.objects) and there.signature == item.signature:
         log.info("%s@%s %s is already at %s: skipped", m.recipe, m.host, m.snapshot, dst.url)
         return Copied(m.recipe, m.host, m.snapshot, "skipped", 0)
     writer = dst.writer_for(m)
     total = 0
     try:
+        if there is not None:  # nothing is rewritten under a listed manifest
+            _unlist(dst, writer.path)
         for obj in m.objects:
+            if obj.path in good:
+                continue
             h = hashlib.sha256()
             size = 0
             with src.open_object(m, obj) as fh, writer.open(obj.path) as out:
@@ -87,14 +105,29 @@ def copy(src: Repository, dst: Repository, item: Listed) -> Copied:
     return Copied(m.recipe, m.host, m.snapshot, "copied", total)
 
 
-def _already_there(dst: Repository, item: Listed) -> bool:
+def _verified_there(dst: Repository, item: Listed) -> set[str]:
+    """The objects of ``item`` the destination already holds as its manifest says (a warning
+    for each that does not verify: it is copied again)."""
     m = item.manifest
-    there = dst.load_listed(m.recipe, m.host, m.snapshot)
-    if there is None or there.raw != item.raw or there.signature != item.signature:
-        return False
-    try:
-        dst.verify_objects(m, list(m.objects))
-    except RecipeError as exc:
-        log.warning("%s at %s does not verify (%s): copying it again", m.snapshot, dst.url, exc)
-        return False
-    return True
+    good: set[str] = set()
+    for obj in m.objects:
+        try:
+            dst.verify_objects(m, [obj])
+        except RecipeError as exc:
+            log.warning("%s at %s does not verify (%s): copying it again", m.snapshot, dst.url, exc)
+        else:
+            good.add(obj.path)
+    return good
+
+
+def _unlist(dst: Repository, path: str) -> None:
+    """Remove a snapshot's manifest, then its signature, at the destination (it is unlisted)."""
+    for name in (MANIFEST, SIGNATURE):
+        try:
+            dst.fs.rm_file(f"{path}/{name}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot remove {path}/{name} to copy the snapshot again: {exc.strerror or exc}"
+            ) from exc

@@ -2,7 +2,8 @@
 
 Run again on an existing config, it adds only what is missing (the signing key file and the
 ``signing_key`` and ``signers`` keys of ``[repository]``) and never replaces an identity, a key or
-a value; ``--force`` starts over with new keys and a new config.
+a value; ``--force`` starts over with new keys and a new config, the old identity, signing key and
+config moved aside to ``NAME.replaced-<UTC time>`` (never deleted: older snapshots need them).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def _fresh(cfg: Path, repo: str | None, force: bool) -> dict[str, Any]:
     cfg.parent.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
     kept: list[str] = []
+    notes = _set_aside(cfg, identity, key_path) if force else []
     if identity.exists() and not force:
         recipient = _recipient_of(identity)
         kept.append(f"age identity {identity}")
@@ -115,8 +117,49 @@ def _fresh(cfg: Path, repo: str | None, force: bool) -> dict[str, Any]:
         "new_config": True,
         "created": created,
         "kept": kept,
-        "notes": [],
+        "notes": notes,
     }
+
+
+def _set_aside(cfg: Path, identity: Path, key_path: Path) -> list[str]:
+    """``--force``: move the old identity, signing key and config to ``NAME.replaced-<UTC time>``
+    (never deleted: the old identity alone decrypts the snapshots made before); what was moved."""
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    pub = Path(f"{key_path}.pub")
+    moved: dict[Path, Path] = {}
+    for path in (identity, key_path, pub, cfg):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        aside = path.with_name(f"{path.name}.replaced-{stamp}")
+        n = 1
+        while aside.exists() or aside.is_symlink():
+            n += 1
+            aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+        try:
+            path.rename(aside)
+        except OSError as exc:
+            raise ConfigError(
+                f"init --force: cannot move {path} aside to {aside} ({exc.strerror or exc}); fix the "
+                "folder's permissions or move the file away yourself"
+            ) from None
+        moved[path] = aside
+    notes: list[str] = []
+    if identity in moved:
+        notes.append(
+            f"the old age identity is kept at {moved[identity]}: only it decrypts the snapshots made "
+            "before; keep it (offline) for as long as they are kept"
+        )
+    if key_path in moved:
+        line = f": add its public line ({moved[pub]}) to" if pub in moved else "; add its public line to"
+        notes.append(
+            f"the old signing key is kept at {moved[key_path]}{line} [repository] signers to keep "
+            "trusting the snapshots it signed"
+        )
+    if cfg in moved:
+        notes.append(f"the old config is kept at {moved[cfg]}")
+    return notes
 
 
 def _complete(cfg: Path, repo: str | None) -> dict[str, Any]:

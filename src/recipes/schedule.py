@@ -15,6 +15,9 @@ import attrs
 from recipes.errors import ConfigError
 
 FORMATS = ("systemd", "cron")
+# Where --install writes (tests point them at a folder of their own).
+SYSTEMD_DIR = "/etc/systemd/system"
+CRON_DIR = "/etc/cron.d"
 # cron has no calendar expressions: the few names it can say, plus HH:MM every day
 _CRON = {"hourly": "7 * * * *", "daily": "17 3 * * *", "weekly": "47 4 * * 0"}
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -36,7 +39,8 @@ class Files:
 
 
 def unit_name(recipe: str, host: str) -> str:
-    """``recipes-django-web1``: only characters systemd and cron file names accept."""
+    """``recipes-django-web1``: only characters systemd unit names accept (a cron file's name
+    has no dot either: see ``generate``)."""
     return "recipes-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{recipe}-{host}").strip("-")
 
 
@@ -61,6 +65,8 @@ def generate(
     name = unit_name(recipe, host)
     nightly, weekly = commands(recipe, host, config, verify)
     if fmt == "cron":
+        # cron ignores a file in /etc/cron.d whose name is not run-parts' [A-Za-z0-9_-]+ (no dot)
+        name = name.replace(".", "-")
         when = _cron_time(at)
         lines = [
             f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",

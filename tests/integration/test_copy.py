@@ -3,9 +3,12 @@ verified on arrival; again skips what is there; a copy that fails leaves nothing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
+
+import attrs
 
 from tests.integration.django_site import SQLITE_DB, comparable, seed_tree, sqlite_rows
 from tests.integration.world import World
@@ -70,3 +73,73 @@ def test_a_damaged_object_fails_the_copy_and_nothing_is_listed_there(
     listed = json.loads(world.cli("--json", "snapshots", "--repo", str(offline), check=True).stdout)
     assert [s["snapshot"] for s in listed] == [full]  # the good full arrived; the bad one is not listed
     assert not (offline / "django/source" / incr).exists()
+
+
+def _resign_as(world: World, folder: Path, snapshot: str) -> None:
+    """Make the snapshot in ``folder`` a validly signed one with the id ``snapshot`` (its folder
+    renamed): another snapshot that happens to have the same id as one elsewhere."""
+    from recipes import manifest as mf
+    from recipes import signing
+
+    m = attrs.evolve(mf.loads((folder / "manifest.json").read_text()), snapshot=snapshot)
+    moved = folder.parent / snapshot
+    folder.rename(moved)
+    text = mf.dumps(m).encode()
+    key = signing.load_signing_key(str(world.signing_key))
+    (moved / "manifest.sig").write_bytes(key.sign(text, "recipes-manifest"))
+    (moved / "manifest.json").write_bytes(text)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_different_snapshot_under_the_same_id_at_the_destination_is_refused_not_overwritten(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    sets = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    ours = json.loads(world.cli("--json", "run", "django", "--host", "source", *sets, check=True).stdout)
+    (src / "etc/hostname").write_text("theirs\n")
+    other = tmp_path / "other-repo"
+    again = ["--json", "run", "django", "--host", "source", "--repo", str(other), *sets]
+    theirs = json.loads(world.cli(*again, check=True).stdout)
+    _resign_as(world, other / "django/source" / theirs["snapshot"], ours["snapshot"])
+    held = other / "django/source" / ours["snapshot"]
+    before = _digests(held)
+    assert world.cli("verify", "--all", "--repo", str(other)).returncode == 0
+    out = world.cli("copy", "--all", "--to", str(other))
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"recipes: error: {held} already holds a different snapshot {ours['snapshot']}")
+    assert "nothing was written there; move that folder away" in last
+    assert _digests(held) == before  # the destination's snapshot is untouched
+    assert world.cli("verify", "--all", "--repo", str(other)).returncode == 0
+
+
+def test_copying_again_over_a_damaged_copy_repairs_only_what_is_damaged(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    root, src, _ = site
+    seed_tree(src)
+    full, _incr = _two_snapshots(world, root, src)
+    offline = tmp_path / "offline-disk"
+    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+
+    def flip(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+
+    # bit rot on the disk in one object, in the online repository in the other
+    flip(offline / "django/source" / full / "files.snar.zst.age")
+    flip(world.repo / "django/source" / full / "files.tar.zst.age")
+    again = world.cli("--json", "copy", "--all", "--to", str(offline))
+    assert again.returncode == 0, again.stderr
+    assert [c["outcome"] for c in json.loads(again.stdout)] == ["copied", "skipped"]
+    assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 0

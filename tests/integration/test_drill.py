@@ -290,3 +290,29 @@ def test_a_tampered_record_is_not_listed_as_verified(
         drill.last(Repository(str(world.repo)), "django", "source", config.load(str(world.config)).trust())
         is None
     )
+
+
+def test_a_failed_drill_whose_record_cannot_be_written_still_names_the_failed_check(
+    world: World, site: tuple[str, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A repository that takes no record (read-only, full, a file in the way of drills/) must
+    not turn a failed check (exit 3) into "cannot write the drill record" (exit 1)."""
+    root, src, dst = site
+    seed_tree(src)
+    common = ["--set", f"root={root}", "--set", f'sqlite=["{SQLITE_DB}"]']
+    world.cli("run", "django", "--host", "source", *common, check=True)
+    (world.repo / "drills").write_text("a file where the drills folder must be\n")
+
+    def damage(host: Host) -> None:
+        m = Repository(str(world.repo)).find("django", "source")
+        files = m.object("files.tar")
+        assert files is not None
+        (dst / sorted(files.facts["sample"])[0]).unlink()
+
+    with pytest.raises(VerifyError) as failed:
+        drill_in_process(world, "django", "source", "target", sets=common[1::2], after_restore=damage)
+    message = str(failed.value)
+    assert "failed check files.tar files" in message, message
+    assert message.endswith("record not written (see the warning above)"), message
+    assert any("the drill record was not written" in r.getMessage() for r in caplog.records)
+    assert (world.repo / "drills").is_file()

@@ -237,6 +237,23 @@ def test_force_starts_over(home: Path) -> None:
     assert_usable(d / "recipes.toml")
 
 
+def test_force_keeps_the_old_identity_key_and_config_beside_the_new_ones(home: Path) -> None:
+    """The old identity is the only key to every snapshot made before: --force never deletes it."""
+    keys.init(None, None, False)
+    d = conf_dir(home)
+    before = snapshot(d)
+    cli_result = CliRunner().invoke(cli.main, ["init", "--force"])
+    assert cli_result.exit_code == 0, cli_result.output
+    kept = {p.name.split(".replaced-")[0]: p for p in d.iterdir() if ".replaced-" in p.name}
+    assert sorted(kept) == ["identity.txt", "recipes.toml", "signing_key", "signing_key.pub"]
+    for name, path in kept.items():
+        assert path.read_bytes() == before[name], name
+    assert os.stat(kept["identity.txt"]).st_mode & 0o777 == 0o600
+    assert f"the old age identity is kept at {kept['identity.txt']}" in cli_result.output
+    assert (d / "identity.txt").read_bytes() != before["identity.txt"]
+    assert_usable(d / "recipes.toml")
+
+
 def test_missing_config_reuses_an_existing_identity_and_key(home: Path) -> None:
     cfg, identity = old_demo(home)
     key = signing.generate_signing_key(conf_dir(home) / "signing_key", "kept")

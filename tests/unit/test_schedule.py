@@ -84,3 +84,59 @@ def test_a_calendar_expression_without_systemd_analyze_is_one_line(
     code, out = _run(tmp_path, "--at", "03:00", "-o", str(tmp_path / "units"))
     assert code == 0, out
     assert "OnCalendar=*-*-* 03:00" in (tmp_path / "units/recipes-django-web1.timer").read_text()
+
+
+def test_install_without_systemctl_is_one_line_saying_the_units_are_written_not_enabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller without systemd (a container): was a FileNotFoundError traceback."""
+    from recipes import schedule
+
+    units = tmp_path / "system"
+    monkeypatch.setattr(schedule, "SYSTEMD_DIR", str(units))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, out = _run(tmp_path, "--install")
+    assert code == 1, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert out.startswith("recipes: error: cannot run systemctl (No such file or directory): ")
+    assert f"the units are written in {units} but not enabled" in out
+    assert "systemctl enable --now recipes-django-web1.timer recipes-django-web1-verify.timer" in out
+    assert (units / "recipes-django-web1.timer").exists()
+
+
+def test_install_whose_systemctl_fails_says_what_is_left_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recipes import schedule
+
+    units = tmp_path / "system"
+    monkeypatch.setattr(schedule, "SYSTEMD_DIR", str(units))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"  # what systemctl says in a container not booted with systemd
+    fake.write_text(
+        "#!/bin/sh\necho 'System has not been booted with systemd as init system (PID 1). Can'\"'\"'t "
+        "operate.' >&2\necho 'Failed to connect to bus: Host is down' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    code, out = _run(tmp_path, "--install")
+    assert code == 1, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert "systemctl daemon-reload failed (System has not been booted" in out
+    assert f"written in {units} but not enabled; fix that and run `systemctl daemon-reload" in out
+
+
+def test_a_cron_file_for_a_dotted_host_has_a_name_cron_runs(tmp_path: Path) -> None:
+    """Debian's cron skips a file in /etc/cron.d whose name has a dot (run-parts' naming rules):
+    a host given as an address or a domain name was silently never backed up."""
+    config = tmp_path / "recipes.toml"
+    config.write_text("")
+    out_dir = tmp_path / "cron.d"
+    args = ["schedule", "django", "--host", "root@10.0.0.5:2222", "--format", "cron", "-o", str(out_dir)]
+    result = CliRunner().invoke(cli.main, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    (written,) = out_dir.iterdir()
+    listed = subprocess.run(["run-parts", "--list", str(out_dir)], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == [str(written)], written.name
+    assert "--host root@10.0.0.5:2222" in written.read_text()
