@@ -76,8 +76,13 @@ class Group(click.Group):
             usage_error(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from recipes.interrupts import interrupts_as_exceptions
+
         try:
-            return super().invoke(ctx)
+            # SIGTERM/SIGHUP (systemd stopping the job, a closed terminal) unwind every command
+            # like Ctrl-C: locks released, partial copies removed, then exit 130
+            with interrupts_as_exceptions():
+                return super().invoke(ctx)
         except RecipeError as exc:
             fail(exc)
         except click.exceptions.NoArgsIsHelpError:

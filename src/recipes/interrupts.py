@@ -15,7 +15,7 @@ signalled = threading.Event()
 
 @contextlib.contextmanager
 def interrupts_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP (and SIGINT, unless ignored) into KeyboardInterrupt so every ``finally``
+    """Turn SIGTERM/SIGHUP/SIGINT (each unless ignored) into KeyboardInterrupt so every ``finally``
     (the undo) runs, and remember that one came (``signalled``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -26,7 +26,9 @@ def interrupts_as_exceptions() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signalled.clear()
-    wanted = [signal.SIGTERM, signal.SIGHUP]
+    # a signal ignored by whoever started us stays ignored: `nohup recipes run` survives the
+    # logout's SIGHUP, a background job the terminal's Ctrl-C
+    wanted = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         wanted.append(signal.SIGINT)
     old = {s: signal.signal(s, handler) for s in wanted}

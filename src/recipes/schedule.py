@@ -55,6 +55,21 @@ def commands(recipe: str, host: str, config: str | None, verify: bool) -> tuple[
     return nightly, weekly
 
 
+def _cron_escaped(line: str) -> str:
+    """A command line as a crontab field: cron turns an unescaped ``%`` into a newline."""
+    return line.replace("%", "\\%")
+
+
+def _systemd_escaped(text: str) -> str:
+    """Text for a unit file's value: systemd expands ``%x`` specifiers in every one."""
+    return text.replace("%", "%%")
+
+
+def _exec_escaped(line: str) -> str:
+    """A command line for ``ExecStart=``: specifiers, and ``$VAR`` which systemd expands there."""
+    return _systemd_escaped(line).replace("$", "$$")
+
+
 def generate(
     recipe: str, host: str, *, config: str | None, at: str, fmt: str, verify: bool, env_file: str
 ) -> Files:
@@ -72,31 +87,34 @@ def generate(
             f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",
             "# Quiet (-q): cron mails only when something fails (a warning or an error line).",
             "SHELL=/bin/sh",
-            f"{when} root set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
-            + " && ".join(nightly),
+            f"{when} root "
+            + _cron_escaped(
+                f"set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
+                + " && ".join(nightly)
+            ),
         ]
         if weekly:
-            lines.append(f"{_CRON['weekly']} root {weekly[0]} >/dev/null")
+            lines.append(f"{_CRON['weekly']} root {_cron_escaped(weekly[0])} >/dev/null")
         return Files("cron", {name: "\n".join(lines) + "\n"})
     calendar = "*-*-* " + at if _HHMM.match(at) else at
     service = "\n".join(
         [
             "[Unit]",
-            f"Description=recipes: prune, then back up {recipe} on {host}",
+            f"Description=recipes: prune, then back up {_systemd_escaped(f'{recipe} on {host}')}",
             "Wants=network-online.target",
             "After=network-online.target",
             "",
             "[Service]",
             "Type=oneshot",
-            f"EnvironmentFile=-{env_file}",
-            *(f"ExecStart={line}" for line in nightly),
+            f"EnvironmentFile=-{_systemd_escaped(env_file)}",
+            *(f"ExecStart={_exec_escaped(line)}" for line in nightly),
             "",
         ]
     )
     timer = "\n".join(
         [
             "[Unit]",
-            f"Description=recipes: nightly backup of {recipe} on {host}",
+            f"Description=recipes: nightly backup of {_systemd_escaped(f'{recipe} on {host}')}",
             "",
             "[Timer]",
             f"OnCalendar={calendar}",
@@ -117,8 +135,8 @@ def generate(
                 "",
                 "[Service]",
                 "Type=oneshot",
-                f"EnvironmentFile=-{env_file}",
-                f"ExecStart={weekly[0]}",
+                f"EnvironmentFile=-{_systemd_escaped(env_file)}",
+                f"ExecStart={_exec_escaped(weekly[0])}",
                 "",
             ]
         )

@@ -430,13 +430,13 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
         if num in (errno.ENOSPC, errno.EDQUOT):
             return Failure(
                 "no space left on the device" if num == errno.ENOSPC else "disk quota exceeded",
-                "free space there or point [repository] url at a bigger disk",
+                f"free space there, or give the repository ({_WHERE}) a bigger disk",
                 transient=False,
             )
         if num == errno.EROFS:
             return Failure(
                 "the filesystem is read-only",
-                "remount it read-write or point [repository] url elsewhere",
+                f"remount it read-write, or give the repository ({_WHERE}) another place",
                 transient=False,
             )
         if isinstance(exc, PermissionError) or num in (errno.EACCES, errno.EPERM):
@@ -450,7 +450,7 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
         if num == errno.ENOTDIR:
             return Failure(
                 f"{_file_in_the_way(str(exc.filename or ''))} is a file where a folder must be",
-                "move that file away, or point --repo / [repository] url at a folder",
+                f"move that file away, or give the repository ({_WHERE}) a folder",
                 transient=False,
             )
         if num == errno.EISDIR:
@@ -460,6 +460,10 @@ def classify(exc: BaseException, endpoint: str, read_timeout: float) -> Failure 
                 transient=False,
             )
     return None
+
+
+# Where a repository's place is given: the hint of a failure names them all (it may be either).
+_WHERE = "--repo, copy --to, [repository] url"
 
 
 def _file_in_the_way(path: str) -> str:

@@ -221,3 +221,95 @@ def test_access_denied_fails_at_once(
     assert out.returncode == 1, out.stderr
     assert "access denied" in one_line_error(out.stderr)
     assert proxy.requests == 1  # never retried
+
+
+def test_sigterm_mid_prune_or_copy_is_exit_130_with_the_lock_released_and_nothing_listed(
+    faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """systemd stops a nightly job with SIGTERM: a prune holding its lock (the server silent on
+    a manifest's read) and a copy to an offline disk both end with `recipes: interrupted`, exit
+    130; the lock is released and the disk lists nothing."""
+    import signal
+    import time
+
+    proxy, cfg = faulty
+    environ = {**os.environ, **env(s3_server, tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    disk = tmp_path / "disk"
+    locks = Path(s3_server.data_dir) / s3_bucket / "repo" / "locks"
+    proxy.only = "/manifest.json"
+    for args in (["prune"], ["copy", "--all", "--to", str(disk)]):
+        proxy.queue = ["timeout"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recipes", "--config", str(cfg), *args],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while proxy.queue and time.monotonic() < deadline:  # the held read has arrived
+            time.sleep(0.05)
+        assert not proxy.queue, args
+        if args == ["prune"]:
+            assert [p.name for p in locks.iterdir()], "prune holds its lock while it reads"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (args, err)
+        assert err.strip().splitlines()[-1] == "recipes: interrupted", (args, err)
+        assert not locks.exists() or not list(locks.iterdir()), args  # the lock released
+    listed = subprocess.run(
+        [sys.executable, "-m", "recipes", "--config", str(cfg), "--json", "snapshots", "--repo", str(disk)],
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+
+
+def test_sigterm_mid_copy_into_s3_removes_what_it_wrote(
+    faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A copy into S3 stopped by SIGTERM while an object's upload hangs: exit 130, and what it
+    had written there is removed (nothing listed, no object left under the prefix)."""
+    import hashlib
+    import signal
+    import time
+
+    import attrs
+
+    from recipes import manifest as mf
+
+    proxy, cfg = faulty
+    key = signing.load_signing_key(str(tmp_path / "signing"))
+    data = os.urandom(2 << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    objects = (
+        mf.StoredObject("files.snar", "state", "files.snar.zst.age", 5, hashlib.sha256(b"state").hexdigest()),
+        mf.StoredObject("files.tar", "files", "files.tar.zst.age", len(data), sha),
+    )
+    m = attrs.evolve(nightly.synthetic(0, dt.datetime.now(dt.UTC), None, 0), objects=objects)
+    source = tmp_path / "source"
+    nightly.write_local(source, [m], key)
+    folder = source / nightly.RECIPE / nightly.HOST / m.snapshot
+    (folder / "files.snar.zst.age").write_bytes(b"state")
+    (folder / "files.tar.zst.age").write_bytes(data)
+    environ = {**os.environ, **env(s3_server, tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proxy.only, proxy.queue = "files.tar.zst.age", ["timeout"]
+    argv = ["copy", "--all", "--repo", str(source), "--to", f"s3://{s3_bucket}/offsite"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipes", "--config", str(cfg), *argv],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while proxy.queue and time.monotonic() < deadline:  # the archive's upload is held
+        time.sleep(0.05)
+    offsite = Path(s3_server.data_dir) / s3_bucket / "offsite"
+    assert [p.name for p in offsite.rglob("*") if p.is_file()] == ["files.snar.zst.age"]  # written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "recipes: interrupted", err
+    assert not [p for p in offsite.rglob("*") if p.is_file()]  # what it wrote is gone

@@ -140,3 +140,42 @@ def test_a_cron_file_for_a_dotted_host_has_a_name_cron_runs(tmp_path: Path) -> N
     listed = subprocess.run(["run-parts", "--list", str(out_dir)], capture_output=True, text=True, check=True)
     assert listed.stdout.split() == [str(written)], written.name
     assert "--host root@10.0.0.5:2222" in written.read_text()
+
+
+def test_percent_and_dollar_in_the_config_path_reach_the_command_as_written(tmp_path: Path) -> None:
+    """cron turns an unescaped ``%`` into a newline (crontab(5)); systemd expands ``%x``
+    specifiers and ``$VAR`` in ExecStart (systemd.service(5)). A config path holding them must
+    reach recipes as written, not cut short or expanded."""
+    import re
+    import shlex
+
+    folder = tmp_path / "50%off $HOME"
+    folder.mkdir()
+    config = folder / "recipes.toml"
+    config.write_text('[hosts.web1]\naddress = "203.0.113.5"\n')
+
+    def schedule(*args: str) -> str:
+        result = CliRunner().invoke(
+            cli.main, ["--config", str(config), "schedule", "django", "--host", "web1", *args]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    cron = schedule("--format", "cron")
+    for line in [x for x in cron.splitlines() if x.startswith(("17 ", "47 "))]:
+        command = re.split(r"(?<!\\)%", line.split(" root ", 1)[1])[0].replace("\\%", "%")  # as cron
+        assert f"--config {shlex.quote(str(config))} " in command, command
+    (tmp_path / "units").mkdir()
+    schedule("-o", str(tmp_path / "units"))
+    for unit in (tmp_path / "units").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart="):  # as systemd reads it: %% is %, $$ is $
+                value = line[len("ExecStart=") :]
+                bare = value.replace("%%", "").replace("$$", "")
+                assert "%" not in bare and "$" not in bare, line  # nothing left to expand
+                command = value.replace("%%", "%").replace("$$", "$")
+                assert f"--config {shlex.quote(str(config))} " in command, line
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "err"}
+    units = sorted(map(str, (tmp_path / "units").iterdir()))
+    check = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr
