@@ -62,15 +62,16 @@ def generate(
     nightly, weekly = commands(recipe, host, config, verify)
     if fmt == "cron":
         when = _cron_time(at)
+        # Every job reads the env file (credentials for an S3 repository), the weekly verify too.
+        source = f"set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
         lines = [
             f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",
             "# Quiet (-q): cron mails only when something fails (a warning or an error line).",
             "SHELL=/bin/sh",
-            f"{when} root set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
-            + " && ".join(nightly),
+            f"{when} root {source}" + " && ".join(nightly),
         ]
         if weekly:
-            lines.append(f"{_CRON['weekly']} root {weekly[0]} >/dev/null")
+            lines.append(f"{_CRON['weekly']} root {source}{weekly[0]} >/dev/null")
         return Files("cron", {name: "\n".join(lines) + "\n"})
     calendar = "*-*-* " + at if _HHMM.match(at) else at
     service = "\n".join(
