@@ -83,18 +83,16 @@ def generate(
         # cron ignores a file in /etc/cron.d whose name is not run-parts' [A-Za-z0-9_-]+ (no dot)
         name = name.replace(".", "-")
         when = _cron_time(at)
+        # Every job reads the env file (credentials for an S3 repository), the weekly verify too.
+        source = f"set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
         lines = [
             f"# {name}: written by `recipes schedule`; prune, then back up {recipe} on {host}.",
             "# Quiet (-q): cron mails only when something fails (a warning or an error line).",
             "SHELL=/bin/sh",
-            f"{when} root "
-            + _cron_escaped(
-                f"set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "
-                + " && ".join(nightly)
-            ),
+            f"{when} root " + _cron_escaped(source + " && ".join(nightly)),
         ]
         if weekly:
-            lines.append(f"{_CRON['weekly']} root {_cron_escaped(weekly[0])} >/dev/null")
+            lines.append(f"{_CRON['weekly']} root {_cron_escaped(source + weekly[0])} >/dev/null")
         return Files("cron", {name: "\n".join(lines) + "\n"})
     calendar = "*-*-* " + at if _HHMM.match(at) else at
     service = "\n".join(

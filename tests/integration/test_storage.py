@@ -291,3 +291,48 @@ def test_copy_from_s3_to_a_local_folder_and_back(
     checked = s3.cli("--json", "verify", "--all", "--repo", back, env=creds)
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["snapshots"][0]["snapshot"] == json.loads(down.stdout)[0]["snapshot"]
+
+
+def test_the_weekly_cron_verify_reads_the_env_file_for_s3_credentials(
+    world: World,
+    site: tuple[str, Path, Path],
+    s3_server: servers.S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    """``schedule --format cron``: the credentials in ``--env-file`` reach the weekly
+    ``verify --all`` as they reach prune and run (it failed every week on an S3 repository)."""
+    root, src, _ = site
+    seed_tree(src)
+    s3 = s3_world(world, s3_server, s3_bucket, tmp_path)
+    s3.cli(
+        "run", "django", "--host", "source", "--set", f"root={root}", env=env(s3_server, tmp_path), check=True
+    )
+    env_file = tmp_path / "recipes.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in s3_server.env().items()))
+    env_file.chmod(0o600)
+    out = tmp_path / "cron"
+    s3.cli(
+        "schedule",
+        "django",
+        "--host",
+        "source",
+        "--format",
+        "cron",
+        "--env-file",
+        str(env_file),
+        "-o",
+        str(out),
+        check=True,
+    )
+    (cron,) = out.iterdir()
+    (weekly,) = [line for line in cron.read_text().splitlines() if line.startswith("47 4 * * 0 ")]
+    command = weekly.split(None, 6)[6]  # after the five time fields and the user
+    # cron's own environment: no AWS credentials, only what the env file gives
+    bare = {k: v for k, v in world.env().items() if not k.startswith("AWS_")}
+    bare["AWS_EC2_METADATA_DISABLED"] = "true"
+    ran = subprocess.run(
+        ["sh", "-c", command.replace(" >/dev/null", "")], capture_output=True, text=True, env=bare
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "no S3 credentials" not in ran.stderr
