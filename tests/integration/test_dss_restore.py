@@ -6,6 +6,7 @@ dss_version fact, include_config, and the dead-man's switch while DSS is stopped
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from recipes.apps.dss import CATEGORIES, INTEGRATIONS
@@ -348,3 +350,79 @@ def test_sigkill_of_the_controller_while_dss_is_stopped_the_guard_starts_it(
                 proc.wait()
     assert event_names(dss)[-2:] == ["dss-stopped", "dss-started"]
     assert not list(world.repo.glob("dss/source/*/manifest.json"))
+
+
+def _linked(site: Site, dss: DssInstall, link: str) -> DssInstall:
+    """``link`` made a symlink to dss's DATA_DIR (a DATA_DIR on a volume of its own), and the
+    install seen through it."""
+    site.local_path(link).parent.mkdir(parents=True, exist_ok=True)
+    site.local_path(link).symlink_to(dss.data_dir)
+    return attrs.evolve(dss, data_dir=link)
+
+
+def test_pristine_over_a_symlinked_data_dir_writes_where_the_link_points(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """Was: the link itself was moved aside and a new, real DATA_DIR made in its place (on the
+    link's filesystem), so DSS ran off the wrong disk and the volume kept only old data."""
+    src_site, dst_site = sites
+    link = f"{src_site.site_path}/home/dataiku/dss_data"
+    real = f"{src_site.site_path}/volume/dss_data"
+    dss = _linked(src_site, standins.install_dss(src_site, user=dss_user, data_dir=real), link)
+    old = _linked(dst_site, standins.install_dss(dst_site, user=dss_user, data_dir=real), link)
+    backed_up(world, dss, ssh_source)
+    ok(ssh_target, old.dss("start"))
+    before = fingerprint(dst_site.local_path(real), ("run",))
+
+    restore = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+    assert restore.returncode == 0, restore.stderr
+    link_path, real_path = dst_site.local_path(link), dst_site.local_path(real)
+    assert link_path.is_symlink() and os.readlink(link_path) == real  # still the link, to the volume
+    assert not asides(link_path)  # nothing in the link's place but the link
+    (aside,) = asides(real_path)  # the old content, beside the real directory
+    assert fingerprint(aside, ("run",)) == before
+    skip = skip_for(TEMPORARY)
+    assert fingerprint(real_path, skip) == fingerprint(src_site.local_path(real), skip)
+    assert (
+        f"{link} is a symlink to {real}: moved {real} aside to {aside_of(aside, dst_site)}" in restore.stderr
+    )
+    assert running(ssh_target, old)
+
+
+def test_pristine_over_a_symlinked_data_dir_failing_moves_the_content_back_behind_the_link(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """The target's kit is newer than the snapshot's DSS, so the restored DATA_DIR does not
+    start (the stand-in refuses another version): the old content goes back where it was."""
+    src_site, dst_site = sites
+    link = f"{src_site.site_path}/home/dataiku/dss_data"
+    real = f"{src_site.site_path}/volume/dss_data"
+    dss = _linked(src_site, standins.install_dss(src_site, user=dss_user, data_dir=real), link)
+    old = _linked(
+        dst_site, standins.install_dss(dst_site, user=dss_user, data_dir=real, version="12.6.1"), link
+    )
+    backed_up(world, dss, ssh_source)
+    ok(ssh_target, old.dss("start"))
+    before = fingerprint(dst_site.local_path(real), ("run",))
+
+    restore = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+    assert restore.returncode == 1, restore.stderr
+    line = error_line(restore.stderr)
+    assert "start-dss failed on target" in line and f"taken back after the failure: move {link} back" in line
+    link_path, real_path = dst_site.local_path(link), dst_site.local_path(real)
+    assert link_path.is_symlink() and os.readlink(link_path) == real
+    assert not asides(real_path) and not asides(link_path)
+    assert fingerprint(real_path, ("run",)) == before
+    assert running(ssh_target, old)
+
+
+def aside_of(aside: Path, site: Site) -> str:
+    return site.host_path(aside)
