@@ -19,6 +19,7 @@ from recipes.ops import (
     KeyStore,
     Manual,
     MustBeEmpty,
+    NotMountPoint,
     NotOlder,
     Op,
     Release,
@@ -456,7 +457,18 @@ class MoveAside:
     def ops(self) -> list[Op]:
         p, link = sh(self.path), sh(self.path.rstrip("/") or "/")
         back = Command(f'{self._resolve()}if [ -e "$a" ]; then rm -rf -- "$r" && mv -T -- "$a" "$r"; fi')
-        test = f'[ -e {p} ] && [ -n "$(ls -A {p} 2>/dev/null)" ]' if self.non_empty_only else f"[ -e {p} ]"
+        full = '[ -n "$(ls -A -- "$r" 2>/dev/null)" ]'
+        mounted = (
+            '{ if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$r"; '
+            'else [ "$(stat -c %d -- "$r")" != "$(stat -c %d -- "$r/..")" ]; fi; }'
+        )
+        probe = Command(
+            f'{self._resolve()}if [ -e "$r" ] && {full} && {mounted}; then echo mount-point; fi; true'
+        )
+        # An empty mount point stays where it is (it cannot be renamed; there is nothing to keep).
+        test = (
+            f"[ -e {p} ] && {full}" if self.non_empty_only else f"[ -e {p} ] && {{ {full} || ! {mounted}; }}"
+        )
         said = (
             f'if [ "$r" != {link} ]; then printf '
             f"{sh('warning: %s is a symlink to %s: moved %s aside to %s; the restore writes into %s')}'\\n' "
@@ -467,6 +479,7 @@ class MoveAside:
             f'chown --reference="$a" -- "$r" && chmod --reference="$a" -- "$r" && {{ {said}}}; fi'
         )
         return [
+            Guard(probe, NotMountPoint(self.path), self.role),
             Undo(
                 back,
                 f"move {self.path} back",
