@@ -138,6 +138,10 @@ def plan_lines(src: DuplicityCollection) -> list[str]:
                 f"  latest/<newest of daily|weekly|monthly>_{db}_<date>_<time>.sql.bz2 -> database {db}"
             )
         out.append(
+            "  every chosen dump is read through first: one cut short or damaged refuses the restore "
+            "before anything is loaded"
+        )
+        out.append(
             "  each dump is streamed (bunzip2 on the controller) into the command below, after "
             "CREATE DATABASE IF NOT EXISTS and USE of its database (its own USE line wins)"
         )
@@ -421,7 +425,8 @@ class Restorer:
             except StepFailed as exc:
                 raise BeforeHost(str(exc)) from None
             if src.unpack == UNPACK_DUMPS:
-                return _load_dumps(host, dst, restored, src.databases, op.what)
+                name = os.path.basename(_plain(src.file_to_restore))
+                return _load_dumps(host, dst, restored, src.databases, op.what, name)
             return _stream_tree(host, dst, restored, op.what)
 
 
@@ -431,13 +436,29 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             yield info
 
 
-def _load_dumps(host: Host, dst: HostCommand, path: str, databases: tuple[str, ...], what: str) -> str:
-    """Every chosen dump of ``latest/`` into ``dst`` (one process each), first error stops."""
-    try:
-        with tarfile.open(path, "r:*") as tar:
+def _load_dumps(
+    host: Host, dst: HostCommand, path: str, databases: tuple[str, ...], what: str, name: str = "latest.tbz2"
+) -> str:
+    """Every chosen dump of ``latest/`` into ``dst`` (one process each), first error stops.
+
+    Each chosen dump is read through once before the first is loaded: a dump cut short in the
+    collection (automysqlbackup ran out of disk, a half-written ``latest.tbz2``) would otherwise
+    reach mysql as far as it goes, after its ``DROP TABLE``, and fail there as a syntax error."""
+    with contextlib.ExitStack() as stack:
+        try:
+            tar = stack.enter_context(tarfile.open(path, "r:*"))
             infos = {i.name: i for i in _members(tar)}
-            chosen = choose(list(infos), databases)
-            loaded: list[str] = []
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BeforeHost(
+                f"cannot read the restored {name} as a tar.bz2 ({_one_line(exc)}): the collection holds "
+                "a damaged copy; nothing was changed on the host; restore an older backup set with "
+                "--snapshot TIME"
+            ) from None
+        chosen = choose(list(infos), databases)
+        for dump in chosen:
+            _read_through(tar, infos[dump.member], dump, name)
+        loaded: list[str] = []
+        try:
             for dump in chosen:
                 fh = tar.extractfile(infos[dump.member])
                 assert fh is not None
@@ -451,9 +472,29 @@ def _load_dumps(host: Host, dst: HostCommand, path: str, databases: tuple[str, .
                     before = f"; loaded before it: {', '.join(loaded)}" if loaded else ""
                     raise StepFailed(f"{exc}{before}") from None
                 loaded.append(f"{dump.file} -> {database}")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise StepFailed(f"cannot read the restored {os.path.basename(path)} as a tar.bz2: {exc}") from None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise StepFailed(f"cannot read the restored {name} as a tar.bz2: {_one_line(exc)}") from None
     return f"ok ({'; '.join(loaded)})"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _read_through(tar: tarfile.TarFile, info: tarfile.TarInfo, dump: DumpFile, name: str) -> None:
+    """Decompress one dump to its end (nothing kept); a damaged one is refused naming it."""
+    try:
+        fh = tar.extractfile(info)
+        assert fh is not None
+        reader: IO[bytes] = bz2.BZ2File(fh) if dump.file.endswith(".bz2") else fh
+        while reader.read(CHUNK):
+            pass
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BeforeHost(
+            f"{dump.file} in the restored {name} is cut short or damaged ({_one_line(exc)}): the "
+            "collection holds a bad copy of it; nothing was loaded and nothing was changed on the host; "
+            "restore an older backup set with --snapshot TIME"
+        ) from None
 
 
 @contextlib.contextmanager

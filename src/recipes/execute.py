@@ -226,14 +226,15 @@ class Interpreter:
             stdin = op.stdin.encode() if op.stdin is not None else b""
             result = run(host, self.fill(op.command, host), stdin)
             ok = op.ok_exits is None or result.exit_status in op.ok_exits
+            what = ops.fill_text(op.what, self._values(host))
             if not ok:
                 raise StepFailed(
-                    f"{op.what} failed on {host.name} (exit {result.exit_status}): {last_line(result.stderr)}"
+                    f"{what} failed on {host.name} (exit {result.exit_status}): {last_line(result.stderr)}"
                 )
             for line in result.stderr.splitlines():
                 if line.strip().lower().startswith("warning:"):
-                    log.warning("%s on %s: %s", op.what, host.name, line.strip())
-                    self.warnings.append(f"{op.what} on {host.name}: {line.strip()}")
+                    log.warning("%s on %s: %s", what, host.name, line.strip())
+                    self.warnings.append(f"{what} on {host.name}: {line.strip()}")
             mine = self.values.setdefault(host.name, {})
             if op.sets:
                 mine[op.sets] = "yes" if result.exit_status == 0 else "no"

@@ -117,6 +117,30 @@ class MustBeEmpty:
         return f"refuse unless {self.path} is missing or empty (or --force)"
 
 
+@attrs.frozen
+class NotMountPoint:
+    """The directory a restore moves aside is not a mount point holding files (a mount point
+    cannot be renamed: ``mv`` says "Device or resource busy")."""
+
+    path: str
+
+    def judge(self, output: str, status: int, facts: dict[str, str], force: bool) -> str | None:
+        if "mount-point" not in output.split():
+            return None
+        return (
+            f"{self.path} is a mount point holding files, so the restore cannot move it aside: move "
+            "its content elsewhere on that volume yourself (that is what is kept), then restore again"
+        )
+
+    def describe(self) -> str:
+        return f"refuse if {self.path} is a mount point holding files (it cannot be moved aside)"
+
+
+def fill_text(text: str, values: dict[str, str]) -> str:
+    """``text`` (an op's ``what``) with every ``{{name}}`` known in ``values`` replaced."""
+    return _VALUE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:4])
 

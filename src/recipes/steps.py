@@ -19,6 +19,7 @@ from recipes.ops import (
     KeyStore,
     Manual,
     MustBeEmpty,
+    NotMountPoint,
     NotOlder,
     Op,
     Release,
@@ -426,7 +427,11 @@ class RefuseOlder:
 @attrs.frozen
 class MoveAside:
     """Move ``path`` aside (never delete it) before a restore writes there; if the restore fails,
-    the undo puts it back. The aside copy is kept after a successful restore, for the operator."""
+    the undo puts it back. The aside copy is kept after a successful restore, for the operator.
+
+    A ``path`` that is a symlink (a DATA_DIR on a volume of its own) stays one: the directory it
+    resolves to is moved aside beside itself (a rename on its own filesystem) and made anew, so
+    the restore writes where the link points, not into a new directory in the link's place."""
 
     name: str
     path: str
@@ -439,15 +444,42 @@ class MoveAside:
     def aside(self) -> str:
         return f"{self.path.rstrip('/')}.before-restore-{RUN_ID}"
 
+    def _resolve(self) -> str:
+        """Shell setting ``$r`` to path (through a symlink: what it resolves to) and ``$a`` to
+        its aside name; a symlink that cannot be resolved fails with one line."""
+        p = sh(self.path.rstrip("/") or "/")
+        return (
+            f"r={p}; if [ -L {p} ]; then r=$(readlink -f -- {p}) || "
+            f"{{ echo {sh(f'cannot resolve the symlink {self.path}')} >&2; exit 1; }}; fi; "
+            f'a="$r"{sh(f".before-restore-{RUN_ID}")}; '
+        )
+
     def ops(self) -> list[Op]:
-        p, a = sh(self.path), sh(self.aside)
-        back = Command(f"if [ -e {a} ]; then rm -rf -- {p} && mv -T -- {a} {p}; fi")
-        test = f'[ -e {p} ] && [ -n "$(ls -A {p} 2>/dev/null)" ]' if self.non_empty_only else f"[ -e {p} ]"
+        p, link = sh(self.path), sh(self.path.rstrip("/") or "/")
+        back = Command(f'{self._resolve()}if [ -e "$a" ]; then rm -rf -- "$r" && mv -T -- "$a" "$r"; fi')
+        full = '[ -n "$(ls -A -- "$r" 2>/dev/null)" ]'
+        mounted = (
+            '{ if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$r"; '
+            'else [ "$(stat -c %d -- "$r")" != "$(stat -c %d -- "$r/..")" ]; fi; }'
+        )
+        probe = Command(
+            f'{self._resolve()}if [ -e "$r" ] && {full} && {mounted}; then echo mount-point; fi; true'
+        )
+        # An empty mount point stays where it is (it cannot be renamed; there is nothing to keep).
+        test = (
+            f"[ -e {p} ] && {full}" if self.non_empty_only else f"[ -e {p} ] && {{ {full} || ! {mounted}; }}"
+        )
+        said = (
+            f'if [ "$r" != {link} ]; then printf '
+            f"{sh('warning: %s is a symlink to %s: moved %s aside to %s; the restore writes into %s')}'\\n' "
+            f'{link} "$r" "$r" "$a" "$r" >&2; fi; '
+        )
         move = Command(
-            f"if {test}; then mv -T -- {p} {a} && mkdir -- {p} && "
-            f"chown --reference={a} -- {p} && chmod --reference={a} -- {p}; fi"
+            f'{self._resolve()}if {test}; then mv -T -- "$r" "$a" && mkdir -- "$r" && '
+            f'chown --reference="$a" -- "$r" && chmod --reference="$a" -- "$r" && {{ {said}}}; fi'
         )
         return [
+            Guard(probe, NotMountPoint(self.path), self.role),
             Undo(
                 back,
                 f"move {self.path} back",

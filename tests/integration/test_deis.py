@@ -444,6 +444,40 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         new.stop()
 
 
+def test_an_etcd_resync_that_cannot_reach_etcd_fails_the_restore_naming_it(
+    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd
+) -> None:
+    """Django 1.x's ``manage.py shell`` (the stand-in runs the script with code.interact, as
+    the controller does) prints a failing statement's traceback and exits 0 at the end of its
+    input: without the re-sync script's own exit status the restore said it succeeded while
+    etcd held none of the keys, apps or domains."""
+    old, new = start_gateway(), start_gateway()
+    try:
+        use_gateway(root, old)
+        fill(old, deis_pg)
+        (root / "store").mkdir()
+        world.cli("run", "deis", "--host", "deis", *sets(old.url, etcd), check=True)
+        deis_pg.psql(f"DROP DATABASE {DB} WITH (FORCE);")
+        etcd.ctl("rm", "--recursive", "/deis", check=False)
+        use_gateway(root, new)
+        dead = f"127.0.0.1:{servers.free_port()}"  # nothing listens: etcd is down
+        restore = world.cli(
+            "restore", "deis", "--host", "deis", *sets(new.url, etcd), "--set", f"etcd={dead}"
+        )
+        assert restore.returncode == 1, restore.stderr
+        line = error_line(restore.stderr)
+        assert line.startswith("recipes: error: etcd-resync failed on deis (exit 1): etcd re-sync failed"), (
+            line
+        )
+        assert f"(ETCD={dead}): OSError: etcd {dead}:" in line and "check that etcd answers" in line, line
+        assert "PARTLY restored" in line and "failed run etcd-resync" in line, line
+        assert etcd.tree() == {}
+        assert deis_pg.psql("SELECT count(*) FROM api_key;", db=DB).split() == ["2"]  # the rest came back
+    finally:
+        old.stop()
+        new.stop()
+
+
 def test_a_gateway_failing_mid_copy_fails_the_snapshot_and_lists_nothing(
     world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd
 ) -> None:

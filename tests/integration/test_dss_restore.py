@@ -6,13 +6,17 @@ dss_version fact, include_config, and the dead-man's switch while DSS is stopped
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from recipes.apps.dss import CATEGORIES, INTEGRATIONS
@@ -20,7 +24,7 @@ from tests import servers
 from tests.integration import standins
 from tests.integration.standins import DssInstall, Site
 from tests.integration.test_dss import USER, dss_sets, error_line, event_names, running, skip_for
-from tests.integration.test_standins import ok
+from tests.integration.test_standins import ok, run
 from tests.integration.world import World, fingerprint
 
 pytestmark = pytest.mark.integration
@@ -348,3 +352,152 @@ def test_sigkill_of_the_controller_while_dss_is_stopped_the_guard_starts_it(
                 proc.wait()
     assert event_names(dss)[-2:] == ["dss-stopped", "dss-started"]
     assert not list(world.repo.glob("dss/source/*/manifest.json"))
+
+
+def _linked(site: Site, dss: DssInstall, link: str) -> DssInstall:
+    """``link`` made a symlink to dss's DATA_DIR (a DATA_DIR on a volume of its own), and the
+    install seen through it."""
+    site.local_path(link).parent.mkdir(parents=True, exist_ok=True)
+    site.local_path(link).symlink_to(dss.data_dir)
+    return attrs.evolve(dss, data_dir=link)
+
+
+def test_pristine_over_a_symlinked_data_dir_writes_where_the_link_points(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """Was: the link itself was moved aside and a new, real DATA_DIR made in its place (on the
+    link's filesystem), so DSS ran off the wrong disk and the volume kept only old data."""
+    src_site, dst_site = sites
+    link = f"{src_site.site_path}/home/dataiku/dss_data"
+    real = f"{src_site.site_path}/volume/dss_data"
+    dss = _linked(src_site, standins.install_dss(src_site, user=dss_user, data_dir=real), link)
+    old = _linked(dst_site, standins.install_dss(dst_site, user=dss_user, data_dir=real), link)
+    backed_up(world, dss, ssh_source)
+    ok(ssh_target, old.dss("start"))
+    before = fingerprint(dst_site.local_path(real), ("run",))
+
+    restore = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+    assert restore.returncode == 0, restore.stderr
+    link_path, real_path = dst_site.local_path(link), dst_site.local_path(real)
+    assert link_path.is_symlink() and os.readlink(link_path) == real  # still the link, to the volume
+    assert not asides(link_path)  # nothing in the link's place but the link
+    (aside,) = asides(real_path)  # the old content, beside the real directory
+    assert fingerprint(aside, ("run",)) == before
+    skip = skip_for(TEMPORARY)
+    assert fingerprint(real_path, skip) == fingerprint(src_site.local_path(real), skip)
+    assert (
+        f"{link} is a symlink to {real}: moved {real} aside to {aside_of(aside, dst_site)}" in restore.stderr
+    )
+    assert running(ssh_target, old)
+
+
+def test_pristine_over_a_symlinked_data_dir_failing_moves_the_content_back_behind_the_link(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """The target's kit is newer than the snapshot's DSS, so the restored DATA_DIR does not
+    start (the stand-in refuses another version): the old content goes back where it was."""
+    src_site, dst_site = sites
+    link = f"{src_site.site_path}/home/dataiku/dss_data"
+    real = f"{src_site.site_path}/volume/dss_data"
+    dss = _linked(src_site, standins.install_dss(src_site, user=dss_user, data_dir=real), link)
+    old = _linked(
+        dst_site, standins.install_dss(dst_site, user=dss_user, data_dir=real, version="12.6.1"), link
+    )
+    backed_up(world, dss, ssh_source)
+    ok(ssh_target, old.dss("start"))
+    before = fingerprint(dst_site.local_path(real), ("run",))
+
+    restore = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+    assert restore.returncode == 1, restore.stderr
+    line = error_line(restore.stderr)
+    assert "start-dss failed on target" in line and f"taken back after the failure: move {link} back" in line
+    link_path, real_path = dst_site.local_path(link), dst_site.local_path(real)
+    assert link_path.is_symlink() and os.readlink(link_path) == real
+    assert not asides(real_path) and not asides(link_path)
+    assert fingerprint(real_path, ("run",)) == before
+    assert running(ssh_target, old)
+
+
+def aside_of(aside: Path, site: Site) -> str:
+    return site.host_path(aside)
+
+
+def test_pristine_over_a_mount_point_data_dir_is_refused_before_dss_stops_unless_it_is_empty(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """DATA_DIR on a volume of its own, mounted there: it cannot be renamed. Was: DSS stopped,
+    then ``mv: ... Device or resource busy`` and a line naming ``…before-restore-{{run}}``."""
+    src_site, dst_site = sites
+    dss = standins.install_dss(src_site, user=dss_user)
+    old = standins.install_dss(dst_site, user=dss_user)
+    backed_up(world, dss, ssh_source)
+    d = shlex.quote(old.data_dir)
+    copy = f"/tmp/dss-copy-{uuid.uuid4().hex[:8]}"
+    # the target host (its own mount namespace) mounts a volume at DATA_DIR holding its content
+    ok(ssh_target, f"cp -a {d} {copy} && mount -t tmpfs tmpfs {d} && cp -a {copy}/. {d}/ && rm -rf {copy}")
+    try:
+        ok(ssh_target, f"chown {dss_user}: {d} && chmod 755 {d}")
+        ok(ssh_target, old.dss("start"))
+        before = fingerprint(old.data_path, ("run",))
+        refused = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+        assert refused.returncode == 2, refused.stderr
+        line = error_line(refused.stderr)
+        assert line == (
+            f"recipes: error: {old.data_dir} is a mount point holding files, so the restore cannot move "
+            "it aside: move its content elsewhere on that volume yourself (that is what is kept), then "
+            "restore again (on target)"
+        ), line
+        assert "dss-stopped" not in event_names(old) and running(ssh_target, old)
+        assert fingerprint(old.data_path, ("run",)) == before
+
+        # emptied by hand: the restore writes into the mounted volume, nothing is moved
+        ok(ssh_target, old.dss("stop"))
+        ok(ssh_target, f"find {d} -mindepth 1 -delete")
+        restore = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+        assert restore.returncode == 0, restore.stderr
+        ok(ssh_target, f"mountpoint -q {d} && test -f {d}/install.ini")
+        assert not asides(old.data_path)
+        assert running(ssh_target, old)
+    finally:
+        standins.stop_processes(dst_site.site_path)
+        run(ssh_target, f"umount -l {d}")
+
+
+def test_a_move_aside_that_fails_names_the_aside_it_tried(
+    world: World,
+    sites: tuple[Site, Site],
+    ssh_source: servers.SshHost,
+    ssh_target: servers.SshHost,
+    dss_user: str,
+) -> None:
+    """DATA_DIR's parent immutable (chattr +i: no entry there can be renamed, DATA_DIR's own
+    content stays writable): the move fails; the line names the aside with this run's id (was:
+    ``…before-restore-{{run}}``) and DSS runs again."""
+    src_site, dst_site = sites
+    dss = standins.install_dss(src_site, user=dss_user)
+    old = standins.install_dss(dst_site, user=dss_user)
+    backed_up(world, dss, ssh_source)
+    parent = shlex.quote(str(Path(old.data_dir).parent))
+    ok(ssh_target, old.dss("start"))
+    ok(ssh_target, f"chattr +i {parent}")
+    try:
+        failed = world.cli("restore", "dss", "--host", "target", "--from", "source", *dss_sets(dss))
+        assert failed.returncode == 1, failed.stderr
+        line = error_line(failed.stderr)
+        assert line.startswith(f"recipes: error: move {old.data_dir} aside to {old.data_dir}.before-restore-")
+        assert "{{" not in line and "Operation not permitted" in line, line
+        assert running(ssh_target, old)
+    finally:
+        run(ssh_target, f"chattr -i {parent}")

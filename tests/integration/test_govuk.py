@@ -374,6 +374,69 @@ def test_a_failing_load_stops_and_cleans_up(
     _clean(world, tmp, keyring, before)
 
 
+def _cut_short_collection(offsite: Offsite, work: Path, prefix: str) -> None:
+    """A full backup whose latest.tbz2 holds a good dump of gv_cut_a and a dump of gv_cut_b cut
+    short mid-way (its bz2 stream ends after several blocks, as a half-written file does): read
+    from the start, it has its ``DROP TABLE`` and thousands of rows, then it ends."""
+    home = work / "gnupg"
+    home.mkdir(parents=True, mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        ["gpg", "--batch", "--import", str(offsite.key_file)], env=env, check=True, capture_output=True
+    )
+    good = b"CREATE DATABASE IF NOT EXISTS gv_cut_a;\nUSE gv_cut_a;\nCREATE TABLE t (id INT);\n"
+    rows = "".join(f"INSERT INTO t VALUES ({i}, '{os.urandom(100).hex()}');\n" for i in range(30000))
+    cut = "CREATE DATABASE IF NOT EXISTS gv_cut_b;\nUSE gv_cut_b;\nDROP TABLE IF EXISTS t;\n"
+    cut += "CREATE TABLE t (id INT PRIMARY KEY, v TEXT);\n" + rows
+    packed = bz2.compress(cut.encode())
+    tree = work / "tree"
+    (tree / TBZ2).parent.mkdir(parents=True)
+    with tarfile.open(tree / TBZ2, "w:bz2") as tar:
+        for name, data in (
+            ("daily_gv_cut_a_2026-11-17_06h00m.sql.bz2", bz2.compress(good)),
+            ("daily_gv_cut_b_2026-11-17_06h00m.sql.bz2", packed[: len(packed) // 2]),
+        ):
+            info = tarfile.TarInfo(f"latest/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    url = f"boto3+s3://{offsite.bucket}/{prefix}"
+    trust = "--gpg-options=--trust-model=always"
+    _duplicity(home, work, offsite.s3, "full", trust, "--encrypt-key", offsite.fingerprint, str(tree), url)
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+
+
+def test_a_dump_cut_short_in_the_collection_is_refused_before_anything_is_loaded(
+    world: World, offsite: Offsite, mariadb_target: servers.MariaDB, tmp_path: Path
+) -> None:
+    """Without the read-through, gv_cut_a was loaded, then gv_cut_b's DROP TABLE ran and ~9000
+    of its rows, and the line blamed MariaDB ("ERROR 1064 ... syntax") for a damaged file."""
+    target = mariadb_target
+    target.sql("DROP DATABASE IF EXISTS gv_cut_a; DROP DATABASE IF EXISTS gv_cut_b")
+    target.sql("CREATE DATABASE gv_cut_b; CREATE TABLE gv_cut_b.t (id INT PRIMARY KEY, v TEXT)")
+    target.sql("INSERT INTO gv_cut_b.t VALUES (99, 'kept')")
+    prefix = f"cut-{uuid.uuid4().hex[:6]}"
+    _cut_short_collection(offsite, tmp_path / "build", prefix)
+    tmp = tmp_path / "controller-tmp"
+    sets = [*offsite.sets(prefix), "--set", f'file_to_restore="{TBZ2}"']
+    done = world.cli("restore", "govuk-datastore", "--host", "target", *sets, env=offsite.env(tmp))
+    try:
+        assert done.returncode == 1, done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and done.stderr.strip().splitlines()[-1] == errors[0], done.stderr
+        assert errors[0].startswith(
+            "recipes: error: daily_gv_cut_b_2026-11-17_06h00m.sql.bz2 in the restored latest.tbz2 "
+            "is cut short or damaged ("
+        ), errors[0]
+        assert "nothing was changed on the host" in errors[0] and "--snapshot TIME" in errors[0]
+        assert "PARTLY" not in errors[0] and "Traceback" not in done.stderr
+        # nothing loaded: the good dump neither, and the target's table is as it was
+        assert _rows(target, "SHOW DATABASES LIKE 'gv_cut_a'") == []
+        assert target.sql("SELECT id, v FROM gv_cut_b.t").split() == ["99", "kept"]
+        assert list(tmp.iterdir()) == []
+    finally:
+        target.sql("DROP DATABASE IF EXISTS gv_cut_a; DROP DATABASE IF EXISTS gv_cut_b")
+
+
 def test_assets_restore_streams_the_tree_and_refuses_a_non_empty_target(
     world: World, offsite: Offsite, site: tuple[str, Path, Path], tmp_path: Path
 ) -> None:

@@ -45,12 +45,23 @@ from recipes.steps import (
 STORE_COMPONENTS = ("store-monitor", "store-daemon", "store-metadata", "store-gateway", "store-volume")
 ETCD_KEYS = ("/deis/builder/users", "/deis/domains", "/deis/services", "/deis/config")
 """What the controller's re-sync re-writes: recorded as a fact (key names only) for drills."""
-RESYNC = """from api.models import *
-[k.save() for k in Key.objects.all()]
-[a.save() for a in App.objects.all()]
-[d.save() for d in Domain.objects.all()]
+_RESYNC_BLOCK = """try:
+    from api.models import *
+    [k.save() for k in Key.objects.all()]
+    [a.save() for a in App.objects.all()]
+    [d.save() for d in Domain.objects.all()]
+except Exception as e:
+    sys.stderr.write(
+        'etcd re-sync failed (ETCD=%s): %s: %s: check that etcd answers there (the etcd parameter)\\n'
+        % (os.environ.get('ETCD'), type(e).__name__, ' '.join(str(e).split())))
+    sys.exit(1)
 """
-"""The seed's ``./manage.py shell <<EOF`` script, fed on stdin."""
+RESYNC = f"import os, sys\nexec({_RESYNC_BLOCK!r})\n"
+"""The seed's ``./manage.py shell <<EOF`` script, fed on stdin. Django 1.x's shell runs it
+statement by statement (``code.interact``): one that raises prints its traceback and the shell
+goes on, exiting 0 at the end of its input (and drops a block its input ends inside). So the
+saves are one ``try``, run by a one-line ``exec`` (Python 2 and 3), whose failure says what
+failed on one line and exits 1: SystemExit is the one exception the shell passes on."""
 SCALE = (
     "the seed: 'The database keeps track of running application containers. Since this is a fresh "
     "cluster, it is advisable to deis scale <proctype>=0 and then deis scale back up to the desired "
@@ -449,7 +460,8 @@ class Deis:
                 ),
                 stdin=RESYNC,
                 about="the seed: in deis-controller, `cd /app; export ETCD=<host>:4001; ./manage.py shell` "
-                "re-writes user keys, apps and domains to etcd",
+                "re-writes user keys, apps and domains to etcd; a save that fails (etcd down) ends it "
+                "with exit 1 and one line (Django's shell alone would go on and exit 0)",
             ),
             ManualStep(
                 "scale",
