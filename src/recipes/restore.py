@@ -239,6 +239,23 @@ def _partial_state(
     )
 
 
+def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
+    """Say again what the backup warned about an object it stored (GNU tar's exit 1: a file that
+    shrank while read is stored padded with zeros and comes back so): the restore writes it as
+    stored, and the operator learns here, not from a log of the night it was made."""
+    if obj.warnings:
+        # a socket tar left out says nothing about the files: name a real difference first
+        first = next((w for w in obj.warnings if not w.endswith("socket ignored")), obj.warnings[0])
+        more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""
+        log.warning(
+            "%s of %s was stored with warnings and is restored as stored: %s%s",
+            obj.name,
+            manifest.snapshot,
+            first,
+            more,
+        )
+
+
 class _Restore:
     """The restore's transfer executors: snapshot objects and key files into host commands."""
 
@@ -311,6 +328,7 @@ class _Restore:
         on_host = self.host_zstd and host.name == self.host.name
         if on_host:
             command = Compression.decompress_on_host(command)
+        _stored_with_warnings(manifest, obj)
         meter = progress.current().meter(obj.name, obj.size)
         proc: Process = host.start(command)
         try:

@@ -1,15 +1,19 @@
 """What a restore brings back is what was there: the django recipe over real SSH on trees an
 operator's server really has (odd names, every file type, modes, owners, nanosecond mtimes, every
-xattr namespace, ACLs, hard links, sparse files), through a full and an incremental chain."""
+xattr namespace, ACLs, hard links, sparse files), through a full and an incremental chain, and a
+file that shrank while tar read it."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -228,3 +232,56 @@ def test_a_chain_of_type_changes_comes_back_exactly(world: World, site: tuple[st
     restore(world, root)
     assert exact(dst) == expected(src)
     assert allocated(dst / "sparse.img") < 1 << 20
+
+
+IN_ACCESS = 0x1
+
+
+def shrink_when_opened(path: Path, size: int) -> threading.Thread:
+    """Truncate ``path`` to ``size`` at its first read (inotify ``IN_ACCESS``): tar on the host,
+    which took the old size from its ``fstat`` after the open, then reads fewer bytes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), IN_ACCESS) >= 0
+
+    def wait() -> None:
+        try:
+            os.read(fd, 4096)
+            os.truncate(path, size)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_file_that_shrank_while_read_is_named_again_at_restore(
+    world: World, site: tuple[str, Path, Path]
+) -> None:
+    """GNU tar pads a file that shrank under it with zeros and exits 1: the snapshot is kept with
+    the warning (docs/reliability.md), and the restore, which writes the padded file back, says so."""
+    root, src, dst = site
+    (src / "var/log").mkdir(parents=True)
+    big = src / "var/log/rotated.log"
+    with open(big, "wb") as fh:  # written, not sparse: tar reads every byte
+        for _ in range(256):
+            fh.write(bytes(1 << 20))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "var/log/a.sock"))  # tar's harmless "socket ignored" comes first
+        shrink = shrink_when_opened(big, 100)
+        out = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
+        shrink.join(timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert big.stat().st_size == 100
+    manifest = json.loads(out.stdout)
+    files = next(o for o in manifest["objects"] if o["name"] == "files.tar")
+    assert any("rotated.log: File shrank by" in w for w in files["warnings"]), files["warnings"]
+
+    proc = restore(world, root)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "restored as stored" in line]
+    assert said, proc.stdout + proc.stderr
+    assert f"files.tar of {manifest['snapshot']}" in said[0]
+    assert "rotated.log: File shrank by" in said[0]
+    # what the warning is about: the source has 100 bytes, the snapshot held 256 MiB (zeros)
+    assert (dst / "var/log/rotated.log").stat().st_size == 256 << 20
