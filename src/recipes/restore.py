@@ -256,6 +256,21 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
         )
 
 
+def _tar_warned(what: str, host: str, stderr: str) -> None:
+    """GNU tar exits 0 after warnings that mean the files differ from the snapshot (a target
+    filesystem without ACLs: "Cannot set POSIX ACLs ... Operation not supported"): say so."""
+    said = [line.strip() for line in stderr.splitlines() if line.startswith("tar: ")]
+    if said:
+        more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
+        log.warning(
+            "%s on %s: tar warned, so the files may differ from the snapshot: %s%s",
+            what,
+            host,
+            said[0],
+            more,
+        )
+
+
 class _Restore:
     """The restore's transfer executors: snapshot objects and key files into host commands."""
 
@@ -349,6 +364,8 @@ class _Restore:
             detail = errors[0] if errors else last_line(proc.stderr())
             more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
             raise StepFailed(f"{what} failed on {host.name} (exit {status}): {detail}{more}")
+        if obj.kind == "files":
+            _tar_warned(what, host.name, proc.stderr())
         if dst.check is not None:
             check(host, dst.check, f"check after {what}")
 

@@ -15,8 +15,12 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from tests import servers
 from tests.integration.world import World
 
 MTIME_NS = 1_600_000_000_123_456_789
@@ -285,3 +289,47 @@ def test_a_file_that_shrank_while_read_is_named_again_at_restore(
     assert "rotated.log: File shrank by" in said[0]
     # what the warning is about: the source has 100 bytes, the snapshot held 256 MiB (zeros)
     assert (dst / "var/log/rotated.log").stat().st_size == 256 << 20
+
+
+@pytest.fixture
+def no_acl_target(site: tuple[str, Path, Path], ssh_target: servers.SshHost) -> Iterator[list[str]]:
+    """The target's root is a btrfs mounted ``noacl`` (a filesystem without ACL support) in the
+    target's own mount namespace; yields the ssh command line that runs a command there."""
+    root = site[0]
+    vol = servers.start_btrfs(128)
+    try:
+        subprocess.run(["umount", vol.mount_point], check=True)  # only the target mounts it
+        ssh = [
+            "ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-i", ssh_target.key_file, "-p", str(ssh_target.port),
+            f"{ssh_target.user}@{ssh_target.address}",
+        ]  # fmt: skip
+        mount = f"mkdir -p {root} && mount -t btrfs -o noacl,subvol=data {vol.device} {root}"
+        subprocess.run([*ssh, mount], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+        vol.host_mounts.append((ssh_target, root))  # unmounted there by stop()
+        yield ssh
+    finally:
+        vol.stop()
+
+
+def test_acls_the_target_cannot_hold_are_a_warning_not_a_silent_loss(
+    world: World, site: tuple[str, Path, Path], no_acl_target: list[str]
+) -> None:
+    """GNU tar exits 0 when it cannot set an ACL (only a warning on stderr): the restore says so."""
+    root, src, _ = site
+    write(src, b"shared/report.txt", b"for the auditors")
+    subprocess.run(["setfacl", "-m", "u:1234:rw", str(src / "shared/report.txt")], check=True)
+    backup(world, root)
+    proc = restore(world, root)
+    there = subprocess.run(
+        [*no_acl_target, f"cat {root}/shared/report.txt && getfacl -cp {root}/shared/report.txt"],
+        capture_output=True,
+        text=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    assert there.startswith("for the auditors")
+    assert "user:1234:rw-" not in there  # the filesystem could not keep it
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "tar warned" in line]
+    assert said, proc.stdout + proc.stderr
+    assert "extract files on target" in said[0] and "report.txt': Operation not supported" in said[0]
