@@ -5,7 +5,6 @@ file that shrank while tar read it."""
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -13,7 +12,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.integration.world import World
+from tests.integration.world import World, on_first_read
 
 MTIME_NS = 1_600_000_000_123_456_789
 SPARSE_SIZE = 64 << 20
@@ -238,28 +236,6 @@ def test_a_chain_of_type_changes_comes_back_exactly(world: World, site: tuple[st
     assert allocated(dst / "sparse.img") < 1 << 20
 
 
-IN_ACCESS = 0x1
-
-
-def shrink_when_opened(path: Path, size: int) -> threading.Thread:
-    """Truncate ``path`` to ``size`` at its first read (inotify ``IN_ACCESS``): tar on the host,
-    which took the old size from its ``fstat`` after the open, then reads fewer bytes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_CLOEXEC)
-    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), IN_ACCESS) >= 0
-
-    def wait() -> None:
-        try:
-            os.read(fd, 4096)
-            os.truncate(path, size)
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_file_that_shrank_while_read_is_named_again_at_restore(
     world: World, site: tuple[str, Path, Path]
 ) -> None:
@@ -273,7 +249,8 @@ def test_a_file_that_shrank_while_read_is_named_again_at_restore(
             fh.write(bytes(1 << 20))
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(src / "var/log/a.sock"))  # tar's harmless "socket ignored" comes first
-        shrink = shrink_when_opened(big, 100)
+        # at tar's first read (it has taken the 256 MiB size from fstat): down to 100 bytes
+        shrink = on_first_read(big, lambda: os.truncate(big, 100))
         out = world.cli("--json", "run", "django", "--host", "source", "--set", f"root={root}")
         shrink.join(timeout=30)
     assert out.returncode == 0, out.stderr
