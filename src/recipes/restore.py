@@ -239,6 +239,38 @@ def _partial_state(
     )
 
 
+def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
+    """Say again what the backup warned about an object it stored (GNU tar's exit 1: a file that
+    shrank while read is stored padded with zeros and comes back so): the restore writes it as
+    stored, and the operator learns here, not from a log of the night it was made."""
+    if obj.warnings:
+        # a socket tar left out says nothing about the files: name a real difference first
+        first = next((w for w in obj.warnings if not w.endswith("socket ignored")), obj.warnings[0])
+        more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""
+        log.warning(
+            "%s of %s was stored with warnings and is restored as stored: %s%s",
+            obj.name,
+            manifest.snapshot,
+            first,
+            more,
+        )
+
+
+def _tar_warned(what: str, host: str, stderr: str) -> None:
+    """GNU tar exits 0 after warnings that mean the files differ from the snapshot (a target
+    filesystem without ACLs: "Cannot set POSIX ACLs ... Operation not supported"): say so."""
+    said = [line.strip() for line in stderr.splitlines() if line.startswith("tar: ")]
+    if said:
+        more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
+        log.warning(
+            "%s on %s: tar warned, so the files may differ from the snapshot: %s%s",
+            what,
+            host,
+            said[0],
+            more,
+        )
+
+
 class _Restore:
     """The restore's transfer executors: snapshot objects and key files into host commands."""
 
@@ -311,6 +343,7 @@ class _Restore:
         on_host = self.host_zstd and host.name == self.host.name
         if on_host:
             command = Compression.decompress_on_host(command)
+        _stored_with_warnings(manifest, obj)
         meter = progress.current().meter(obj.name, obj.size)
         proc: Process = host.start(command)
         try:
@@ -331,6 +364,8 @@ class _Restore:
             detail = errors[0] if errors else last_line(proc.stderr())
             more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
             raise StepFailed(f"{what} failed on {host.name} (exit {status}): {detail}{more}")
+        if obj.kind == "files":
+            _tar_warned(what, host.name, proc.stderr())
         if dst.check is not None:
             check(host, dst.check, f"check after {what}")
 

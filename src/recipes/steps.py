@@ -207,6 +207,9 @@ class Archive:
             *output,
             "--format=gnu",
             *state,
+            # Holes stay holes: a sparse file (/var/log/lastlog) is read and restored sparse,
+            # not written out in full on the target.
+            "--sparse",
             "--numeric-owner",
             "--acls",
             "--xattrs",
@@ -314,6 +317,9 @@ class Extract:
                 "--preserve-permissions",
                 "--acls",
                 "--xattrs",
+                # Every namespace, as stored: by default GNU tar restores only user.*, and
+                # security.capability (ping's cap_net_raw), trusted.* and SELinux labels go.
+                "--xattrs-include=*",
                 f"--directory={self.root}",
             )
         )

@@ -208,7 +208,7 @@ def test_break_glass_chain_with_age_zstd_tar_only(
         f"for snap in {snaps}; do\n"
         """  g=; grep -q '"level": 0' "$repo/$snap/manifest.json" || g=--listed-incremental=/dev/null\n"""
         f'  age -d -i {world.identity} "$repo/$snap"/files.tar.zst.age | zstd -d \\\n'
-        f"    | tar -x $g --numeric-owner -p --acls --xattrs -C {out}\n"
+        f"    | tar -x $g --numeric-owner -p --acls --xattrs --xattrs-include='*' -C {out}\n"
         "done\n",
         shell=True,
         check=True,

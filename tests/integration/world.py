@@ -4,11 +4,14 @@ content, mode, owner, mtime and symlinks."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -121,3 +124,25 @@ def fingerprint(root: Path, excludes: tuple[str, ...] = ()) -> dict[str, tuple[o
                 xattrs,
             )
     return out
+
+
+IN_ACCESS = 0x1
+
+
+def on_first_read(path: Path, action: Callable[[], None]) -> threading.Thread:
+    """Run ``action`` at the first read of ``path`` by anyone (inotify ``IN_ACCESS``): tar on a
+    host, which has opened and stated the file by then. Join the thread after the run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), IN_ACCESS) >= 0
+
+    def wait() -> None:
+        try:
+            os.read(fd, 4096)
+            action()
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread

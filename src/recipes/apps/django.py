@@ -83,9 +83,13 @@ class DjangoParams:
         chain=True,
     )
     excludes: tuple[str, ...] = param(
-        DEFAULT_EXCLUDES, "paths left out (the seed's exclude file)", content=True
+        DEFAULT_EXCLUDES,
+        "paths left out (the seed's exclude file); GNU tar wildcards: * ? [ match, \\ escapes",
+        content=True,
     )
-    extra_excludes: tuple[str, ...] = param((), "more paths left out, added to excludes", content=True)
+    extra_excludes: tuple[str, ...] = param(
+        (), "more paths left out, added to excludes (wildcards as in excludes)", content=True
+    )
     exclude_system: bool = param(False, "also leave out /bin /lib /sbin /usr", content=True)
     postgres: bool | pg_db.Params = param(
         False, "dump PostgreSQL with pg_dumpall: true (local socket) or a table"
