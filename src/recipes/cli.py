@@ -790,7 +790,7 @@ def copy_cmd(state: State, snapshot: str | None, to_url: str, every: bool, repo:
     found = source.listed(None, None, damaged)
     if snapshot:
         found = _one_snapshot(found, damaged, snapshot, source.url)
-    done = [copying.copy(source, dest, item) for item in copying.with_chains(source, found, trust)]
+    done = [copying.copy(source, dest, item, trust) for item in copying.with_chains(source, found, trust)]
     data = [
         {"recipe": c.recipe, "host": c.host, "snapshot": c.snapshot, "outcome": c.outcome, "bytes": c.bytes}
         for c in done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import attrs
 
@@ -55,24 +56,30 @@ def with_chains(src: Repository, items: list[Listed], trust: Trust) -> list[List
     return [wanted[k] for k in sorted(wanted, key=lambda k: k[2])]
 
 
-def copy(src: Repository, dst: Repository, item: Listed) -> Copied:
+def copy(src: Repository, dst: Repository, item: Listed, trust: Trust | None = None) -> Copied:
     """Copy one (trusted) snapshot; objects verified on arrival, manifest and signature last.
 
-    A destination that holds another snapshot under this id (a different manifest) is refused
-    before anything is written there; one that holds this snapshot with damaged objects is
-    unlisted first (its manifest goes), and only the objects that do not verify are copied again.
+    A destination that holds another snapshot under this id (a different manifest that
+    ``trust`` believes) is refused before anything is written there. One that holds this
+    snapshot with damaged objects, or a manifest that does not verify, is *repaired*: unlisted
+    first (its manifest goes), then only the objects that do not verify are copied again. A
+    repair never removes what was there: if it fails, the objects that verify stay and the old
+    manifest (when it was this one) is put back, so the destination is as it was or better.
     """
     m = item.manifest
     there = dst.load_listed(m.recipe, m.host, m.snapshot)
     if there is not None and there.raw != item.raw:
-        place = f"{dst.url}/{safe_name(m.recipe)}/{safe_name(m.host)}/{m.snapshot}"
-        raise RepositoryError(
-            f"{place} already holds a different snapshot {m.snapshot} of {m.recipe}@{m.host} "
-            f"(its manifest differs from the one in {src.url}): nothing was written there; move "
-            "that folder away (or copy to another repository) and copy again"
-        )
+        if trust is None or trust.problem(there) is None:
+            place = f"{dst.url}/{safe_name(m.recipe)}/{safe_name(m.host)}/{m.snapshot}"
+            raise RepositoryError(
+                f"{place} already holds a different snapshot {m.snapshot} of {m.recipe}@{m.host} "
+                f"(its manifest differs from the one in {src.url}): nothing was written there; move "
+                "that folder away (or copy to another repository) and copy again"
+            )
+        log.warning("%s at %s has a manifest that does not verify: copying it again", m.snapshot, dst.url)
     good = _verified_there(dst, item) if there is not None else set()
-    if there is not None and len(good) == len(m.objects) and there.signature == item.signature:
+    same = there is not None and there.raw == item.raw and there.signature == item.signature
+    if same and len(good) == len(m.objects):
         log.info("%s@%s %s is already at %s: skipped", m.recipe, m.host, m.snapshot, dst.url)
         return Copied(m.recipe, m.host, m.snapshot, "skipped", 0)
     writer = dst.writer_for(m)
@@ -83,26 +90,58 @@ def copy(src: Repository, dst: Repository, item: Listed) -> Copied:
         for obj in m.objects:
             if obj.path in good:
                 continue
-            h = hashlib.sha256()
-            size = 0
-            with src.open_object(m, obj) as fh, writer.open(obj.path) as out:
-                while chunk := fh.read(CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-            if size != obj.size or h.hexdigest() != obj.sha256:
-                raise VerifyError(
-                    f"{obj.path} of snapshot {m.snapshot} does not match its manifest as read from "
-                    f"{src.url} (size {size}, sha256 differs or not): nothing of it is listed at {dst.url}"
-                )
-            dst.verify_objects(m, [obj])  # as it arrived
-            total += size
+            total += _copy_object(src, dst, m, obj, writer)
+            good.add(obj.path)
         writer.commit_raw(item.raw, item.signature)
     except BaseException:
-        writer.abort()
+        if there is None:
+            writer.abort()
+        else:
+            _repair_failed(dst, writer, there if there.raw == item.raw else None)
         raise
     log.info("copied %s@%s %s: %d bytes", m.recipe, m.host, m.snapshot, total)
     return Copied(m.recipe, m.host, m.snapshot, "copied", total)
+
+
+def _copy_object(src: Repository, dst: Repository, m: mf.Manifest, obj: mf.StoredObject, writer: Any) -> int:
+    """One object from ``src`` into the snapshot ``writer`` writes, checked as read and as it
+    arrived; its size."""
+    h = hashlib.sha256()
+    size = 0
+    with src.open_object(m, obj) as fh, writer.open(obj.path) as out:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size != obj.size or h.hexdigest() != obj.sha256:
+        raise VerifyError(
+            f"{obj.path} of snapshot {m.snapshot} does not match its manifest as read from "
+            f"{src.url} (size {size}, sha256 differs or not): nothing of it is listed at {dst.url}"
+        )
+    dst.verify_objects(m, [obj])  # as it arrived
+    return size
+
+
+def _repair_failed(dst: Repository, writer: Any, old: Listed | None) -> None:
+    """A repair cut short: keep every object (those that verify are good), put the old manifest
+    back when it was this snapshot's (listed as before, with fewer damaged objects), else leave
+    it unlisted. Best effort: the failure itself is what is raised."""
+    m = writer.snapshot
+    if old is None:
+        log.warning("%s at %s stays unlisted: copy it again to finish the repair", m, dst.url)
+        return
+    try:
+        writer.commit_raw(old.raw, old.signature)
+    except BaseException as exc:
+        log.warning(
+            "%s at %s stays unlisted (putting its manifest back failed: %s): copy it again to finish "
+            "the repair",
+            m,
+            dst.url,
+            exc,
+        )
+    else:
+        log.warning("%s at %s is listed as before the repair: copy it again to finish it", m, dst.url)
 
 
 def _verified_there(dst: Repository, item: Listed) -> set[str]:

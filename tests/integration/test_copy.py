@@ -143,3 +143,51 @@ def test_copying_again_over_a_damaged_copy_repairs_only_what_is_damaged(
     assert again.returncode == 0, again.stderr
     assert [c["outcome"] for c in json.loads(again.stdout)] == ["copied", "skipped"]
     assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 0
+
+
+def test_a_repair_that_fails_keeps_what_was_good_and_lists_the_snapshot_as_before(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """The same object damaged on the disk and in the online repository: the repair cannot
+    succeed (exit 3), but it removes nothing: the archive that verified stays, the snapshot is
+    listed as before, and the incremental built on it keeps its parent."""
+    root, src, _ = site
+    seed_tree(src)
+    full, incr = _two_snapshots(world, root, src)
+    offline = tmp_path / "offline-disk"
+    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    held = offline / "django/source" / full
+    for base in (held, world.repo / "django/source" / full):
+        path = base / "files.snar.zst.age"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+    archive = hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest()
+    bad = world.cli("copy", "--all", "--to", str(offline))
+    assert bad.returncode == 3, bad.stderr
+    assert hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest() == archive
+    listed = json.loads(world.cli("--json", "snapshots", "--repo", str(offline), check=True).stdout)
+    assert [s["snapshot"] for s in listed] == [full, incr]
+    checked = world.cli("--json", "verify", "--all", "--repo", str(offline))
+    assert checked.returncode == 3
+    problems = [p for s in json.loads(checked.stdout)["snapshots"] for p in s["problems"]]
+    assert [p["object"] for p in problems] == ["files.snar.zst.age"]  # only what was already bad
+
+
+def test_a_destination_manifest_that_does_not_verify_is_repaired_not_refused(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """A byte changed in the disk's manifest (its signature no longer verifies) is a damaged
+    copy, not "a different snapshot": copying again puts the signed one back."""
+    root, src, _ = site
+    seed_tree(src)
+    full, _incr = _two_snapshots(world, root, src)
+    offline = tmp_path / "offline-disk"
+    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    manifest = offline / "django/source" / full / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"level": 0', '"level":  0'))
+    assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 3
+    again = world.cli("--json", "copy", "--all", "--to", str(offline))
+    assert again.returncode == 0, again.stderr
+    assert [c["outcome"] for c in json.loads(again.stdout)] == ["copied", "skipped"]
+    assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 0
