@@ -444,13 +444,15 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         new.stop()
 
 
+@pytest.mark.parametrize("fault", ["down", "refuses-a-write"])
 def test_an_etcd_resync_that_cannot_reach_etcd_fails_the_restore_naming_it(
-    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd
+    world: World, root: Path, deis_pg: servers.Postgres, etcd: Etcd, fault: str
 ) -> None:
     """Django 1.x's ``manage.py shell`` (the stand-in runs the script with code.interact, as
     the controller does) prints a failing statement's traceback and exits 0 at the end of its
     input: without the re-sync script's own exit status the restore said it succeeded while
-    etcd held none of the keys, apps or domains."""
+    etcd held none of the keys, apps or domains. etcd down at the import of ``api.models``
+    leaves it without a client (saves publish nothing, silently); a write etcd refuses raises."""
     old, new = start_gateway(), start_gateway()
     try:
         use_gateway(root, old)
@@ -461,17 +463,24 @@ def test_an_etcd_resync_that_cannot_reach_etcd_fails_the_restore_naming_it(
         etcd.ctl("rm", "--recursive", "/deis", check=False)
         use_gateway(root, new)
         dead = f"127.0.0.1:{servers.free_port()}"  # nothing listens: etcd is down
+        where = dead if fault == "down" else etcd.endpoint
+        if fault == "refuses-a-write":
+            etcd.ctl("set", "/deis/domains", "a value where a directory goes")
         restore = world.cli(
-            "restore", "deis", "--host", "deis", *sets(new.url, etcd), "--set", f"etcd={dead}"
+            "restore", "deis", "--host", "deis", *sets(new.url, etcd), "--set", f"etcd={where}"
         )
         assert restore.returncode == 1, restore.stderr
         line = error_line(restore.stderr)
         assert line.startswith("recipes: error: etcd-resync failed on deis (exit 1): etcd re-sync failed"), (
             line
         )
-        assert f"(ETCD={dead}): OSError: etcd {dead}:" in line and "check that etcd answers" in line, line
+        if fault == "down":
+            assert f"(ETCD={dead}): RuntimeError: api.models has no etcd client" in line, line
+            assert etcd.tree() == {}
+        else:
+            assert f"(ETCD={where}): OSError: etcd {where}:" in line and "Not a directory" in line, line
+        assert "check that etcd answers" in line, line
         assert "PARTLY restored" in line and "failed run etcd-resync" in line, line
-        assert etcd.tree() == {}
         assert deis_pg.psql("SELECT count(*) FROM api_key;", db=DB).split() == ["2"]  # the rest came back
     finally:
         old.stop()

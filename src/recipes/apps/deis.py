@@ -47,21 +47,34 @@ ETCD_KEYS = ("/deis/builder/users", "/deis/domains", "/deis/services", "/deis/co
 """What the controller's re-sync re-writes: recorded as a fact (key names only) for drills."""
 _RESYNC_BLOCK = """try:
     from api.models import *
+    import api.models
+    if getattr(api.models, '_etcd_client', 0) is None:
+        raise RuntimeError("api.models has no etcd client: its import could not reach etcd "
+                           "('Cannot synchronize with etcd cluster'), so saves would publish nothing")
     [k.save() for k in Key.objects.all()]
     [a.save() for a in App.objects.all()]
     [d.save() for d in Domain.objects.all()]
 except Exception as e:
+    try:
+        why = ' '.join(str(e).split())
+    except Exception:
+        why = repr(e)
     sys.stderr.write(
         'etcd re-sync failed (ETCD=%s): %s: %s: check that etcd answers there (the etcd parameter)\\n'
-        % (os.environ.get('ETCD'), type(e).__name__, ' '.join(str(e).split())))
-    sys.exit(1)
+        % (os.environ.get('ETCD'), type(e).__name__, why))
+    sys.stderr.flush()
+    os._exit(1)
 """
 RESYNC = f"import os, sys\nexec({_RESYNC_BLOCK!r})\n"
 """The seed's ``./manage.py shell <<EOF`` script, fed on stdin. Django 1.x's shell runs it
 statement by statement (``code.interact``): one that raises prints its traceback and the shell
 goes on, exiting 0 at the end of its input (and drops a block its input ends inside). So the
 saves are one ``try``, run by a one-line ``exec`` (Python 2 and 3), whose failure says what
-failed on one line and exits 1: SystemExit is the one exception the shell passes on."""
+failed on one line and ends the process with ``os._exit(1)`` (IPython, which the shell prefers
+when installed, would catch a SystemExit). Deis v1's ``api.models`` does not raise when etcd is
+down at its import: it logs "Cannot synchronize with etcd cluster", keeps ``_etcd_client = None``
+and connects no publishing handler, so every save succeeds and publishes nothing: the script
+checks for that client first."""
 SCALE = (
     "the seed: 'The database keeps track of running application containers. Since this is a fresh "
     "cluster, it is advisable to deis scale <proctype>=0 and then deis scale back up to the desired "

@@ -6,7 +6,8 @@
 #
 # The script runs the way Deis v1's Django 1.x `manage.py shell` runs it without IPython:
 # code.interact() reading stdin (real Python here, with an api.models whose objects' save()
-# writes to etcd and raises when it cannot). A statement that raises prints its traceback on
+# writes to etcd and raises when it cannot; when etcd is down at its import, it keeps no client
+# and every save publishes nothing, as Deis v1's api.models does). A statement that raises prints its traceback on
 # stderr and the shell goes on to the next; at the end of stdin it exits 0 however many
 # failed. Only SystemExit (sys.exit) changes its exit status.
 set -euo pipefail
@@ -43,6 +44,27 @@ def etcdctl(*args, exists_ok=False):
         raise IOError("etcd %s: %s" % (etcd, lines[-1] if lines else "exit %d" % done.returncode))
 
 
+def reachable():
+    done = subprocess.run(
+        ["etcdctl", "--endpoints=http://" + etcd, "ls", "/"],
+        env={**os.environ, "ETCDCTL_API": "2"}, capture_output=True, text=True,
+    )
+    return done.returncode == 0
+
+
+# Deis v1's api.models at import: etcd.Client(...), and when that fails it logs "Cannot
+# synchronize with etcd cluster", keeps _etcd_client = None and connects no publishing
+# post_save handler: every save then succeeds and publishes nothing.
+CLIENT = object() if reachable() else None
+if CLIENT is None:
+    sys.stderr.write("WARNING Cannot synchronize with etcd cluster\n")
+
+
+def publish(*args, exists_ok=False):
+    if CLIENT is not None:
+        etcdctl(*args, exists_ok=exists_ok)
+
+
 class Manager:
     def __init__(self, make, sql):
         self.make, self.sql = make, sql
@@ -56,7 +78,7 @@ class Key:
         self.owner, self.fingerprint, self.public = owner, fingerprint, public
 
     def save(self):
-        etcdctl("set", "/deis/builder/users/%s/%s" % (self.owner, self.fingerprint), self.public)
+        publish("set", "/deis/builder/users/%s/%s" % (self.owner, self.fingerprint), self.public)
 
 
 class App:
@@ -64,9 +86,9 @@ class App:
         self.id = id
 
     def save(self):
-        etcdctl("mkdir", "/deis/services/" + self.id, exists_ok=True)
+        publish("mkdir", "/deis/services/" + self.id, exists_ok=True)
         for key, value in rows("SELECT key, value FROM api_config WHERE app = '%s' ORDER BY 1" % self.id):
-            etcdctl("set", "/deis/config/%s/%s" % (self.id, key), value)
+            publish("set", "/deis/config/%s/%s" % (self.id, key), value)
 
 
 class Domain:
@@ -74,7 +96,7 @@ class Domain:
         self.domain, self.app = domain, app
 
     def save(self):
-        etcdctl("set", "/deis/domains/" + self.domain, self.app)
+        publish("set", "/deis/domains/" + self.domain, self.app)
 
 
 Key.objects = Manager(Key, "SELECT owner, fingerprint, public FROM api_key ORDER BY 1, 2")
@@ -82,6 +104,7 @@ App.objects = Manager(App, "SELECT id FROM api_app ORDER BY 1")
 Domain.objects = Manager(Domain, "SELECT domain, app FROM api_domain ORDER BY 1")
 api, models = types.ModuleType("api"), types.ModuleType("api.models")
 models.Key, models.App, models.Domain, models.__all__ = Key, App, Domain, ["Key", "App", "Domain"]
+models._etcd_client = CLIENT
 api.models = models
 sys.modules.update({"api": api, "api.models": models})
 code.interact(banner="", local={"__name__": "__console__"}, exitmsg="")
