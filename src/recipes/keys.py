@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recipes import config
-from recipes.errors import ConfigError
+from recipes.errors import ConfigError, RecipeError
 
 STARTER = """\
 # recipes.toml written by `recipes init`. Every key is explained in the project's recipes.toml.
@@ -75,14 +75,28 @@ def init(config_path: str | None, repo: str | None, force: bool) -> dict[str, An
 
 def _fresh(cfg: Path, repo: str | None, force: bool) -> dict[str, Any]:
     """Write the starter config; an identity or signing key already beside it is kept unless ``force``."""
-    from recipes import signing
-
     identity = cfg.parent / "identity.txt"
     key_path = cfg.parent / "signing_key"
     cfg.parent.mkdir(parents=True, exist_ok=True)
+    notes = _set_aside(cfg, identity, key_path) if force else []
+    try:
+        return _write_fresh(cfg, identity, key_path, repo, force, notes)
+    except (RecipeError, OSError) as exc:
+        if not notes:
+            raise
+        # the old files are no longer where the config pointed: say where they went
+        said = str(exc) if isinstance(exc, RecipeError) else (exc.strerror or str(exc))
+        raise ConfigError(f"init --force failed ({said}); {'; '.join(notes)}") from None
+
+
+def _write_fresh(
+    cfg: Path, identity: Path, key_path: Path, repo: str | None, force: bool, notes: list[str]
+) -> dict[str, Any]:
+    """The new identity, signing key and config (``_fresh``'s work once the old ones are aside)."""
+    from recipes import signing
+
     created: list[str] = []
     kept: list[str] = []
-    notes = _set_aside(cfg, identity, key_path) if force else []
     if identity.exists() and not force:
         recipient = _recipient_of(identity)
         kept.append(f"age identity {identity}")
@@ -140,9 +154,10 @@ def _set_aside(cfg: Path, identity: Path, key_path: Path) -> list[str]:
         try:
             path.rename(aside)
         except OSError as exc:
+            already = "".join(f"; {was} was moved to {to}" for was, to in moved.items())
             raise ConfigError(
                 f"init --force: cannot move {path} aside to {aside} ({exc.strerror or exc}); fix the "
-                "folder's permissions or move the file away yourself"
+                f"folder's permissions or move the file away yourself{already}"
             ) from None
         moved[path] = aside
     notes: list[str] = []

@@ -281,3 +281,31 @@ def test_repo_option_on_an_existing_config_is_reported_as_ignored(home: Path) ->
     result = keys.init(None, "/srv/other", False)
     assert config.load(str(cfg)).repository.url == str(home / "repo")
     assert any("--repo /srv/other ignored" in n for n in result["notes"])
+
+
+def test_force_that_fails_after_moving_the_old_keys_says_where_they_went(home: Path, tmp_path: Path) -> None:
+    """A full disk once the old files are aside (renames need no space, new files do): the one
+    line says where the old identity went, the only key to the snapshots made before."""
+    keys.init(None, None, False)
+    d = conf_dir(home)
+    old = (d / "identity.txt").read_bytes()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        moved = disk / "recipes"
+        moved.mkdir()
+        for p in d.iterdir():
+            (moved / p.name).write_bytes(p.read_bytes())
+        with open(disk / "filler", "wb", buffering=0) as fh, pytest.raises(OSError):  # disk full from here
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        result = CliRunner().invoke(cli.main, ["--config", str(moved / "recipes.toml"), "init", "--force"])
+        assert result.exit_code == 2, result.output
+        line = result.output.strip().splitlines()[-1]
+        (aside,) = moved.glob("identity.txt.replaced-*")
+        assert aside.read_bytes() == old
+        assert line.startswith("recipes: error: init --force failed (") and str(aside) in line, line
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
