@@ -272,7 +272,7 @@ def _through_tools(
         feed: _Feed | _FileFeed
         fd = _file_of(files, repo, m, obj) if repo.local else None
         feed = (
-            _FileFeed(fd, abort.event if abort else None)
+            _FileFeed(fd, abort.event if abort else None, obj.size)
             if fd is not None
             else _Feed(repo, m, obj, abort.event if abort else None)
         )
@@ -423,10 +423,13 @@ class _Feed:
 class _FileFeed:
     """A local object: ``age`` reads the open file itself (its stdin), and a thread hashes the
     same open file with ``pread``, so no byte is copied through this process into a pipe; both
-    read one inode, whatever happens to the path meanwhile."""
+    read one inode, whatever happens to the path meanwhile. Hashing stops one byte past
+    ``limit`` (the manifest's size: the check fails either way), so a device in an object's place
+    (``/dev/zero``) cannot keep it reading; a read error is the object's verdict (exit 3)."""
 
-    def __init__(self, fd: int, abort: threading.Event | None = None) -> None:
+    def __init__(self, fd: int, abort: threading.Event | None = None, limit: int | None = None) -> None:
         self.stdin = fd
+        self._limit = limit
         self.sha = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
@@ -445,11 +448,15 @@ class _FileFeed:
         view = memoryview(buf)
         try:
             while not (self._stop.is_set() or self._abort.is_set()):
+                if self._limit is not None and self.size > self._limit:
+                    break
                 n = os.preadv(self.stdin, [buf], self.size)
                 if not n:
                     break
                 self.sha.update(view[:n])
                 self.size += n
+        except OSError as exc:
+            self.error = VerifyError(f"cannot read it: {exc.strerror or exc}")
         except BaseException as exc:
             self.error = exc
 

@@ -265,3 +265,30 @@ def test_a_local_filesystem_without_real_files_is_read_through_the_pipe_instead(
     with contextlib.ExitStack() as files:
         assert verify._file_of(files, NoFiles(), None, None) is None  # type: ignore[arg-type]
         assert isinstance(verify._file_of(files, RealFile(), None, None), int)  # type: ignore[arg-type]
+
+
+def test_a_device_or_a_pipe_in_an_objects_place_ends_the_hashing_with_a_verdict() -> None:
+    """Hostile local storage: ``/dev/zero`` in an object's place is hashed one byte past the
+    manifest's size, then given up (it never matches); a pipe, which cannot be read at an
+    offset, is the object's verdict (VerifyError, exit 3), not a traceback."""
+    import os
+
+    from recipes.errors import VerifyError
+
+    with open("/dev/zero", "rb") as zero:
+        feed = verify._FileFeed(zero.fileno(), limit=5 << 20)
+        feed.start(None)
+        assert feed._thread is not None
+        feed._thread.join(30)
+        ended = not feed._thread.is_alive()
+        feed.stop()  # (were it still reading: stop it, then fail)
+    assert ended and feed.error is None and 5 << 20 < feed.size <= (6 << 20)
+    r, w = os.pipe()
+    try:
+        piped = verify._FileFeed(r, limit=10)
+        piped.start(None)
+        piped.join()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert isinstance(piped.error, VerifyError) and "cannot read it" in str(piped.error)
