@@ -241,6 +241,16 @@ def test_a_local_object_is_hashed_whole_from_its_open_file_whatever_the_program_
         stopped = verify._FileFeed(fh.fileno(), stop)
         verify._pipeline([["cat"]], [subprocess.DEVNULL], stopped, None)
     assert stopped.size < len(data)  # never the whole: the check it feeds cannot pass
+    endless = threading.Event()  # a stop while it reads: it ends at the next chunk
+    with open("/dev/zero", "rb") as zero:
+        reading = verify._FileFeed(zero.fileno(), endless)
+        reading.start(None)
+        while reading.size < (4 << 20):
+            pass
+        endless.set()
+        assert reading._thread is not None
+        reading._thread.join(30)
+        assert not reading._thread.is_alive()
 
 
 def test_a_local_filesystem_without_real_files_is_read_through_the_pipe_instead() -> None:
