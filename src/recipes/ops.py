@@ -125,11 +125,16 @@ class NotMountPoint:
     path: str
 
     def judge(self, output: str, status: int, facts: dict[str, str], force: bool) -> str | None:
-        if "mount-point" not in output.split():
+        said = next((line for line in output.splitlines() if line.split()[:1] == ["mount-point"]), None)
+        if said is None:
             return None
+        target = said[len("mount-point ") :].strip() or self.path
+        where = (
+            self.path if target == self.path.rstrip("/") else f"{self.path} is a symlink to {target}, which"
+        )
         return (
-            f"{self.path} is a mount point holding files, so the restore cannot move it aside: move "
-            "its content elsewhere on that volume yourself (that is what is kept), then restore again"
+            f"{where} is a mount point holding files, so the restore cannot move it aside: move its "
+            "content elsewhere on that volume yourself (that is what is kept), then restore again"
         )
 
     def describe(self) -> str:

@@ -469,7 +469,8 @@ class MoveAside:
             'else [ "$(stat -c %d -- "$r")" != "$(stat -c %d -- "$r/..")" ]; fi; }'
         )
         probe = Command(
-            f'{self._resolve()}if [ -e "$r" ] && {full} && {mounted}; then echo mount-point; fi; true'
+            f'{self._resolve()}if [ -e "$r" ] && {full} && {mounted}; then '
+            'printf "mount-point %s\\n" "$r"; fi; true'
         )
         # An empty mount point stays where it is (it cannot be renamed; there is nothing to keep).
         test = (
