@@ -12,7 +12,7 @@ from pathlib import Path
 from recipes import __version__, chain, progress, signing, stream
 from recipes import manifest as mf
 from recipes.backupjob import Backup
-from recipes.errors import ConfigError
+from recipes.errors import ConfigError, StepFailed
 from recipes.guard import DEADMAN_SECONDS
 from recipes.hosts import Host
 from recipes.interrupts import interrupts_as_exceptions
@@ -147,8 +147,11 @@ def _backup(
                     raise
                 raise error from exc
             interp.finish(succeeded=True)  # and, before anything is committed, whether a guard fired
-            if (error := interp.failure(None)) is not None:
+            if (error := interp.failure(None)) is not None and not interp.only_not_started():
                 raise error
+            # an application that does not start again fails the run (exit 1), but the snapshot
+            # of what was taken while it was stopped is whole: it is committed, then said
+            not_started = error
             job.collect_states()
             manifest = mf.Manifest(
                 snapshot=writer.snapshot,
@@ -182,6 +185,11 @@ def _backup(
             log.warning("could not cache tar state in %s (%s): next backup may be a full", cache.root, exc)
     else:
         shutil.rmtree(staging, ignore_errors=True)
+    if not_started is not None:
+        raise StepFailed(
+            f"{not_started}; snapshot {manifest.snapshot} is committed all the same: its data was "
+            "whole before the start failed"
+        ) from not_started
     return manifest
 
 

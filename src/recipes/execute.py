@@ -203,6 +203,12 @@ class Interpreter:
             if entry_id in self.comps[host].succeeded
         ]
 
+    def only_not_started(self) -> bool:
+        """Whether the undo's only trouble is something it could not start again (no guard fired,
+        no interrupt): the data the steps took while it was stopped is whole."""
+        comps = list(self.comps.values())
+        return any(c.still_stopped for c in comps) and not any(c.by_guard or c.interrupted for c in comps)
+
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given every host's undo outcome."""
         error = cause

@@ -17,6 +17,7 @@ class SvcParams:
     dir: str = param("/srv/site/svc", "directory holding the service's pidfile and data")
     then: str = param("ok", "what the step after the quiesce does: ok, fail, hang or stream (endless bytes)")
     stop: str = param("ok", "how the stop command ends: ok, or hang (after stopping the service)")
+    start: str = param("ok", "how the start command ends: ok, or fail (without starting it)")
 
 
 def service_commands(d: str) -> tuple[Command, Command, Command]:
@@ -50,6 +51,8 @@ class Svc:
             "hang": Command(f"echo started-dump; (exec -a {sh(hang_marker(p.dir))} sleep 600)"),
             "stream": Command("head -c 20G /dev/urandom"),
         }[p.then]
+        if p.start == "fail":
+            start = Command("echo 'start: simulated failure' >&2; exit 4")
         if p.stop == "hang":
             stop = Command(f"{stop.script} && echo stopped && (exec -a {sh(hang_marker(p.dir))} sleep 600)")
         return [

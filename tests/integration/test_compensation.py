@@ -127,6 +127,27 @@ def test_failed_step_after_quiesce_starts_the_service_again(
     assert not list(world.repo.glob("svc-test/source/*"))
 
 
+def test_a_start_that_fails_after_the_data_fails_the_run_but_keeps_the_whole_snapshot(
+    world: World,
+    svc: tuple[str, Path],
+    registered: None,
+) -> None:
+    """The data was taken while the service was stopped, then its start failed: the run fails
+    (exit 1, naming what is still stopped) and says the snapshot is committed, because it is
+    whole: throwing away the freshest consistent backup helps nobody."""
+    inside, outside = svc
+    result = CliRunner().invoke(cli.main, _svc_run(world, inside, "--set", "start=fail"))
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("recipes: error: start svc failed on source (exit 4"), line
+    assert "start: simulated failure" in line, line
+    (snap,) = [p.name for p in world.repo.glob("svc-test/source/*")]
+    assert f"snapshot {snap} is committed all the same" in line, line
+    assert not running(outside)
+    checked = CliRunner().invoke(cli.main, ["--config", str(world.config), "verify", snap])
+    assert checked.exit_code == 0, checked.output
+
+
 def test_success_restarts_and_a_stopped_service_stays_stopped(
     world: World,
     svc: tuple[str, Path],
