@@ -368,7 +368,32 @@ FEED_BLOCK = 8 << 20
 AHEAD = 8
 
 
-class _Feed:
+class _Hashing:
+    """What the pipeline's first program is fed from, hashed by a thread of its own: ``size``
+    and ``sha`` once joined, ``error`` if the reading failed; ``stop`` gives up."""
+
+    def __init__(self, abort: threading.Event | None = None) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._abort = abort if abort is not None else self._stop
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self._abort.is_set()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self) -> None:
+        """Give up (the pipeline failed or was interrupted): stop reading, then wait."""
+        self._stop.set()
+        self.join()
+
+
+class _Feed(_Hashing):
     """Reads a stored object once, hashing it, into a pipe; once the reader stops reading, the
     rest is still read and hashed, so size and sha256 are always checked whole."""
 
@@ -377,13 +402,8 @@ class _Feed:
     def __init__(
         self, repo: Repository, m: mf.Manifest, obj: mf.StoredObject, abort: threading.Event | None = None
     ) -> None:
+        super().__init__(abort)
         self._where = (repo, m, obj)
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._abort = abort if abort is not None else self._stop
 
     def start(self, pipe: Any) -> None:
         self._thread = threading.Thread(target=self._work, args=(_UntilClosed(pipe),), daemon=True)
@@ -402,25 +422,13 @@ class _Feed:
         finally:
             pipe.close()
 
-    def _stopped(self) -> bool:
-        return self._stop.is_set() or self._abort.is_set()
-
     def _ahead(self, fh: Any) -> Generator[bytes, None, None]:
         """``fh``'s chunks, read up to ``AHEAD`` chunks ahead: the next GET is under way while
         this chunk goes into the pipe (age would wait for it otherwise)."""
         return readahead.chunks(fh, ahead=AHEAD, stopped=self._stopped)
 
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
 
-    def stop(self) -> None:
-        """Give up (the pipeline failed or was interrupted): stop reading, then wait."""
-        self._stop.set()
-        self.join()
-
-
-class _FileFeed:
+class _FileFeed(_Hashing):
     """A local object: ``age`` reads the open file itself (its stdin), and a thread hashes the
     same open file with ``pread``, so no byte is copied through this process into a pipe; both
     read one inode, whatever happens to the path meanwhile. Hashing stops one byte past
@@ -428,14 +436,9 @@ class _FileFeed:
     (``/dev/zero``) cannot keep it reading; a read error is the object's verdict (exit 3)."""
 
     def __init__(self, fd: int, abort: threading.Event | None = None, limit: int | None = None) -> None:
+        super().__init__(abort)
         self.stdin = fd
         self._limit = limit
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._abort = abort if abort is not None else self._stop
 
     def start(self, pipe: Any) -> None:
         self._thread = threading.Thread(target=self._work, name="hash", daemon=True)
@@ -447,7 +450,7 @@ class _FileFeed:
         buf = bytearray(1 << 20)
         view = memoryview(buf)
         try:
-            while not (self._stop.is_set() or self._abort.is_set()):
+            while not self._stopped():
                 if self._limit is not None and self.size > self._limit:
                     break
                 n = os.preadv(self.stdin, [buf], self.size)
@@ -459,14 +462,6 @@ class _FileFeed:
             self.error = VerifyError(f"cannot read it: {exc.strerror or exc}")
         except BaseException as exc:
             self.error = exc
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.join()
 
 
 def _list_archive(
