@@ -223,15 +223,41 @@ def test_access_denied_fails_at_once(
     assert proxy.requests == 1  # never retried
 
 
+def _held(cfg: Path, environ: dict[str, str], proxy: FaultyS3, *args: str) -> subprocess.Popen[str]:
+    """``recipes ARGS`` started, once the request the proxy holds (its queued fault) arrived."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipes", "--config", str(cfg), *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while proxy.queue and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not proxy.queue, args
+    return proc
+
+
+def _terminated(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM ``proc``: it must end as interrupted (exit 130, the one line); its stderr."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "recipes: interrupted", err
+    return err
+
+
 def test_sigterm_mid_prune_or_copy_is_exit_130_with_the_lock_released_and_nothing_listed(
     faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
     """systemd stops a nightly job with SIGTERM: a prune holding its lock (the server silent on
     a manifest's read) and a copy to an offline disk both end with `recipes: interrupted`, exit
     130; the lock is released and the disk lists nothing."""
-    import signal
-    import time
-
     proxy, cfg = faulty
     environ = {**os.environ, **env(s3_server, tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     disk = tmp_path / "disk"
@@ -239,23 +265,10 @@ def test_sigterm_mid_prune_or_copy_is_exit_130_with_the_lock_released_and_nothin
     proxy.only = "/manifest.json"
     for args in (["prune"], ["copy", "--all", "--to", str(disk)]):
         proxy.queue = ["timeout"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recipes", "--config", str(cfg), *args],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while proxy.queue and time.monotonic() < deadline:  # the held read has arrived
-            time.sleep(0.05)
-        assert not proxy.queue, args
+        proc = _held(cfg, environ, proxy, *args)  # the server silent on a manifest's read
         if args == ["prune"]:
             assert [p.name for p in locks.iterdir()], "prune holds its lock while it reads"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, (args, err)
-        assert err.strip().splitlines()[-1] == "recipes: interrupted", (args, err)
+        _terminated(proc)
         if args == ["prune"]:
             assert not locks.exists() or not list(locks.iterdir())  # the lock it held is released
     listed = subprocess.run(
@@ -273,8 +286,6 @@ def test_sigterm_mid_copy_into_s3_removes_what_it_wrote(
     """A copy into S3 stopped by SIGTERM while an object's upload hangs: exit 130, and what it
     had written there is removed (nothing listed, no object left under the prefix)."""
     import hashlib
-    import signal
-    import time
 
     import attrs
 
@@ -297,20 +308,8 @@ def test_sigterm_mid_copy_into_s3_removes_what_it_wrote(
     environ = {**os.environ, **env(s3_server, tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proxy.only, proxy.queue = "files.tar.zst.age", ["timeout"]
     argv = ["copy", "--all", "--repo", str(source), "--to", f"s3://{s3_bucket}/offsite"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recipes", "--config", str(cfg), *argv],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while proxy.queue and time.monotonic() < deadline:  # the archive's upload is held
-        time.sleep(0.05)
+    proc = _held(cfg, environ, proxy, *argv)  # the archive's upload is held
     offsite = Path(s3_server.data_dir) / s3_bucket / "offsite"
     assert [p.name for p in offsite.rglob("*") if p.is_file()] == ["files.snar.zst.age"]  # written
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "recipes: interrupted", err
+    _terminated(proc)
     assert not [p for p in offsite.rglob("*") if p.is_file()]  # what it wrote is gone
