@@ -299,13 +299,25 @@ def _file_of(
     """The open file's descriptor of a local object (held open by ``files``), or None where the
     filesystem gives no real file (a wrapped or cached one): then it is read through a pipe."""
     import io
+    import os
+    import stat
 
+    # Only a regular file of the manifest's size goes to age: a FIFO in its place would block the
+    # open, a device (``/dev/zero``) would feed age's header search until memory runs out.
+    repo.check_sizes(m, [obj])
     fh = files.enter_context(repo.open_object(m, obj))
     try:
         fd = fh.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
-    return fd if isinstance(fd, int) else None
+    if not isinstance(fd, int):
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != obj.size:
+        raise VerifyError(
+            f"snapshot {m.snapshot}: {obj.path} is not a regular file of {obj.size} bytes (replaced)"
+        )
+    return fd
 
 
 def _pipeline(

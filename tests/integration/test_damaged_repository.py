@@ -186,6 +186,25 @@ def test_an_object_replaced_by_a_folder_is_exit_3_naming_it_in_deep_verify_and_c
     assert sorted(p.name for p in (ctl.tmp / "copy/django/local").iterdir()) == [ctl.s1]  # S2 never listed
 
 
+@pytest.mark.parametrize("what", ["dev-zero", "fifo"])
+def test_a_device_or_fifo_in_an_objects_place_is_exit_3_not_a_hang(ctl: Controller, what: str) -> None:
+    """Hostile local storage: ``/dev/zero`` (a symlink to it) in an object's place would feed
+    age's header search until memory ran out; a FIFO would block the open. Both are the size
+    verdict, exit 3, before any program reads them."""
+    import os
+
+    obj = ctl.here / ctl.s2 / "files.tar.zst.age"
+    obj.unlink()
+    if what == "dev-zero":
+        obj.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(obj)
+    said = re.compile(rf"snapshot {ctl.s2}: files\.tar\.zst\.age is 0 bytes, the manifest says \d+")
+    for args in (["verify", ctl.s2, "--deep"], ["verify", "--all", "--deep"]):
+        line = ctl.fails(3, *args)
+        assert said.search(line), (args, line)
+
+
 @pytest.mark.parametrize(
     ("url", "code", "words"),
     [

@@ -262,6 +262,9 @@ def test_a_local_filesystem_without_real_files_is_read_through_the_pipe_instead(
     class NoFiles:
         local = True
 
+        def check_sizes(self, m: object, objects: object) -> None:
+            pass
+
         @contextlib.contextmanager
         def open_object(self, m: object, obj: object, **kw: object) -> object:
             yield io.BytesIO(b"data")
@@ -272,9 +275,11 @@ def test_a_local_filesystem_without_real_files_is_read_through_the_pipe_instead(
             with open(__file__, "rb") as fh:
                 yield fh
 
+    size = Path(__file__).stat().st_size
+    obj = mf.StoredObject(name="files.tar", kind="files", path="o.age", size=size, sha256="0" * 64)
     with contextlib.ExitStack() as files:
-        assert verify._file_of(files, NoFiles(), None, None) is None  # type: ignore[arg-type]
-        assert isinstance(verify._file_of(files, RealFile(), None, None), int)  # type: ignore[arg-type]
+        assert verify._file_of(files, NoFiles(), None, obj) is None  # type: ignore[arg-type]
+        assert isinstance(verify._file_of(files, RealFile(), None, obj), int)  # type: ignore[arg-type]
 
 
 def test_a_device_or_a_pipe_in_an_objects_place_ends_the_hashing_with_a_verdict() -> None:
