@@ -188,7 +188,7 @@ def _backup(
     if not_started is not None:
         raise StepFailed(
             f"{not_started}; snapshot {manifest.snapshot} is committed all the same: its data was "
-            "whole before the start failed"
+            "taken whole before that failed"
         ) from not_started
     return manifest
 

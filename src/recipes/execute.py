@@ -204,10 +204,14 @@ class Interpreter:
         ]
 
     def only_not_started(self) -> bool:
-        """Whether the undo's only trouble is something it could not start again (no guard fired,
-        no interrupt): the data the steps took while it was stopped is whole."""
+        """Whether the undo's only trouble is undos that ran and failed (a start exiting non-zero):
+        then no guard fired anywhere, so the data taken while stopped is whole. An undo that could
+        not run (a host unreachable, its guard's directory gone, a guard lost during the steps) or
+        an interrupt leaves that unknown: the snapshot is void."""
         comps = list(self.comps.values())
-        return any(c.still_stopped for c in comps) and not any(c.by_guard or c.interrupted for c in comps)
+        return any(c.ran_and_failed for c in comps) and all(
+            not (c.by_guard or c.interrupted or c.lost) and c.still_stopped == c.ran_and_failed for c in comps
+        )
 
     def failure(self, cause: BaseException | None) -> BaseException | None:
         """The exception the run ends with, given every host's undo outcome."""

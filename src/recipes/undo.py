@@ -45,6 +45,9 @@ class Compensation:
         self.by_guard: list[str] = []
         """Undos the host's guard ran itself (the controller was silent): the snapshot is void."""
         self.interrupted = False
+        self.ran_and_failed: list[str] = []
+        """The ``still_stopped`` lines of undos that ran here and exited non-zero: the guard had
+        not fired (the controller's claim took the entry), so nothing was started mid-run."""
         self.failure_only: set[int] = set()
         self.finished: dict[int, float] = {}
         """time.monotonic() when each undo that ran finished (for downtime)."""
@@ -167,10 +170,12 @@ class Compensation:
                 f"run by hand: {entry.undo.command.masked()}"
             )
         else:
-            self.still_stopped.append(
+            line = (
                 f"{what} failed on {self.host.name} (exit {result.exit_status}: "
                 f"{last_line(result.stderr)}): run it by hand: {entry.undo.command.masked()}"
             )
+            self.still_stopped.append(line)
+            self.ran_and_failed.append(line)
 
     def _disarm(self, guard: Guard) -> None:
         try:
