@@ -17,7 +17,7 @@ import attrs
 
 from recipes import chain
 from recipes import manifest as mf
-from recipes.errors import RecipeError, RepositoryError, VerifyError
+from recipes.errors import RepositoryError, VerifyError
 from recipes.repository import MANIFEST, SIGNATURE, Listed, Repository, safe_name
 from recipes.trust import Trust
 
@@ -77,7 +77,10 @@ def copy(src: Repository, dst: Repository, item: Listed, trust: Trust | None = N
                 "that folder away (or copy to another repository) and copy again"
             )
         log.warning("%s at %s has a manifest that does not verify: copying it again", m.snapshot, dst.url)
-    good = _verified_there(dst, item) if there is not None else set()
+    # A folder already there (listed, or left unlisted by a failed repair, or with a manifest that
+    # cannot be read) is repaired in place: nothing of it is ever removed by this copy.
+    held = there is not None or dst.fs.exists(dst._path(safe_name(m.recipe), safe_name(m.host), m.snapshot))
+    good = _verified_there(dst, item) if held else set()
     same = there is not None and there.raw == item.raw and there.signature == item.signature
     if same and len(good) == len(m.objects):
         log.info("%s@%s %s is already at %s: skipped", m.recipe, m.host, m.snapshot, dst.url)
@@ -94,10 +97,10 @@ def copy(src: Repository, dst: Repository, item: Listed, trust: Trust | None = N
             good.add(obj.path)
         writer.commit_raw(item.raw, item.signature)
     except BaseException:
-        if there is None:
+        if not held:
             writer.abort()
         else:
-            _repair_failed(dst, writer, there if there.raw == item.raw else None)
+            _repair_failed(dst, writer, there if there is not None and there.raw == item.raw else None)
         raise
     log.info("copied %s@%s %s: %d bytes", m.recipe, m.host, m.snapshot, total)
     return Copied(m.recipe, m.host, m.snapshot, "copied", total)
@@ -132,7 +135,7 @@ def _repair_failed(dst: Repository, writer: Any, old: Listed | None) -> None:
         return
     try:
         writer.commit_raw(old.raw, old.signature)
-    except BaseException as exc:
+    except Exception as exc:  # the repair's own failure is what is raised (an interrupt: itself)
         log.warning(
             "%s at %s stays unlisted (putting its manifest back failed: %s): copy it again to finish "
             "the repair",
@@ -152,7 +155,7 @@ def _verified_there(dst: Repository, item: Listed) -> set[str]:
     for obj in m.objects:
         try:
             dst.verify_objects(m, [obj])
-        except RecipeError as exc:
+        except VerifyError as exc:  # a storage failure is raised: it says nothing of the object
             log.warning("%s at %s does not verify (%s): copying it again", m.snapshot, dst.url, exc)
         else:
             good.add(obj.path)

@@ -191,3 +191,28 @@ def test_a_destination_manifest_that_does_not_verify_is_repaired_not_refused(
     assert again.returncode == 0, again.stderr
     assert [c["outcome"] for c in json.loads(again.stdout)] == ["copied", "skipped"]
     assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 0
+
+
+def test_a_failed_repair_under_an_unreadable_manifest_keeps_every_object_however_often_tried(
+    world: World, site: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """The disk's manifest cut short (not listed at all) and one object damaged on both sides:
+    each copy fails (exit 3), and none removes the folder or its good archive (a folder already
+    there is repaired in place, never deleted, listed or not)."""
+    root, src, _ = site
+    seed_tree(src)
+    full, _incr = _two_snapshots(world, root, src)
+    offline = tmp_path / "offline-disk"
+    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    held = offline / "django/source" / full
+    for base in (held, world.repo / "django/source" / full):
+        path = base / "files.snar.zst.age"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+    (held / "manifest.json").write_bytes((held / "manifest.json").read_bytes()[:40])
+    archive = hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest()
+    for attempt in (1, 2):
+        bad = world.cli("copy", "--all", "--to", str(offline))
+        assert bad.returncode == 3, (attempt, bad.stderr)
+        assert hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest() == archive, attempt
