@@ -22,6 +22,23 @@ def _two_snapshots(world: World, root: str, src: Path) -> list[str]:
     return [str(m["snapshot"]) for m in ids]
 
 
+def _flip(path: Path) -> None:
+    """Bit rot: one byte in the middle of ``path`` flipped."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _copied(world: World, site: tuple[str, Path, Path], tmp_path: Path) -> tuple[str, str, Path]:
+    """Two snapshots (a full and an incremental) copied to an offline disk: (full, incr, disk)."""
+    root, src, _ = site
+    seed_tree(src)
+    full, incr = _two_snapshots(world, root, src)
+    offline = tmp_path / "offline-disk"
+    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    return full, incr, offline
+
+
 def test_copy_an_incremental_brings_its_chain_and_restores_from_the_copy(
     world: World, site: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
@@ -62,10 +79,7 @@ def test_a_damaged_object_fails_the_copy_and_nothing_is_listed_there(
     root, src, _ = site
     seed_tree(src)
     full, incr = _two_snapshots(world, root, src)
-    obj = world.repo / "django/source" / incr / "files.tar.zst.age"
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 1
-    obj.write_bytes(bytes(data))
+    _flip(world.repo / "django/source" / incr / "files.tar.zst.age")
     offline = tmp_path / "offline-disk"
     bad = world.cli("copy", "--all", "--to", str(offline))
     assert bad.returncode == 3, bad.stderr
@@ -125,20 +139,10 @@ def test_a_different_snapshot_under_the_same_id_at_the_destination_is_refused_no
 def test_copying_again_over_a_damaged_copy_repairs_only_what_is_damaged(
     world: World, site: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
-    root, src, _ = site
-    seed_tree(src)
-    full, _incr = _two_snapshots(world, root, src)
-    offline = tmp_path / "offline-disk"
-    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
-
-    def flip(path: Path) -> None:
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 1
-        path.write_bytes(bytes(data))
-
+    full, _incr, offline = _copied(world, site, tmp_path)
     # bit rot on the disk in one object, in the online repository in the other
-    flip(offline / "django/source" / full / "files.snar.zst.age")
-    flip(world.repo / "django/source" / full / "files.tar.zst.age")
+    _flip(offline / "django/source" / full / "files.snar.zst.age")
+    _flip(world.repo / "django/source" / full / "files.tar.zst.age")
     again = world.cli("--json", "copy", "--all", "--to", str(offline))
     assert again.returncode == 0, again.stderr
     assert [c["outcome"] for c in json.loads(again.stdout)] == ["copied", "skipped"]
@@ -151,17 +155,10 @@ def test_a_repair_that_fails_keeps_what_was_good_and_lists_the_snapshot_as_befor
     """The same object damaged on the disk and in the online repository: the repair cannot
     succeed (exit 3), but it removes nothing: the archive that verified stays, the snapshot is
     listed as before, and the incremental built on it keeps its parent."""
-    root, src, _ = site
-    seed_tree(src)
-    full, incr = _two_snapshots(world, root, src)
-    offline = tmp_path / "offline-disk"
-    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    full, incr, offline = _copied(world, site, tmp_path)
     held = offline / "django/source" / full
     for base in (held, world.repo / "django/source" / full):
-        path = base / "files.snar.zst.age"
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 1
-        path.write_bytes(bytes(data))
+        _flip(base / "files.snar.zst.age")
     archive = hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest()
     bad = world.cli("copy", "--all", "--to", str(offline))
     assert bad.returncode == 3, bad.stderr
@@ -179,11 +176,7 @@ def test_a_destination_manifest_that_does_not_verify_is_repaired_not_refused(
 ) -> None:
     """A byte changed in the disk's manifest (its signature no longer verifies) is a damaged
     copy, not "a different snapshot": copying again puts the signed one back."""
-    root, src, _ = site
-    seed_tree(src)
-    full, _incr = _two_snapshots(world, root, src)
-    offline = tmp_path / "offline-disk"
-    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    full, _incr, offline = _copied(world, site, tmp_path)
     manifest = offline / "django/source" / full / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"level": 0', '"level":  0'))
     assert world.cli("verify", "--all", "--repo", str(offline)).returncode == 3
@@ -199,17 +192,10 @@ def test_a_failed_repair_under_an_unreadable_manifest_keeps_every_object_however
     """The disk's manifest cut short (not listed at all) and one object damaged on both sides:
     each copy fails (exit 3), and none removes the folder or its good archive (a folder already
     there is repaired in place, never deleted, listed or not)."""
-    root, src, _ = site
-    seed_tree(src)
-    full, _incr = _two_snapshots(world, root, src)
-    offline = tmp_path / "offline-disk"
-    assert world.cli("copy", "--all", "--to", str(offline)).returncode == 0
+    full, _incr, offline = _copied(world, site, tmp_path)
     held = offline / "django/source" / full
     for base in (held, world.repo / "django/source" / full):
-        path = base / "files.snar.zst.age"
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 1
-        path.write_bytes(bytes(data))
+        _flip(base / "files.snar.zst.age")
     (held / "manifest.json").write_bytes((held / "manifest.json").read_bytes()[:40])
     archive = hashlib.sha256((held / "files.tar.zst.age").read_bytes()).hexdigest()
     for attempt in (1, 2):
