@@ -141,7 +141,7 @@ def _backup(
                 log.info("%s", decision.reason)
                 job.execute()
             except BaseException as exc:
-                interp.finish(succeeded=False)
+                interp.finish(succeeded=False, abandon=isinstance(exc, KeyboardInterrupt))
                 error = interp.failure(exc)
                 if error is exc or error is None:
                     raise

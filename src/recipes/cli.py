@@ -62,6 +62,18 @@ def usage_error(exc: click.ClickException) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _timed_out(exc: BaseException) -> str:
+    """The ``timed out after 6h (--timeout 6h)`` words, from the TimedOut in ``exc``'s chain."""
+    from recipes.interrupts import TimedOut
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimedOut):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return "timed out (--timeout)"
+
+
 class Group(click.Group):
     """Turns every RecipeError and usage error into one line on stderr and its documented exit code."""
 
@@ -90,10 +102,18 @@ class Group(click.Group):
         except click.ClickException as exc:
             usage_error(exc)
         except KeyboardInterrupt as exc:
+            from recipes.interrupts import expired
+
             # Only the engine knows whether what it stopped runs again (engine.Interrupted).
             # A restore cut short after it began writing also says what the target holds.
             left = getattr(exc, "still_stopped", None)
             partial = getattr(exc, "partial", "")
+            if expired.is_set():  # --timeout: a failure of the run, said like one
+                said = [*(left or ()), partial] if partial else list(left or ())
+                if left is not None and not said:
+                    said = ["everything that was stopped was started again"]
+                click.echo(f"recipes: error: {'; '.join([_timed_out(exc), *said])}", err=True)
+                sys.exit(1)
             if left is None:
                 click.echo("recipes: interrupted", err=True)
             elif left or partial:
@@ -130,6 +150,31 @@ _pass_state = click.make_pass_decorator(State)
 def _json_here(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.find_object(State).json = True  # type: ignore[union-attr]
+
+
+def _timeout_here(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    from recipes.chain import parse_duration
+    from recipes.interrupts import Deadline, arm_deadline
+
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} is no time at all: give a duration such as 6h")
+    arm_deadline(Deadline(seconds, value.strip()))
+
+
+timeout_option = click.option(
+    "--timeout",
+    metavar="DURATION",
+    expose_value=False,
+    callback=_timeout_here,
+    help="Give up after this long (6h, 90m): unwound like Ctrl-C (what was stopped is started "
+    "again, what the run still runs on its hosts is ended), then exit 1.",
+)
 
 
 def pass_state(f: Any) -> Any:
@@ -327,6 +372,7 @@ def _one_snapshot(found: list[Any], damaged: list[str], snapshot: str, url: str)
 
 
 @main.command("run")
+@timeout_option
 @click.argument("recipe")
 @click.option("--host", required=True, help="Host alias, ~/.ssh/config name, user@addr:port or local.")
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
@@ -439,6 +485,7 @@ def snapshots_cmd(state: State, recipe: str | None, host: str | None, repo: str 
 
 
 @main.command("prune")
+@timeout_option
 @click.argument("recipe", required=False)
 @click.option("--host", help="Only this host's snapshots.")
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
@@ -485,6 +532,7 @@ def prune_cmd(state: State, recipe: str | None, host: str | None, repo: str | No
 
 
 @main.command("restore")
+@timeout_option
 @click.argument("recipe")
 @click.option("--host", required=True, help="The host to restore onto.")
 @click.option(
@@ -676,6 +724,7 @@ def _restore_external(
 
 
 @main.command("verify")
+@timeout_option
 @click.argument("snapshot", required=False)
 @click.option("--all", "every", is_flag=True, help="Verify every snapshot in the repository.")
 @click.option("--repo", metavar="URL", help="Repository URL (overrides [repository] url).")
@@ -762,6 +811,7 @@ def _settled() -> None:
 
 
 @main.command("copy")
+@timeout_option
 @click.argument("snapshot", required=False)
 @click.option("--to", "to_url", required=True, metavar="URL", help="Destination repository URL.")
 @click.option("--all", "every", is_flag=True, help="Copy every snapshot.")
@@ -1028,6 +1078,7 @@ def schedule_cmd(
 
 
 @main.command("drill")
+@timeout_option
 @click.argument("recipe")
 @click.option("--host", required=True, help="The source host whose snapshot is drilled (never written to).")
 @click.option("--to-host", "to_host", required=True, help="The scratch host to restore onto.")

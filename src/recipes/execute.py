@@ -181,8 +181,16 @@ class Interpreter:
             self.records.append(record)
             self.progress.step_done(record)
 
-    def finish(self, succeeded: bool) -> None:
-        """Run every host's undo list, newest host first; never raises (see ``failure``)."""
+    def finish(self, succeeded: bool, abandon: bool = False) -> None:
+        """Run every host's undo list, newest host first; never raises (see ``failure``).
+        ``abandon`` (the run was interrupted or timed out): first end, on every guarded host,
+        what the run started there and still runs, so a hung stop does not outlive its undo."""
+        if abandon:
+            try:
+                for comp in self.comps.values():
+                    comp.abandon()
+            except KeyboardInterrupt:  # interrupted again: the undo matters more
+                log.warning("interrupted while ending the run's commands: running the undo")
         for comp in reversed(list(self.comps.values())):
             comp.run_all(succeeded=succeeded)
 

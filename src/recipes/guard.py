@@ -83,14 +83,9 @@ track() {
 }
 """
 
-# The watchdog: $1 directory, $2 deadman seconds, $3 this connection's sshd pid (0: none).
-WATCHDOG = r"""
-d=$1 deadman=$2 sshd=$3
-trap '' HUP PIPE INT
-export TZ=UTC
-cd / || exit 1
-echo "$$" > "$d/pid"
-killed=0 fired_at=0
+# TERM (KILL after 2 s) to every process in a recorded session that is not spared (an undo the
+# controller ran, the feeder's own session): the watchdog when it fires, the feeder on ``abandon``.
+KILL = r"""
 kill_sessions() {
   local f l p pids="" i
   for f in /proc/[0-9]*/stat; do
@@ -114,6 +109,16 @@ kill_sessions() {
   kill -KILL $pids 2>/dev/null
   return 0
 }
+"""
+
+# The watchdog: $1 directory, $2 deadman seconds, $3 this connection's sshd pid (0: none).
+WATCHDOG = r"""
+d=$1 deadman=$2 sshd=$3
+trap '' HUP PIPE INT
+export TZ=UTC
+cd / || exit 1
+echo "$$" > "$d/pid"
+killed=0 fired_at=0
 fire() {
   local id rc when
   for id in $(ls -r "$d/undo"); do
@@ -161,13 +166,13 @@ unset TMOUT
 umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-guard.XXXXXXXX") || exit 1
 mkdir "$d/undo" "$d/ctl" "$d/guard" "$d/fired" "$d/spare" "$d/sessions" || exit 1
-s=0 p=$$
+s=0 p=$$ own=$$
 while [ "$p" -gt 1 ]; do
   c=""; read -r c < "/proc/$p/comm" 2>/dev/null
   case $c in sshd|sshd-session) s=$p; break;; esac
   pp=1
   while read -r k v; do [ "$k" = PPid: ] && { pp=$v; break; }; done < "/proc/$p/status" 2>/dev/null
-  p=$pp
+  own=$p p=$pp
 done
 printf '%(%s)T\n' -1 > "$d/beat"
 sshd=$s
@@ -185,6 +190,16 @@ while IFS= read -r line; do
       if [ -d "$d/undo" ] && printf '%s' "$3" | base64 -d > "$d/undo/.$2" \
           && mv -f -- "$d/undo/.$2" "$d/undo/$2"; then echo "pushed $2"; else echo "refused $2"; fi;;
     disarm) disarm; exit 0;;
+    abandon)
+      # the controller gave up on the run (interrupted, timed out): what it started on this
+      # host and still runs (a hung stop, a dump) ends before its undo starts anything again
+      # (its own session is spared: the one sshd made for it, and sudo's own if it made one)
+      if [ -d "$d/spare" ]; then
+        : > "$d/spare/$own"
+        read -r -a me < /proc/$$/stat 2>/dev/null && [ -n "${me[5]}" ] && : > "$d/spare/${me[5]}"
+        track; kill_sessions
+      fi
+      echo abandoned;;
     *) echo "unknown";;
   esac
 done
@@ -221,9 +236,10 @@ class Fired:
 
 def feeder_script(deadman: float) -> str:
     """The feeder session's script with the watchdog and the deadman (whole seconds) filled in."""
-    watchdog = TRACK.strip() + "\n" + WATCHDOG.strip()
+    shared = TRACK.strip() + "\n" + KILL.strip() + "\n"
+    watchdog = shared + WATCHDOG.strip()
     head = f"watchdog={shlex.quote(watchdog)}; deadman={max(1, round(deadman))}\n"
-    return head + TRACK.strip() + "\n" + DISARM.strip() + "\n" + FEEDER.strip()
+    return head + shared + DISARM.strip() + "\n" + FEEDER.strip()
 
 
 class Guard:
@@ -370,6 +386,18 @@ class Guard:
             answer = self._answer("track")
         if answer != "tracked":
             raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
+
+    def abandon(self) -> None:
+        """End what the controller started on the host and still runs (TERM, KILL after 2 s),
+        sparing the guard and the undos: the run was given up, so a hung stop or dump must not
+        outlive it. Returns once the host says it is done."""
+        with self._ask_lock:
+            if self.closed.is_set():
+                return
+            self._send("abandon")
+            answer = self._answer("abandon")
+        if answer != "abandoned":
+            raise HostError(f"the guard on {self.host.name} did not end the run's commands ({answer})")
 
     def claimed(self, entry: Entry) -> Command:
         """The entry's command preceded by its claim: it runs only if the guard has not run it.

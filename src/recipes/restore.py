@@ -148,7 +148,7 @@ def _run(interp: Interpreter, plan: Plan) -> list[mf.StepRecord]:
     try:
         interp.run_steps(plan.steps)
     except BaseException as exc:
-        interp.finish(succeeded=False)
+        interp.finish(succeeded=False, abandon=isinstance(exc, KeyboardInterrupt))
         error = interp.failure(exc)
         undone = interp.undone()
         restarted = [f"{name} on {host}" for name, host in interp.restarted()]

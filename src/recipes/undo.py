@@ -82,6 +82,17 @@ class Compensation:
                 return True
         return False
 
+    def abandon(self) -> None:
+        """Have the host's guard end the commands this run started there (see ``Guard.abandon``);
+        a host that cannot be reached is left to the undo's retries and its guard."""
+        if self.guard is None or self.guard.closed.is_set() or self.lost:
+            return
+        try:
+            self.guard.abandon()
+            log.info("ended what the run still ran on %s", self.host.name)
+        except RecipeError as exc:
+            log.warning("could not end what the run still runs on %s: %s", self.host.name, exc)
+
     @property
     def lost(self) -> bool:
         return self.guard is not None and self.guard.lost.is_set()

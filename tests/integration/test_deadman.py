@@ -125,9 +125,19 @@ def _default_sigint() -> None:
 class Run:
     """The real CLI in a child process, its stderr in a file the test reads while it runs."""
 
-    def __init__(self, config: Path, inside: str, tmp: Path, *sets: str) -> None:
+    def __init__(self, config: Path, inside: str, tmp: Path, *sets: str, extra: tuple[str, ...] = ()) -> None:
         self.log = tmp / f"run-{uuid.uuid4().hex[:6]}.log"
-        args = ["--config", str(config), "run", "svc-test", "--host", "source", "--set", f"dir={inside}"]
+        args = [
+            "--config",
+            str(config),
+            "run",
+            "svc-test",
+            "--host",
+            "source",
+            "--set",
+            f"dir={inside}",
+            *extra,
+        ]
         for s in sets:
             args += ["--set", s]
         with open(self.log, "w") as err:
@@ -258,6 +268,26 @@ def test_sigterm_during_undo_retries_does_not_claim_all_was_started(
     assert "the host's guard" in line and "will start svc within" in line
     wait_for(lambda: running(outside), DEADMAN + SLACK, "the guard started the service again")
     assert starts(outside) == 1
+
+
+@pytest.mark.parametrize("hangs", ["then=hang", "stop=hang"])
+def test_timeout_ends_what_hangs_and_starts_the_service_again(
+    world: World, svc: tuple[str, Path], tmp_path: Path, hangs: str
+) -> None:
+    """``--timeout``: a dump (or the stop itself) that hangs while the service is stopped is ended
+    on the host before the undo, the service is started again by the run itself (the guard's
+    deadman is far off), and the run fails (exit 1) saying why."""
+    inside, outside = svc
+    run = Run(_config(world, deadman=600), inside, tmp_path, hangs, extra=("--timeout", "4s"))
+    wait_for(lambda: not running(outside) and _orphans(inside), what="stopped, something hanging")
+    assert run.wait(60) == 1, run.stderr()
+    assert run.last_line() == (
+        "recipes: error: timed out after 4s (--timeout 4s); everything that was stopped was started again"
+    ), run.stderr()
+    assert running(outside) and starts(outside) == 1
+    assert not _orphans(inside)  # ended before the run said it was done
+    assert not _snapshots(world)
+    assert "Traceback" not in run.stderr()
 
 
 def test_a_snapshot_is_not_committed_when_the_guard_fired(

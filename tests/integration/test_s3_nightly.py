@@ -313,3 +313,26 @@ def test_sigterm_mid_copy_into_s3_removes_what_it_wrote(
     assert [p.name for p in offsite.rglob("*") if p.is_file()] == ["files.snar.zst.age"]  # written
     _terminated(proc)
     assert not [p for p in offsite.rglob("*") if p.is_file()]  # what it wrote is gone
+
+
+def test_timeout_mid_prune_is_exit_1_with_the_lock_released(
+    faulty: tuple[FaultyS3, Path], s3_server: servers.S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A prune that hangs (the server silent on a manifest's read) and was given ``--timeout``
+    ends by itself when it is up: one error line, exit 1 (so cron mails), its lock released."""
+    proxy, cfg = faulty
+    environ = {**os.environ, **env(s3_server, tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    locks = Path(s3_server.data_dir) / s3_bucket / "repo" / "locks"
+    proxy.only, proxy.queue = "/manifest.json", ["timeout"] * 50  # every read hangs, retried
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipes", "--config", str(cfg), "prune", "--timeout", "3s"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=60)
+    assert len(proxy.queue) < 50, "a manifest's read was held"
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines()[-1] == "recipes: error: timed out after 3s (--timeout 3s)", err
+    assert not locks.exists() or not list(locks.iterdir())  # the lock it held is released
