@@ -161,6 +161,31 @@ def test_hosts_differing_only_by_dot_and_dash_get_cron_files_of_their_own(tmp_pa
     assert {next(h for h in hosts if h in (out_dir / n).read_text()) for n in names} == hosts
 
 
+def test_an_output_that_cannot_be_written_is_one_line_exit_1_naming_the_file(tmp_path: Path) -> None:
+    """A write failure of an output file is an operational failure (exit 1, not the usage error 2),
+    named with the OS's reason: a folder under a regular file, a file name taken by a directory.
+    (Real file-system errors: root ignores permission bits, so none is used here.)"""
+    config = tmp_path / "recipes.toml"
+    config.write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    taken = tmp_path / "cron.d"
+    (taken / "recipes-django-web1").mkdir(parents=True)
+    for out, named, why in [
+        (blocker / "cron.d", blocker / "cron.d", "Not a directory"),
+        (taken, taken / "recipes-django-web1", "Is a directory"),
+    ]:
+        args = ["schedule", "django", "--host", "web1", "--format", "cron", "-o", str(out)]
+        done = subprocess.run(
+            [sys.executable, "-m", "recipes", "--config", str(config), *args], capture_output=True, text=True
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [
+            f"recipes: error: cannot write the schedule to {named}: {why} "
+            "(make the folder writable, or give another -o DIR)"
+        ]
+
+
 def test_percent_and_dollar_in_the_config_path_reach_the_command_as_written(tmp_path: Path) -> None:
     """cron turns an unescaped ``%`` into a newline (crontab(5)); systemd expands ``%x``
     specifiers and ``$VAR`` in ExecStart (systemd.service(5)). A config path holding them must
