@@ -308,7 +308,7 @@ def _identities(state: State, identity: str | None, what: str) -> list[Any]:
     from recipes import stream
     from recipes.errors import ConfigError
 
-    path = state.config.identity_path(identity)
+    path = state.config.existing_identity(identity)
     if path is None:
         raise ConfigError(
             f"{what} needs the age identity: pass --identity FILE or set [repository] identity_file "

@@ -285,7 +285,7 @@ def test_bad_repository_url_in_config(tmp_path: Path) -> None:
 
 SECRET = str(pyrage.x25519.Identity.generate())
 IDENTITIES: list[tuple[str, bytes | None, str]] = [
-    ("missing", None, "cannot read"),
+    ("missing", None, "file does not exist"),
     ("empty", b"", "holds no age secret key"),
     ("comments-only", b"# created: today\n# public key: age1xyz\n", "holds no age secret key"),
     ("binary", bytes(range(256)) * 4, "not a text file"),
@@ -306,6 +306,19 @@ def test_bad_identity_file(tmp_path: Path, content: bytes | None, words: str) ->
     line = one_error(run("restore", "django", "--host", "local", "--identity", str(path)), 2)
     assert str(path) in line and words in line
     assert SECRET[15:] not in line  # a damaged key is named by its line, never quoted
+
+
+@pytest.mark.parametrize("command", [("restore", "django", "--host", "local"), ("verify", "--all", "--deep")])
+def test_a_missing_identity_file_in_the_config_names_its_key_and_file(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Not just "identity file /x/y: cannot read": which setting named it, in which file."""
+    path = write_config(tmp_path, "[repository]\nidentity_file = 'keys/age.txt'\n")
+    line = one_error(run("--config", str(path), *command), 2)
+    assert line == (
+        f"recipes: error: [repository] identity_file = keys/age.txt (in {path}): file does not exist "
+        f"({tmp_path / 'keys' / 'age.txt'}): fix the path there, or pass --identity FILE"
+    )
 
 
 def test_identity_file_that_is_a_directory(tmp_path: Path) -> None:
