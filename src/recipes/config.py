@@ -245,6 +245,14 @@ class Config:
 _conv = strict_converter()
 
 
+def env_config() -> str | None:
+    """``$RECIPES_CONFIG``, None when unset; set but empty is one line, never the default config."""
+    env = os.environ.get("RECIPES_CONFIG")
+    if env is not None and not env.strip():
+        raise ConfigError("RECIPES_CONFIG is set but empty: unset it or name a file")
+    return env
+
+
 def find(explicit: str | None) -> Path | None:
     """``--config``, then ``$RECIPES_CONFIG``, then ``./recipes.toml``, then the user's config."""
     try:
@@ -261,7 +269,7 @@ def _find(explicit: str | None) -> Path | None:
         if not p.exists():
             raise ConfigError(f"config file {explicit} does not exist")
         return p
-    env = os.environ.get("RECIPES_CONFIG")
+    env = env_config()
     if env:
         p = Path(os.path.expanduser(env))
         if not p.exists():

@@ -158,6 +158,22 @@ def test_recipes_config_env_to_a_missing_file(monkeypatch: pytest.MonkeyPatch, t
     assert "RECIPES_CONFIG" in one_error(run("plan", "django", "--host", "local"), 2)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize("command", [("plan", "django", "--host", "local"), ("init",)], ids=["plan", "init"])
+def test_recipes_config_set_but_empty_is_refused_not_the_default(
+    monkeypatch: pytest.MonkeyPatch, home: Path, value: str, command: tuple[str, ...]
+) -> None:
+    """An empty ``RECIPES_CONFIG`` (a typo'd export) once silently meant the default config: a
+    backup ran against another repository, or init wrote the user's config."""
+    conf = home / ".config" / "recipes"
+    conf.mkdir(parents=True)
+    (conf / "recipes.toml").write_text("[repository]\nurl = 'elsewhere'\n")
+    monkeypatch.setenv("RECIPES_CONFIG", value)
+    line = one_error(run(*command), 2)
+    assert line == "recipes: error: RECIPES_CONFIG is set but empty: unset it or name a file"
+    assert sorted(p.name for p in conf.iterdir()) == ["recipes.toml"]  # init wrote nothing
+
+
 def test_empty_config_option() -> None:
     assert "--config" in one_error(run("--config", "", "plan", "django", "--host", "local"), 2)
 
