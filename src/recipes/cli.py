@@ -353,7 +353,7 @@ def _identities(state: State, identity: str | None, what: str) -> list[Any]:
     from recipes import stream
     from recipes.errors import ConfigError
 
-    path = state.config.identity_path(identity)
+    path = state.config.existing_identity(identity)
     if path is None:
         raise ConfigError(
             f"{what} needs the age identity: pass --identity FILE or set [repository] identity_file "
@@ -1043,13 +1043,18 @@ def schedule_cmd(
     where = out_dir or (target if install else None)
     if where is not None:
         folder = Path(where)
-        try:
+        path = folder
+        try:  # an operational failure (exit 1), not a usage error: the same command may work later
             folder.mkdir(parents=True, exist_ok=True)
             for name, text in files.files.items():
-                (folder / name).write_text(text)
-                (folder / name).chmod(0o644)
+                path = folder / name
+                path.write_text(text)
+                path.chmod(0o644)
         except OSError as exc:
-            raise ConfigError(f"cannot write {folder}: {exc.strerror or exc}") from exc
+            raise StepFailed(
+                f"cannot write the schedule to {exc.filename or path}: {exc.strerror or exc} "
+                "(make the folder writable, or give another -o DIR)"
+            ) from None
     if install and fmt == "systemd":
         timers = [n for n in files.files if n.endswith(".timer")]
         finish = f"systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"

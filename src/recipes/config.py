@@ -132,6 +132,25 @@ class Config:
         default = os.path.expanduser(DEFAULT_IDENTITY)
         return default if os.path.exists(default) else None
 
+    def existing_identity(self, override: str | None = None) -> str | None:
+        """``identity_path``, for a command that reads it: a named file that does not exist is one
+        line saying where it was named (the toml key and file, or --identity) and how to fix it."""
+        path = self.identity_path(override)
+        if path is None or os.path.exists(path):
+            return path
+        if override:
+            raise ConfigError(
+                f"--identity {override}: file does not exist ({path}): give the age identity file "
+                "`recipes init` made"
+            )
+        named = self.repository.identity_file
+        where = f"in {self.path}" if self.path else "in the configuration"
+        shown = "" if named == path else f" ({path})"
+        raise ConfigError(
+            f"[repository] identity_file = {named} ({where}): file does not exist{shown}: fix the path "
+            "there, or pass --identity FILE"
+        )
+
     def signing_key_path(self) -> str | None:
         """The configured signing key, else the default one if it exists, else None."""
         if self.repository.signing_key:
@@ -226,6 +245,14 @@ class Config:
 _conv = strict_converter()
 
 
+def env_config() -> str | None:
+    """``$RECIPES_CONFIG``, None when unset; set but empty is one line, never the default config."""
+    env = os.environ.get("RECIPES_CONFIG")
+    if env is not None and not env.strip():
+        raise ConfigError("RECIPES_CONFIG is set but empty: unset it or name a file")
+    return env
+
+
 def find(explicit: str | None) -> Path | None:
     """``--config``, then ``$RECIPES_CONFIG``, then ``./recipes.toml``, then the user's config."""
     try:
@@ -242,7 +269,7 @@ def _find(explicit: str | None) -> Path | None:
         if not p.exists():
             raise ConfigError(f"config file {explicit} does not exist")
         return p
-    env = os.environ.get("RECIPES_CONFIG")
+    env = env_config()
     if env:
         p = Path(os.path.expanduser(env))
         if not p.exists():

@@ -801,7 +801,7 @@ def run(
             options = attrs.evolve(options or plan.options_of(r)(), time=snapshot)  # type: ignore[misc]
         values = target
     else:
-        path = cfg.identity_path(identity)
+        path = cfg.existing_identity(identity)
         if path is None:
             raise ConfigError(
                 "drill needs the age identity: pass --identity FILE or set [repository] identity_file"

@@ -195,12 +195,13 @@ class Interpreter:
             comp.run_all(succeeded=succeeded)
 
     def undone(self) -> list[str]:
-        """The failure-only undos that ran (``move DATA_DIR back``): what a failed run took back."""
+        """The failure-only undos that ran (``move DATA_DIR back``): what a failed run took back;
+        not those that found nothing to undo (a move aside that never happened)."""
         return [
             f"{e.undo.what} on {name}"
             for name, comp in self.comps.items()
             for e in comp.entries
-            if e.id in comp.failure_only and e.id in comp.finished
+            if e.id in comp.failure_only and e.id in comp.finished and e.id not in comp.idle
         ]
 
     def restarted(self) -> list[tuple[str, str]]:

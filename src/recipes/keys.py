@@ -57,7 +57,7 @@ def _toml_str(value: str) -> str:
 
 def _config_path(config_path: str | None) -> Path:
     """Where init writes: ``--config``, else ``$RECIPES_CONFIG``, else the user's config."""
-    chosen = config_path or os.environ.get("RECIPES_CONFIG") or config.DEFAULT_CONFIG
+    chosen = config_path or config.env_config() or config.DEFAULT_CONFIG
     return Path(os.path.expanduser(chosen)).absolute()
 
 

@@ -6,6 +6,7 @@ never joined by the next one."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import sys
@@ -40,8 +41,20 @@ class Files:
 
 def unit_name(recipe: str, host: str) -> str:
     """``recipes-django-web1``: only characters systemd unit names accept (a cron file's name
-    has no dot either: see ``generate``)."""
+    has no dot either: see ``cron_name``)."""
     return "recipes-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{recipe}-{host}").strip("-")
+
+
+def cron_name(recipe: str, host: str) -> str:
+    """The cron file's name: cron ignores a file in /etc/cron.d whose name is not run-parts'
+    ``[A-Za-z0-9_-]+`` (no dot). ``recipes-django-web1`` as is; when a character had to be
+    changed, a short hash of ``RECIPE-HOST`` follows, so ``db.example`` and ``db-example`` (or
+    ``a@b`` and ``a:b``) never share a file and one schedule never overwrites the other."""
+    raw = f"{recipe}-{host}"
+    name = "recipes-" + re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-")
+    if name == f"recipes-{raw}":
+        return name
+    return f"{name}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
 def commands(recipe: str, host: str, config: str | None, verify: bool) -> tuple[list[str], list[str]]:
@@ -80,8 +93,7 @@ def generate(
     name = unit_name(recipe, host)
     nightly, weekly = commands(recipe, host, config, verify)
     if fmt == "cron":
-        # cron ignores a file in /etc/cron.d whose name is not run-parts' [A-Za-z0-9_-]+ (no dot)
-        name = name.replace(".", "-")
+        name = cron_name(recipe, host)
         when = _cron_time(at)
         # Every job reads the env file (credentials for an S3 repository), the weekly verify too.
         source = f"set -a; [ ! -r {shlex.quote(env_file)} ] || . {shlex.quote(env_file)}; set +a; "

@@ -27,6 +27,7 @@ from recipes.ops import (
     Transfer,
     Undo,
 )
+from recipes.undo import NOTHING_TO_UNDO
 
 # GNU tar exits 1 when a file changed while it was read: a warning on a live system, not a failure.
 TAR_WARNING_EXIT = 1
@@ -462,7 +463,10 @@ class MoveAside:
 
     def ops(self) -> list[Op]:
         p, link = sh(self.path), sh(self.path.rstrip("/") or "/")
-        back = Command(f'{self._resolve()}if [ -e "$a" ]; then rm -rf -- "$r" && mv -T -- "$a" "$r"; fi')
+        back = Command(
+            f'{self._resolve()}if [ -e "$a" ]; then rm -rf -- "$r" && mv -T -- "$a" "$r"; '
+            f"else echo {sh(NOTHING_TO_UNDO)}; fi"
+        )
         full = '[ -n "$(ls -A -- "$r" 2>/dev/null)" ]'
         mounted = (
             '{ if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$r"; '

@@ -16,6 +16,9 @@ log = logging.getLogger("recipes")
 
 # Undo retries after a lost connection wait 1, 2, 4, 8 s..., all of them within this budget (s).
 UNDO_BUDGET = 60.0
+# The last stdout line of an undo that found nothing to undo (a move aside that never happened):
+# it ran, but it is not said to have taken anything back.
+NOTHING_TO_UNDO = "recipes-undo: nothing to undo"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,6 +56,8 @@ class Compensation:
         """time.monotonic() when each undo that ran finished (for downtime)."""
         self.succeeded: set[int] = set()
         """Ids of the undos whose command exited 0 (what was really started again)."""
+        self.idle: set[int] = set()
+        """Ids of the undos that exited 0 saying ``NOTHING_TO_UNDO`` (what they undo never happened)."""
         self._reported: set[int] = set()
 
     def register(self, undo: Undo, on: str = "always") -> Entry:
@@ -170,7 +175,11 @@ class Compensation:
         self.finished[entry.id] = time.monotonic()
         if result.exit_status == 0:
             self.succeeded.add(entry.id)
-            log.info("undo %s on %s: done", what, self.host.name)
+            if result.stdout.decode("utf-8", "replace").strip().endswith(NOTHING_TO_UNDO):
+                self.idle.add(entry.id)
+                log.info("undo %s on %s: nothing to undo", what, self.host.name)
+            else:
+                log.info("undo %s on %s: done", what, self.host.name)
         elif result.exit_status == TAKEN_BY_GUARD:
             when, _, status = result.stdout.decode("utf-8", "replace").strip().partition(" exit=")
             self._guard_ran(entry, Fired(entry.id, when or "(it is running it now)", status))

@@ -158,6 +158,22 @@ def test_recipes_config_env_to_a_missing_file(monkeypatch: pytest.MonkeyPatch, t
     assert "RECIPES_CONFIG" in one_error(run("plan", "django", "--host", "local"), 2)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize("command", [("plan", "django", "--host", "local"), ("init",)], ids=["plan", "init"])
+def test_recipes_config_set_but_empty_is_refused_not_the_default(
+    monkeypatch: pytest.MonkeyPatch, home: Path, value: str, command: tuple[str, ...]
+) -> None:
+    """An empty ``RECIPES_CONFIG`` (a typo'd export) once silently meant the default config: a
+    backup ran against another repository, or init wrote the user's config."""
+    conf = home / ".config" / "recipes"
+    conf.mkdir(parents=True)
+    (conf / "recipes.toml").write_text("[repository]\nurl = 'elsewhere'\n")
+    monkeypatch.setenv("RECIPES_CONFIG", value)
+    line = one_error(run(*command), 2)
+    assert line == "recipes: error: RECIPES_CONFIG is set but empty: unset it or name a file"
+    assert sorted(p.name for p in conf.iterdir()) == ["recipes.toml"]  # init wrote nothing
+
+
 def test_empty_config_option() -> None:
     assert "--config" in one_error(run("--config", "", "plan", "django", "--host", "local"), 2)
 
@@ -285,7 +301,7 @@ def test_bad_repository_url_in_config(tmp_path: Path) -> None:
 
 SECRET = str(pyrage.x25519.Identity.generate())
 IDENTITIES: list[tuple[str, bytes | None, str]] = [
-    ("missing", None, "cannot read"),
+    ("missing", None, "file does not exist"),
     ("empty", b"", "holds no age secret key"),
     ("comments-only", b"# created: today\n# public key: age1xyz\n", "holds no age secret key"),
     ("binary", bytes(range(256)) * 4, "not a text file"),
@@ -306,6 +322,19 @@ def test_bad_identity_file(tmp_path: Path, content: bytes | None, words: str) ->
     line = one_error(run("restore", "django", "--host", "local", "--identity", str(path)), 2)
     assert str(path) in line and words in line
     assert SECRET[15:] not in line  # a damaged key is named by its line, never quoted
+
+
+@pytest.mark.parametrize("command", [("restore", "django", "--host", "local"), ("verify", "--all", "--deep")])
+def test_a_missing_identity_file_in_the_config_names_its_key_and_file(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Not just "identity file /x/y: cannot read": which setting named it, in which file."""
+    path = write_config(tmp_path, "[repository]\nidentity_file = 'keys/age.txt'\n")
+    line = one_error(run("--config", str(path), *command), 2)
+    assert line == (
+        f"recipes: error: [repository] identity_file = keys/age.txt (in {path}): file does not exist "
+        f"({tmp_path / 'keys' / 'age.txt'}): fix the path there, or pass --identity FILE"
+    )
 
 
 def test_identity_file_that_is_a_directory(tmp_path: Path) -> None:

@@ -142,6 +142,50 @@ def test_a_cron_file_for_a_dotted_host_has_a_name_cron_runs(tmp_path: Path) -> N
     assert "--host root@10.0.0.5:2222" in written.read_text()
 
 
+def test_hosts_differing_only_by_dot_and_dash_get_cron_files_of_their_own(tmp_path: Path) -> None:
+    """``db.example`` and ``db-example`` once both became ``recipes-django-db-example``: the second
+    schedule overwrote the first, and one host was silently never backed up. A host name cron
+    takes as it is keeps its name."""
+    config = tmp_path / "recipes.toml"
+    config.write_text("")
+    out_dir = tmp_path / "cron.d"
+    for host in ("db.example", "db-example", "db_example"):
+        args = ["schedule", "django", "--host", host, "--format", "cron", "-o", str(out_dir)]
+        result = CliRunner().invoke(cli.main, ["--config", str(config), *args])
+        assert result.exit_code == 0, result.output
+    listed = subprocess.run(["run-parts", "--list", str(out_dir)], capture_output=True, text=True, check=True)
+    names = sorted(Path(line).name for line in listed.stdout.split())
+    assert len(names) == 3 and "recipes-django-db-example" in names, names
+    assert "recipes-django-db_example" in names, names
+    hosts = {f"--host {h} " for h in ("db.example", "db-example", "db_example")}
+    assert {next(h for h in hosts if h in (out_dir / n).read_text()) for n in names} == hosts
+
+
+def test_an_output_that_cannot_be_written_is_one_line_exit_1_naming_the_file(tmp_path: Path) -> None:
+    """A write failure of an output file is an operational failure (exit 1, not the usage error 2),
+    named with the OS's reason: a folder under a regular file, a file name taken by a directory.
+    (Real file-system errors: root ignores permission bits, so none is used here.)"""
+    config = tmp_path / "recipes.toml"
+    config.write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    taken = tmp_path / "cron.d"
+    (taken / "recipes-django-web1").mkdir(parents=True)
+    for out, named, why in [
+        (blocker / "cron.d", blocker / "cron.d", "Not a directory"),
+        (taken, taken / "recipes-django-web1", "Is a directory"),
+    ]:
+        args = ["schedule", "django", "--host", "web1", "--format", "cron", "-o", str(out)]
+        done = subprocess.run(
+            [sys.executable, "-m", "recipes", "--config", str(config), *args], capture_output=True, text=True
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [
+            f"recipes: error: cannot write the schedule to {named}: {why} "
+            "(make the folder writable, or give another -o DIR)"
+        ]
+
+
 def test_percent_and_dollar_in_the_config_path_reach_the_command_as_written(tmp_path: Path) -> None:
     """cron turns an unescaped ``%`` into a newline (crontab(5)); systemd expands ``%x``
     specifiers and ``$VAR`` in ExecStart (systemd.service(5)). A config path holding them must
