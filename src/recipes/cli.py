@@ -152,11 +152,9 @@ def _json_here(ctx: click.Context, _param: click.Parameter, value: bool) -> None
         ctx.find_object(State).json = True  # type: ignore[union-attr]
 
 
-def _timeout_here(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is None:
-        return
+def _seconds(value: str) -> float:
+    """``--timeout``'s duration in seconds; a usage error when it is none or no time at all."""
     from recipes.chain import parse_duration
-    from recipes.interrupts import Deadline, arm_deadline
 
     try:
         seconds = parse_duration(value).total_seconds()
@@ -164,7 +162,22 @@ def _timeout_here(_ctx: click.Context, _param: click.Parameter, value: str | Non
         raise click.BadParameter(str(exc)) from None
     if seconds <= 0:
         raise click.BadParameter(f"{value!r} is no time at all: give a duration such as 6h")
-    arm_deadline(Deadline(seconds, value.strip()))
+    return seconds
+
+
+def _duration_given(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        _seconds(value)
+        return value.strip()
+    return None
+
+
+def _timeout_here(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    from recipes.interrupts import Deadline, arm_deadline
+
+    arm_deadline(Deadline(_seconds(value), value.strip()))
 
 
 timeout_option = click.option(
@@ -1002,6 +1015,13 @@ def runbook_cmd(
 )
 @click.option("-o", "--output", "out_dir", metavar="DIR", help="Write the files into DIR.")
 @click.option("--install", is_flag=True, help="Write into /etc/systemd/system or /etc/cron.d and enable.")
+@click.option(
+    "--timeout",
+    "limit",
+    metavar="DURATION",
+    callback=_duration_given,
+    help="Pass --timeout DURATION to each job (20h): a job that hangs fails and mails.",
+)
 @pass_state
 def schedule_cmd(
     state: State,
@@ -1013,6 +1033,7 @@ def schedule_cmd(
     env_file: str,
     out_dir: str | None,
     install: bool,
+    limit: str | None,
 ) -> None:
     """A systemd service+timer (or a cron file) that prunes, then backs up RECIPE every night,
     quiet unless something fails; --install puts it in place and enables it."""
@@ -1025,7 +1046,7 @@ def schedule_cmd(
     _r, _params, spec = _prepare(state, recipe, host, ())  # a schedule of a broken recipe: refuse now
     config = state.config.path
     files = schedule.generate(
-        recipe, spec.name, config=config, at=at, fmt=fmt, verify=verify, env_file=env_file
+        recipe, spec.name, config=config, at=at, fmt=fmt, verify=verify, env_file=env_file, timeout=limit
     )
     if fmt == "systemd" and not schedule.is_simple(at):
         try:

@@ -57,14 +57,18 @@ def cron_name(recipe: str, host: str) -> str:
     return f"{name}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
-def commands(recipe: str, host: str, config: str | None, verify: bool) -> tuple[list[str], list[str]]:
-    """The nightly command lines (prune, then run) and the weekly one (verify), absolute paths."""
+def commands(
+    recipe: str, host: str, config: str | None, verify: bool, timeout: str | None = None
+) -> tuple[list[str], list[str]]:
+    """The nightly command lines (prune, then run) and the weekly one (verify), absolute paths;
+    each with ``--timeout`` when given, so a job that hangs fails (and mails) instead of waiting."""
     base = [sys.executable, "-m", "recipes", *(["--config", config] if config else []), "-q"]
+    limit = ["--timeout", timeout] if timeout else []
     nightly = [
-        shlex.join([*base, "prune", recipe, "--host", host]),
-        shlex.join([*base, "run", recipe, "--host", host]),
+        shlex.join([*base, "prune", recipe, "--host", host, *limit]),
+        shlex.join([*base, "run", recipe, "--host", host, *limit]),
     ]
-    weekly = [shlex.join([*base, "verify", "--all"])] if verify else []
+    weekly = [shlex.join([*base, "verify", "--all", *limit])] if verify else []
     return nightly, weekly
 
 
@@ -84,14 +88,22 @@ def _exec_escaped(line: str) -> str:
 
 
 def generate(
-    recipe: str, host: str, *, config: str | None, at: str, fmt: str, verify: bool, env_file: str
+    recipe: str,
+    host: str,
+    *,
+    config: str | None,
+    at: str,
+    fmt: str,
+    verify: bool,
+    env_file: str,
+    timeout: str | None = None,
 ) -> Files:
     """The files for ``fmt``; ``at`` is ``daily`` (default), ``hourly``, ``weekly``, ``HH:MM`` or,
     for systemd, any ``OnCalendar`` expression (checked by ``systemd-analyze calendar``)."""
     if fmt not in FORMATS:
         raise ConfigError(f"schedule --format {fmt!r}: use one of {', '.join(FORMATS)}")
     name = unit_name(recipe, host)
-    nightly, weekly = commands(recipe, host, config, verify)
+    nightly, weekly = commands(recipe, host, config, verify, timeout)
     if fmt == "cron":
         name = cron_name(recipe, host)
         when = _cron_time(at)

@@ -58,6 +58,31 @@ def test_cron_file_stops_at_the_first_failure_and_reads_the_env_file(tmp_path: P
     assert " -q prune django --host web1 && " in fields[6] and fields[6].endswith("-q run django --host web1")
 
 
+@pytest.mark.parametrize("fmt", ["systemd", "cron"])
+def test_a_timeout_reaches_every_job(tmp_path: Path, fmt: str) -> None:
+    """``schedule --timeout 20h``: prune, the backup and the weekly verify each get it, so a job
+    that hangs fails (and mails) instead of waiting forever; each line is one the CLI takes."""
+    code, out = _run(tmp_path, "--format", fmt, "--timeout", "20h", "-o", str(tmp_path / "out"))
+    assert code == 0, out
+    text = "\n".join(p.read_text() for p in sorted((tmp_path / "out").iterdir()))
+    jobs = [j for j in (" -q prune ", " -q run ", " -q verify --all") if j in text]
+    assert len(jobs) == 3, text
+    for line in text.splitlines():
+        for job in jobs:
+            if job in line:
+                for part in line.split(" && "):
+                    if job in part:
+                        assert " --timeout 20h" in part, part
+    accepted = CliRunner().invoke(cli.main, ["prune", "--host", "web1", "--timeout", "20h", "--help"])
+    assert accepted.exit_code == 0, accepted.output
+
+
+def test_a_bad_timeout_for_the_jobs_is_one_line(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, "--timeout", "tonight")
+    assert code == 2 and "--timeout" in out and len(out.strip().splitlines()) == 1, out
+    assert not (tmp_path / "units").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
