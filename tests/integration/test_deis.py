@@ -42,6 +42,21 @@ STANDINS = Path(__file__).parent / "standins" / "deis"
 ROOT = "/srv/deis"
 DB = "deis"
 BUCKETS = ("db_wal", "registry")
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUshop\n-----END CERTIFICATE-----"
+CERT_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSMshop\n-----END PRIVATE KEY-----"
+LIVE_ETCD = {
+    "/deis/builder/users/alice/aa:bb:cc": "ssh-ed25519 AAAAC3 alice@laptop",
+    "/deis/builder/users/bob/dd:ee:ff": "ssh-rsa AAAAB3 bob@desk",
+    "/deis/domains/shop.example.com": "app1",
+    "/deis/domains/blog.example.com": "app2",
+    "/deis/config/app1/debug": "false",
+    "/deis/config/app1/workers": "2",
+    "/deis/config/app3/workers": "4",
+    "/deis/certs/shop.example.com/cert": CERT,
+    "/deis/certs/shop.example.com/key": CERT_KEY,
+}
+"""The live cluster's etcd, as its controller published the rows over time (app1's LATEST
+config; keys lower-cased as Deis v1 writes them), plus /deis/services/app1..3 (directories)."""
 
 
 @attrs.frozen
@@ -229,12 +244,18 @@ def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> I
         "CREATE TABLE api_key (owner text, fingerprint text, public text);"
         "CREATE TABLE api_app (id text);"
         "CREATE TABLE api_domain (domain text, app text);"
-        "CREATE TABLE api_config (app text, key text, value text);"
+        'CREATE TABLE api_config (uuid text, app text, created timestamptz, "values" text);'
+        "CREATE TABLE api_certificate (common_name text, certificate text, key text);"
         "INSERT INTO api_key VALUES ('alice', 'aa:bb:cc', 'ssh-ed25519 AAAAC3 alice@laptop'),"
         " ('bob', 'dd:ee:ff', 'ssh-rsa AAAAB3 bob@desk');"
         "INSERT INTO api_app SELECT 'app' || i FROM generate_series(1, 3) i;"
         "INSERT INTO api_domain VALUES ('shop.example.com', 'app1'), ('blog.example.com', 'app2');"
-        "INSERT INTO api_config VALUES ('app1', 'DEBUG', 'false'), ('app3', 'WORKERS', '4');",
+        # app1 has two generations: `deis config:set DEBUG=false` made the newer one
+        "INSERT INTO api_config VALUES"
+        " ('c1-old', 'app1', '2016-01-01 10:00Z', '{\"DEBUG\": \"true\", \"WORKERS\": \"2\"}'),"
+        " ('c1-new', 'app1', '2016-02-01 10:00Z', '{\"DEBUG\": \"false\", \"WORKERS\": \"2\"}'),"
+        " ('c3', 'app3', '2016-01-15 10:00Z', '{\"WORKERS\": \"4\"}');"
+        f"INSERT INTO api_certificate VALUES ('shop.example.com', '{CERT}', '{CERT_KEY}');",
         db=DB,
     )
     try:
@@ -243,6 +264,19 @@ def root(deis_host: servers.SshHost, deis_pg: servers.Postgres, etcd: Etcd) -> I
         deis_pg.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE);")
         etcd.ctl("rm", "--recursive", "/deis", check=False)
         subprocess.run(["rm", "-rf", *(str(p) for p in r.iterdir())], check=False)
+
+
+def publish_live(etcd: Etcd) -> None:
+    """etcd as the live cluster's controller left it: ``LIVE_ETCD`` and the apps' directories."""
+    for app in ("app1", "app2", "app3"):
+        etcd.ctl("mkdir", f"/deis/services/{app}")
+    for key, value in LIVE_ETCD.items():
+        etcd.ctl("set", "--", key, value)
+
+
+def leaves(tree: dict[str, str]) -> dict[str, str]:
+    """The keys of ``Etcd.tree()`` that hold values (not directories)."""
+    return {k: v for k, v in tree.items() if not k.endswith("/")}
 
 
 def install_standins(r: Path) -> None:
@@ -359,12 +393,9 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         (store / "logs" / "deis-registry.log").write_text("pushed app1:v1\n")
         os.chown(store / "logs" / "deis-registry.log", 1234, 5678)
         os.chmod(store / "logs" / "deis-registry.log", 0o640)
-        # etcd as the controller writes it (the stand-in manage.py reads the real database)
-        ok(deis_host, f"cd {ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        publish_live(etcd)
         keys_before = etcd.tree()
-        assert (
-            "/deis/builder/users/alice/aa:bb:cc" in keys_before and "/deis/config/app3/WORKERS" in keys_before
-        )
+        assert leaves(keys_before) == LIVE_ETCD
         objects_before = old.objects()
         meta_before = old.meta()
         assert meta_before["registry/docker/registry/v2/blobs/sha256/ab/layer"] == (
@@ -413,7 +444,15 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
         assert fingerprint(store) == store_before
         rows = deis_pg.psql("SELECT count(*) FROM api_key; SELECT count(*) FROM api_app;", db=DB).split()
         assert rows == ["2", "3"]
-        assert etcd.tree() == keys_before
+        # the re-sync published every key, app, domain, each app's LATEST config and every
+        # certificate again: the seed's script alone would leave out /deis/config and /deis/certs
+        after = etcd.tree()
+        assert after["/deis/config/app1/debug"] == "false"  # app1's newer generation, not "true"
+        assert after["/deis/certs/shop.example.com/cert"] == CERT
+        assert after["/deis/certs/shop.example.com/key"] == CERT_KEY
+        assert after == keys_before
+        old_generation = deis_pg.psql("SELECT \"values\" FROM api_config WHERE uuid = 'c1-old';", db=DB)
+        assert json.loads(old_generation) == {"DEBUG": "true", "WORKERS": "2"}  # not re-saved
         events = (root / "events.log").read_text().splitlines()
         assert events == [
             "deisctl install platform",
@@ -442,6 +481,37 @@ def test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys(
     finally:
         old.stop()
         new.stop()
+
+
+SEED_RESYNC = """from api.models import *
+[k.save() for k in Key.objects.all()]
+[a.save() for a in App.objects.all()]
+[d.save() for d in Domain.objects.all()]
+"""
+"""The seed's ``./manage.py shell <<EOF`` script, verbatim."""
+
+
+def test_the_seeds_resync_leaves_config_and_certs_out_of_etcd_and_ours_puts_the_latest_back(
+    root: Path, etcd: Etcd, deis_host: servers.SshHost, deis_pg: servers.Postgres
+) -> None:
+    """Deis v1 publishes /deis/config/<app> when a Config is saved and /deis/certs/<cn> when a
+    Certificate is: the seed's script (keys, apps, domains) brings back neither. Ours saves each
+    app's latest Config (saving an older one would merge and publish its stale values) and
+    every Certificate too."""
+    (root / "gateway.env").write_text(f"DBNAME={DB}\nPY={sys.executable}\n")  # manage.py needs no gateway
+    shell = f"cd {ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{{}}EOF"
+    ok(deis_host, shell.format(SEED_RESYNC))
+    seed = etcd.tree()
+    assert "/deis/services/app3/" in seed and "/deis/domains/shop.example.com" in seed
+    assert not [k for k in seed if k.startswith(("/deis/config", "/deis/certs"))], seed
+
+    etcd.ctl("rm", "--recursive", "/deis")
+    ok(deis_host, shell.format(RESYNC))
+    ours = etcd.tree()
+    assert leaves(ours) == LIVE_ETCD
+    assert {"/deis/services/app1/", "/deis/services/app2/", "/deis/services/app3/"} <= set(ours)
+    old_generation = deis_pg.psql("SELECT \"values\" FROM api_config WHERE uuid = 'c1-old';", db=DB)
+    assert json.loads(old_generation) == {"DEBUG": "true", "WORKERS": "2"}
 
 
 @pytest.mark.parametrize("fault", ["down", "refuses-a-write"])

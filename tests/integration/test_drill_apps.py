@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from recipes.apps.deis import RESYNC
 from recipes.errors import VerifyError
 from recipes.hosts import Host
 from recipes.repository import Repository
@@ -31,18 +30,21 @@ from tests.integration import standins
 from tests.integration.django_site import seed_tree
 from tests.integration.standins import Site
 from tests.integration.test_deis import DB as DEIS_DB
-from tests.integration.test_deis import ROOT as DEIS_ROOT
 from tests.integration.test_deis import (
+    LIVE_ETCD,
     STANDINS,
     Etcd,
     deis_host,
     deis_pg,
     etcd,
     fill,
+    leaves,
+    publish_live,
     root,
     start_gateway,
     use_gateway,
 )
+from tests.integration.test_deis import ROOT as DEIS_ROOT
 from tests.integration.test_deis import sets as deis_sets
 from tests.integration.test_drill import RTO, _files, _report_rto, drill_in_process, records
 from tests.integration.test_dss import dss_sets, error_line, running
@@ -428,7 +430,7 @@ def test_deis_drill_onto_a_second_cluster_checks_buckets_and_etcd_then_fails_nam
         fill(old, deis_pg)
         (root / "store" / "logs").mkdir(parents=True)
         (root / "store" / "logs" / "deis-controller.log").write_text("started\n" * 1000)
-        ok(deis_host, f"cd {DEIS_ROOT}/app && ETCD={etcd.endpoint} ./manage.py shell <<'EOF'\n{RESYNC}EOF")
+        publish_live(etcd)  # the source cluster's etcd as its controller published it
         keys_before = etcd.tree()
         objects_before = old.objects()
         registry = len([k for k in objects_before if k.startswith("registry/")])
@@ -452,6 +454,8 @@ def test_deis_drill_onto_a_second_cluster_checks_buckets_and_etcd_then_fails_nam
         recorded = {k for k in keys_before if not k.endswith("/")}
         assert checks["etcd_keys"]["ok"] and "skipped" not in checks["etcd_keys"], checks["etcd_keys"]
         assert set(etcd2.tree()) >= recorded  # the re-sync on the scratch cluster wrote them
+        # with the values: each app's LATEST config and the certificates (beyond the seed's script)
+        assert leaves(etcd2.tree()) == LIVE_ETCD
         assert etcd.tree() == keys_before and old.objects() == objects_before == new.objects()
         RTO["deis"] = record["rto_seconds"]
         listed = records(world, "deis")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from recipes import apps, plan
-from recipes.apps.deis import DeisRestoreOptions
+from recipes.apps.deis import ETCD_KEYS, RESYNC, DeisRestoreOptions
 from recipes.errors import ConfigError
 from recipes.recipe import make_params
 from tests.unit.test_plan_golden import _check
@@ -67,3 +67,14 @@ def test_missing_gateway_is_a_config_error_before_any_step() -> None:
     # loading the dump into the running database needs no gateway
     only = plan.restore_plan(recipe, params, "h", options=DeisRestoreOptions(only="database"))
     assert [s.name for s in only.steps] == ["database"]
+
+
+def test_the_resync_saves_latest_configs_and_certificates_beyond_the_seed_and_says_so() -> None:
+    recipe = apps.get("deis")
+    params = make_params(recipe, dict(PARAMS), "test")
+    resync = next(s for s in recipe.restore_steps(params) if s.name == "etcd-resync")
+    assert "[a.config_set.latest().save() for a in App.objects.all() if a.config_set.exists()]" in RESYNC
+    assert "[c.save() for c in Certificate.objects.all()]" in RESYNC
+    assert "Config.objects" not in RESYNC  # an older Config saved would publish its stale values
+    assert "BEYOND the seed's script" in resync.about and "/deis/certs" in resync.about
+    assert "/deis/config" in ETCD_KEYS and "/deis/certs" in ETCD_KEYS

@@ -12,7 +12,9 @@ store components and ``router@1``, raise the router's ``bodySize``, read the NEW
 create the buckets and put the objects back (the database fetches its base backup and WAL
 from ``db_wal`` when it first starts), untar the logs with ``--same-owner``, ``deisctl start
 platform``, then the controller re-writes keys, apps and domains to etcd through ``manage.py
-shell``; ``deis scale`` is left to the operator. ``--set only=database`` instead loads the
+shell`` as the seed's script does, and also each app's latest Config and every Certificate,
+which the seed's script does not save (Deis v1 publishes ``/deis/config`` and ``/deis/certs``
+only when those are saved); ``deis scale`` is left to the operator. ``--set only=database`` instead loads the
 ``pg_dumpall`` into the running database container.
 """
 
@@ -43,7 +45,7 @@ from recipes.steps import (
 )
 
 STORE_COMPONENTS = ("store-monitor", "store-daemon", "store-metadata", "store-gateway", "store-volume")
-ETCD_KEYS = ("/deis/builder/users", "/deis/domains", "/deis/services", "/deis/config")
+ETCD_KEYS = ("/deis/builder/users", "/deis/domains", "/deis/services", "/deis/config", "/deis/certs")
 """What the controller's re-sync re-writes: recorded as a fact (key names only) for drills."""
 _RESYNC_BLOCK = """try:
     from api.models import *
@@ -54,6 +56,8 @@ _RESYNC_BLOCK = """try:
     [k.save() for k in Key.objects.all()]
     [a.save() for a in App.objects.all()]
     [d.save() for d in Domain.objects.all()]
+    [a.config_set.latest().save() for a in App.objects.all() if a.config_set.exists()]
+    [c.save() for c in Certificate.objects.all()]
 except Exception as e:
     try:
         why = ' '.join(str(e).split())
@@ -74,7 +78,15 @@ failed on one line and ends the process with ``os._exit(1)`` (IPython, which the
 when installed, would catch a SystemExit). Deis v1's ``api.models`` does not raise when etcd is
 down at its import: it logs "Cannot synchronize with etcd cluster", keeps ``_etcd_client = None``
 and connects no publishing handler, so every save succeeds and publishes nothing: the script
-checks for that client first."""
+checks for that client first.
+
+Beyond the seed's script, it also saves each app's latest Config and every Certificate. Deis
+v1's ``App.save`` only makes ``/deis/services/<app>``: ``/deis/config/<app>/<key>`` is published
+when a Config is saved and ``/deis/certs/<domain>/{cert,key}`` when a Certificate is, so the
+seed's script (keys, apps, domains) leaves the apps' config and the TLS certificates out of
+etcd though it says the cluster is "fully restored". Only the latest Config of an app is saved:
+``Config.save`` merges the latest Config into the one saved (whose values win), so saving an
+older one would publish, and store, its stale values."""
 SCALE = (
     "the seed: 'The database keeps track of running application containers. Since this is a fresh "
     "cluster, it is advisable to deis scale <proctype>=0 and then deis scale back up to the desired "
@@ -260,9 +272,12 @@ class Deis:
         ),
         (
             "nse deis-controller; export ETCD=…:4001; ./manage.py shell <<EOF … save() loop",
-            "restore etcd_endpoint, etcd-resync",
+            "restore etcd_endpoint, etcd-resync (also each app's latest Config and every Certificate: "
+            "beyond the seed's script, which leaves /deis/config and /deis/certs out)",
             (
                 "tests/integration/test_deis.py::test_backup_wipe_restore_brings_back_objects_rows_store_and_etcd_keys",
+                "tests/integration/test_deis.py::"
+                "test_the_seeds_resync_leaves_config_and_certs_out_of_etcd_and_ours_puts_the_latest_back",
             ),
         ),
         (
@@ -473,7 +488,11 @@ class Deis:
                 ),
                 stdin=RESYNC,
                 about="the seed: in deis-controller, `cd /app; export ETCD=<host>:4001; ./manage.py shell` "
-                "re-writes user keys, apps and domains to etcd; a save that fails (etcd down) ends it "
+                "re-writes user keys, apps and domains to etcd; BEYOND the seed's script it also saves "
+                "each app's latest Config and every Certificate, because Deis publishes /deis/config "
+                "and /deis/certs only when those are saved (the seed's script would leave app config "
+                "and TLS certificates out of etcd; an older Config is not saved: Config.save would "
+                "merge and publish its stale values); a save that fails (etcd down) ends it "
                 "with exit 1 and one line (Django's shell alone would go on and exit 0)",
             ),
             ManualStep(

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Stand-in for the controller's `./manage.py shell` (seed 003): reads the script on stdin and,
-# when it saves every Key, App and Domain, writes them to etcd (v2, real etcdctl) at $ETCD the
-# way the controller does: /deis/builder/users/<user>/<fingerprint>, /deis/services/<app>,
-# /deis/domains/<domain>, /deis/config/<app>/<key>. Rows come from the real PostgreSQL.
+# Stand-in for the controller's `./manage.py shell` (seed 003): reads the script on stdin and
+# runs it against an api.models whose saves publish to etcd (v2, real etcdctl) at $ETCD the way
+# Deis v1's post_save handlers do (controller/api/models.py, v1.13): Key.save sets
+# /deis/builder/users/<user>/<fingerprint>; App.save only makes the directory /deis/services/<app>;
+# Domain.save sets /deis/domains/<domain>; Config.save merges the app's latest Config into itself
+# (its own values win), stores that, empties /deis/config/<app> and sets
+# /deis/config/<app>/<key, lower-cased> for each value; Certificate.save sets
+# /deis/certs/<common name>/cert and /key. Nothing else publishes config or certificates: a
+# script that saves only keys, apps and domains (the seed's) leaves them out of etcd. Rows come
+# from the real PostgreSQL (Config.objects are newest first, Meta ordering '-created').
 #
 # The script runs the way Deis v1's Django 1.x `manage.py shell` runs it without IPython:
 # code.interact() reading stdin (real Python here, with an api.models whose objects' save()
@@ -21,17 +27,26 @@ for m in Key App Domain; do
     || { echo "manage.py stand-in: the script does not save every $m" >&2; exit 1; }
 done
 shell=$(cat <<'PY'
-import code, os, subprocess, sys, types
+import code, json, os, subprocess, sys, types
 
 etcd, db = os.environ["ETCD"], os.environ["DBNAME"]
 
 
-def rows(sql):
-    out = subprocess.run(
-        ["sudo", "-n", "-u", "postgres", "psql", "-X", "-A", "-t", "-F", "\t", "-d", db, "-c", sql],
+def psql(sql):
+    return subprocess.run(
+        ["sudo", "-n", "-u", "postgres", "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
         cwd="/", capture_output=True, text=True, check=True,
     ).stdout
-    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def rows(sql):
+    """Each row's values in column order (as JSON: values may span lines, e.g. a PEM)."""
+    out = psql("SELECT coalesce(json_agg(row_to_json(t)), '[]') FROM (%s) t" % sql)
+    return [tuple(r.values()) for r in json.loads(out)]
+
+
+def literal(text):
+    return "'" + text.replace("'", "''") + "'"
 
 
 def etcdctl(*args, exists_ok=False):
@@ -39,7 +54,7 @@ def etcdctl(*args, exists_ok=False):
         ["etcdctl", "--endpoints=http://" + etcd, *args],
         env={**os.environ, "ETCDCTL_API": "2"}, capture_output=True, text=True,
     )
-    if done.returncode and not (exists_ok and "already exists" in done.stderr):
+    if done.returncode and not (exists_ok and ("already exists" in done.stderr or "not found" in done.stderr)):
         lines = done.stderr.strip().splitlines()
         raise IOError("etcd %s: %s" % (etcd, lines[-1] if lines else "exit %d" % done.returncode))
 
@@ -81,14 +96,37 @@ class Key:
         publish("set", "/deis/builder/users/%s/%s" % (self.owner, self.fingerprint), self.public)
 
 
+class DoesNotExist(Exception):
+    pass
+
+
+class ConfigSet:
+    """``app.config_set``: the app's Config rows, newest first."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def all(self):
+        return [c for c in Config.objects.all() if c.app == self.app]
+
+    def exists(self):
+        return bool(self.all())
+
+    def latest(self):
+        configs = self.all()
+        if not configs:
+            raise Config.DoesNotExist("Config matching query does not exist.")
+        return configs[0]
+
+
 class App:
     def __init__(self, id):
         self.id = id
+        self.config_set = ConfigSet(id)
 
     def save(self):
+        # _etcd_publish_app: the service directory only; config is Config's to publish
         publish("mkdir", "/deis/services/" + self.id, exists_ok=True)
-        for key, value in rows("SELECT key, value FROM api_config WHERE app = '%s' ORDER BY 1" % self.id):
-            publish("set", "/deis/config/%s/%s" % (self.id, key), value)
 
 
 class Domain:
@@ -99,11 +137,47 @@ class Domain:
         publish("set", "/deis/domains/" + self.domain, self.app)
 
 
+class Config:
+    DoesNotExist = DoesNotExist
+
+    def __init__(self, uuid, app, created, values):
+        self.uuid, self.app, self.created, self.values = uuid, app, created, json.loads(values)
+
+    def save(self):
+        # Config.save: the latest Config's values, updated with this one's, are stored in this row
+        values = dict(ConfigSet(self.app).latest().values)
+        values.update(self.values)
+        self.values = {k: v for k, v in values.items() if v is not None}
+        psql('UPDATE api_config SET "values" = %s WHERE uuid = %s'
+             % (literal(json.dumps(self.values)), literal(self.uuid)))
+        # _etcd_publish_config: purge the app's directory, then one key per value, lower-cased
+        publish("rm", "--recursive", "/deis/config/" + self.app, exists_ok=True)
+        for k, v in self.values.items():
+            publish("set", "--", "/deis/config/%s/%s" % (self.app, k.lower()), str(v))
+
+
+class Certificate:
+    def __init__(self, common_name, certificate, key):
+        self.common_name, self.certificate, self.key = common_name, certificate, key
+
+    def save(self):
+        # _etcd_publish_cert
+        publish("set", "--", "/deis/certs/%s/cert" % self.common_name, self.certificate)
+        publish("set", "--", "/deis/certs/%s/key" % self.common_name, self.key)
+
+
 Key.objects = Manager(Key, "SELECT owner, fingerprint, public FROM api_key ORDER BY 1, 2")
 App.objects = Manager(App, "SELECT id FROM api_app ORDER BY 1")
 Domain.objects = Manager(Domain, "SELECT domain, app FROM api_domain ORDER BY 1")
+Config.objects = Manager(Config, 'SELECT uuid, app, created, "values" FROM api_config ORDER BY created DESC')
+Certificate.objects = Manager(
+    Certificate, "SELECT common_name, certificate, key FROM api_certificate ORDER BY 1"
+)
 api, models = types.ModuleType("api"), types.ModuleType("api.models")
-models.Key, models.App, models.Domain, models.__all__ = Key, App, Domain, ["Key", "App", "Domain"]
+names = ["Key", "App", "Domain", "Config", "Certificate"]
+for name in names:
+    setattr(models, name, globals()[name])
+models.__all__ = names
 models._etcd_client = CLIENT
 api.models = models
 sys.modules.update({"api": api, "api.models": models})
