@@ -59,6 +59,8 @@ class Compensation:
         self.idle: set[int] = set()
         """Ids of the undos that exited 0 saying ``NOTHING_TO_UNDO`` (what they undo never happened)."""
         self._reported: set[int] = set()
+        self._running: int | None = None
+        """The id of the undo whose command runs on the host right now (claimed there)."""
 
     def register(self, undo: Undo, on: str = "always") -> Entry:
         """Arm the guard (first time) and hand it ``undo``; raises if it did not take it.
@@ -123,7 +125,10 @@ class Compensation:
                 self._disarm(self.guard)
         except KeyboardInterrupt:
             self.interrupted = True
-            self.still_stopped += [self._left(e, "interrupted") for e in reversed(self.pending)]
+            self.still_stopped += [
+                self._cut_short(e) if e.id == self._running else self._left(e, "interrupted")
+                for e in reversed(self.pending)
+            ]
             self.pending.clear()
         finally:
             if self.guard is not None and not self.guard.closed.is_set():
@@ -139,6 +144,17 @@ class Compensation:
             then = f"run by hand: {undo.command.masked()}"
         return f"{state} on {self.host.name} ({why}): {then}"
 
+    def _cut_short(self, entry: Entry) -> str:
+        """The line for an undo interrupted while its command ran on the host: its claim took it
+        from the guard, so the guard will not run it; whether it finished is unknown."""
+        undo = entry.undo
+        state = undo.state or f"{undo.what} has not run"
+        return (
+            f"{undo.what} on {self.host.name} was interrupted while it ran there ({state}, unless it "
+            "finished; the host's guard does not run it again): check, and if needed run by hand: "
+            f"{undo.command.masked()}"
+        )
+
     def _undo(self, entry: Entry) -> None:
         assert self.guard is not None
         command = self.guard.claimed(entry)
@@ -151,9 +167,11 @@ class Compensation:
         attempt = 1
         while True:
             try:
+                self._running = entry.id
                 result = run(self.host, command)
                 break
             except HostError as exc:
+                self._running = None
                 left = deadline - time.monotonic()
                 if left < wait:
                     self.still_stopped.append(self._left(entry, f"{exc}; gave up after {attempt} tries"))
@@ -172,6 +190,7 @@ class Compensation:
                 time.sleep(wait)
                 wait = min(wait * 2, 8.0)
                 attempt += 1
+        self._running = None
         self.finished[entry.id] = time.monotonic()
         if result.exit_status == 0:
             self.succeeded.add(entry.id)

@@ -17,7 +17,9 @@ class SvcParams:
     dir: str = param("/srv/site/svc", "directory holding the service's pidfile and data")
     then: str = param("ok", "what the step after the quiesce does: ok, fail, hang or stream (endless bytes)")
     stop: str = param("ok", "how the stop command ends: ok, or hang (after stopping the service)")
-    start: str = param("ok", "how the start command ends: ok, or fail (without starting it)")
+    start: str = param(
+        "ok", "how the start command ends: ok, fail (without starting it), or hang (after starting it)"
+    )
 
 
 def service_commands(d: str) -> tuple[Command, Command, Command]:
@@ -53,6 +55,8 @@ class Svc:
         }[p.then]
         if p.start == "fail":
             start = Command("echo 'start: simulated failure' >&2; exit 4")
+        if p.start == "hang":
+            start = Command(f"{start.script} && (exec -a {sh(hang_marker(p.dir))} sleep 600)")
         if p.stop == "hang":
             stop = Command(f"{stop.script} && echo stopped && (exec -a {sh(hang_marker(p.dir))} sleep 600)")
         return [

@@ -290,6 +290,26 @@ def test_timeout_ends_what_hangs_and_starts_the_service_again(
     assert "Traceback" not in run.stderr()
 
 
+def test_an_undo_cut_short_is_not_said_to_be_the_guards_to_run(
+    world: World, svc: tuple[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM while the undo's start runs on the host: its claim took it from the guard, so the
+    line must not promise the guard will start it; it says the start may not have finished."""
+    inside, outside = svc
+    run = Run(_config(world), inside, tmp_path, "then=fail", "start=hang")
+    wait_for(lambda: starts(outside) == 1 and _orphans(inside), what="the undo's start hanging")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(30) == 130, run.stderr()
+    line = run.last_line()
+    assert line.startswith(
+        "recipes: interrupted: start svc on source was interrupted while it ran there (svc is still "
+        "stopped, unless it finished; the host's guard does not run it again): check, and if needed "
+        "run by hand: "
+    ), line
+    assert "will start svc within" not in line
+    assert running(outside) and starts(outside) == 1
+
+
 def test_a_snapshot_is_not_committed_when_the_guard_fired(
     world: World, svc: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
