@@ -62,18 +62,6 @@ def usage_error(exc: click.ClickException) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def _timed_out(exc: BaseException) -> str:
-    """The ``timed out after 6h (--timeout 6h)`` words, from the TimedOut in ``exc``'s chain."""
-    from recipes.interrupts import TimedOut
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, TimedOut):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return "timed out (--timeout)"
-
-
 class Group(click.Group):
     """Turns every RecipeError and usage error into one line on stderr and its documented exit code."""
 
@@ -102,7 +90,7 @@ class Group(click.Group):
         except click.ClickException as exc:
             usage_error(exc)
         except KeyboardInterrupt as exc:
-            from recipes.interrupts import expired
+            from recipes.interrupts import deadline, expired
 
             # Only the engine knows whether what it stopped runs again (engine.Interrupted).
             # A restore cut short after it began writing also says what the target holds.
@@ -112,7 +100,8 @@ class Group(click.Group):
                 said = [*(left or ()), partial] if partial else list(left or ())
                 if left is not None and not said:
                     said = ["everything that was stopped was started again"]
-                click.echo(f"recipes: error: {'; '.join([_timed_out(exc), *said])}", err=True)
+                words = given.words() if (given := deadline()) is not None else "timed out (--timeout)"
+                click.echo(f"recipes: error: {'; '.join([words, *said])}", err=True)
                 sys.exit(1)
             if left is None:
                 click.echo("recipes: interrupted", err=True)
@@ -155,6 +144,7 @@ def _json_here(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 def _seconds(value: str) -> float:
     """``--timeout``'s duration in seconds; a usage error when it is none or no time at all."""
     from recipes.chain import parse_duration
+    from recipes.interrupts import LONGEST_TIMEOUT
 
     try:
         seconds = parse_duration(value).total_seconds()
@@ -162,6 +152,8 @@ def _seconds(value: str) -> float:
         raise click.BadParameter(str(exc)) from None
     if seconds <= 0:
         raise click.BadParameter(f"{value!r} is no time at all: give a duration such as 6h")
+    if seconds > LONGEST_TIMEOUT:
+        raise click.BadParameter(f"{value!r} is longer than 100 years: leave --timeout out for no limit")
     return seconds
 
 
@@ -186,7 +178,7 @@ timeout_option = click.option(
     expose_value=False,
     callback=_timeout_here,
     help="Give up after this long (6h, 90m): unwound like Ctrl-C (what was stopped is started "
-    "again, what the run still runs on its hosts is ended), then exit 1.",
+    "again, and on those hosts what the run still runs is ended first), then exit 1.",
 )
 
 

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import attrs
 
 from recipes import manifest as mf
-from recipes import ops, progress
+from recipes import ops, progress, undo
 from recipes.compression import ZSTD_FACT
 from recipes.errors import ConfigError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, Tracked
 from recipes.guard import Undo as GuardUndo
 from recipes.hosts import Host, key_values, last_line, run
+from recipes.interrupts import unwinding
 from recipes.model import Command
 from recipes.render import kind
 from recipes.undo import Compensation
@@ -185,6 +186,8 @@ class Interpreter:
         """Run every host's undo list, newest host first; never raises (see ``failure``).
         ``abandon`` (the run was interrupted or timed out): first end, on every guarded host,
         what the run started there and still runs, so a hung stop does not outlive its undo."""
+        if not succeeded:
+            unwinding()  # under --timeout, the unwind gets its own time from here
         if abandon:
             try:
                 for comp in self.comps.values():
@@ -223,13 +226,8 @@ class Interpreter:
         )
 
     def failure(self, cause: BaseException | None) -> BaseException | None:
-        """The exception the run ends with, given every host's undo outcome."""
-        error = cause
-        for comp in self.comps.values():
-            got = comp.failure(cause)
-            if got is not None and got is not cause:
-                return got
-        return error
+        """The exception the run ends with, given every host's undo outcome (``undo.failure``)."""
+        return undo.failure(list(self.comps.values()), cause)
 
     # ---- executors
 

@@ -51,7 +51,7 @@ from collections.abc import Callable
 import attrs
 
 from recipes.errors import HostError, StepFailed
-from recipes.hosts import Host, Process, key_values, run
+from recipes.hosts import Host, LocalHost, Process, key_values, run
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
@@ -167,6 +167,9 @@ umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/recipes-guard.XXXXXXXX") || exit 1
 mkdir "$d/undo" "$d/ctl" "$d/guard" "$d/fired" "$d/spare" "$d/sessions" || exit 1
 s=0 p=$$ own=$$
+# over SSH: find this connection's sshd (its sessions are the run's); --host local has none, and
+# an sshd above the controller there is the operator's own login, not the run's
+[ "$over_ssh" = 1 ] || p=0
 while [ "$p" -gt 1 ]; do
   c=""; read -r c < "/proc/$p/comm" 2>/dev/null
   case $c in sshd|sshd-session) s=$p; break;; esac
@@ -234,11 +237,12 @@ class Fired:
     status: str
 
 
-def feeder_script(deadman: float) -> str:
-    """The feeder session's script with the watchdog and the deadman (whole seconds) filled in."""
+def feeder_script(deadman: float, over_ssh: bool = True) -> str:
+    """The feeder session's script with the watchdog and the deadman (whole seconds) filled in;
+    ``over_ssh=False`` (``--host local``): no sshd's sessions are recorded, so none are killed."""
     shared = TRACK.strip() + "\n" + KILL.strip() + "\n"
     watchdog = shared + WATCHDOG.strip()
-    head = f"watchdog={shlex.quote(watchdog)}; deadman={max(1, round(deadman))}\n"
+    head = f"watchdog={shlex.quote(watchdog)}; deadman={max(1, round(deadman))}; over_ssh={int(over_ssh)}\n"
     return head + shared + DISARM.strip() + "\n" + FEEDER.strip()
 
 
@@ -269,7 +273,7 @@ class Guard:
     @classmethod
     def arm(cls, host: Host, deadman: float) -> Guard:
         """Start the guard on ``host``; returns once its watchdog runs."""
-        proc = host.start(Command(feeder_script(deadman)))
+        proc = host.start(Command(feeder_script(deadman, over_ssh=not isinstance(host, LocalHost))))
         try:
             buf = b""
             while not buf.endswith(b"ready\n"):
@@ -345,14 +349,22 @@ class Guard:
             with contextlib.suppress(Exception):
                 self.on_lost()
 
-    def _answer(self, what: str) -> str:
-        try:
-            line = self._answers.get(timeout=max(self.deadman, 5.0))
-        except queue.Empty:
-            raise HostError(f"the guard on {self.host.name} did not answer ({what})") from None
-        if not line:
-            raise HostError(f"the guard's session on {self.host.name} ended ({what})")
-        return line
+    def _answer(self, what: str, *wanted: str) -> str:
+        """The feeder's next line that starts with one of ``wanted`` (or says ``unknown``); lines
+        left over from a question an interrupt cut short (a ``tracked``, an ``abandoned``) are
+        dropped, so no answer is ever taken for another question's."""
+        deadline = time.monotonic() + max(self.deadman, 5.0)
+        while True:
+            try:
+                line = self._answers.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise HostError(f"the guard on {self.host.name} did not answer ({what})") from None
+            if not line:
+                self._answers.put("")  # the session ended: so it stays for every later question
+                raise HostError(f"the guard's session on {self.host.name} ended ({what})")
+            if line == "unknown" or line.startswith(wanted):
+                return line
+            log.debug("guard on %s: dropped %r, an answer to an earlier question", self.host.name, line)
 
     def push(self, undo: Undo) -> Entry:
         """Hand one undo command to the guard; returns once it is on the host's disk."""
@@ -368,7 +380,7 @@ class Guard:
         payload = base64.b64encode(line.encode()).decode()
         with self._ask_lock:
             self._send(f"push {entry.id:06d} {payload}")
-            answer = self._answer(f"push {undo.what}")
+            answer = self._answer(f"push {undo.what}", f"pushed {entry.id:06d}", f"refused {entry.id:06d}")
         if answer != f"pushed {entry.id:06d}":
             raise StepFailed(
                 f"the guard on {self.host.name} did not take the undo of {undo.what} ({answer}): "
@@ -383,7 +395,7 @@ class Guard:
             if self.closed.is_set():
                 return
             self._send("track")
-            answer = self._answer("track")
+            answer = self._answer("track", "tracked")
         if answer != "tracked":
             raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
 
@@ -395,7 +407,7 @@ class Guard:
             if self.closed.is_set():
                 return
             self._send("abandon")
-            answer = self._answer("abandon")
+            answer = self._answer("abandon", "abandoned")
         if answer != "abandoned":
             raise HostError(f"the guard on {self.host.name} did not end the run's commands ({answer})")
 
@@ -430,7 +442,8 @@ class Guard:
                 self.closed.set()
                 self._send("disarm")
                 lines = []
-                while (line := self._answer("disarm")) not in ("disarmed", "gone"):
+                ends = ("disarmed", "gone")
+                while (line := self._answer("disarm", "fired ", *ends)) not in ends:
                     lines.append(line)
                 lines.append(line)
         except (HostError, StepFailed):  # the feeder is gone (the guard fired, or the connection went)

@@ -16,10 +16,15 @@ import attrs
 signalled = threading.Event()
 # Set when the command's ``--timeout`` expired (the interrupt that unwinds it was its alarm).
 expired = threading.Event()
+# Set when the unwind's own time (``UNWIND_SECONDS``) ran out and interrupted it.
+unwind_cut = threading.Event()
 
-# After a timeout, how long the unwind (ending the run's commands, the undo) may take before it
-# is interrupted too: what is then left undone, each host's guard does (DESIGN principle 9).
+# Once a run with ``--timeout`` unwinds (its time is up, a step failed, a signal came), how long
+# the unwind (ending the run's commands, the undo) may take before it is interrupted too: what is
+# then left undone, each host's guard does (DESIGN principle 9).
 UNWIND_SECONDS = 600.0
+# setitimer's limit (a C time_t) is about 292 years; no command is given that long.
+LONGEST_TIMEOUT = 100 * 365 * 86400.0
 
 _depth = 0
 
@@ -35,23 +40,56 @@ class Deadline:
     seconds: float
     said: str
 
+    def words(self) -> str:
+        return f"timed out after {self.said} (--timeout {self.said})"
 
-def arm_deadline(deadline: Deadline) -> None:
-    """From now, ``deadline.seconds`` until SIGALRM interrupts the main thread (``TimedOut``),
-    then ``UNWIND_SECONDS`` more for the unwind. Only inside ``interrupts_as_exceptions``, which
-    disarms it."""
 
-    def handler(_signum: int, _frame: Any) -> None:
-        signalled.set()
-        if expired.is_set():
-            raise KeyboardInterrupt(f"the unwind after --timeout took over {UNWIND_SECONDS:g}s")
-        expired.set()
-        signal.setitimer(signal.ITIMER_REAL, UNWIND_SECONDS)
-        raise TimedOut(f"timed out after {deadline.said} (--timeout {deadline.said})")
+@attrs.define
+class _Alarm:
+    deadline: Deadline | None = None
+    unwinding: bool = False
 
+
+_alarm = _Alarm()
+
+
+def deadline() -> Deadline | None:
+    """The ``--timeout`` armed in this command (or the last one, once it ended), if any."""
+    return _alarm.deadline
+
+
+def _handler(_signum: int, _frame: Any) -> None:
+    signalled.set()
+    if _alarm.unwinding:
+        unwind_cut.set()
+        raise KeyboardInterrupt(f"the unwind took over {UNWIND_SECONDS:g}s (--timeout)")
+    expired.set()
+    _alarm.unwinding = True
+    signal.setitimer(signal.ITIMER_REAL, UNWIND_SECONDS)
+    assert _alarm.deadline is not None
+    raise TimedOut(_alarm.deadline.words())
+
+
+def arm_deadline(given: Deadline) -> None:
+    """From now, ``given.seconds`` until SIGALRM interrupts the main thread (``TimedOut``), then
+    ``UNWIND_SECONDS`` for the unwind. Only inside ``interrupts_as_exceptions``, which disarms it."""
+    if threading.current_thread() is not threading.main_thread() or not _depth:
+        raise RuntimeError("arm_deadline needs the main thread, inside interrupts_as_exceptions")
+    _alarm.deadline, _alarm.unwinding = given, False
     expired.clear()
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, deadline.seconds)
+    unwind_cut.clear()
+    signal.signal(signal.SIGALRM, _handler)
+    signal.setitimer(signal.ITIMER_REAL, min(given.seconds, LONGEST_TIMEOUT))
+
+
+def unwinding() -> None:
+    """The run starts to unwind (a step failed, a signal came): under ``--timeout``, the unwind
+    gets its full ``UNWIND_SECONDS`` from now instead of what was left of the deadline, and the
+    deadline no longer says the run timed out (it did not)."""
+    if _alarm.deadline is None or _alarm.unwinding:
+        return
+    _alarm.unwinding = True
+    signal.setitimer(signal.ITIMER_REAL, UNWIND_SECONDS)
 
 
 @contextlib.contextmanager
@@ -69,6 +107,8 @@ def interrupts_as_exceptions() -> Iterator[None]:
 
     signalled.clear()
     expired.clear()
+    unwind_cut.clear()
+    _alarm.deadline, _alarm.unwinding = None, False
     alarm = signal.getsignal(signal.SIGALRM)
     # a signal ignored by whoever started us stays ignored: `nohup recipes run` survives the
     # logout's SIGHUP, a background job the terminal's Ctrl-C
@@ -81,7 +121,9 @@ def interrupts_as_exceptions() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        signal.setitimer(signal.ITIMER_REAL, 0)  # a --timeout ends with its command
-        signal.signal(signal.SIGALRM, alarm)
+        if _alarm.deadline is not None:  # a --timeout ends with its command; nobody else's timer
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, alarm)
+            _alarm.unwinding = True  # (its words stay for the error line: ``deadline()``)
         for s, h in old.items():
             signal.signal(s, h)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import attrs
 
 from recipes.errors import HostError, RecipeError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, GUARD_GONE, TAKEN_BY_GUARD, Entry, Fired, Guard, Undo
 from recipes.hosts import Host, last_line, run
+from recipes.interrupts import unwind_cut
 from recipes.model import Command
 
 log = logging.getLogger("recipes")
@@ -236,21 +238,29 @@ class Compensation:
         )
         log.warning("undo %s on %s: its guard ran it at %s", entry.undo.what, self.host.name, fired.when)
 
-    def failure(self, cause: BaseException | None) -> BaseException | None:
-        """The exception the run ends with, given the undo's outcome and the first ``cause``."""
-        if isinstance(cause, RecipeError):
-            why = f" (first error: {cause})"
-        elif cause is not None and not isinstance(cause, KeyboardInterrupt):
-            why = f" (first error: {type(cause).__name__}: {cause})"  # a bug: name it, not lose it
-        else:
-            why = ""
-        if self.interrupted or isinstance(cause, KeyboardInterrupt):
-            return Interrupted(tuple(self.still_stopped))
-        if self.still_stopped:
-            return StepFailed("; ".join(self.still_stopped) + why)
-        if self.by_guard:
-            return StepFailed(
-                "; ".join(self.by_guard)
-                + f" (the controller was silent for {self.deadman:g}s): nothing was stored{why}"
-            )
+
+def failure(comps: Sequence[Compensation], cause: BaseException | None) -> BaseException | None:
+    """The exception a run ends with, given every host's undo outcome and the first ``cause``:
+    every host's lines, not the first host's alone (one host started again says nothing of the
+    next). An interrupt, or an undo interrupted, is ``Interrupted``; except that a run which had
+    already failed, and whose unwind alone ran out of its ``--timeout`` time, stays that failure."""
+    if not comps:  # nothing was stopped or moved: the cause as it is
         return cause
+    if isinstance(cause, RecipeError):
+        why = f" (first error: {cause})"
+    elif cause is not None and not isinstance(cause, KeyboardInterrupt):
+        why = f" (first error: {type(cause).__name__}: {cause})"  # a bug: name it, not lose it
+    else:
+        why = ""
+    left = [line for c in comps for line in c.still_stopped]
+    only_unwind_cut = unwind_cut.is_set() and cause is not None and not isinstance(cause, KeyboardInterrupt)
+    if (isinstance(cause, KeyboardInterrupt) or any(c.interrupted for c in comps)) and not only_unwind_cut:
+        return Interrupted(tuple(left))
+    if left:
+        return StepFailed("; ".join(left) + why)
+    guard = [line for c in comps for line in c.by_guard]
+    if guard:
+        silent = max(c.deadman for c in comps)
+        said = f" (the controller was silent for {silent:g}s): nothing was stored{why}"
+        return StepFailed("; ".join(guard) + said)
+    return cause

@@ -367,11 +367,11 @@ def test_a_command_started_while_the_guard_disarms_gets_its_own_answer(ssh_sourc
         asked, go = threading.Event(), threading.Event()
         answer = g._answer
 
-        def held(what: str) -> str:  # hold the track's answer until disarming has begun
+        def held(what: str, *wanted: str) -> str:  # hold the track's answer until disarming began
             if what == "track":
                 asked.set()
                 go.wait(10)
-            return answer(what)
+            return answer(what, *wanted)
 
         g._answer = held  # type: ignore[method-assign]
         errors: list[BaseException] = []

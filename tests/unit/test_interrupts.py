@@ -61,11 +61,11 @@ def test_a_timeout_interrupts_then_bounds_the_unwind() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "timed out after 0.2s (--timeout 0.2s)",
-        "unwind cut: the unwind after --timeout took over 0.5s",
+        "unwind cut: the unwind took over 0.5s (--timeout)",
     ]
 
 
-@pytest.mark.parametrize("given", ["soon", "0s", ""])
+@pytest.mark.parametrize("given", ["soon", "0s", "", "300Y"])
 def test_a_bad_timeout_is_a_usage_error(given: str) -> None:
     from click.testing import CliRunner
 
