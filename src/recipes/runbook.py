@@ -26,7 +26,7 @@ from recipes import breakglass, ops
 from recipes import manifest as mf
 from recipes import render as rendering
 from recipes.compression import DEFAULT_COMPRESSION, Compression
-from recipes.errors import ConfigError, masked
+from recipes.errors import ConfigError, StepFailed, masked
 from recipes.model import Command, sh
 from recipes.plan import Plan, backup_plan, options_of, restore_plan
 from recipes.recipe import Recipe
@@ -826,7 +826,8 @@ def for_config(
 
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader never sees half a runbook; one line (exit 2) when the folder cannot be written."""
+    reader never sees half a runbook; one line (exit 1, as for ``schedule -o``: the same command
+    may work once the folder is there) when the folder cannot be written."""
     target = Path(path)
     folder = target.parent
     tmp = None
@@ -838,7 +839,10 @@ def write_atomic(path: str, text: str) -> None:
         os.replace(tmp, target)
         tmp = None
     except OSError as exc:
-        raise ConfigError(f"cannot write the runbook to {path}: {exc.strerror or exc}") from None
+        raise StepFailed(
+            f"cannot write the runbook to {path}: {exc.strerror or exc} "
+            "(make the folder, or give another -o FILE)"
+        ) from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
