@@ -63,11 +63,14 @@ TAKEN_BY_GUARD = 97
 GUARD_GONE = 98
 
 # Record the sessions of this connection's sshd (each channel's command leads one) in
-# $d/sessions: the feeder on request (``track``), the watchdog every second.
+# $d/sessions: the feeder on request (``track``), the watchdog every second. Each file holds its
+# leader's start time (/proc/PID/stat field 22): a session number is free again once every
+# process of it is gone, and a later, unrelated session with that number must not be taken
+# for this one (hosts with pid_max 32768 wrap within minutes when busy).
 TRACK = r"""
 track() {
   [ "$sshd" -gt 1 ] || return 0
-  local kids="" k f l
+  local kids="" k f l st
   if [ -r "/proc/$sshd/task/$sshd/children" ]; then
     read -r kids < "/proc/$sshd/task/$sshd/children" || :  # it ends without a newline
   elif [ -d "/proc/$sshd" ]; then
@@ -78,7 +81,10 @@ track() {
     done
   fi
   for k in $kids; do
-    [ -e "$d/sessions/$k" ] || : > "$d/sessions/$k"
+    [ -e "$d/sessions/$k" ] && continue
+    st=""
+    if read -r l < "/proc/$k/stat" 2>/dev/null; then l=${l##*) }; set -- $l; st=${20}; fi
+    echo "$st" > "$d/sessions/$k"
   done
 }
 """
@@ -87,14 +93,21 @@ track() {
 # controller ran, the feeder's own session): the watchdog when it fires, the feeder on ``abandon``.
 KILL = r"""
 kill_sessions() {
-  local f l p pids="" i
+  local f l p s st want pids="" i
   for f in /proc/[0-9]*/stat; do
     read -r l < "$f" 2>/dev/null || continue
     p=${f#/proc/}; p=${p%/stat}
     [ "$p" = "$$" ] && continue
-    l=${l##*) }; set -- $l
-    [ -e "$d/sessions/$4" ] || continue
-    [ -e "$d/spare/$4" ] && continue
+    l=${l##*) }; set -- $l; s=$4
+    [ -e "$d/sessions/$s" ] || continue
+    [ -e "$d/spare/$s" ] && continue
+    # a leader alive under that number must be the one recorded (else the number was reused);
+    # a session whose leader is gone still holds its number, so its members are the run's
+    if read -r l < "/proc/$s/stat" 2>/dev/null; then
+      l=${l##*) }; set -- $l; st=${20}; want=""
+      read -r want < "$d/sessions/$s" 2>/dev/null
+      [ -n "$want" ] && [ "$want" = "$st" ] || continue
+    fi
     pids="$pids $p"
   done
   [ -n "$pids" ] || return 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 from recipes import config, guard
@@ -45,3 +49,64 @@ def test_engine_deadman_seconds() -> None:
             config.parse({"engine": {"deadman_seconds": bad}}, "x.toml")
     with pytest.raises(ConfigError, match="engine: unknown keys"):
         config.parse({"engine": {"deadman": 5}}, "x.toml")
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _guard_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "g"
+    for sub in ("sessions", "spare"):
+        (d / sub).mkdir(parents=True)
+    return d
+
+
+def _bash(d: Path, snippet: str, script: str, **env: str) -> None:
+    done = subprocess.run(
+        ["bash", "-c", f"{snippet}\n{script}"], env={"PATH": "/usr/bin:/bin", "d": str(d), **env}, timeout=30
+    )
+    assert done.returncode == 0
+
+
+def test_a_recorded_session_number_now_used_by_another_session_is_not_killed(tmp_path: Path) -> None:
+    """Session numbers are reused once a session is gone (pid_max 32768 wraps within minutes on
+    a busy host): a guard firing, or an abandon, must not kill an unrelated session that got the
+    number of one it recorded long ago. Its leader's start time tells them apart."""
+    d = _guard_dir(tmp_path)
+    other = subprocess.Popen(["setsid", "sleep", "60"])  # the unrelated session, number reused
+    time.sleep(0.2)
+    try:
+        (d / "sessions" / str(other.pid)).write_text("1\n")  # recorded when another leader had it
+        _bash(d, guard.KILL, "kill_sessions")
+        assert _alive(other.pid), "an unrelated session was killed"
+        (d / "sessions" / str(other.pid)).write_text(_start_time(other.pid) + "\n")  # it is ours
+        _bash(d, guard.KILL, "kill_sessions")
+        other.wait(timeout=10)
+    finally:
+        other.kill()
+
+
+def test_track_records_each_sessions_leader_with_its_start_time(tmp_path: Path) -> None:
+    d = _guard_dir(tmp_path)
+    parent = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"])  # stands for sshd
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (kid,) = kids
+        time.sleep(0.2)  # setsid has exec'd sleep
+        _bash(d, guard.TRACK, "track", sshd=str(parent.pid))
+        assert (d / "sessions" / kid).read_text().strip() == _start_time(int(kid))
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()
