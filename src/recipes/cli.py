@@ -62,6 +62,16 @@ def usage_error(exc: click.ClickException) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _first_error(exc: BaseException) -> RecipeError | None:
+    """The RecipeError an interrupt cut in on (its context chain), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RecipeError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class Group(click.Group):
     """Turns every RecipeError and usage error into one line on stderr and its documented exit code."""
 
@@ -90,12 +100,21 @@ class Group(click.Group):
         except click.ClickException as exc:
             usage_error(exc)
         except KeyboardInterrupt as exc:
-            from recipes.interrupts import deadline, expired
+            from recipes.interrupts import UNWIND_SECONDS, deadline, expired, unwind_cut
 
             # Only the engine knows whether what it stopped runs again (engine.Interrupted).
             # A restore cut short after it began writing also says what the target holds.
             left = getattr(exc, "still_stopped", None)
             partial = getattr(exc, "partial", "")
+            if unwind_cut.is_set() and not expired.is_set():
+                # the run had failed (or ended) and its clean-up after it outlasted its time:
+                # that failure, not an "interrupted"
+                said = [*(left or ()), partial] if partial else list(left or ())
+                first = _first_error(exc)
+                took = f"took over {UNWIND_SECONDS:g}s (--timeout)"
+                head = f"{first}; its clean-up then {took}" if first is not None else f"the run's end {took}"
+                click.echo(f"recipes: error: {'; '.join([head, *said])}", err=True)
+                sys.exit(1)
             if expired.is_set():  # --timeout: a failure of the run, said like one
                 said = [*(left or ()), partial] if partial else list(left or ())
                 if left is not None and not said:

@@ -14,14 +14,14 @@ from typing import Any, Protocol
 
 import attrs
 
+from recipes import interrupts, ops, progress, undo
 from recipes import manifest as mf
-from recipes import ops, progress, undo
 from recipes.compression import ZSTD_FACT
 from recipes.errors import ConfigError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, Tracked
 from recipes.guard import Undo as GuardUndo
 from recipes.hosts import Host, key_values, last_line, run
-from recipes.interrupts import unwinding
+from recipes.interrupts import resume, unwind_cut, unwinding
 from recipes.model import Command
 from recipes.render import kind
 from recipes.undo import Compensation
@@ -186,8 +186,9 @@ class Interpreter:
         """Run every host's undo list, newest host first; never raises (see ``failure``).
         ``abandon`` (the run was interrupted or timed out): first end, on every guarded host,
         what the run started there and still runs, so a hung stop does not outlive its undo."""
-        if not succeeded:
-            unwinding()  # under --timeout, the unwind gets its own time from here
+        # Under --timeout the undo gets its own time (a start is never cut at the deadline, even
+        # after a success); once that runs out, no further host's undo runs: the guards do it.
+        unwinding()
         if abandon:
             try:
                 for comp in self.comps.values():
@@ -195,7 +196,12 @@ class Interpreter:
             except KeyboardInterrupt:  # interrupted again: the undo matters more
                 log.warning("interrupted while ending the run's commands: running the undo")
         for comp in reversed(list(self.comps.values())):
-            comp.run_all(succeeded=succeeded)
+            if unwind_cut.is_set():
+                comp.give_up(f"the unwind ran out of its {interrupts.UNWIND_SECONDS:g}s (--timeout)")
+            else:
+                comp.run_all(succeeded=succeeded)
+        if succeeded:
+            resume()  # the rest of the run is under the deadline again, if any of it is left
 
     def undone(self) -> list[str]:
         """The failure-only undos that ran (``move DATA_DIR back``): what a failed run took back;

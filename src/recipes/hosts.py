@@ -136,9 +136,14 @@ class Host(Protocol):
     def close(self) -> None: ...
 
 
-def run(host: Host, command: Command, stdin: bytes = b"") -> Result:
-    """Run a command whose output is small (checks, stop/start); never for bulk data."""
+def run(
+    host: Host, command: Command, stdin: bytes = b"", started: Callable[[], None] | None = None
+) -> Result:
+    """Run a command whose output is small (checks, stop/start); never for bulk data.
+    ``started`` is called once the host took the command (whatever happens next)."""
     proc = host.start(command)
+    if started is not None:
+        started()
     try:
         if stdin:
             proc.write(stdin)

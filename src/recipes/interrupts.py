@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,8 @@ class Deadline:
 class _Alarm:
     deadline: Deadline | None = None
     unwinding: bool = False
+    ends: float = 0.0
+    """time.monotonic() when the deadline is up."""
 
 
 _alarm = _Alarm()
@@ -76,6 +79,7 @@ def arm_deadline(given: Deadline) -> None:
     if threading.current_thread() is not threading.main_thread() or not _depth:
         raise RuntimeError("arm_deadline needs the main thread, inside interrupts_as_exceptions")
     _alarm.deadline, _alarm.unwinding = given, False
+    _alarm.ends = time.monotonic() + given.seconds
     expired.clear()
     unwind_cut.clear()
     signal.signal(signal.SIGALRM, _handler)
@@ -83,13 +87,24 @@ def arm_deadline(given: Deadline) -> None:
 
 
 def unwinding() -> None:
-    """The run starts to unwind (a step failed, a signal came): under ``--timeout``, the unwind
-    gets its full ``UNWIND_SECONDS`` from now instead of what was left of the deadline, and the
-    deadline no longer says the run timed out (it did not)."""
+    """The undo starts (a step failed, a signal came, or every step succeeded): under
+    ``--timeout`` it gets its own ``UNWIND_SECONDS`` from now instead of what was left of the
+    deadline, so a start is never cut at the deadline."""
     if _alarm.deadline is None or _alarm.unwinding:
         return
     _alarm.unwinding = True
     signal.setitimer(signal.ITIMER_REAL, UNWIND_SECONDS)
+
+
+def resume() -> None:
+    """The undo after a success is done: what is left of the deadline applies again (a drill's
+    checks after its restore); when none is left, the unwind's time goes on."""
+    if _alarm.deadline is None or not _alarm.unwinding or expired.is_set() or unwind_cut.is_set():
+        return
+    left = _alarm.ends - time.monotonic()
+    if left > 0:
+        _alarm.unwinding = False
+        signal.setitimer(signal.ITIMER_REAL, left)
 
 
 @contextlib.contextmanager
@@ -120,10 +135,10 @@ def interrupts_as_exceptions() -> Iterator[None]:
     try:
         yield
     finally:
-        _depth -= 1
         if _alarm.deadline is not None:  # a --timeout ends with its command; nobody else's timer
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_REAL, 0)  # first: no alarm inside this clean-up
             signal.signal(signal.SIGALRM, alarm)
             _alarm.unwinding = True  # (its words stay for the error line: ``deadline()``)
+        _depth -= 1
         for s, h in old.items():
             signal.signal(s, h)

@@ -63,6 +63,8 @@ class Compensation:
         self._reported: set[int] = set()
         self._running: int | None = None
         """The id of the undo whose command runs on the host right now (claimed there)."""
+        self._reached: set[int] = set()
+        """Ids of the undos whose command was started on the host at least once."""
 
     def register(self, undo: Undo, on: str = "always") -> Entry:
         """Arm the guard (first time) and hand it ``undo``; raises if it did not take it.
@@ -84,8 +86,10 @@ class Compensation:
         as its filesystem snapshot exists); False when there is none."""
         for entry in reversed(self.pending):
             if entry.undo.what == what:
-                self.pending.remove(entry)
+                # still pending while it runs: an interrupt leaves it to the unwind (run_all),
+                # which runs it again (its claim allows that) and reports it truthfully
                 self._undo(entry)
+                self.pending.remove(entry)
                 if self.still_stopped or self.by_guard:
                     raise StepFailed("; ".join(self.still_stopped + self.by_guard))
                 return True
@@ -101,6 +105,15 @@ class Compensation:
             log.info("ended what the run still ran on %s", self.host.name)
         except RecipeError as exc:
             log.warning("could not end what the run still runs on %s: %s", self.host.name, exc)
+
+    def give_up(self, why: str) -> None:
+        """Run nothing more here (the unwind ran out of its time): what is pending is left to the
+        host's guard, said in ``still_stopped``."""
+        self.interrupted = True
+        self.still_stopped += [self._left(e, why) for e in reversed(self.pending)]
+        self.pending.clear()
+        if self.guard is not None and not self.guard.closed.is_set():
+            self.guard.close()
 
     @property
     def lost(self) -> bool:
@@ -140,6 +153,12 @@ class Compensation:
         """The line for an undo that did not run: still stopped, where, and who starts it."""
         undo = entry.undo
         state = undo.state or f"{undo.what} has not run"
+        if entry.id in self._reached:  # its claim may have taken it from the guard
+            return (
+                f"{state} on {self.host.name} ({why}): an attempt of {undo.what} reached the host "
+                "and may have taken it from the host's guard, which then does not run it: check, "
+                f"and if needed run by hand: {undo.command.masked()}"
+            )
         if self.guard is not None:
             then = f"the host's guard ({self.guard.dir}) will {undo.what} within {self.deadman + 2:g}s"
         else:
@@ -170,7 +189,7 @@ class Compensation:
         while True:
             try:
                 self._running = entry.id
-                result = run(self.host, command)
+                result = run(self.host, command, started=lambda: self._reached.add(entry.id))
                 break
             except HostError as exc:
                 self._running = None
@@ -254,13 +273,12 @@ def failure(comps: Sequence[Compensation], cause: BaseException | None) -> BaseE
         why = ""
     left = [line for c in comps for line in c.still_stopped]
     only_unwind_cut = unwind_cut.is_set() and cause is not None and not isinstance(cause, KeyboardInterrupt)
-    if (isinstance(cause, KeyboardInterrupt) or any(c.interrupted for c in comps)) and not only_unwind_cut:
-        return Interrupted(tuple(left))
-    if left:
-        return StepFailed("; ".join(left) + why)
     guard = [line for c in comps for line in c.by_guard]
     if guard:
         silent = max(c.deadman for c in comps)
-        said = f" (the controller was silent for {silent:g}s): nothing was stored{why}"
-        return StepFailed("; ".join(guard) + said)
+        guard[-1] += f" (the controller was silent for {silent:g}s): nothing was stored"
+    if (isinstance(cause, KeyboardInterrupt) or any(c.interrupted for c in comps)) and not only_unwind_cut:
+        return Interrupted(tuple(left + guard))
+    if left or guard:
+        return StepFailed("; ".join(left + guard) + why)
     return cause

@@ -17,6 +17,7 @@ import pytest
 
 from recipes import guard, interrupts, undo
 from recipes.errors import HostError, StepFailed
+from recipes.model import Command
 
 
 def _comp(name: str, *left: str, interrupted: bool = False) -> undo.Compensation:
@@ -196,3 +197,165 @@ def test_a_local_guard_records_and_ends_nothing_of_the_operators_login(tmp_path:
         assert Path(f"/proc/{other}").exists(), "the login's other channel was killed"
     finally:
         subprocess.run(["kill", str(other)], check=False)
+
+
+def _local_comp(deadman: float = 3) -> undo.Compensation:
+    from recipes.hosts import LocalHost
+
+    return undo.Compensation(LocalHost(), deadman=deadman)
+
+
+def _slow_start(marker: Path, seconds: float = 1.0) -> guard.Undo:
+    return guard.Undo(
+        "start svc", Command(f"sleep {seconds}; echo started >> {marker}"), state="svc is still stopped"
+    )
+
+
+def test_a_release_start_cut_short_is_run_again_by_the_unwind(tmp_path: Path) -> None:
+    """A snapshot's early start (``run_now``) interrupted on the host: the entry stays pending,
+    so the unwind runs it again and the service is up (it was dropped: 'everything started
+    again' while it stayed stopped)."""
+    import signal
+
+    marker = tmp_path / "started"
+    comp = _local_comp()
+    comp.register(_slow_start(marker))
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            comp.run_now("start svc")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    comp.run_all()
+    assert marker.read_text().splitlines() == ["started"]
+    assert not comp.still_stopped and not comp.by_guard
+
+
+def _interp(*comps: undo.Compensation) -> object:
+    from recipes.execute import Interpreter
+
+    interp = Interpreter({}, {}, run_id="t")
+    for i, comp in enumerate(comps):
+        interp.comps[f"h{i}"] = comp
+    return interp
+
+
+def test_after_a_success_the_start_is_not_cut_at_the_deadline(tmp_path: Path) -> None:
+    """Every step succeeded and the deadline comes while the service starts again: the start
+    gets the unwind's own time instead of being killed half-way (nobody would start it)."""
+    marker = tmp_path / "started"
+    comp = _local_comp()
+    comp.register(_slow_start(marker))
+    interp = _interp(comp)
+    with interrupts.interrupts_as_exceptions():
+        interrupts.arm_deadline(interrupts.Deadline(0.4, "0.4s"))
+        interp.finish(succeeded=True)  # type: ignore[attr-defined]
+    assert marker.read_text().splitlines() == ["started"]
+    assert not comp.still_stopped and not comp.interrupted
+
+
+def test_the_unwinds_time_bounds_every_hosts_undo_not_only_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts whose starts hang: once the unwind's time is out, the next host's undo is not
+    run (it is left to that host's guard, and said so); the run ends instead of waiting."""
+    import time
+
+    monkeypatch.setattr(interrupts, "UNWIND_SECONDS", 0.5)
+    first, second = _local_comp(), _local_comp()
+    first.register(_slow_start(tmp_path / "a", 3))
+    second.register(_slow_start(tmp_path / "b", 3))
+    interp = _interp(first, second)
+    began = time.monotonic()
+    with interrupts.interrupts_as_exceptions():
+        interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
+        interp.finish(succeeded=False)  # type: ignore[attr-defined]
+    assert time.monotonic() - began < 2.5
+    (line,) = first.still_stopped
+    assert "ran out of its 0.5s (--timeout)" in line and "will start svc within" in line, line
+    assert second.interrupted
+
+
+def test_an_undo_whose_attempt_reached_the_host_is_not_promised_to_the_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection dropped while the start ran, and no retry got through: its claim may
+    have taken it from the guard, so the line must not promise the guard will run it."""
+
+    class Lost:
+        def write(self, _data: bytes) -> int:
+            return 0
+
+        def close_stdin(self) -> None: ...
+
+        def read(self, _n: int = -1) -> bytes:
+            raise HostError("connection lost while reading: reset")
+
+        def kill(self) -> None: ...
+
+    host = SimpleNamespace(name="web1", start=lambda _c: Lost())
+    comp = undo.Compensation(host, deadman=60)  # type: ignore[arg-type]
+    comp.guard = SimpleNamespace(  # type: ignore[assignment]
+        claimed=lambda e: e.undo.command,
+        closed=threading.Event(),
+        dir="/tmp/g",
+        lost=threading.Event(),
+        close=lambda: None,
+        on_lost=None,
+    )
+    entry = guard.Entry(1, guard.Undo("start svc", Command("svc start"), state="svc is still stopped"))
+    comp.entries.append(entry)
+    comp.pending.append(entry)
+    monkeypatch.setattr(undo, "UNDO_BUDGET", 0.1)  # give up after the first try
+    comp.run_all()
+    (line,) = comp.still_stopped
+    assert "an attempt of start svc reached the host and may have taken it from the host's guard" in line
+    assert "will start svc within" not in line
+
+
+def test_guard_lines_are_kept_beside_what_is_still_stopped() -> None:
+    fired = _comp("node1")
+    fired.by_guard = ["the host's guard on node1 already ran start looker at 2026-11-24T10:00:00Z"]
+    err = undo.failure([fired, _comp("main", "start looker failed on main (exit 4: boom): …")], None)
+    assert isinstance(err, StepFailed)
+    assert str(err) == (
+        "start looker failed on main (exit 4: boom): …; the host's guard on node1 already ran start "
+        "looker at 2026-11-24T10:00:00Z (the controller was silent for 60s): nothing was stored"
+    )
+
+
+CLEANUP_CUT = """
+import time
+import click
+from recipes import cli, interrupts
+from recipes.errors import StepFailed
+interrupts.UNWIND_SECONDS = 0.3
+
+@click.group(cls=cli.Group)
+def main() -> None: ...
+
+@main.command()
+def go() -> None:
+    interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
+    try:
+        raise StepFailed("No space left on device")
+    finally:
+        interrupts.unwinding()
+        time.sleep(3)  # a clean-up that hangs (an abort on a hung S3)
+
+main(["go"])
+"""
+
+
+def test_a_failed_run_whose_clean_up_outlasts_the_unwind_is_that_failure() -> None:
+    out = subprocess.run([sys.executable, "-c", CLEANUP_CUT], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip() == (
+        "recipes: error: No space left on device; its clean-up then took over 0.3s (--timeout)"
+    )
