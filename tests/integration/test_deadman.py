@@ -278,11 +278,11 @@ def test_timeout_ends_what_hangs_and_starts_the_service_again(
     on the host before the undo, the service is started again by the run itself (the guard's
     deadman is far off), and the run fails (exit 1) saying why."""
     inside, outside = svc
-    run = Run(_config(world, deadman=600), inside, tmp_path, hangs, extra=("--timeout", "4s"))
+    run = Run(_config(world, deadman=600), inside, tmp_path, hangs, extra=("--timeout", "8s"))
     wait_for(lambda: not running(outside) and _orphans(inside), what="stopped, something hanging")
     assert run.wait(60) == 1, run.stderr()
     assert run.last_line() == (
-        "recipes: error: timed out after 4s (--timeout 4s); everything that was stopped was started again"
+        "recipes: error: timed out after 8s (--timeout 8s); everything that was stopped was started again"
     ), run.stderr()
     assert running(outside) and starts(outside) == 1
     assert not _orphans(inside)  # ended before the run said it was done
