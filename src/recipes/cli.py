@@ -100,13 +100,13 @@ class Group(click.Group):
         except click.ClickException as exc:
             usage_error(exc)
         except KeyboardInterrupt as exc:
-            from recipes.interrupts import UNWIND_SECONDS, deadline, expired, unwind_cut
+            from recipes.interrupts import UNWIND_SECONDS, deadline, expired, signal_came, unwind_cut
 
             # Only the engine knows whether what it stopped runs again (engine.Interrupted).
             # A restore cut short after it began writing also says what the target holds.
             left = getattr(exc, "still_stopped", None)
             partial = getattr(exc, "partial", "")
-            if unwind_cut.is_set() and not expired.is_set():
+            if unwind_cut.is_set() and not expired.is_set() and not signal_came.is_set():
                 # the run had failed (or ended) and its clean-up after it outlasted its time:
                 # that failure, not an "interrupted"
                 said = [*(left or ()), partial] if partial else list(left or ())

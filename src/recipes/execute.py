@@ -197,7 +197,9 @@ class Interpreter:
                 log.warning("interrupted while ending the run's commands: running the undo")
         for comp in reversed(list(self.comps.values())):
             if unwind_cut.is_set():
-                comp.give_up(f"the unwind ran out of its {interrupts.UNWIND_SECONDS:g}s (--timeout)")
+                comp.give_up(
+                    f"the unwind ran out of its {interrupts.UNWIND_SECONDS:g}s (--timeout)", succeeded
+                )
             else:
                 comp.run_all(succeeded=succeeded)
         if succeeded:

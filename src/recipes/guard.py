@@ -70,7 +70,7 @@ GUARD_GONE = 98
 TRACK = r"""
 track() {
   [ "$sshd" -gt 1 ] || return 0
-  local kids="" k f l st
+  local kids="" k f l st old
   if [ -r "/proc/$sshd/task/$sshd/children" ]; then
     read -r kids < "/proc/$sshd/task/$sshd/children" || :  # it ends without a newline
   elif [ -d "/proc/$sshd" ]; then
@@ -81,10 +81,13 @@ track() {
     done
   fi
   for k in $kids; do
-    [ -e "$d/sessions/$k" ] && continue
-    st=""
+    # a child of this connection's sshd is the run's: (re)record it, atomically ("-": its
+    # leader was gone already, so only members remain, and they hold the number)
+    st=-
     if read -r l < "/proc/$k/stat" 2>/dev/null; then l=${l##*) }; set -- $l; st=${20}; fi
-    echo "$st" > "$d/sessions/$k"
+    old=""; [ -e "$d/sessions/$k" ] && read -r old < "$d/sessions/$k"
+    [ "$old" = "$st" ] && continue
+    echo "$st" > "$d/sessions/.$k.$$" && mv -f -- "$d/sessions/.$k.$$" "$d/sessions/$k"
   done
 }
 """
@@ -206,6 +209,12 @@ while IFS= read -r line; do
       if [ -d "$d/undo" ] && printf '%s' "$3" | base64 -d > "$d/undo/.$2" \
           && mv -f -- "$d/undo/.$2" "$d/undo/$2"; then echo "pushed $2"; else echo "refused $2"; fi;;
     disarm) disarm; exit 0;;
+    withdraw\ *)
+      # an undo not needed after all (the run succeeded): the watchdog must never run it
+      set -f; set -- $line; set +f
+      case $2 in ""|*[!0-9]*) echo "refused $2"; continue;; esac
+      if mv -- "$d/undo/$2" "$d/ctl/$2" 2>/dev/null || [ -e "$d/ctl/$2" ]; then echo "withdrawn $2"
+      else echo "taken $2"; fi;;
     abandon)
       # the controller gave up on the run (interrupted, timed out): what it started on this
       # host and still runs (a hung stop, a dump) ends before its undo starts anything again
@@ -411,6 +420,20 @@ class Guard:
             answer = self._answer("track", "tracked")
         if answer != "tracked":
             raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
+
+    def withdraw(self, entry: Entry) -> bool:
+        """Take an undo back from the guard without running it (a failure-only one after a
+        success): True once the watchdog can no longer run it, False when it ran it already."""
+        i = f"{entry.id:06d}"
+        with self._ask_lock:
+            if self.closed.is_set():
+                raise HostError(f"the guard on {self.host.name} is closed")
+            self._send(f"withdraw {i}")
+            answers = (f"withdrawn {i}", f"taken {i}", f"refused {i}")
+            answer = self._answer(f"withdraw {entry.undo.what}", *answers)
+        if answer.startswith("refused") or answer == "unknown":
+            raise HostError(f"the guard on {self.host.name} did not take back {entry.undo.what} ({answer})")
+        return answer == f"withdrawn {i}"
 
     def abandon(self) -> None:
         """End what the controller started on the host and still runs (TERM, KILL after 2 s),

@@ -19,6 +19,8 @@ signalled = threading.Event()
 expired = threading.Event()
 # Set when the unwind's own time (``UNWIND_SECONDS``) ran out and interrupted it.
 unwind_cut = threading.Event()
+# Set by a real signal (SIGTERM/SIGHUP/SIGINT), never by --timeout's alarm: its exit stays 130.
+signal_came = threading.Event()
 
 # Once a run with ``--timeout`` unwinds (its time is up, a step failed, a signal came), how long
 # the unwind (ending the run's commands, the undo) may take before it is interrupted too: what is
@@ -98,13 +100,17 @@ def unwinding() -> None:
 
 def resume() -> None:
     """The undo after a success is done: what is left of the deadline applies again (a drill's
-    checks after its restore); when none is left, the unwind's time goes on."""
+    checks after its restore); when none is left, the run has timed out (``TimedOut``), with
+    nothing left stopped."""
     if _alarm.deadline is None or not _alarm.unwinding or expired.is_set() or unwind_cut.is_set():
         return
     left = _alarm.ends - time.monotonic()
     if left > 0:
         _alarm.unwinding = False
         signal.setitimer(signal.ITIMER_REAL, left)
+        return
+    expired.set()  # the unwind's timer goes on for what follows (the clean-up)
+    raise TimedOut(_alarm.deadline.words())
 
 
 @contextlib.contextmanager
@@ -118,11 +124,13 @@ def interrupts_as_exceptions() -> Iterator[None]:
 
     def handler(signum: int, _frame: Any) -> None:
         signalled.set()
+        signal_came.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
     signalled.clear()
     expired.clear()
     unwind_cut.clear()
+    signal_came.clear()
     _alarm.deadline, _alarm.unwinding = None, False
     alarm = signal.getsignal(signal.SIGALRM)
     # a signal ignored by whoever started us stays ignored: `nohup recipes run` survives the

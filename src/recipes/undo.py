@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -64,6 +65,8 @@ class Compensation:
         self._running: int | None = None
         """The id of the undo whose command runs on the host right now (claimed there)."""
         self._reached: set[int] = set()
+        self._cut: set[int] = set()
+        """Ids of the undos interrupted while their command ran (``run_now``): never run again."""
         """Ids of the undos whose command was started on the host at least once."""
 
     def register(self, undo: Undo, on: str = "always") -> Entry:
@@ -87,8 +90,12 @@ class Compensation:
         for entry in reversed(self.pending):
             if entry.undo.what == what:
                 # still pending while it runs: an interrupt leaves it to the unwind (run_all),
-                # which runs it again (its claim allows that) and reports it truthfully
-                self._undo(entry)
+                # which says it was cut short (it may still run on the host: not run twice)
+                try:
+                    self._undo(entry)
+                except KeyboardInterrupt:
+                    self._cut.add(entry.id)
+                    raise
                 self.pending.remove(entry)
                 if self.still_stopped or self.by_guard:
                     raise StepFailed("; ".join(self.still_stopped + self.by_guard))
@@ -106,14 +113,49 @@ class Compensation:
         except RecipeError as exc:
             log.warning("could not end what the run still runs on %s: %s", self.host.name, exc)
 
-    def give_up(self, why: str) -> None:
+    def give_up(self, why: str, succeeded: bool = False) -> None:
         """Run nothing more here (the unwind ran out of its time): what is pending is left to the
-        host's guard, said in ``still_stopped``."""
+        host's guard, said in ``still_stopped``; after a success, failure-only undos are first
+        taken back from it (the guard would move a restored directory's old content back)."""
         self.interrupted = True
-        self.still_stopped += [self._left(e, why) for e in reversed(self.pending)]
+        if succeeded:
+            with contextlib.suppress(KeyboardInterrupt):
+                self._withdraw_not_needed()
+        self.still_stopped += [self._pending_line(e, why, succeeded) for e in reversed(self.pending)]
         self.pending.clear()
         if self.guard is not None and not self.guard.closed.is_set():
             self.guard.close()
+
+    def _withdraw_not_needed(self) -> None:
+        """After a success: take every failure-only undo back from the guard (one line each on
+        the feeder, no command); one the guard cannot take back stays pending."""
+        if self.guard is None or self.guard.closed.is_set():
+            return
+        for entry in [e for e in self.pending if e.id in self.failure_only]:
+            try:
+                withdrawn = self.guard.withdraw(entry)
+            except (HostError, StepFailed) as exc:
+                log.warning(
+                    "could not take %s back from the guard on %s: %s", entry.undo.what, self.host.name, exc
+                )
+                continue
+            self.pending.remove(entry)
+            if withdrawn:
+                log.info("%s: not needed (the run succeeded)", entry.undo.what)
+            else:
+                self._guard_ran(entry, Fired(entry.id, "(before it could be taken back)", ""))
+
+    def _pending_line(self, entry: Entry, why: str, succeeded: bool) -> str:
+        """The line for an undo left pending when the unwind stopped."""
+        if entry.id in self._cut or entry.id == self._running:
+            return self._cut_short(entry)
+        if succeeded and entry.id in self.failure_only and self.guard is not None:
+            return (
+                f"{entry.undo.what} on {self.host.name} is not needed (the run succeeded) but the "
+                f"host's guard still holds it ({why}) and will run it within {self.deadman + 2:g}s, "
+                f"undoing this run: remove {self.guard.dir}/undo/{entry.id:06d} there now"
+            )
+        return self._left(entry, why)
 
     @property
     def lost(self) -> bool:
@@ -128,8 +170,14 @@ class Compensation:
         if self.guard is not None:
             self.guard.on_lost = None  # from here on a lost host is the undo's to retry
         try:
+            if succeeded:
+                self._withdraw_not_needed()  # first: an interrupt later must not leave them armed
             while self.pending:
                 entry = self.pending[-1]
+                if entry.id in self._cut:  # cut short while it ran: it may still run there
+                    self.still_stopped.append(self._cut_short(entry))
+                    self.pending.pop()
+                    continue
                 if succeeded and entry.id in self.failure_only:
                     # Withdrawn: claimed from the guard so it never runs, and nothing else done.
                     entry = Entry(entry.id, attrs.evolve(entry.undo, command=Command("true")))
@@ -141,8 +189,7 @@ class Compensation:
         except KeyboardInterrupt:
             self.interrupted = True
             self.still_stopped += [
-                self._cut_short(e) if e.id == self._running else self._left(e, "interrupted")
-                for e in reversed(self.pending)
+                self._pending_line(e, "interrupted", succeeded) for e in reversed(self.pending)
             ]
             self.pending.clear()
         finally:

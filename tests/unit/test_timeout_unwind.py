@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -211,10 +212,10 @@ def _slow_start(marker: Path, seconds: float = 1.0) -> guard.Undo:
     )
 
 
-def test_a_release_start_cut_short_is_run_again_by_the_unwind(tmp_path: Path) -> None:
-    """A snapshot's early start (``run_now``) interrupted on the host: the entry stays pending,
-    so the unwind runs it again and the service is up (it was dropped: 'everything started
-    again' while it stayed stopped)."""
+def test_a_release_start_cut_short_is_said_not_dropped(tmp_path: Path) -> None:
+    """A snapshot's early start (``run_now``) interrupted while it ran: the unwind neither drops
+    it (the line said everything was started again) nor runs it a second time beside the
+    first (which may still run on the host): it says it was cut short, to check by hand."""
     import signal
 
     marker = tmp_path / "started"
@@ -233,8 +234,12 @@ def test_a_release_start_cut_short_is_run_again_by_the_unwind(tmp_path: Path) ->
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     comp.run_all()
-    assert marker.read_text().splitlines() == ["started"]
-    assert not comp.still_stopped and not comp.by_guard
+    (line,) = comp.still_stopped
+    assert line.startswith("start svc on local was interrupted while it ran there (svc is still stopped"), (
+        line
+    )
+    assert "check, and if needed run by hand: " in line
+    assert not marker.exists()  # not run again (here the first was killed with the controller)
 
 
 def _interp(*comps: undo.Compensation) -> object:
@@ -255,7 +260,8 @@ def test_after_a_success_the_start_is_not_cut_at_the_deadline(tmp_path: Path) ->
     interp = _interp(comp)
     with interrupts.interrupts_as_exceptions():
         interrupts.arm_deadline(interrupts.Deadline(0.4, "0.4s"))
-        interp.finish(succeeded=True)  # type: ignore[attr-defined]
+        with pytest.raises(interrupts.TimedOut):  # after the start: the run is over its time
+            interp.finish(succeeded=True)  # type: ignore[attr-defined]
     assert marker.read_text().splitlines() == ["started"]
     assert not comp.still_stopped and not comp.interrupted
 
@@ -359,3 +365,84 @@ def test_a_failed_run_whose_clean_up_outlasts_the_unwind_is_that_failure() -> No
     assert out.stderr.strip() == (
         "recipes: error: No space left on device; its clean-up then took over 0.3s (--timeout)"
     )
+
+
+def test_a_stale_record_of_a_session_number_is_renewed_for_the_runs_new_session(tmp_path: Path) -> None:
+    """The run's own new session got a number it had recorded for an earlier one: track renews
+    the record, so a hung command in it is still ended (the old start time spared it)."""
+    d = tmp_path / "g"
+    for sub in ("sessions", "spare"):
+        (d / sub).mkdir(parents=True)
+    parent = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"])  # stands for sshd
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (kid,) = kids
+        time.sleep(0.2)
+        (d / "sessions" / kid).write_text("999\n")  # an earlier session of the run had this number
+        done = subprocess.run(
+            ["bash", "-c", f"{guard.TRACK}\n{guard.KILL}\ntrack; kill_sessions"],
+            env={"PATH": "/usr/bin:/bin", "d": str(d), "sshd": str(parent.pid)},
+            timeout=30,
+        )
+        assert done.returncode == 0
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{kid}").exists() and Path(f"/proc/{kid}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, "the run's hung command was spared"
+            time.sleep(0.05)
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
+        parent.kill()
+        parent.wait()
+
+
+SIGTERM_CUT = """
+import os, signal, time
+import click
+from recipes import cli, interrupts
+interrupts.UNWIND_SECONDS = 0.3
+
+@click.group(cls=cli.Group)
+def main() -> None: ...
+
+@main.command()
+def go() -> None:
+    interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    finally:
+        interrupts.unwinding()
+        time.sleep(3)  # its clean-up hangs past the unwind's time
+
+main(["go"])
+"""
+
+
+def test_a_signal_whose_unwind_runs_out_of_time_is_still_an_interrupt() -> None:
+    """SIGTERM came first (systemd stopping the job): the exit stays 130 however its unwind
+    ends, never the 'run's end took over' failure of a --timeout (scheduled jobs have both)."""
+    out = subprocess.run([sys.executable, "-c", SIGTERM_CUT], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 130, out.stderr
+    assert out.stderr.strip() == "recipes: interrupted"
+
+
+def test_after_a_success_a_failure_only_undo_left_to_the_guard_is_taken_back_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step of a restore succeeded; the unwind's time runs out on another host: a 'move
+    the old content back' undo must not be left to its guard, which would undo the restore."""
+    monkeypatch.setattr(interrupts, "UNWIND_SECONDS", 0.5)
+    moved_back = tmp_path / "moved-back"
+    restored, hanging = _local_comp(deadman=1), _local_comp()
+    restored.register(guard.Undo("move data back", Command(f"echo yes > {moved_back}")), on="failure")
+    hanging.register(_slow_start(tmp_path / "started", 3))
+    interp = _interp(restored, hanging)  # the newest host (hanging) is undone first
+    with interrupts.interrupts_as_exceptions():
+        interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
+        interp.finish(succeeded=True)  # type: ignore[attr-defined]
+    assert restored.interrupted and not restored.still_stopped
+    time.sleep(4)  # the restored host's guard has fired by now (deadman 1 s)
+    assert not moved_back.exists(), "the guard moved the old content back over the restore"
