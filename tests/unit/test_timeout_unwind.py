@@ -260,8 +260,7 @@ def test_after_a_success_the_start_is_not_cut_at_the_deadline(tmp_path: Path) ->
     interp = _interp(comp)
     with interrupts.interrupts_as_exceptions():
         interrupts.arm_deadline(interrupts.Deadline(0.4, "0.4s"))
-        with pytest.raises(interrupts.TimedOut):  # after the start: the run is over its time
-            interp.finish(succeeded=True)  # type: ignore[attr-defined]
+        interp.finish(succeeded=True)  # type: ignore[attr-defined]
     assert marker.read_text().splitlines() == ["started"]
     assert not comp.still_stopped and not comp.interrupted
 
