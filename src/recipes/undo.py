@@ -94,7 +94,8 @@ class Compensation:
                 try:
                     self._undo(entry)
                 except KeyboardInterrupt:
-                    self._cut.add(entry.id)
+                    if self._running == entry.id and entry.id in self._reached:  # it ran there
+                        self._cut.add(entry.id)
                     raise
                 self.pending.remove(entry)
                 if self.still_stopped or self.by_guard:
@@ -147,14 +148,15 @@ class Compensation:
 
     def _pending_line(self, entry: Entry, why: str, succeeded: bool) -> str:
         """The line for an undo left pending when the unwind stopped."""
+        if succeeded and entry.id in self.failure_only and self.guard is not None:
+            # never "run it by hand": after a success it would undo the run
+            return (
+                f"{entry.undo.what} on {self.host.name} is not needed (the run succeeded) and must "
+                f"not run, but the host's guard may still hold it ({why}): if "
+                f"{self.guard.dir}/undo/{entry.id:06d} is there, remove it now"
+            )
         if entry.id in self._cut or entry.id == self._running:
             return self._cut_short(entry)
-        if succeeded and entry.id in self.failure_only and self.guard is not None:
-            return (
-                f"{entry.undo.what} on {self.host.name} is not needed (the run succeeded) but the "
-                f"host's guard still holds it ({why}) and will run it within {self.deadman + 2:g}s, "
-                f"undoing this run: remove {self.guard.dir}/undo/{entry.id:06d} there now"
-            )
         return self._left(entry, why)
 
     @property

@@ -445,3 +445,109 @@ def test_after_a_success_a_failure_only_undo_left_to_the_guard_is_taken_back_fir
     assert restored.interrupted and not restored.still_stopped
     time.sleep(4)  # the restored host's guard has fired by now (deadman 1 s)
     assert not moved_back.exists(), "the guard moved the old content back over the restore"
+
+
+class _Done:
+    """A command that ran and exited 0."""
+
+    def write(self, _data: bytes) -> int:
+        return 0
+
+    def close_stdin(self) -> None: ...
+
+    def read(self, _n: int = -1) -> bytes:
+        return b""
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def stderr(self) -> str:
+        return ""
+
+    def kill(self) -> None: ...
+
+
+class _Hangs(_Done):
+    def read(self, _n: int = -1) -> bytes:
+        time.sleep(10)
+        return b""
+
+
+def _fake_guard(**kw: object) -> SimpleNamespace:
+    base: dict[str, object] = {
+        "claimed": lambda e: e.undo.command,
+        "closed": threading.Event(),
+        "dir": "/tmp/g",
+        "lost": threading.Event(),
+        "close": lambda: None,
+        "disarm": lambda: [],
+        "on_lost": None,
+    }
+    return SimpleNamespace(**{**base, **kw})
+
+
+def _alarm_in(seconds: float) -> object:
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    return old
+
+
+def _alarm_off(old: object) -> None:
+    import signal
+
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)  # type: ignore[arg-type]
+
+
+def test_an_early_start_that_never_reached_the_host_is_run_by_the_unwind() -> None:
+    """Interrupted while waiting to retry a start that never reached the host: it is not
+    'cut short while it ran' (which left it to nobody): the unwind runs it."""
+    tries: list[int] = []
+
+    def start(_command: Command) -> _Done:
+        tries.append(1)
+        if len(tries) == 1:
+            raise HostError("cannot start a command on web1: connection reset")
+        return _Done()
+
+    comp = undo.Compensation(SimpleNamespace(name="web1", start=start), deadman=60)  # type: ignore[arg-type]
+    comp.guard = _fake_guard()  # type: ignore[assignment]
+    entry = guard.Entry(1, guard.Undo("start svc", Command("svc start"), state="svc is still stopped"))
+    comp.entries.append(entry)
+    comp.pending.append(entry)
+    old = _alarm_in(0.3)  # during the 1 s wait before the retry
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            comp.run_now("start svc")
+    finally:
+        _alarm_off(old)
+    comp.run_all()
+    assert len(tries) == 2 and comp.succeeded == {1} and not comp.still_stopped
+
+
+def test_a_not_needed_undo_cut_short_is_never_said_to_be_run_by_hand() -> None:
+    """After a success the feeder is gone, so the move-back is withdrawn by a claimed `true`;
+    an interrupt then must not tell the operator to run the move-back (it undoes the run)."""
+
+    def withdraw(_entry: object) -> bool:
+        raise HostError("the guard's session on web1 ended (withdraw)")
+
+    comp = undo.Compensation(SimpleNamespace(name="web1", start=lambda _c: _Hangs()), deadman=60)  # type: ignore[arg-type]
+    comp.guard = _fake_guard(withdraw=withdraw)  # type: ignore[assignment]
+    entry = guard.Entry(1, guard.Undo("move /srv/data back", Command("mv /srv/data.before /srv/data")))
+    comp.entries.append(entry)
+    comp.pending.append(entry)
+    comp.failure_only.add(1)
+    old = _alarm_in(0.3)
+    try:
+        comp.run_all(succeeded=True)
+    finally:
+        _alarm_off(old)
+    (line,) = comp.still_stopped
+    assert "is not needed (the run succeeded) and must not run" in line, line
+    assert "mv /srv/data.before" not in line and "run by hand" not in line
