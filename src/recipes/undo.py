@@ -137,7 +137,7 @@ class Compensation:
                 withdrawn = self.guard.withdraw(entry)
             except (HostError, StepFailed) as exc:
                 log.warning(
-                    "could not take %s back from the guard on %s: %s", entry.undo.what, self.host.name, exc
+                    "could not withdraw %s from the guard on %s: %s", entry.undo.what, self.host.name, exc
                 )
                 continue
             self.pending.remove(entry)
