@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,19 +96,26 @@ def test_a_recorded_session_number_now_used_by_another_session_is_not_killed(tmp
         other.kill()
 
 
-def test_track_records_each_sessions_leader_with_its_start_time(tmp_path: Path) -> None:
-    d = _guard_dir(tmp_path)
-    parent = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"])  # stands for sshd
+@contextlib.contextmanager
+def one_session_under_a_fake_sshd() -> Iterator[tuple[int, str]]:
+    """A parent standing for a connection's sshd, with one child leading its own session (a
+    channel's command): (the parent's pid, the child's pid as text)."""
+    parent = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"])
     try:
         deadline = time.monotonic() + 10
         while not (kids := Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        (kid,) = kids
         time.sleep(0.2)  # setsid has exec'd sleep
-        _bash(d, guard.TRACK, "track", sshd=str(parent.pid))
-        assert (d / "sessions" / kid).read_text().strip() == _start_time(int(kid))
+        yield parent.pid, kids[0]
     finally:
         subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
         parent.kill()
         parent.wait()
+
+
+def test_track_records_each_sessions_leader_with_its_start_time(tmp_path: Path) -> None:
+    d = _guard_dir(tmp_path)
+    with one_session_under_a_fake_sshd() as (sshd, kid):
+        _bash(d, guard.TRACK, "track", sshd=str(sshd))
+        assert (d / "sessions" / kid).read_text().strip() == _start_time(int(kid))

@@ -335,8 +335,8 @@ def test_guard_lines_are_kept_beside_what_is_still_stopped() -> None:
     )
 
 
-CLEANUP_CUT = """
-import time
+CUT_UNWIND = """
+import os, signal, time
 import click
 from recipes import cli, interrupts
 from recipes.errors import StepFailed
@@ -349,17 +349,23 @@ def main() -> None: ...
 def go() -> None:
     interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
     try:
-        raise StepFailed("No space left on device")
+        {cause}
     finally:
         interrupts.unwinding()
-        time.sleep(3)  # a clean-up that hangs (an abort on a hung S3)
+        time.sleep(3)  # a clean-up that hangs past the unwind's time (an abort on a hung S3)
 
 main(["go"])
 """
 
 
+def _cut_unwind(cause: str) -> subprocess.CompletedProcess[str]:
+    """A CLI command that fails with ``cause``, then outlasts its unwind's time."""
+    script = CUT_UNWIND.format(cause=cause)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+
+
 def test_a_failed_run_whose_clean_up_outlasts_the_unwind_is_that_failure() -> None:
-    out = subprocess.run([sys.executable, "-c", CLEANUP_CUT], capture_output=True, text=True, timeout=30)
+    out = _cut_unwind('raise StepFailed("No space left on device")')
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip() == (
         "recipes: error: No space left on device; its clean-up then took over 0.3s (--timeout)"
@@ -369,61 +375,22 @@ def test_a_failed_run_whose_clean_up_outlasts_the_unwind_is_that_failure() -> No
 def test_a_stale_record_of_a_session_number_is_renewed_for_the_runs_new_session(tmp_path: Path) -> None:
     """The run's own new session got a number it had recorded for an earlier one: track renews
     the record, so a hung command in it is still ended (the old start time spared it)."""
-    d = tmp_path / "g"
-    for sub in ("sessions", "spare"):
-        (d / sub).mkdir(parents=True)
-    parent = subprocess.Popen(["bash", "-c", "setsid sleep 60 & wait"])  # stands for sshd
-    try:
-        deadline = time.monotonic() + 10
-        while not (kids := Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        (kid,) = kids
-        time.sleep(0.2)
+    from tests.unit.test_guard import _bash, _guard_dir, one_session_under_a_fake_sshd
+
+    d = _guard_dir(tmp_path)
+    with one_session_under_a_fake_sshd() as (sshd, kid):
         (d / "sessions" / kid).write_text("999\n")  # an earlier session of the run had this number
-        done = subprocess.run(
-            ["bash", "-c", f"{guard.TRACK}\n{guard.KILL}\ntrack; kill_sessions"],
-            env={"PATH": "/usr/bin:/bin", "d": str(d), "sshd": str(parent.pid)},
-            timeout=30,
-        )
-        assert done.returncode == 0
+        _bash(d, f"{guard.TRACK}\n{guard.KILL}", "track; kill_sessions", sshd=str(sshd))
         deadline = time.monotonic() + 5
         while Path(f"/proc/{kid}").exists() and Path(f"/proc/{kid}/stat").read_text().split()[2] != "Z":
             assert time.monotonic() < deadline, "the run's hung command was spared"
             time.sleep(0.05)
-    finally:
-        subprocess.run(["pkill", "-P", str(parent.pid)], check=False)
-        parent.kill()
-        parent.wait()
-
-
-SIGTERM_CUT = """
-import os, signal, time
-import click
-from recipes import cli, interrupts
-interrupts.UNWIND_SECONDS = 0.3
-
-@click.group(cls=cli.Group)
-def main() -> None: ...
-
-@main.command()
-def go() -> None:
-    interrupts.arm_deadline(interrupts.Deadline(60, "60s"))
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    finally:
-        interrupts.unwinding()
-        time.sleep(3)  # its clean-up hangs past the unwind's time
-
-main(["go"])
-"""
 
 
 def test_a_signal_whose_unwind_runs_out_of_time_is_still_an_interrupt() -> None:
     """SIGTERM came first (systemd stopping the job): the exit stays 130 however its unwind
     ends, never the 'run's end took over' failure of a --timeout (scheduled jobs have both)."""
-    out = subprocess.run([sys.executable, "-c", SIGTERM_CUT], capture_output=True, text=True, timeout=30)
+    out = _cut_unwind("os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)")
     assert out.returncode == 130, out.stderr
     assert out.stderr.strip() == "recipes: interrupted"
 
