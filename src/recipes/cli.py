@@ -106,17 +106,16 @@ class Group(click.Group):
             # A restore cut short after it began writing also says what the target holds.
             left = getattr(exc, "still_stopped", None)
             partial = getattr(exc, "partial", "")
+            said = [*(left or ()), *([partial] if partial else [])]
             if unwind_cut.is_set() and not expired.is_set() and not signal_came.is_set():
                 # the run had failed (or ended) and its clean-up after it outlasted its time:
                 # that failure, not an "interrupted"
-                said = [*(left or ()), partial] if partial else list(left or ())
                 first = _first_error(exc)
                 took = f"took over {UNWIND_SECONDS:g}s (--timeout)"
                 head = f"{first}; its clean-up then {took}" if first is not None else f"the run's end {took}"
                 click.echo(f"recipes: error: {'; '.join([head, *said])}", err=True)
                 sys.exit(1)
             if expired.is_set():  # --timeout: a failure of the run, said like one
-                said = [*(left or ()), partial] if partial else list(left or ())
                 if left is not None and not said:
                     said = ["everything that was stopped was started again"]
                 words = given.words() if (given := deadline()) is not None else "timed out (--timeout)"
@@ -124,8 +123,7 @@ class Group(click.Group):
                 sys.exit(1)
             if left is None:
                 click.echo("recipes: interrupted", err=True)
-            elif left or partial:
-                said = [*left, partial] if partial else list(left)
+            elif said:
                 click.echo(f"recipes: interrupted: {'; '.join(said)}", err=True)
             else:
                 click.echo("recipes: interrupted (everything that was stopped was started again)", err=True)

@@ -21,7 +21,6 @@ from recipes.errors import ConfigError, StepFailed
 from recipes.guard import DEADMAN_SECONDS, Tracked
 from recipes.guard import Undo as GuardUndo
 from recipes.hosts import Host, key_values, last_line, run
-from recipes.interrupts import resume, unwind_cut, unwinding
 from recipes.model import Command
 from recipes.render import kind
 from recipes.undo import Compensation
@@ -188,7 +187,7 @@ class Interpreter:
         what the run started there and still runs, so a hung stop does not outlive its undo."""
         # Under --timeout the undo gets its own time (a start is never cut at the deadline, even
         # after a success); once that runs out, no further host's undo runs: the guards do it.
-        unwinding()
+        interrupts.unwinding()
         if abandon:
             try:
                 for comp in self.comps.values():
@@ -196,14 +195,14 @@ class Interpreter:
             except KeyboardInterrupt:  # interrupted again: the undo matters more
                 log.warning("interrupted while ending the run's commands: running the undo")
         for comp in reversed(list(self.comps.values())):
-            if unwind_cut.is_set():
+            if interrupts.unwind_cut.is_set():
                 comp.give_up(
                     f"the unwind ran out of its {interrupts.UNWIND_SECONDS:g}s (--timeout)", succeeded
                 )
             else:
                 comp.run_all(succeeded=succeeded)
         if succeeded:
-            resume()  # the rest of the run is under the deadline again, if any of it is left
+            interrupts.resume()  # the rest of the run is under the deadline again, if any of it is left
 
     def undone(self) -> list[str]:
         """The failure-only undos that ran (``move DATA_DIR back``): what a failed run took back;

@@ -410,27 +410,29 @@ class Guard:
             )
         return entry
 
+    def _ask_open(self, line: str, what: str, *wanted: str) -> str | None:
+        """Send ``line`` and return its answer; None (nothing sent) once disarming began."""
+        with self._ask_lock:
+            if self.closed.is_set():
+                return None
+            self._send(line)
+            return self._answer(what, *wanted)
+
     def track(self) -> None:
         """Record the sessions of this connection now (a command just started): if the controller
         vanishes from here on, firing kills that command too. Nothing once disarming began."""
-        with self._ask_lock:
-            if self.closed.is_set():
-                return
-            self._send("track")
-            answer = self._answer("track", "tracked")
-        if answer != "tracked":
+        answer = self._ask_open("track", "track", "tracked")
+        if answer is not None and answer != "tracked":
             raise HostError(f"the guard on {self.host.name} did not record the new command ({answer})")
 
     def withdraw(self, entry: Entry) -> bool:
         """Take an undo back from the guard without running it (a failure-only one after a
         success): True once the watchdog can no longer run it, False when it ran it already."""
         i = f"{entry.id:06d}"
-        with self._ask_lock:
-            if self.closed.is_set():
-                raise HostError(f"the guard on {self.host.name} is closed")
-            self._send(f"withdraw {i}")
-            answers = (f"withdrawn {i}", f"taken {i}", f"refused {i}")
-            answer = self._answer(f"withdraw {entry.undo.what}", *answers)
+        answers = (f"withdrawn {i}", f"taken {i}", f"refused {i}")
+        answer = self._ask_open(f"withdraw {i}", f"withdraw {entry.undo.what}", *answers)
+        if answer is None:
+            raise HostError(f"the guard on {self.host.name} is closed")
         if answer.startswith("refused") or answer == "unknown":
             raise HostError(f"the guard on {self.host.name} did not take back {entry.undo.what} ({answer})")
         return answer == f"withdrawn {i}"
@@ -439,12 +441,8 @@ class Guard:
         """End what the controller started on the host and still runs (TERM, KILL after 2 s),
         sparing the guard and the undos: the run was given up, so a hung stop or dump must not
         outlive it. Returns once the host says it is done."""
-        with self._ask_lock:
-            if self.closed.is_set():
-                return
-            self._send("abandon")
-            answer = self._answer("abandon", "abandoned")
-        if answer != "abandoned":
+        answer = self._ask_open("abandon", "abandon", "abandoned")
+        if answer is not None and answer != "abandoned":
             raise HostError(f"the guard on {self.host.name} did not end the run's commands ({answer})")
 
     def claimed(self, entry: Entry) -> Command:
