@@ -95,21 +95,32 @@ track() {
 # TERM (KILL after 2 s) to every process in a recorded session that is not spared (an undo the
 # controller ran, the feeder's own session): the watchdog when it fires, the feeder on ``abandon``.
 KILL = r"""
+spare() {
+  # spare session $1 from kill_sessions, keyed like sessions/ by its leader's start time
+  local n=$1 l="" st=-
+  if read -r l < "/proc/$n/stat" 2>/dev/null; then l=${l##*) }; set -- $l; st=${20}; fi
+  echo "$st" > "$d/spare/.$n.$$" && mv -f -- "$d/spare/.$n.$$" "$d/spare/$n"
+}
 kill_sessions() {
-  local f l p s st want pids="" i
+  local f l p s st want sp pids="" i
   for f in /proc/[0-9]*/stat; do
     read -r l < "$f" 2>/dev/null || continue
     p=${f#/proc/}; p=${p%/stat}
     [ "$p" = "$$" ] && continue
     l=${l##*) }; set -- $l; s=$4
     [ -e "$d/sessions/$s" ] || continue
-    [ -e "$d/spare/$s" ] && continue
     # a leader alive under that number must be the one recorded (else the number was reused);
     # a session whose leader is gone still holds its number, so its members are the run's
+    st=-
     if read -r l < "/proc/$s/stat" 2>/dev/null; then
       l=${l##*) }; set -- $l; st=${20}; want=""
       read -r want < "$d/sessions/$s" 2>/dev/null
       [ -n "$want" ] && [ "$want" = "$st" ] || continue
+    fi
+    # spared (an undo the controller runs, the feeder): the same leader, or one gone since
+    if [ -e "$d/spare/$s" ]; then
+      sp=""; read -r sp < "$d/spare/$s" 2>/dev/null
+      [ "$st" = - ] || [ "$sp" = "$st" ] && continue
     fi
     pids="$pids $p"
   done
@@ -220,8 +231,8 @@ while IFS= read -r line; do
       # host and still runs (a hung stop, a dump) ends before its undo starts anything again
       # (its own session is spared: the one sshd made for it, and sudo's own if it made one)
       if [ -d "$d/spare" ]; then
-        : > "$d/spare/$own"
-        read -r -a me < /proc/$$/stat 2>/dev/null && [ -n "${me[5]}" ] && : > "$d/spare/${me[5]}"
+        spare "$own"
+        read -r -a me < /proc/$$/stat 2>/dev/null && [ -n "${me[5]}" ] && spare "${me[5]}"
         track; kill_sessions
       fi
       echo abandoned;;
@@ -457,7 +468,11 @@ class Guard:
         claim = (
             f"if mv -- {d}/undo/{i} {d}/ctl/{i} 2>/dev/null || [ -e {d}/ctl/{i} ]; then "
             "read -r -a s < /proc/$$/stat 2>/dev/null; "
-            f'[ -n "${{s[5]}}" ] && : > {d}/spare/"${{s[5]}}"; '
+            # spared by its session's leader's start time, as kill_sessions matches it
+            'l=""; [ -n "${s[5]}" ] && read -r l < /proc/"${s[5]}"/stat 2>/dev/null; '
+            "l=${l##*) }; a=($l); "
+            f'[ -n "${{s[5]}}" ] && echo "${{a[19]:--}}" > {d}/spare/."${{s[5]}}".$$ '
+            f'&& mv -f -- {d}/spare/."${{s[5]}}".$$ {d}/spare/"${{s[5]}}"; '
             f"elif [ -e {d}/guard/{i} ]; then cat {d}/fired/{i} 2>/dev/null; exit {TAKEN_BY_GUARD}; "
             f"else exit {GUARD_GONE}; fi; "
         )

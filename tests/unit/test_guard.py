@@ -119,3 +119,45 @@ def test_track_records_each_sessions_leader_with_its_start_time(tmp_path: Path) 
     with one_session_under_a_fake_sshd() as (sshd, kid):
         _bash(d, guard.TRACK, "track", sshd=str(sshd))
         assert (d / "sessions" / kid).read_text().strip() == _start_time(int(kid))
+
+
+def test_a_spared_number_now_used_by_another_of_the_runs_sessions_is_killed(tmp_path: Path) -> None:
+    """An undo's session is spared by number; once it is gone, a later session of the run (a
+    hung dump) can get that number. The spare record's leader start time tells them apart."""
+    d = _guard_dir(tmp_path)
+    hung = subprocess.Popen(["setsid", "sleep", "60"])  # the run's, recorded by track
+    time.sleep(0.2)
+    try:
+        (d / "sessions" / str(hung.pid)).write_text(_start_time(hung.pid) + "\n")
+        (d / "spare" / str(hung.pid)).write_text(_start_time(hung.pid) + "\n")  # really spared
+        _bash(d, guard.KILL, "kill_sessions")
+        assert _alive(hung.pid), "a spared session was killed"
+        (d / "spare" / str(hung.pid)).write_text("1\n")  # an undo that had the number long ago
+        _bash(d, guard.KILL, "kill_sessions")
+        hung.wait(timeout=10)
+    finally:
+        hung.kill()
+
+
+def test_the_claim_and_the_feeder_spare_their_session_by_its_leaders_start_time(tmp_path: Path) -> None:
+    d = _guard_dir(tmp_path)
+    g = guard.Guard.__new__(guard.Guard)
+    g.dir = str(d)
+    (d / "undo").mkdir()
+    (d / "ctl").mkdir()
+    (d / "undo" / "000003").write_text("x")
+    entry = guard.Entry(3, guard.Undo("start x", Command("cat /proc/$$/stat > leader")))
+    done = subprocess.run(["setsid", "bash", "-c", g.claimed(entry).script], cwd=tmp_path, timeout=30)
+    assert done.returncode == 0
+    # bash -c's own process leads the new session: what /proc said of it while it ran
+    stat = (tmp_path / "leader").read_text()
+    leader, started = stat.split()[0], stat.rsplit(")", 1)[1].split()[19]
+    assert [p.name for p in (d / "spare").iterdir()] == [leader]
+    assert (d / "spare" / leader).read_text().strip() == started
+    other = subprocess.Popen(["setsid", "sleep", "60"])
+    time.sleep(0.2)
+    try:
+        _bash(d, guard.KILL, f"spare {other.pid}")
+        assert (d / "spare" / str(other.pid)).read_text().strip() == _start_time(other.pid)
+    finally:
+        other.kill()
