@@ -22,7 +22,7 @@ from recipes.ops import Bucket, DuplicityCollection, HostCommand, KeyStore, Snap
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
-from recipes.steps import STATE_PLACEHOLDER, TAR_WARNING_EXIT
+from recipes.steps import SOCKET_IGNORED, STATE_PLACEHOLDER, TAR_WARNING_EXIT
 from recipes.tarstate import PendingSession, RemoteState, sha256_file
 
 log = logging.getLogger("recipes")
@@ -311,6 +311,8 @@ class Backup:
                 raise StepFailed(
                     f"{step_name} failed on {host.name} (exit {status}): {last_line(proc.stderr())}"
                 )
+        elif warn_exits:
+            warnings = _warned_at_exit_0(step_name, proc.stderr())
         seconds = round(time.monotonic() - started, 3)
         log.info("stored %s: %d bytes in %.1fs", path, stored.size, seconds)
         self.objects.append(
@@ -327,6 +329,25 @@ class Backup:
                 facts=_merged(taps),
             )
         )
+
+
+def _warned_at_exit_0(step_name: str, stderr: str) -> tuple[str, ...]:
+    """What GNU tar said while exiting 0, kept with the object: a member that could not be read
+    under ``--ignore-failed-read`` ("Cannot open: Permission denied") is left out of the archive
+    at exit 0. A socket tar leaves out ("socket ignored": a service makes it again) is recorded
+    at info level, so a nightly ``-q`` run does not mail about it every night."""
+    said = tuple(line.strip() for line in stderr.splitlines() if line.startswith("tar: "))[:50]
+    real = [w for w in said if not w.endswith(SOCKET_IGNORED)]
+    if real:
+        log.warning("%s: %d warning(s), e.g. %s", step_name, len(said), real[0])
+    elif said:
+        log.info(
+            "%s: tar left out %d socket(s) (an archive cannot hold one), e.g. %s",
+            step_name,
+            len(said),
+            said[0],
+        )
+    return said
 
 
 def _merged(taps: list[facts.Tap]) -> dict[str, Any]:

@@ -343,9 +343,14 @@ def run_notes(manifest: mf.Manifest, warnings: list[str]) -> list[str]:
         )
     else:
         notes.append("downtime: none recorded")
+    from recipes.steps import SOCKET_IGNORED
+
     for o in manifest.objects:
-        if o.warnings:
-            notes.append(f"warning: {o.name}: {len(o.warnings)} warning(s), e.g. {o.warnings[0]}")
+        real = [w for w in o.warnings if not w.endswith(SOCKET_IGNORED)]
+        if real:
+            notes.append(f"warning: {o.name}: {len(o.warnings)} warning(s), e.g. {real[0]}")
+        elif o.warnings:
+            notes.append(f"{o.name}: tar left out {len(o.warnings)} socket(s), e.g. {o.warnings[0]}")
     notes += [f"warning: {w}" for w in warnings]
     return notes
 

@@ -21,6 +21,7 @@ from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.render import kind
 from recipes.repository import Repository
+from recipes.steps import SOCKET_IGNORED
 from recipes.trust import Trust
 from recipes.undo import Interrupted
 
@@ -244,10 +245,12 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
     shrank while read is stored padded with zeros and comes back so): the restore writes it as
     stored, and the operator learns here, not from a log of the night it was made."""
     if obj.warnings:
-        # a socket tar left out says nothing about the files: name a real difference first
-        first = next((w for w in obj.warnings if not w.endswith("socket ignored")), obj.warnings[0])
+        # a socket tar left out says nothing about the files: name a real difference first, and
+        # only sockets are no difference worth a warning (their service makes them again)
+        real = [w for w in obj.warnings if not w.endswith(SOCKET_IGNORED)]
+        first = (real or list(obj.warnings))[0]
         more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""
-        log.warning(
+        (log.warning if real else log.info)(
             "%s of %s was stored with warnings and is restored as stored: %s%s",
             obj.name,
             manifest.snapshot,

@@ -31,6 +31,8 @@ from recipes.undo import NOTHING_TO_UNDO
 
 # GNU tar exits 1 when a file changed while it was read: a warning on a live system, not a failure.
 TAR_WARNING_EXIT = 1
+# The end of what GNU tar says of a socket it leaves out (an archive cannot hold one).
+SOCKET_IGNORED = "socket ignored"
 
 
 def tar_excludes(excludes: tuple[str, ...]) -> list[str]:
