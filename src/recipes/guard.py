@@ -75,7 +75,7 @@ track() {
     read -r kids < "/proc/$sshd/task/$sshd/children" || :  # it ends without a newline
   elif [ -d "/proc/$sshd" ]; then
     for f in /proc/[0-9]*/stat; do
-      read -r l < "$f" 2>/dev/null || continue
+      read -r l 2>/dev/null < "$f" || continue
       l=${l##*) }; set -- $l
       [ "$2" = "$sshd" ] && k=${f#/proc/} && kids="$kids ${k%/stat}"
     done
@@ -84,7 +84,7 @@ track() {
     # a child of this connection's sshd is the run's: (re)record it, atomically ("-": its
     # leader was gone already, so only members remain, and they hold the number)
     st=-
-    if read -r l < "/proc/$k/stat" 2>/dev/null; then l=${l##*) }; set -- $l; st=${20}; fi
+    if read -r l 2>/dev/null < "/proc/$k/stat"; then l=${l##*) }; set -- $l; st=${20}; fi
     old=""; [ -e "$d/sessions/$k" ] && read -r old < "$d/sessions/$k"
     [ "$old" = "$st" ] && continue
     echo "$st" > "$d/sessions/.$k.$$" && mv -f -- "$d/sessions/.$k.$$" "$d/sessions/$k"
@@ -98,29 +98,29 @@ KILL = r"""
 spare() {
   # spare session $1 from kill_sessions, keyed like sessions/ by its leader's start time
   local n=$1 l="" st=-
-  if read -r l < "/proc/$n/stat" 2>/dev/null; then l=${l##*) }; set -- $l; st=${20}; fi
+  if read -r l 2>/dev/null < "/proc/$n/stat"; then l=${l##*) }; set -- $l; st=${20}; fi
   echo "$st" > "$d/spare/.$n.$$" && mv -f -- "$d/spare/.$n.$$" "$d/spare/$n"
 }
 kill_sessions() {
-  local f l p s st want sp pids="" i
+  local f l p s want sp pids="" i
   for f in /proc/[0-9]*/stat; do
-    read -r l < "$f" 2>/dev/null || continue
+    read -r l 2>/dev/null < "$f" || continue
     p=${f#/proc/}; p=${p%/stat}
     [ "$p" = "$$" ] && continue
     l=${l##*) }; set -- $l; s=$4
     [ -e "$d/sessions/$s" ] || continue
     # a leader alive under that number must be the one recorded (else the number was reused);
     # a session whose leader is gone still holds its number, so its members are the run's
-    st=-
-    if read -r l < "/proc/$s/stat" 2>/dev/null; then
-      l=${l##*) }; set -- $l; st=${20}; want=""
-      read -r want < "$d/sessions/$s" 2>/dev/null
-      [ -n "$want" ] && [ "$want" = "$st" ] || continue
+    want=""; read -r want 2>/dev/null < "$d/sessions/$s"
+    if read -r l 2>/dev/null < "/proc/$s/stat"; then
+      l=${l##*) }; set -- $l
+      [ -n "$want" ] && [ "$want" = "${20}" ] || continue
     fi
-    # spared (an undo the controller runs, the feeder): the same leader, or one gone since
+    # spared (an undo the controller runs, the feeder): the session recorded, not a later one
+    # with its number ("-": its leader was gone when tracked, so it cannot be told apart)
     if [ -e "$d/spare/$s" ]; then
-      sp=""; read -r sp < "$d/spare/$s" 2>/dev/null
-      [ "$st" = - ] || [ "$sp" = "$st" ] && continue
+      sp=""; read -r sp 2>/dev/null < "$d/spare/$s"
+      [ "$want" = - ] || [ "$sp" = "$want" ] && continue
     fi
     pids="$pids $p"
   done
@@ -158,7 +158,7 @@ fire() {
 }
 while [ -d "$d" ] && [ ! -e "$d/disarming" ]; do
   track
-  t=""; read -r t < "$d/beat" 2>/dev/null
+  t=""; read -r t 2>/dev/null < "$d/beat"
   printf -v now '%(%s)T' -1
   case $t in ""|*[!0-9]*) ;; *)
     if [ $((now - t)) -ge "$deadman" ]; then
@@ -198,10 +198,10 @@ s=0 p=$$ own=$$
 # an sshd above the controller there is the operator's own login, not the run's
 [ "$over_ssh" = 1 ] || p=0
 while [ "$p" -gt 1 ]; do
-  c=""; read -r c < "/proc/$p/comm" 2>/dev/null
+  c=""; read -r c 2>/dev/null < "/proc/$p/comm"
   case $c in sshd|sshd-session) s=$p; break;; esac
   pp=1
-  while read -r k v; do [ "$k" = PPid: ] && { pp=$v; break; }; done < "/proc/$p/status" 2>/dev/null
+  while read -r k v; do [ "$k" = PPid: ] && { pp=$v; break; }; done 2>/dev/null < "/proc/$p/status"
   own=$p p=$pp
 done
 printf '%(%s)T\n' -1 > "$d/beat"
@@ -232,7 +232,7 @@ while IFS= read -r line; do
       # (its own session is spared: the one sshd made for it, and sudo's own if it made one)
       if [ -d "$d/spare" ]; then
         spare "$own"
-        read -r -a me < /proc/$$/stat 2>/dev/null && [ -n "${me[5]}" ] && spare "${me[5]}"
+        read -r -a me 2>/dev/null < /proc/$$/stat && [ -n "${me[5]}" ] && spare "${me[5]}"
         track; kill_sessions
       fi
       echo abandoned;;
@@ -466,13 +466,14 @@ class Guard:
         d = shlex.quote(self.dir)
         i = f"{entry.id:06d}"
         claim = (
-            f"if mv -- {d}/undo/{i} {d}/ctl/{i} 2>/dev/null || [ -e {d}/ctl/{i} ]; then "
-            "read -r -a s < /proc/$$/stat 2>/dev/null; "
-            # spared by its session's leader's start time, as kill_sessions matches it
-            'l=""; [ -n "${s[5]}" ] && read -r l < /proc/"${s[5]}"/stat 2>/dev/null; '
+            # spared first, by its session's leader's start time as kill_sessions matches it: a
+            # guard firing between the claim and the record would kill a claimed undo
+            "read -r -a s 2>/dev/null < /proc/$$/stat; "
+            'l=""; [ -n "${s[5]}" ] && read -r l 2>/dev/null < /proc/"${s[5]}"/stat; '
             "l=${l##*) }; a=($l); "
-            f'[ -n "${{s[5]}}" ] && echo "${{a[19]:--}}" > {d}/spare/."${{s[5]}}".$$ '
-            f'&& mv -f -- {d}/spare/."${{s[5]}}".$$ {d}/spare/"${{s[5]}}"; '
+            f'[ -n "${{s[5]}}" ] && echo "${{a[19]:--}}" 2>/dev/null > {d}/spare/."${{s[5]}}".$$ '
+            f'&& mv -f -- {d}/spare/."${{s[5]}}".$$ {d}/spare/"${{s[5]}}" 2>/dev/null; '
+            f"if mv -- {d}/undo/{i} {d}/ctl/{i} 2>/dev/null || [ -e {d}/ctl/{i} ]; then :; "
             f"elif [ -e {d}/guard/{i} ]; then cat {d}/fired/{i} 2>/dev/null; exit {TAKEN_BY_GUARD}; "
             f"else exit {GUARD_GONE}; fi; "
         )

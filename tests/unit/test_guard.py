@@ -161,3 +161,64 @@ def test_the_claim_and_the_feeder_spare_their_session_by_its_leaders_start_time(
         assert (d / "spare" / str(other.pid)).read_text().strip() == _start_time(other.pid)
     finally:
         other.kill()
+
+
+def test_a_leaderless_session_is_spared_only_by_the_record_of_the_session_tracked(tmp_path: Path) -> None:
+    """A later session of the run with an old undo's number whose leader is gone (only its
+    members hold the number) is not spared by that undo's record."""
+    d = _guard_dir(tmp_path)
+    leader = subprocess.Popen(
+        ["setsid", "bash", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True
+    )
+    assert leader.stdout is not None
+    member = int(leader.stdout.readline())
+    leader.wait(timeout=10)  # the leader is gone; its member holds the session number
+    try:
+        (d / "sessions" / str(leader.pid)).write_text("123456\n")  # as track recorded it
+        (d / "spare" / str(leader.pid)).write_text("123456\n")  # spared: that very session
+        _bash(d, guard.KILL, "kill_sessions")
+        assert _alive(member), "a spared session was killed"
+        (d / "spare" / str(leader.pid)).write_text("1\n")  # an undo that had the number long ago
+        _bash(d, guard.KILL, "kill_sessions")
+        deadline = time.monotonic() + 10
+        while _alive(member):
+            assert time.monotonic() < deadline, "a session spared by a stale record"
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["kill", "-9", str(member)], check=False, capture_output=True)
+
+
+def test_the_claim_spares_its_session_before_it_takes_the_entry(tmp_path: Path) -> None:
+    """A guard firing between the claim's take and its spare record would kill the undo."""
+    d = _guard_dir(tmp_path)
+    g = guard.Guard.__new__(guard.Guard)
+    g.dir = str(d)
+    for sub in ("undo", "ctl"):
+        (d / sub).mkdir()
+    (d / "undo" / "000004").write_text("x")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "mv").write_text(
+        '#!/bin/bash\ncase "$*" in *"/undo/"*) ls "$d/spare" > "$d/spare-at-claim";; esac\n'
+        'exec /bin/mv "$@"\n'
+    )
+    (shim / "mv").chmod(0o755)
+    entry = guard.Entry(4, guard.Undo("start x", Command("true")))
+    done = subprocess.run(
+        ["setsid", "bash", "-c", g.claimed(entry).script],
+        env={"PATH": f"{shim}:/usr/bin:/bin", "d": str(d)},
+        timeout=30,
+    )
+    assert done.returncode == 0
+    assert (d / "ctl" / "000004").exists()
+    assert (d / "spare-at-claim").read_text().split() == [p.name for p in (d / "spare").iterdir()]
+    assert (d / "spare-at-claim").read_text().strip()
+
+
+def test_a_claim_whose_guard_is_gone_says_nothing_but_its_exit(tmp_path: Path) -> None:
+    g = guard.Guard.__new__(guard.Guard)
+    g.dir = str(tmp_path / "gone")
+    entry = guard.Entry(5, guard.Undo("start x", Command("true")))
+    done = subprocess.run(["setsid", "bash", "-c", g.claimed(entry).script], capture_output=True, text=True)
+    assert done.returncode == guard.GUARD_GONE
+    assert done.stderr == ""
