@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from recipes.ops import Bucket, DuplicityCollection, HostCommand, KeyStore, Snap
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
-from recipes.steps import SOCKET_IGNORED, STATE_PLACEHOLDER, TAR_WARNING_EXIT
+from recipes.steps import MAX_WARNINGS, SOCKET_IGNORED, STATE_PLACEHOLDER, TAR_WARNING_EXIT
 from recipes.tarstate import PendingSession, RemoteState, sha256_file
 
 log = logging.getLogger("recipes")
@@ -300,7 +301,7 @@ class Backup:
         warnings: tuple[str, ...] = ()
         if status != 0:
             if status in warn_exits:
-                warnings = tuple(line for line in proc.stderr().splitlines() if line.strip())[:50]
+                warnings = _kept([line.strip() for line in proc.stderr().splitlines() if line.strip()])
                 log.warning(
                     "%s: %d warning(s), e.g. %s",
                     step_name,
@@ -331,15 +332,20 @@ class Backup:
         )
 
 
+SKIPPED = re.compile(r"\[\.\.\. \d+ bytes of stderr skipped \.\.\.\]$")
+"""The mark ``hosts._Tail`` leaves where it dropped the middle of a long stderr."""
+
+
 def _warned_at_exit_0(step_name: str, stderr: str) -> tuple[str, ...]:
     """What GNU tar said while exiting 0, kept with the object: a member that could not be read
     under ``--ignore-failed-read`` ("Cannot open: Permission denied") is left out of the archive
     at exit 0. A socket tar leaves out ("socket ignored": a service makes it again) is recorded
     at info level, so a nightly ``-q`` run does not mail about it every night."""
-    said = tuple(line.strip() for line in stderr.splitlines() if line.startswith("tar: "))[:50]
-    real = [w for w in said if not w.endswith(SOCKET_IGNORED)]
-    if real:
-        log.warning("%s: %d warning(s), e.g. %s", step_name, len(said), real[0])
+    said = _kept(
+        [line.strip() for line in stderr.splitlines() if line.startswith("tar: ") or SKIPPED.match(line)]
+    )
+    if said and not said[0].endswith(SOCKET_IGNORED):
+        log.warning("%s: %d warning(s), e.g. %s", step_name, len(said), said[0])
     elif said:
         log.info(
             "%s: tar left out %d socket(s) (an archive cannot hold one), e.g. %s",
@@ -348,6 +354,13 @@ def _warned_at_exit_0(step_name: str, stderr: str) -> tuple[str, ...]:
             said[0],
         )
     return said
+
+
+def _kept(lines: list[str]) -> tuple[str, ...]:
+    """At most ``MAX_WARNINGS`` of tar's lines, real ones first: sockets left out never crowd
+    out the line that says a file was not read whole (the mark of a stderr cut short is real)."""
+    real = [line for line in lines if not line.endswith(SOCKET_IGNORED)]
+    return tuple((real + [line for line in lines if line.endswith(SOCKET_IGNORED)])[:MAX_WARNINGS])
 
 
 def _merged(taps: list[facts.Tap]) -> dict[str, Any]:

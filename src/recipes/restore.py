@@ -21,7 +21,7 @@ from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.render import kind
 from recipes.repository import Repository
-from recipes.steps import SOCKET_IGNORED
+from recipes.steps import MAX_WARNINGS, SOCKET_IGNORED
 from recipes.trust import Trust
 from recipes.undo import Interrupted
 
@@ -246,11 +246,13 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
     stored, and the operator learns here, not from a log of the night it was made."""
     if obj.warnings:
         # a socket tar left out says nothing about the files: name a real difference first, and
-        # only sockets are no difference worth a warning (their service makes them again)
+        # only sockets are no difference worth a warning (their service makes them again); a
+        # full list of sockets may have crowded a real line out (kept in tar's order before
+        # 24cb5af), so it still warns
         real = [w for w in obj.warnings if not w.endswith(SOCKET_IGNORED)]
         first = (real or list(obj.warnings))[0]
         more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""
-        (log.warning if real else log.info)(
+        (log.warning if real or len(obj.warnings) >= MAX_WARNINGS else log.info)(
             "%s of %s was stored with warnings and is restored as stored: %s%s",
             obj.name,
             manifest.snapshot,

@@ -33,6 +33,8 @@ from recipes.undo import NOTHING_TO_UNDO
 TAR_WARNING_EXIT = 1
 # The end of what GNU tar says of a socket it leaves out (an archive cannot hold one).
 SOCKET_IGNORED = "socket ignored"
+# Lines of tar's stderr kept with an object (the manifest stays small).
+MAX_WARNINGS = 50
 
 
 def tar_excludes(excludes: tuple[str, ...]) -> list[str]:

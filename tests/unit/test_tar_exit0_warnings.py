@@ -31,9 +31,10 @@ def _tar_bytes() -> bytes:
 
 
 class TarProc:
-    def __init__(self, said: str) -> None:
+    def __init__(self, said: str, status: int = 0) -> None:
         self.chunks = [_tar_bytes()]
         self.said = said
+        self.status = status
 
     def read(self, n: int = -1, /) -> bytes:
         return self.chunks.pop(0) if self.chunks else b""
@@ -45,7 +46,7 @@ class TarProc:
         pass
 
     def wait(self, timeout: float | None = None) -> int:
-        return 0
+        return self.status
 
     def stderr(self) -> str:
         return self.said
@@ -57,11 +58,12 @@ class TarProc:
 class TarHost:
     name = "web1"
 
-    def __init__(self, said: str) -> None:
+    def __init__(self, said: str, status: int = 0) -> None:
         self.said = said
+        self.status = status
 
     def start(self, command: Command) -> TarProc:
-        return TarProc(self.said)
+        return TarProc(self.said, self.status)
 
     def connect_soon(self) -> None:
         pass
@@ -70,13 +72,13 @@ class TarHost:
         pass
 
 
-def _archive(said: str, tmp_path: Path) -> Backup:
+def _archive(said: str, tmp_path: Path, status: int = 0) -> Backup:
     step = Archive(
         root="/etc", name="config", object="config.tar", incremental=False, members="echo dataiku/abc"
     )
     p = plan.Plan("t", "web1", "backup", {}, (step,), Compression("controller", 1))
     writer = Writer()
-    job = Backup(p, TarHost(said), writer, [RECIPIENT], p.compression, {}, tmp_path)  # type: ignore[arg-type]
+    job = Backup(p, TarHost(said, status), writer, [RECIPIENT], p.compression, {}, tmp_path)  # type: ignore[arg-type]
     job.interpreter({}, 5.0, writer.snapshot)
     job.execute()
     return job
@@ -94,7 +96,7 @@ def test_a_member_tar_could_not_read_at_exit_0_is_a_warning_kept_with_the_object
             f"bash: warning: setlocale: LC_ALL: cannot change locale\n{SOCKET}\n{UNREAD}\n", tmp_path
         )
     (obj,) = job.objects
-    assert obj.warnings == (SOCKET, UNREAD)  # tar's own lines only, not the login's
+    assert obj.warnings == (UNREAD, SOCKET)  # tar's own lines only, not the login's; real ones first
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ["archive config: 2 warning(s), e.g. " + UNREAD]
 
@@ -139,3 +141,42 @@ def test_the_run_summary_says_warning_only_for_a_real_one() -> None:
 
     assert notes(SOCKET) == [f"config.tar: tar left out 1 socket(s), e.g. {SOCKET}"]
     assert notes(SOCKET, UNREAD) == [f"warning: config.tar: 2 warning(s), e.g. {UNREAD}"]
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_sockets_never_crowd_out_a_real_warning(
+    status: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only 50 lines are kept: with 60 sockets before it, the line that matters still is."""
+    real = UNREAD if status == 0 else "tar: ./var/log/app.log: File shrank by 100 bytes; padding with zeros"
+    sockets = [f"tar: ./run/s{n}.sock: socket ignored" for n in range(60)]
+    with caplog.at_level(logging.INFO):
+        job = _archive("\n".join([*sockets, real]) + "\n", tmp_path, status)
+    (obj,) = job.objects
+    assert len(obj.warnings) == 50 and obj.warnings[0] == real
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and warned[0].endswith(real)
+
+
+def test_a_stderr_cut_short_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """hosts._Tail drops the middle of a long stderr: what was there is unknown, so it warns."""
+    with caplog.at_level(logging.INFO):
+        job = _archive(f"{SOCKET}\n[... 70000 bytes of stderr skipped ...]\n{SOCKET}\n", tmp_path)
+    (obj,) = job.objects
+    assert obj.warnings[0] == "[... 70000 bytes of stderr skipped ...]"
+    assert [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_restore_of_a_snapshot_with_a_full_list_of_sockets_still_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before real lines came first, 50 sockets could have crowded out a "File shrank"."""
+    from types import SimpleNamespace
+
+    from recipes import restore
+
+    manifest = SimpleNamespace(snapshot="20261124T000000Z-abcdef")
+    sockets = tuple(f"tar: ./run/s{n}.sock: socket ignored" for n in range(50))
+    with caplog.at_level(logging.INFO):
+        restore._stored_with_warnings(manifest, SimpleNamespace(name="files.tar", warnings=sockets))  # type: ignore[arg-type]
+    assert [r for r in caplog.records if r.levelno == logging.WARNING]
