@@ -4,7 +4,7 @@
 Run with the project's interpreter::
 
     .venv/bin/python bench/nightly.py [--snapshots 10000] [--s3-snapshots 1000]
-                                      [--verify-mib 256] [--backup-scale 0.25] [--backup-rounds 2]
+                                      [--verify-mib 256] [--backup-scale 1] [--backup-rounds 2]
                                       [--only listing,s3,backup] [--data DIR] [--work DIR]
                                       [--out FILE.json]
 
@@ -19,7 +19,8 @@ What it measures, each with the real ``recipes`` CLI in a subprocess:
   on a local repository against ``sha256sum FILES``, on S3 against ``rclone cat | sha256sum``.
 * A full backup (``recipes run django`` over a private sshd) into S3 against ``ssh tar | zstd -1
   | age -r | rclone rcat`` to the same server, at 1x and 4x of bench/run.py's reference dataset
-  (1x = ``--backup-scale``), ABBA-ordered, with peak RSS under GNU time (goals <= 1.0, 100 MB);
+  (1x = ``--backup-scale``: 1 is issue 11's "1.5 GB set", 0.25 shows the fixed start-up costs at
+  a quarter of it), ABBA-ordered, with peak RSS under GNU time (goals <= 1.0, 100 MB);
   then ``verify --deep`` against ``rclone cat | age -d | zstd -d | tar t`` over the objects the
   last full stored (goal <= 1.2), and against the same pipeline over the stored files.
 
@@ -475,7 +476,9 @@ def main() -> None:
     ap.add_argument("--snapshots", type=int, default=10_000)
     ap.add_argument("--s3-snapshots", type=int, default=1_000)
     ap.add_argument("--verify-mib", type=int, default=256)
-    ap.add_argument("--backup-scale", type=float, default=0.25, help="dataset scale of the 1x backup")
+    ap.add_argument(
+        "--backup-scale", type=float, default=1.0, help="dataset scale of the 1x backup (1: the 1.5 GB set)"
+    )
     ap.add_argument("--backup-rounds", type=int, default=2)
     ap.add_argument("--settle-timeout", type=float, default=30.0)
     ap.add_argument("--data", type=Path, default=Path("/var/tmp/recipes-nightly"), help="cached datasets")
@@ -485,7 +488,13 @@ def main() -> None:
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="recipes-nightly-", dir=args.work))
-    result: dict[str, Any] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    from bench import run as br
+
+    result: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": br.source_revision(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     try:
         key = signing.generate_signing_key(work / "signing", "bench")
         if "listing" in only:
