@@ -68,9 +68,9 @@ GUARD_GONE = 98
 # process of it is gone, and a later, unrelated session with that number must not be taken
 # for this one (hosts with pid_max 32768 wrap within minutes when busy).
 TRACK = r"""
-track() {
-  [ "$sshd" -gt 1 ] || return 0
-  local kids="" k f l st old
+kids_of_sshd() {
+  # the pids of this connection's sshd's children, into the caller's $kids
+  local f l k
   if [ -r "/proc/$sshd/task/$sshd/children" ]; then
     read -r kids < "/proc/$sshd/task/$sshd/children" || :  # it ends without a newline
   elif [ -d "/proc/$sshd" ]; then
@@ -80,13 +80,20 @@ track() {
       [ "$2" = "$sshd" ] && k=${f#/proc/} && kids="$kids ${k%/stat}"
     done
   fi
+}
+track() {
+  [ "$sshd" -gt 1 ] || return 0
+  local kids="" k l st old
+  kids_of_sshd
   for k in $kids; do
     # a child of this connection's sshd is the run's: (re)record it, atomically ("-": its
     # leader was gone already, so only members remain, and they hold the number)
     st=-
     if read -r l 2>/dev/null < "/proc/$k/stat"; then l=${l##*) }; set -- $l; st=${20}; fi
-    old=""; [ -e "$d/sessions/$k" ] && read -r old < "$d/sessions/$k"
+    old=""; [ -e "$d/sessions/$k" ] && read -r old 2>/dev/null < "$d/sessions/$k"
     [ "$old" = "$st" ] && continue
+    # gone between the listing and its stat: what was recorded of it stays
+    [ "$st" = - ] && [ -n "$old" ] && continue
     echo "$st" > "$d/sessions/.$k.$$" && mv -f -- "$d/sessions/.$k.$$" "$d/sessions/$k"
   done
 }
@@ -468,11 +475,12 @@ class Guard:
         claim = (
             # spared first, by its session's leader's start time as kill_sessions matches it: a
             # guard firing between the claim and the record would kill a claimed undo
-            "read -r -a s 2>/dev/null < /proc/$$/stat; "
+            # (and its parent's, sudo's, when that is another session, as ``abandon`` spares it)
+            "for q in $$ $PPID; do read -r -a s 2>/dev/null < /proc/$q/stat || continue; "
             'l=""; [ -n "${s[5]}" ] && read -r l 2>/dev/null < /proc/"${s[5]}"/stat; '
             "l=${l##*) }; a=($l); "
             f'[ -n "${{s[5]}}" ] && echo "${{a[19]:--}}" 2>/dev/null > {d}/spare/."${{s[5]}}".$$ '
-            f'&& mv -f -- {d}/spare/."${{s[5]}}".$$ {d}/spare/"${{s[5]}}" 2>/dev/null; '
+            f'&& mv -f -- {d}/spare/."${{s[5]}}".$$ {d}/spare/"${{s[5]}}" 2>/dev/null; done; '
             f"if mv -- {d}/undo/{i} {d}/ctl/{i} 2>/dev/null || [ -e {d}/ctl/{i} ]; then :; "
             f"elif [ -e {d}/guard/{i} ]; then cat {d}/fired/{i} 2>/dev/null; exit {TAKEN_BY_GUARD}; "
             f"else exit {GUARD_GONE}; fi; "

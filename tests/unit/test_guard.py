@@ -152,7 +152,9 @@ def test_the_claim_and_the_feeder_spare_their_session_by_its_leaders_start_time(
     # bash -c's own process leads the new session: what /proc said of it while it ran
     stat = (tmp_path / "leader").read_text()
     leader, started = stat.split()[0], stat.rsplit(")", 1)[1].split()[19]
-    assert [p.name for p in (d / "spare").iterdir()] == [leader]
+    # its own session, and its parent's (here this test's; sudo's on a host)
+    parent_session = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[3]
+    assert sorted(p.name for p in (d / "spare").iterdir()) == sorted({leader, parent_session})
     assert (d / "spare" / leader).read_text().strip() == started
     other = subprocess.Popen(["setsid", "sleep", "60"])
     time.sleep(0.2)
@@ -211,8 +213,9 @@ def test_the_claim_spares_its_session_before_it_takes_the_entry(tmp_path: Path) 
     )
     assert done.returncode == 0
     assert (d / "ctl" / "000004").exists()
-    assert (d / "spare-at-claim").read_text().split() == [p.name for p in (d / "spare").iterdir()]
-    assert (d / "spare-at-claim").read_text().strip()
+    spared = sorted(p.name for p in (d / "spare").iterdir())
+    assert sorted((d / "spare-at-claim").read_text().split()) == spared
+    assert len(spared) == 2  # the claim's session and its parent's
 
 
 def test_a_claim_whose_guard_is_gone_says_nothing_but_its_exit(tmp_path: Path) -> None:
@@ -222,3 +225,15 @@ def test_a_claim_whose_guard_is_gone_says_nothing_but_its_exit(tmp_path: Path) -
     done = subprocess.run(["setsid", "bash", "-c", g.claimed(entry).script], capture_output=True, text=True)
     assert done.returncode == guard.GUARD_GONE
     assert done.stderr == ""
+
+
+def test_track_keeps_the_record_of_a_session_gone_between_its_listing_and_its_stat(tmp_path: Path) -> None:
+    """A kid reaped after sshd's children were listed must not turn its record into '-' (a
+    leaderless session, which any old spare record with its number would then spare)."""
+    d = _guard_dir(tmp_path)
+    (d / "sessions" / "999999999").write_text("4242\n")  # recorded while it ran; now gone
+    gone = 'kids_of_sshd() { kids="999999999"; }'  # listed, then gone before its stat is read
+    _bash(d, guard.TRACK + "\n" + gone, "track", sshd="2")
+    assert (d / "sessions" / "999999999").read_text().strip() == "4242"
+    _bash(d, guard.TRACK + "\n" + gone.replace("999999999", "999999998"), "track", sshd="2")
+    assert (d / "sessions" / "999999998").read_text().strip() == "-"  # never seen alive: '-'
