@@ -360,7 +360,9 @@ def _kept(lines: list[str]) -> tuple[str, ...]:
     """At most ``MAX_WARNINGS`` of tar's lines, real ones first: sockets left out never crowd
     out the line that says a file was not read whole (the mark of a stderr cut short is real)."""
     real = [line for line in lines if not line.endswith(SOCKET_IGNORED)]
-    return tuple((real + [line for line in lines if line.endswith(SOCKET_IGNORED)])[:MAX_WARNINGS])
+    # at most MAX_WARNINGS - 1 sockets: a full list of them marks an older snapshot (restore)
+    sockets = [line for line in lines if line.endswith(SOCKET_IGNORED)][: MAX_WARNINGS - 1]
+    return tuple((real + sockets)[:MAX_WARNINGS])
 
 
 def _merged(taps: list[facts.Tap]) -> dict[str, Any]:

@@ -247,8 +247,8 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
     if obj.warnings:
         # a socket tar left out says nothing about the files: name a real difference first, and
         # only sockets are no difference worth a warning (their service makes them again); a
-        # full list of sockets may have crowded a real line out (kept in tar's order before
-        # 24cb5af), so it still warns
+        # full list of sockets (kept in tar's order before 3e8f799, which keeps at most 49) may
+        # have crowded a real line out, so it still warns
         real = [w for w in obj.warnings if not w.endswith(SOCKET_IGNORED)]
         first = (real or list(obj.warnings))[0]
         more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""

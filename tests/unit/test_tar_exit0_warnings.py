@@ -10,6 +10,7 @@ import io
 import logging
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -180,3 +181,18 @@ def test_a_restore_of_a_snapshot_with_a_full_list_of_sockets_still_warns(
     with caplog.at_level(logging.INFO):
         restore._stored_with_warnings(manifest, SimpleNamespace(name="files.tar", warnings=sockets))  # type: ignore[arg-type]
     assert [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_new_snapshot_with_only_sockets_left_out_restores_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sockets alone are kept 49 at most, so a restore tells them from an older, full list."""
+    from recipes import restore
+
+    sockets = [f"tar: ./run/s{n}.sock: socket ignored" for n in range(60)]
+    with caplog.at_level(logging.INFO):
+        job = _archive("\n".join(sockets) + "\n", tmp_path)
+        (obj,) = job.objects
+        assert len(obj.warnings) == 49
+        restore._stored_with_warnings(SimpleNamespace(snapshot="s"), obj)  # type: ignore[arg-type]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
