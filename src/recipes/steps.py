@@ -287,6 +287,15 @@ class Dump:
         ]
 
 
+# GNU tar run by another user than root extracts every file as that user (--no-same-owner is
+# its default then), silently: a login without sudo = true loses the snapshot's owners. Said as
+# a tar line, so the restore's check of tar's stderr reports it as a warning.
+NOT_ROOT = (
+    '{ [ "$(id -u)" = 0 ] || echo "tar: warning: extracting as $(id -un) (uid $(id -u)), not root: '
+    "every file gets that owner, not the snapshot's; log in as root or set sudo = true for the host\" >&2; }"
+)
+
+
 @attrs.frozen
 class Extract:
     """Restore ``files.tar`` under ``root``; refuses a non-empty root unless forced."""
@@ -311,7 +320,7 @@ class Extract:
 
     def _tar(self, *extra: str) -> Command:
         return Command(
-            f"mkdir -p {sh(self.root)} && "
+            f"mkdir -p {sh(self.root)} && {NOT_ROOT} && "
             + sh(
                 "tar",
                 "--extract",
