@@ -291,8 +291,8 @@ class Dump:
 # its default then), silently: a login without sudo = true loses the snapshot's owners. Said as
 # a tar line, so the restore's check of tar's stderr reports it as a warning.
 NOT_ROOT = (
-    '{ [ "$(id -u)" = 0 ] || echo "tar: warning: extracting as $(id -un) (uid $(id -u)), not root: '
-    "every file gets that owner, not the snapshot's; log in as root or set sudo = true for the host\" >&2; }"
+    '{ [ "$(id -u)" = 0 ] || echo "tar: warning: not root ($(id -un)): files get that owner, '
+    "not the snapshot's; log in as root or set sudo = true\" >&2; }"
 )
 
 
