@@ -111,7 +111,7 @@ fail() { printf 'fssnap: %s\n' "$*" >&2; exit 1; }
 oneline() { printf '%s' "$1" | tr '\n' ' ' | sed 's/  */ /g; s/^ //; s/ $//' | cut -c1-300; }
 fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n1 | grep . || stat -f -c %T -- "$1" 2>/dev/null || echo unknown; }
 need_root() {
-  [ "$(id -u)" = 0 ] || fail "snapshot: must run as root (not $(id -un 2>/dev/null || id -u)): log in as root or set sudo for the host"
+  [ "$(id -u)" = 0 ] || fail "snapshot: must run as root (not $(n=$(id -un 2>/dev/null) || n=$(id -u); echo "$n")): log in as root or set sudo for the host"
 }
 resolve() {
   [ -e "$path" ] || fail "snapshot: $path does not exist: check the path parameter"

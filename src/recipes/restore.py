@@ -261,10 +261,15 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
         )
 
 
-def _tar_warned(what: str, host: str, stderr: str) -> None:
+def _tar_warned(what: str, host: str, stderr: str, seen: set[str] | None = None) -> None:
     """GNU tar exits 0 after warnings that mean the files differ from the snapshot (a target
-    filesystem without ACLs: "Cannot set POSIX ACLs ... Operation not supported"): say so."""
+    filesystem without ACLs: "Cannot set POSIX ACLs ... Operation not supported"): say so.
+    ``seen``: lines said already for this step and host (each archive of a chain says the
+    not-root line again), said once."""
     said = [line.strip() for line in stderr.splitlines() if line.startswith("tar: ")]
+    if seen is not None:
+        said = [line for line in said if line not in seen]
+        seen.update(said)
     if said:
         more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
         log.warning(
@@ -297,6 +302,8 @@ class _Restore:
         self.host_zstd = False
         self.secrets: dict[str, dict[str, str]] = {}
         """The interpreter's captured secrets (the new gateway's keys)."""
+        self._tar_said: dict[tuple[str, str], set[str]] = {}
+        """tar's lines warned about already, per step and host."""
 
     def to_bucket(self, host: Host, op: Transfer) -> str:
         """A stored bucket tar back into the bucket (``buckets.py``), with the keys read on ``host``."""
@@ -370,7 +377,7 @@ class _Restore:
             more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
             raise StepFailed(f"{what} failed on {host.name} (exit {status}): {detail}{more}")
         if obj.kind == "files":
-            _tar_warned(what, host.name, proc.stderr())
+            _tar_warned(what, host.name, proc.stderr(), self._tar_said.setdefault((what, host.name), set()))
         if dst.check is not None:
             check(host, dst.check, f"check after {what}")
 

@@ -287,13 +287,17 @@ class Dump:
         ]
 
 
-# GNU tar run by another user than root extracts every file as that user (--no-same-owner is
-# its default then), silently: a login without sudo = true loses the snapshot's owners. Said as
-# a tar line, so the restore's check of tar's stderr reports it as a warning.
-NOT_ROOT = (
-    '{ [ "$(id -u)" = 0 ] || echo "tar: warning: not root ($(id -un)): files get that owner, '
-    "not the snapshot's; log in as root or set sudo = true\" >&2; }"
-)
+def not_root(owner: str = "") -> str:
+    """GNU tar run by another user than root extracts every file as that user (--no-same-owner
+    is its default then), silently: a login without sudo = true loses the snapshot's owners.
+    Said as a tar line, so the restore's check of tar's stderr reports it as a warning; not for
+    a login as ``owner``, the application's own user, whose files are its own."""
+    me = '$(n=$(id -un 2>/dev/null) || n=$(id -u); echo "$n")'  # GNU id prints the number, fails
+    owned = f' || [ "{me}" = {sh(owner)} ]' if owner else ""
+    return (
+        f'{{ [ "$(id -u)" = 0 ]{owned} || echo "tar: warning: not root ({me}): files get that owner, '
+        "not the snapshot's; log in as root or set sudo = true\" >&2; }"
+    )
 
 
 @attrs.frozen
@@ -311,6 +315,8 @@ class Extract:
     """False for an archive made whole in every snapshot: only the restored snapshot's is read."""
     options: tuple[str, ...] = ()
     """More GNU tar options for the extraction (``--same-owner``)."""
+    owner: str = ""
+    """The application's user, whose files these are: a login as it does not warn (not root)."""
 
     @property
     def empty_check(self) -> Command:
@@ -320,7 +326,7 @@ class Extract:
 
     def _tar(self, *extra: str) -> Command:
         return Command(
-            f"mkdir -p {sh(self.root)} && {NOT_ROOT} && "
+            f"mkdir -p {sh(self.root)} && {not_root(self.owner)} && "
             + sh(
                 "tar",
                 "--extract",

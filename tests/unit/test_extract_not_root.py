@@ -57,3 +57,49 @@ def _check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (said,) = [r.getMessage() for r in caplog.records]
     assert "extract files on web1: tar warned" in said
     assert "tar: warning: not root (nobody): files get that owner, not the snapshot's" in said
+
+
+def _extract_as(root: Path, extract: Extract, *as_user: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*as_user, "bash", "-c", extract.command.script], input=_archive().decode("latin-1"),
+        capture_output=True, text=True, encoding="latin-1", timeout=30,
+    )  # fmt: skip
+
+
+def test_a_uid_without_a_name_is_named_by_number_and_nothing_else_is_said() -> None:
+    """``id -un`` fails for a uid with no passwd entry (an LDAP outage, a container uid): its
+    "cannot find name" line would have been taken for the cause of a failed extract."""
+    with tempfile.TemporaryDirectory(prefix="extract-") as tmp:
+        Path(tmp).chmod(0o777)
+        as_4242 = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups"]
+        done = _extract_as(Path(tmp), Extract(root=f"{tmp}/t"), *as_4242)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "tar: warning: not root (4242): files get that owner, not the snapshot's; "
+        "log in as root or set sudo = true"
+    ]
+
+
+def test_a_login_as_the_applications_own_user_is_not_warned_about() -> None:
+    """DSS and Looker may be restored by a login as their own user (``dataiku``, ``looker``):
+    their files are its own, so it is not a loss."""
+    with tempfile.TemporaryDirectory(prefix="extract-") as tmp:
+        Path(tmp).chmod(0o777)
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        done = _extract_as(Path(tmp), Extract(root=f"{tmp}/t", owner="nobody"), *nobody)
+        assert done.returncode == 0 and done.stderr == ""
+        done = _extract_as(Path(tmp), Extract(root=f"{tmp}/u", owner="dataiku"), *nobody)
+        assert "not root (nobody)" in done.stderr
+
+
+def test_each_line_of_tar_is_warned_about_once_per_step_across_a_chain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: set[str] = set()
+    line = "tar: warning: not root (web): files get that owner, not the snapshot's; log in as root"
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # a full and two incrementals
+            restore._tar_warned("extract files", "web1", line + "\n", seen)
+        restore._tar_warned("extract files", "web1", line + "\ntar: ./a: Cannot set POSIX ACLs\n", seen)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "not root (web)" in said[0] and "Cannot set POSIX ACLs" in said[1]

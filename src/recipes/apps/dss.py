@@ -407,6 +407,7 @@ class Dss:
                 ),
                 Extract(
                     root=d,
+                    owner=p.user,
                     must_be_empty=False,
                     about=f"the seed: 'Restore the backup': the files back into DATA_DIR {d}",
                 ),
@@ -415,6 +416,7 @@ class Dss:
             steps.append(
                 Extract(
                     root=d,
+                    owner=p.user,
                     about=f"the seed: 'Restore the backup files' into an empty DATA_DIR {d}",
                 )
             )

@@ -359,6 +359,7 @@ class Looker:
             ),
             Extract(
                 root=p.home,
+                owner=p.user,
                 about=f'the seed: "restoring a basic Looker installation just requires restoring the '
                 f'files": the home {p.home}',
             ),
