@@ -264,12 +264,12 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
 def _tar_warned(what: str, host: str, stderr: str, seen: set[str] | None = None) -> None:
     """GNU tar exits 0 after warnings that mean the files differ from the snapshot (a target
     filesystem without ACLs: "Cannot set POSIX ACLs ... Operation not supported"): say so.
-    ``seen``: lines said already for this step and host (each archive of a chain says the
-    not-root line again), said once."""
+    ``seen``: the lines named already by this step (each archive of a chain says the not-root
+    line again): named once; only the line named counts as seen."""
     said = [line.strip() for line in stderr.splitlines() if line.startswith("tar: ")]
     if seen is not None:
         said = [line for line in said if line not in seen]
-        seen.update(said)
+        seen.update(said[:1])
     if said:
         more = f" (and {len(said) - 1} more)" if len(said) > 1 else ""
         log.warning(
@@ -302,8 +302,6 @@ class _Restore:
         self.host_zstd = False
         self.secrets: dict[str, dict[str, str]] = {}
         """The interpreter's captured secrets (the new gateway's keys)."""
-        self._tar_said: dict[tuple[str, str], set[str]] = {}
-        """tar's lines warned about already, per step and host."""
 
     def to_bucket(self, host: Host, op: Transfer) -> str:
         """A stored bucket tar back into the bucket (``buckets.py``), with the keys read on ``host``."""
@@ -328,12 +326,13 @@ class _Restore:
             assert obj is not None
             self._feed(op.what, dst, dst.command, host, self.manifest, obj)
             return "ok"
+        said: set[str] = set()  # tar's lines warned about in this step (each archive says the not-root one)
         for m in self.snapshots:
             command = dst.command if m.level == 0 or dst.incremental is None else dst.incremental
             obj = m.object(src.name)
             assert obj is not None
             log.info("extract %s of %s (level %d)", src.name, m.snapshot, m.level)
-            self._feed(op.what, dst, command, host, m, obj)
+            self._feed(op.what, dst, command, host, m, obj, said)
         if len(self.snapshots) > 1:
             return f"ok (a full and {len(self.snapshots) - 1} incrementals)"
         return "ok"
@@ -346,6 +345,7 @@ class _Restore:
         host: Host,
         manifest: mf.Manifest,
         obj: mf.StoredObject,
+        said: set[str] | None = None,
     ) -> None:
         """Stream one stored object into ``command`` and judge its exit and stderr.
 
@@ -377,7 +377,7 @@ class _Restore:
             more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
             raise StepFailed(f"{what} failed on {host.name} (exit {status}): {detail}{more}")
         if obj.kind == "files":
-            _tar_warned(what, host.name, proc.stderr(), self._tar_said.setdefault((what, host.name), set()))
+            _tar_warned(what, host.name, proc.stderr(), said)
         if dst.check is not None:
             check(host, dst.check, f"check after {what}")
 

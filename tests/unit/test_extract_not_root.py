@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,8 +82,8 @@ def test_a_uid_without_a_name_is_named_by_number_and_nothing_else_is_said() -> N
 
 
 def test_a_login_as_the_applications_own_user_is_not_warned_about() -> None:
-    """DSS and Looker may be restored by a login as their own user (``dataiku``, ``looker``):
-    their files are its own, so it is not a loss."""
+    """Looker's home may be restored by a login as Looker's own user: its files are its own,
+    so it is not a loss (DSS's DATA_DIR is not exempt: with User Isolation it holds others')."""
     with tempfile.TemporaryDirectory(prefix="extract-") as tmp:
         Path(tmp).chmod(0o777)
         nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -103,3 +104,40 @@ def test_each_line_of_tar_is_warned_about_once_per_step_across_a_chain(
         restore._tar_warned("extract files", "web1", line + "\ntar: ./a: Cannot set POSIX ACLs\n", seen)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 2 and "not root (web)" in said[0] and "Cannot set POSIX ACLs" in said[1]
+
+
+def test_a_line_counted_but_not_named_is_named_by_a_later_archive(caplog: pytest.LogCaptureFixture) -> None:
+    seen: set[str] = set()
+    with caplog.at_level(logging.WARNING):
+        restore._tar_warned("extract files", "web1", "tar: A\ntar: B\n", seen)  # names A, "(and 1 more)"
+        restore._tar_warned("extract files", "web1", "tar: B\n", seen)
+    assert [r.getMessage().split(": ", 2)[-1] for r in caplog.records] == ["tar: A (and 1 more)", "tar: B"]
+
+
+def test_steps_of_the_same_name_each_warn(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Looker restores its home and each extra path as steps all named "extract files" (the
+    same member names, so the same tar lines): each step's warnings are its own."""
+    from types import SimpleNamespace
+
+    from recipes.model import Command
+    from recipes.ops import HostCommand, SnapshotObject, Transfer
+
+    def fake_feed(
+        self: Any, what: str, dst: Any, command: Any, host: Any, m: Any, obj: Any, said: Any = None
+    ) -> None:
+        restore._tar_warned(what, host.name, "tar: ./looker: Cannot set POSIX ACLs\n", said)
+
+    monkeypatch.setattr(restore._Restore, "_feed", fake_feed)
+    job = restore._Restore.__new__(restore._Restore)
+    snap = SimpleNamespace(level=0, snapshot="s", object=lambda name: SimpleNamespace(name=name))
+    job.snapshots = [snap, snap]  # type: ignore[list-item]
+    host = SimpleNamespace(name="web1")
+    with caplog.at_level(logging.WARNING):
+        for obj in ("files.tar", "etc-ssl-looker.tar"):
+            op = Transfer(
+                SnapshotObject(obj, "files", chain=True), HostCommand(Command("tar x")), "extract files"
+            )
+            job.feed(host, op)  # type: ignore[arg-type]
+    assert len(caplog.records) == 2  # once per step, not once per archive, nor once per name

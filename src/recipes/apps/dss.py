@@ -407,7 +407,6 @@ class Dss:
                 ),
                 Extract(
                     root=d,
-                    owner=p.user,
                     must_be_empty=False,
                     about=f"the seed: 'Restore the backup': the files back into DATA_DIR {d}",
                 ),
@@ -416,7 +415,6 @@ class Dss:
             steps.append(
                 Extract(
                     root=d,
-                    owner=p.user,
                     about=f"the seed: 'Restore the backup files' into an empty DATA_DIR {d}",
                 )
             )
