@@ -19,7 +19,7 @@ from recipes.backupjob import Backup
 from recipes.compression import Compression
 from recipes.model import Command
 from recipes.steps import Archive
-from tests.unit.test_background_dump import RECIPIENT, Writer
+from tests.unit.test_background_dump import RECIPIENT, Proc, Writer
 
 
 def _tar_bytes() -> bytes:
@@ -31,29 +31,15 @@ def _tar_bytes() -> bytes:
     return buf.getvalue()
 
 
-class TarProc:
+class TarProc(Proc):
+    """test_background_dump's process, streaming one small archive and saying ``said``."""
+
     def __init__(self, said: str, status: int = 0) -> None:
-        self.chunks = [_tar_bytes()]
+        super().__init__([_tar_bytes()], None, status)
         self.said = said
-        self.status = status
-
-    def read(self, n: int = -1, /) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
-
-    def write(self, data: bytes, /) -> int:
-        return len(data)
-
-    def close_stdin(self) -> None:
-        pass
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.status
 
     def stderr(self) -> str:
         return self.said
-
-    def kill(self) -> None:
-        pass
 
 
 class TarHost:
