@@ -23,7 +23,13 @@ from recipes.ops import Bucket, DuplicityCollection, HostCommand, KeyStore, Snap
 from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.repository import SnapshotWriter
-from recipes.steps import MAX_WARNINGS, SOCKET_IGNORED, STATE_PLACEHOLDER, TAR_WARNING_EXIT
+from recipes.steps import (
+    MAX_WARNINGS,
+    SOCKET_IGNORED,
+    STATE_PLACEHOLDER,
+    TAR_WARNING_EXIT,
+    real_warnings,
+)
 from recipes.tarstate import PendingSession, RemoteState, sha256_file
 
 log = logging.getLogger("recipes")
@@ -344,7 +350,7 @@ def _warned_at_exit_0(step_name: str, stderr: str) -> tuple[str, ...]:
     said = _kept(
         [line.strip() for line in stderr.splitlines() if line.startswith("tar: ") or SKIPPED.match(line)]
     )
-    if said and not said[0].endswith(SOCKET_IGNORED):
+    if real_warnings(said):
         log.warning("%s: %d warning(s), e.g. %s", step_name, len(said), said[0])
     elif said:
         log.info(
@@ -359,7 +365,7 @@ def _warned_at_exit_0(step_name: str, stderr: str) -> tuple[str, ...]:
 def _kept(lines: list[str]) -> tuple[str, ...]:
     """At most ``MAX_WARNINGS`` of tar's lines, real ones first: sockets left out never crowd
     out the line that says a file was not read whole (the mark of a stderr cut short is real)."""
-    real = [line for line in lines if not line.endswith(SOCKET_IGNORED)]
+    real = real_warnings(lines)
     # at most MAX_WARNINGS - 1 sockets: a full list of them marks an older snapshot (restore)
     sockets = [line for line in lines if line.endswith(SOCKET_IGNORED)][: MAX_WARNINGS - 1]
     return tuple((real + sockets)[:MAX_WARNINGS])

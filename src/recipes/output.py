@@ -343,10 +343,10 @@ def run_notes(manifest: mf.Manifest, warnings: list[str]) -> list[str]:
         )
     else:
         notes.append("downtime: none recorded")
-    from recipes.steps import SOCKET_IGNORED
+    from recipes.steps import real_warnings
 
     for o in manifest.objects:
-        real = [w for w in o.warnings if not w.endswith(SOCKET_IGNORED)]
+        real = real_warnings(o.warnings)
         if real:
             notes.append(f"warning: {o.name}: {len(o.warnings)} warning(s), e.g. {real[0]}")
         elif o.warnings:

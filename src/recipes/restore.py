@@ -21,7 +21,7 @@ from recipes.placement import resolve_zstd
 from recipes.plan import Plan
 from recipes.render import kind
 from recipes.repository import Repository
-from recipes.steps import MAX_WARNINGS, SOCKET_IGNORED
+from recipes.steps import MAX_WARNINGS, real_warnings
 from recipes.trust import Trust
 from recipes.undo import Interrupted
 
@@ -249,7 +249,7 @@ def _stored_with_warnings(manifest: mf.Manifest, obj: mf.StoredObject) -> None:
         # only sockets are no difference worth a warning (their service makes them again); a
         # full list of sockets (kept in tar's order before 3e8f799, which keeps at most 49) may
         # have crowded a real line out, so it still warns
-        real = [w for w in obj.warnings if not w.endswith(SOCKET_IGNORED)]
+        real = real_warnings(obj.warnings)
         first = (real or list(obj.warnings))[0]
         more = f" (and {len(obj.warnings) - 1} more)" if len(obj.warnings) > 1 else ""
         (log.warning if real or len(obj.warnings) >= MAX_WARNINGS else log.info)(
